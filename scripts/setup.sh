@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install the pinned dependencies.
+#   bash scripts/setup.sh          # CPU (paddlepaddle==2.6.2)
+#   bash scripts/setup.sh --gpu    # GPU (paddlepaddle-gpu==2.6.2, CUDA 11.8 build from PyPI)
+#   bash scripts/setup.sh --test   # plus the test runner
+# Re-running is cheap: pip skips what is already installed. PYTHON selects the interpreter (default python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+gpu=0; req=requirements.txt
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    --test) req=requirements-test.txt ;;
+    *) echo "scripts/setup.sh: unknown option '$arg' (use --gpu and/or --test)" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version 2>&1)"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)-$req-$gpu"
+if [ -f "$stamp" ]; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+echo "[setup] installing pinned dependencies from $req (about 1 GB on first run)"
+if [ "$gpu" = 1 ]; then
+  sed 's/^paddlepaddle==/paddlepaddle-gpu==/' requirements.txt > .venv/requirements-gpu.txt
+  .venv/bin/pip install --disable-pip-version-check -q -r .venv/requirements-gpu.txt
+  [ "$req" = requirements-test.txt ] && .venv/bin/pip install --disable-pip-version-check -q pytest==9.2.0
+else
+  .venv/bin/pip install --disable-pip-version-check -q -r "$req"
+fi
+rm -f .venv/.installed-*
+touch "$stamp"
+echo "[setup] done"
