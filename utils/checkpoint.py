@@ -1,0 +1,581 @@
+"""Checkpoints, exact resume and pretrained initialisation for static Paddle programs.
+
+Owns:
+  * `Progress`: the JSON record saved with every checkpoint (step, epoch, loader position, LR-scheduler
+    state, seeds, config fingerprint, world size, global batch, schema version).
+  * `CheckpointManager`: atomic saves, retention by disk scan, and `restore()` of every persistable.
+  * `check_compatible`: refusing to resume with a changed architecture, world size or global batch.
+  * `load_pretrained`: initialising parameters BY NAME from a `.pdparams` file, logging where each came from.
+
+Does not own: building programs, running steps, applying `Progress.lr_state` to the scheduler or
+`Progress.loader_state` to the data loader (the run scripts do that with the returned `Progress`), or
+deciding the config fingerprint's inputs (callers pass the architecture-relevant config to
+`fingerprint_config`).
+
+Layout on disk (`phase_dir` builds the root):
+
+    <output_dir>/<model_name>/phase<N>/<step>/
+        <model_prefix>.pdparams   parameters (pickled dict name -> ndarray, written by paddle.static.save)
+        <model_prefix>.pdopt      every other persistable: Adam/LAMB moments and beta pows, the LR
+                                  variable, AMP loss scale and good/bad step counters, fp32 master
+                                  weights, gradient-merge accumulators and step counter
+        <model_prefix>.pdmodel    the program description (informational)
+        progress.json             written LAST; a step directory without it is not a checkpoint
+
+A save writes `<step>.tmp-XXXX/`, fsyncs it, then renames it to `<step>/`, so a crash leaves either the
+previous set of checkpoints or the new one, never a directory that looks complete but is not. Retention
+scans the disk, so a resumed process (or a second manager) purges the checkpoints of earlier processes.
+
+Restores match variables by name. Programs must therefore name their parameters explicitly and be built
+the same way (optimizer accumulator names such as `l1.w_moment1_0` come from `paddle.utils.unique_name`;
+build under `unique_name.guard()` when a process builds more than one program). A name that does not
+match is reported as an error, never skipped.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+import paddle
+
+from utils.fs import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PROGRESS_FILE = "progress.json"
+INIT_FROM_CKPT = "*INIT_FROM_CKPT*"
+NEWLY_INITIALIZED = "NEWLY INITIALIZED"
+
+_STEP_DIR = re.compile(r"^\d+$")
+_TMP_DIR = re.compile(r"^\d+\.tmp-")
+_PREVIEW = 20  # names listed in an error message before "... and N more"
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _preview(names):
+    names = list(names)
+    shown = ", ".join(names[:_PREVIEW])
+    return shown + (f", ... and {len(names) - _PREVIEW} more" if len(names) > _PREVIEW else "")
+
+
+def _json_default(value):
+    # Loader and scheduler states often carry numpy scalars; .item() is exact for ints and floats.
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def fingerprint_config(config):
+    """SHA-256 of a config dict, independent of key order.
+
+    Args:
+      config: dict of JSON-serialisable values; pass only what fixes the architecture (e.g. the
+        `bert_configs/*.json` contents), so unrelated settings such as the log interval can change.
+
+    Returns:
+      str, 64 lowercase hex digits.
+
+    Raises:
+      ValueError: `config` is not a dict or holds a value JSON cannot encode.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"fingerprint_config expects a dict, got {type(config).__name__}")
+    try:
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config cannot be fingerprinted: {err}") from err
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def phase_dir(output_dir, model_name, phase):
+    """The checkpoint root of one training phase: `<output_dir>/<model_name>/phase<phase>`.
+
+    Raises:
+      ValueError: empty `output_dir`/`model_name`, a `model_name` containing a path separator, or a
+        `phase` that is not a positive int.
+    """
+    if not output_dir or not model_name or os.sep in model_name:
+        raise ValueError(f"bad checkpoint location: output_dir={output_dir!r}, model_name={model_name!r}")
+    if not _is_int(phase) or phase < 1:
+        raise ValueError(f"phase must be a positive int, got {phase!r}")
+    return os.path.join(output_dir, model_name, f"phase{phase}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Everything besides the persistables that a run needs to continue exactly.
+
+    Attributes:
+      phase: int >= 1, the pretraining phase.
+      global_step: int >= 0, optimizer steps completed; the checkpoint directory is named after it.
+      epoch: int >= 0, the data epoch in progress.
+      loader_state: dict from the data loader's `state_dict()` (epoch, batches consumed, world size).
+      lr_state: dict from the LR scheduler's `state_dict()`.
+      seeds: dict of the seeds the run used (e.g. {"base": 42, "loader": 43}).
+      config_fingerprint: str, `fingerprint_config` of the architecture-relevant config.
+      world_size: int >= 1, number of training processes.
+      global_batch_size: int >= 1, sequences per optimizer step over all processes.
+      extra: dict, free-form JSON-serialisable data (e.g. the resolved config, last loss).
+      schema_version: int, must equal SCHEMA_VERSION.
+
+    Raises (on construction):
+      ValueError: a field has the wrong type or range, or the schema version is unknown.
+    """
+
+    phase: int
+    global_step: int
+    epoch: int
+    loader_state: dict
+    lr_state: dict
+    seeds: dict
+    config_fingerprint: str
+    world_size: int
+    global_batch_size: int
+    extra: dict = dataclasses.field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"progress schema_version {self.schema_version!r} is not supported "
+                             f"(this code reads version {SCHEMA_VERSION})")
+        for name, low in (("phase", 1), ("global_step", 0), ("epoch", 0), ("world_size", 1),
+                          ("global_batch_size", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"progress.{name} must be an int >= {low}, got {value!r}")
+        for name in ("loader_state", "lr_state", "seeds", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"progress.{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.config_fingerprint, str) or not self.config_fingerprint:
+            raise ValueError(f"progress.config_fingerprint must be a non-empty str, "
+                             f"got {self.config_fingerprint!r}")
+
+    def to_json(self):
+        """Serialise to JSON text (sorted keys; numpy scalars become Python numbers).
+
+        Raises:
+          ValueError: a dict field holds something JSON cannot encode.
+        """
+        try:
+            return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=_json_default) + "\n"
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"progress is not JSON serialisable: {err}") from err
+
+    @classmethod
+    def from_json(cls, text):
+        """Parse `to_json` output.
+
+        Raises:
+          ValueError: not JSON, not an object, an unknown schema_version, or missing/unknown keys.
+        """
+        data = json.loads(text)  # JSONDecodeError is a ValueError
+        if not isinstance(data, dict):
+            raise ValueError(f"progress JSON must be an object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"progress schema_version {version!r} is not supported "
+                             f"(this code reads version {SCHEMA_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
+        if unknown or missing:
+            raise ValueError(f"progress JSON keys do not match schema {SCHEMA_VERSION}: "
+                             f"unknown {unknown}, missing {missing}")
+        return cls(**data)
+
+
+def check_compatible(progress, *, config_fingerprint, world_size, global_batch_size):
+    """Refuse to resume a checkpoint under settings that would change what the run computes.
+
+    Args:
+      progress: the `Progress` returned by `CheckpointManager.restore`.
+      config_fingerprint: str, fingerprint of the current architecture config.
+      world_size: int, current number of processes.
+      global_batch_size: int, current sequences per optimizer step.
+
+    Raises:
+      ValueError: naming every setting that differs, with both values.
+    """
+    changes = []
+    if progress.config_fingerprint != config_fingerprint:
+        changes.append(f"model architecture changed (config fingerprint {progress.config_fingerprint[:12]}... "
+                       f"in the checkpoint, {str(config_fingerprint)[:12]}... now)")
+    if progress.world_size != world_size:
+        changes.append(f"world size changed ({progress.world_size} in the checkpoint, {world_size} now)")
+    if progress.global_batch_size != global_batch_size:
+        changes.append(f"global batch size changed ({progress.global_batch_size} in the checkpoint, "
+                       f"{global_batch_size} now)")
+    if changes:
+        raise ValueError(f"cannot resume from step {progress.global_step}: " + "; ".join(changes)
+                         + ". Resume with the original settings, or start a new run in a fresh output "
+                           "directory (initialising from this checkpoint with load_pretrained).")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Program state helpers
+
+
+def _persistable_names(program):
+    """Names of the variables paddle.static.save stores: persistables that are not feed/fetch/reader."""
+    skip = {paddle.framework.core.VarDesc.VarType.FEED_MINIBATCH,
+            paddle.framework.core.VarDesc.VarType.FETCH_LIST,
+            paddle.framework.core.VarDesc.VarType.READER}
+    names = []
+    for var in program.list_vars():
+        if var.persistable and var.desc.type() not in skip and var.name not in names:
+            names.append(var.name)
+    return names
+
+
+def _scope_tensor(name):
+    """The initialised tensor of `name` in the current scope, or None."""
+    var = paddle.static.global_scope().find_var(name)
+    if var is None:
+        return None
+    tensor = var.get_tensor()
+    return tensor if tensor._is_initialized() else None
+
+
+def _assign(exe, arrays, source):
+    """Check every array against the scope's tensor, then set them all (nothing is set on any error).
+
+    Args:
+      exe: the executor whose place the tensors live on.
+      arrays: dict name -> ndarray to write.
+      source: str, the file or directory named in error messages.
+
+    Raises:
+      ValueError: a variable is not initialised (startup program not run), or a shape/dtype differs.
+    """
+    problems, tensors = [], {}
+    for name, value in arrays.items():
+        tensor = _scope_tensor(name)
+        if tensor is None:
+            problems.append(f"{name} is not initialised in the scope (run the startup program first)")
+            continue
+        current = np.array(tensor)
+        value = np.asarray(value)
+        if current.shape != value.shape or current.dtype != value.dtype:
+            problems.append(f"{name}: program has {current.dtype}{list(current.shape)}, "
+                            f"'{source}' has {value.dtype}{list(value.shape)}")
+        tensors[name] = (tensor, value)
+    if problems:
+        raise ValueError(f"cannot load '{source}': " + "; ".join(problems))
+    for tensor, value in tensors.values():
+        tensor.set(value, exe.place)
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root):
+    for name in os.listdir(root):
+        _fsync(os.path.join(root, name))
+    _fsync(root)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint manager
+
+
+class CheckpointManager:
+    """Saves, finds, restores and purges the step checkpoints under one root directory.
+
+    Args:
+      root_dir: str, directory holding `<step>/` checkpoints (see `phase_dir`); created on first save.
+      keep_last: int >= 2, complete checkpoints kept after each save. One is not enough: a crash while
+        the only checkpoint is being replaced would leave none.
+      rank: int >= 0; only rank 0 writes or deletes anything, every rank can restore.
+      model_prefix: str, file prefix of the `.pdparams`/`.pdopt`/`.pdmodel` files.
+
+    Raises:
+      ValueError: any argument out of range.
+    """
+
+    def __init__(self, root_dir, *, keep_last=3, rank=0, model_prefix="bert_paddle"):
+        if not root_dir:
+            raise ValueError("checkpoint root_dir must be a non-empty path")
+        if not _is_int(keep_last) or keep_last < 2:
+            raise ValueError(f"keep_last must be an int >= 2 (a single kept checkpoint can be lost while it "
+                             f"is being replaced), got {keep_last!r}")
+        if not _is_int(rank) or rank < 0:
+            raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        if not model_prefix or os.sep in model_prefix or model_prefix == PROGRESS_FILE:
+            raise ValueError(f"model_prefix must be a plain file name prefix, got {model_prefix!r}")
+        self.root_dir = os.path.abspath(root_dir)
+        self.keep_last = int(keep_last)
+        self.rank = int(rank)
+        self.model_prefix = model_prefix
+
+    def step_dir(self, step):
+        """Path of the checkpoint directory for `step` (whether or not it exists)."""
+        return os.path.join(self.root_dir, str(int(step)))
+
+    def _is_complete(self, step):
+        path = self.step_dir(step)
+        try:
+            with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return False
+        # Schema is checked strictly by restore(): a newer-schema checkpoint should fail loudly there
+        # rather than be skipped here in favour of an older one.
+        return (isinstance(data, dict) and data.get("global_step") == step
+                and os.path.isfile(os.path.join(path, self.model_prefix + ".pdparams")))
+
+    def available_steps(self):
+        """Steps with a complete checkpoint on disk, ascending.
+
+        Returns:
+          list of int; a directory counts only if progress.json parses, names its own step, and the
+          `.pdparams` file exists. Temporary and partial directories are ignored.
+        """
+        if not os.path.isdir(self.root_dir):
+            return []
+        steps = [int(n) for n in os.listdir(self.root_dir) if _STEP_DIR.match(n)]
+        return sorted(s for s in steps if self._is_complete(s))
+
+    def latest_complete_step(self):
+        """The highest complete step on disk, or None when there is none."""
+        steps = self.available_steps()
+        return steps[-1] if steps else None
+
+    def save(self, exe, program, progress):
+        """Write a checkpoint of every persistable of `program` plus `progress`, atomically.
+
+        Args:
+          exe: the executor that ran the program (tensors are read from the current global scope).
+          program: the training `paddle.static.Program`.
+          progress: `Progress`; its global_step names the directory. An existing directory for the same
+            step is replaced.
+
+        Returns:
+          str path of the new checkpoint directory, or None on ranks other than 0 (which write nothing).
+
+        Raises:
+          ValueError: `progress` is not a Progress, or a persistable is not initialised in the scope.
+        """
+        del exe  # paddle.static.save reads the global scope; kept for symmetry with restore()
+        if not isinstance(progress, Progress):
+            raise ValueError(f"save() needs a Progress, got {type(progress).__name__}")
+        if self.rank != 0:
+            return None
+        missing = [n for n in _persistable_names(program) if _scope_tensor(n) is None]
+        if missing:
+            raise ValueError(f"cannot save: persistables not initialised in the scope (run the startup "
+                             f"program first): {_preview(missing)}")
+        step = progress.global_step
+        os.makedirs(self.root_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f"{step}.tmp-", dir=self.root_dir)
+        try:
+            paddle.static.save(program, os.path.join(tmp, self.model_prefix))
+            _fsync_tree(tmp)
+            # Progress last: its presence is what marks the directory complete.
+            atomic_write_text(os.path.join(tmp, PROGRESS_FILE), progress.to_json())
+            _fsync(tmp)
+            self._move_into_place(tmp, self.step_dir(step))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("saved checkpoint for step %d to %s", step, self.step_dir(step))
+        self._purge(keep=step)
+        return self.step_dir(step)
+
+    def _move_into_place(self, tmp, final):
+        if os.path.exists(final):
+            logger.warning("replacing existing checkpoint %s", final)
+            # The old copy is renamed to a *.tmp-* name first, so a crash here leaves it as stale debris
+            # for the next purge rather than as a half-replaced checkpoint.
+            aside = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-replaced-", dir=self.root_dir)
+            os.rmdir(aside)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(self.root_dir)
+
+    def _purge(self, keep):
+        complete = self.available_steps()
+        newer = [s for s in complete if s > keep]
+        if newer:
+            logger.warning("checkpoints newer than step %d exist in %s (%s); they come from another run "
+                           "and restore('auto') would pick them", keep, self.root_dir, _preview(newer))
+        kept = set(complete[-self.keep_last:]) | {keep}
+        for step in complete:
+            if step not in kept:
+                shutil.rmtree(self.step_dir(step), ignore_errors=True)
+                logger.info("removed old checkpoint %s", self.step_dir(step))
+        for name in os.listdir(self.root_dir):
+            path = os.path.join(self.root_dir, name)
+            partial = _STEP_DIR.match(name) and int(name) not in complete
+            if os.path.isdir(path) and (partial or _TMP_DIR.match(name)):
+                logger.warning("removing incomplete checkpoint directory %s", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+    def maybe_save(self, exe, program, progress, every_n_steps, is_last=False):
+        """Save when `progress.global_step % every_n_steps == 0` or `is_last`.
+
+        The rule depends on the global step only, so a resumed run saves on the same steps as an
+        uninterrupted one.
+
+        Returns:
+          the checkpoint path when saved (rank 0), else None.
+
+        Raises:
+          ValueError: `every_n_steps` is not a positive int; anything `save` raises.
+        """
+        if not _is_int(every_n_steps) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        if progress.global_step % every_n_steps == 0 or is_last:
+            return self.save(exe, program, progress)
+        return None
+
+    def restore(self, exe, program, step="auto"):
+        """Load every persistable of `program` from a checkpoint and return its Progress.
+
+        The startup program must have run (tensors must exist in the scope to be overwritten). The
+        caller applies `lr_state` and `loader_state` from the returned Progress and calls
+        `check_compatible` on it.
+
+        Args:
+          exe: executor whose place receives the tensors.
+          program: the training program, built exactly as when the checkpoint was saved.
+          step: "auto" for the latest complete checkpoint, or an int step.
+
+        Returns:
+          Progress, or None when step == "auto" and there is no complete checkpoint.
+
+        Raises:
+          ValueError: an unknown `step`, a missing persistable, a shape/dtype mismatch, or an unreadable
+            progress.json (unknown schema version, wrong keys).
+        """
+        steps = self.available_steps()
+        if step == "auto":
+            if not steps:
+                return None
+            step = steps[-1]
+        elif not _is_int(step):
+            raise ValueError(f"restore step must be 'auto' or an int, got {step!r}")
+        elif step not in steps:
+            raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}; "
+                             f"available steps: {steps if steps else 'none'}")
+        path = self.step_dir(step)
+        with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as f:
+            progress = Progress.from_json(f.read())
+        state = paddle.static.load_program_state(os.path.join(path, self.model_prefix))
+        names = _persistable_names(program)
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks {len(missing)} persistable(s) of the program: "
+                             f"{_preview(missing)} (was it saved from a differently built program?)")
+        _assign(exe, {n: state[n] for n in names}, path)
+        unused = sorted(set(state) - set(names))
+        if unused:
+            logger.warning("checkpoint %s holds variables the program does not use: %s", path, _preview(unused))
+        _log_sources(program, {p.name: INIT_FROM_CKPT for p in program.all_parameters()}, path)
+        logger.info("restored step %d from %s (%d persistables)", step, path, len(names))
+        return progress
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretrained initialisation
+
+
+def _prefixes(value, flag):
+    if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
+        raise ValueError(f"{flag} must be a list/tuple of non-empty name prefixes, got {value!r}")
+    return tuple(value)
+
+
+def _resolve_params_file(path):
+    """A `.pdparams` file from a file path, a prefix, or a directory holding exactly one."""
+    if os.path.isfile(path):
+        return path
+    if os.path.isfile(path + ".pdparams"):
+        return path + ".pdparams"
+    if os.path.isdir(path):
+        found = sorted(n for n in os.listdir(path) if n.endswith(".pdparams"))
+        if len(found) == 1:
+            return os.path.join(path, found[0])
+        raise ValueError(f"pretrained directory '{path}' must hold exactly one .pdparams file, "
+                         f"found {found if found else 'none'}")
+    raise ValueError(f"pretrained checkpoint '{path}' does not exist; refusing to fall back to random "
+                     "initialisation")
+
+
+def _read_params(path):
+    try:
+        state = paddle.load(path, return_numpy=True)
+    except Exception as err:  # paddle raises assorted types for a foreign or truncated file
+        raise ValueError(f"cannot read parameters from '{path}': {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise ValueError(f"'{path}' does not hold a dict of name -> array")
+    return state
+
+
+def _log_sources(program, sources, origin):
+    # One line per parameter, like google-research/bert's init log, so a silent random init is visible.
+    logger.info("parameter sources (%s):", origin)
+    for param in sorted(program.all_parameters(), key=lambda p: p.name):
+        logger.info("  %s %s %s", param.name, list(param.shape), sources[param.name])
+
+
+def load_pretrained(exe, program, path, *, ignore_prefixes=(), allow_missing_prefixes=()):
+    """Initialise the parameters of `program` by name from a `.pdparams` file (no optimizer state).
+
+    Args:
+      exe: executor whose place receives the tensors; the startup program must have run.
+      program: the program to initialise (e.g. the SQuAD program from a pretraining checkpoint).
+      path: a `.pdparams` file, its prefix, or a directory holding exactly one (e.g. a step directory).
+      ignore_prefixes: parameters whose names start with one of these keep their startup values even
+        when the file has them.
+      allow_missing_prefixes: parameters with these prefixes may be absent from the file (new heads,
+        e.g. the QA head); any other absent parameter is an error.
+
+    Returns:
+      dict parameter name -> INIT_FROM_CKPT or NEWLY_INITIALIZED, for every parameter of `program`.
+      The same is logged one line per parameter.
+
+    Raises:
+      ValueError: `path` does not exist or is unreadable, a required parameter is absent, a shape or dtype
+        differs (naming the parameter and both shapes), nothing at all was loaded, or a prefix argument
+        is a bare string.
+    """
+    ignore = _prefixes(ignore_prefixes, "ignore_prefixes")
+    allow = _prefixes(allow_missing_prefixes, "allow_missing_prefixes")
+    params_file = _resolve_params_file(path)
+    state = _read_params(params_file)
+    sources, arrays, missing = {}, {}, []
+    for param in program.all_parameters():
+        name = param.name
+        if name.startswith(ignore) or (name not in state and name.startswith(allow)):
+            sources[name] = NEWLY_INITIALIZED
+        elif name in state:
+            sources[name], arrays[name] = INIT_FROM_CKPT, state[name]
+        else:
+            missing.append(name)
+    if missing:
+        raise ValueError(f"'{params_file}' lacks parameter(s) {_preview(missing)}; pass their prefixes in "
+                         "allow_missing_prefixes if they are meant to start from random initialisation")
+    if not arrays:
+        raise ValueError(f"no parameter of the program was loaded from '{params_file}' (names do not match)")
+    _assign(exe, arrays, params_file)
+    _log_sources(program, sources, params_file)
+    unused = sorted(set(state) - set(arrays))
+    if unused:
+        logger.info("not used from %s: %s", params_file, _preview(unused))
+    return sources
