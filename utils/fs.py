@@ -15,6 +15,12 @@ import shutil
 import tempfile
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _sibling_tmp(path, suffix):
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
@@ -68,6 +74,7 @@ def atomic_output_dir(path, overwrite=False):
         raise FileExistsError(f"output directory '{path}' already exists; remove it or pass --overwrite")
     parent, base = _sibling_tmp(path, ".tmp-")
     tmp = tempfile.mkdtemp(prefix=base, dir=parent)
+    os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs should look like mkdir's
     try:
         yield tmp
     except BaseException:
