@@ -32,6 +32,7 @@ def atomic_write_bytes(path, data):
     parent, base = _sibling_tmp(path, ".tmp")
     fd, tmp = tempfile.mkstemp(prefix=base + ".", dir=parent)
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
