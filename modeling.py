@@ -1,0 +1,503 @@
+"""BERT layers and task heads for Paddle's legacy static graph, plus the architecture config.
+
+Owns: `BertConfig` (strict JSON loading), the encoder (`BertModel`), the pre-training heads
+(`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`)
+and `select_attention_impl`, which picks the attention kernel for `--fuse-mha`.
+Does not own: losses (`loss.py`), optimizers and LR (`optimizer.py`, `lr_scheduler.py`), feeds,
+programs or AMP (`program.py`), or checkpoint I/O. Importing this module has no side effects; callers
+build the layers inside `paddle.static.program_guard` after `paddle.enable_static()`.
+
+Architecture follows Google's original BERT: post-LayerNorm encoder layers, erf-GELU, pooler =
+dense + tanh on [CLS], MLM decoder tied to the word embeddings with its own bias.
+
+Parameter names are fixed with `ParamAttr(name=...)` and follow Hugging Face's BERT names
+(`bert.encoder.layer.3.attention.self.query.weight`, `cls.predictions.bias`, `qa_outputs.weight`), so
+checkpoints never depend on Paddle's auto-generated `linear_12.w_0` names and an HF checkpoint maps
+1:1. Two layout differences remain for an importer: Paddle `Linear` weights are [in, out] (HF stores
+[out, in]), and `bert.embeddings.word_embeddings.weight` / `cls.predictions.bias` have
+`padded_vocab_size` rows (HF has `vocab_size`): pad with zeros.
+
+Vocabulary size. Every JSON in `bert_configs/` states `vocab_size` explicitly (the small `bert-tiny` /
+`bert-mini` configs say 30522, the uncased vocab). A run that brings its own vocab file overrides it
+with `config.with_vocab_size(n)` and logs the change; the config never silently follows a file.
+Embedding rows are padded up to a multiple of 8 (`padded_vocab_size`) so the MLM decoder GEMM has
+tensor-core friendly shapes; ids >= vocab_size never occur in the input, and the MLM logits of the
+padded rows get -10000 added so a padded id can never win the argmax nor take probability mass.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_IMPLS = ("plain", "fused", "flash", "cudnn_fused")
+_SUPPORTED_ACTS = ("gelu", "relu")
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                  "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                  "initializer_range")
+# Additive attention bias for masked keys. -1e4 (Google's value) fits fp16 exactly (bf16 rounds it
+# to -9984) and exp(-1e4) underflows to 0, whereas -inf would turn fully-masked rows into NaN.
+MASK_NEG = -10000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """BERT architecture hyper-parameters (Google `bert_config.json` keys + `layer_norm_eps`).
+
+    Raises:
+      ValueError: at construction, for any out-of-range or wrongly-typed value.
+    """
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.hidden_act not in _SUPPORTED_ACTS:
+            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
+                             f"use one of {_SUPPORTED_ACTS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
+        value = self.initializer_range
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"BertConfig.initializer_range must be a positive number, got {value!r}")
+        value = self.layer_norm_eps
+        # Paddle's layer_norm op accepts epsilon in [0, 1e-3] only.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e-3:
+            raise ValueError(f"BertConfig.layer_norm_eps must be in (0, 0.001] (Paddle's LayerNorm "
+                             f"limit), got {value!r}")
+
+    @property
+    def head_size(self):
+        """int, hidden_size // num_attention_heads."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def padded_vocab_size(self):
+        """int, vocab_size rounded up to a multiple of 8: rows of the word embedding and MLM bias."""
+        return -(-self.vocab_size // 8) * 8
+
+    @classmethod
+    def from_dict(cls, values, source="<dict>"):
+        """Build a config from a dict, rejecting unknown and missing keys.
+
+        Args:
+          values: dict with all Google `bert_config.json` keys; `layer_norm_eps` is optional (1e-12).
+          source: str naming where the dict came from, used in error messages.
+
+        Raises:
+          ValueError: unknown key, missing key, or invalid value (message names `source`).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown BERT config key(s) {unknown}; known keys are "
+                             f"{sorted(known)}")
+        missing = [k for k in _REQUIRED_KEYS if k not in values]
+        if missing:
+            raise ValueError(f"{source}: missing BERT config key(s) {missing}")
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_json_file(cls, path):
+        """Load a config from a JSON file (strict, see `from_dict`).
+
+        Raises:
+          ValueError: the file is not a JSON object, or `from_dict` rejects it.
+        """
+        with open(path, "r", encoding="utf-8") as f:
+            try:
+                values = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of BERT config keys")
+        return cls.from_dict(values, source=str(path))
+
+    def with_vocab_size(self, vocab_size):
+        """A copy with a new vocab_size (used when the vocab file decides it); logs the change."""
+        if vocab_size != self.vocab_size:
+            logger.info("BERT vocab_size %d -> %d (from the vocab file)", self.vocab_size, vocab_size)
+        return dataclasses.replace(self, vocab_size=vocab_size)
+
+    def to_dict(self):
+        """dict of all fields (JSON-serialisable; round-trips through `from_dict`)."""
+        return dataclasses.asdict(self)
+
+
+def select_attention_impl(requested_fused, place, amp="off"):
+    """Choose the attention implementation for `--fuse-mha`, and log the choice.
+
+    Args:
+      requested_fused: bool, the user asked for fused multi-head attention.
+      place: a paddle Place, or a string starting with "cpu" / "gpu".
+      amp: "off" | "fp16" | "bf16"; flash attention only has fp16/bf16 kernels.
+
+    Returns:
+      str, one of `ATTENTION_IMPLS`:
+        "cudnn_fused" - NGC Paddle builds whose BuildStrategy has `fuse_dot_product_attention`: the
+                        program keeps plain attention ops and that build pass fuses them;
+        "flash"       - GPU with AMP: `F.scaled_dot_product_attention` (`flash_attn` op);
+        "fused"       - GPU fp32: `fused_attention` op (QKV GEMM, softmax, out-projection, dropout,
+                        residual and LayerNorm in one kernel);
+        "plain"       - not requested, or CPU (those kernels are GPU-only).
+    """
+    on_gpu = _is_gpu_place(place)
+    if not requested_fused:
+        impl = "plain"
+    elif not on_gpu:
+        impl = "plain"
+        logger.info("--fuse-mha requested on CPU: fused attention kernels are GPU-only, using plain")
+    elif hasattr(paddle.static.BuildStrategy(), "fuse_dot_product_attention"):
+        impl = "cudnn_fused"
+    elif amp in ("fp16", "bf16"):
+        impl = "flash"
+    else:
+        impl = "fused"
+    logger.info("attention implementation: %s", impl)
+    return impl
+
+
+def _is_gpu_place(place):
+    if isinstance(place, str):
+        return place.lower().startswith("gpu")
+    return bool(getattr(place, "is_gpu_place", lambda: False)())
+
+
+def _short_error(err):
+    """The informative line of a Paddle error (its message is a long user-code + C++ trace)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "not registered" in line:
+            return line
+    return lines[-1] if lines else type(err).__name__
+
+
+def _init_seed(name):
+    """Seed of one parameter's init op: a hash of the startup program's random_seed and the name.
+
+    Paddle's initializers otherwise give every init op the same seed (program.random_seed), which
+    makes all same-shaped weights identical (Q = K = V, every layer alike). Hashing the name keeps
+    init reproducible, independent of build order and identical on every rank.
+    """
+    base = paddle.static.default_startup_program().random_seed
+    digest = hashlib.sha256(f"{base}:{name}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little") % (2 ** 31 - 1) + 1  # 0 would mean "unseeded"
+
+
+def _weight_attr(name, cfg):
+    # Truncated normal cut at 2 std (Paddle's truncated_gaussian_random), as Google's
+    # create_initializer. The public TruncatedNormal has no seed argument in Paddle 2.6; the class
+    # behind it takes one.
+    from paddle.nn.initializer.normal import TruncatedNormalInitializer
+    initializer = TruncatedNormalInitializer(loc=0.0, scale=cfg.initializer_range,
+                                             seed=_init_seed(name))
+    return paddle.ParamAttr(name=name, initializer=initializer)
+
+
+def _bias_attr(name):
+    return paddle.ParamAttr(name=name, initializer=nn.initializer.Constant(0.0))
+
+
+def _linear(in_features, out_features, name, cfg):
+    return nn.Linear(in_features, out_features, weight_attr=_weight_attr(name + ".weight", cfg),
+                     bias_attr=_bias_attr(name + ".bias"))
+
+
+def _layer_norm(name, cfg):
+    return nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
+                        weight_attr=paddle.ParamAttr(name=name + ".weight",
+                                                     initializer=nn.initializer.Constant(1.0)),
+                        bias_attr=_bias_attr(name + ".bias"))
+
+
+def _activation(x, name):
+    if name == "gelu":
+        return F.gelu(x, approximate=False)  # erf form, as Google's BERT
+    return F.relu(x)
+
+
+def attention_mask_bias(attention_mask, dtype="float32"):
+    """Additive attention bias from the keep-mask feed.
+
+    Args:
+      attention_mask: int64 Tensor [B, 1, 1, L], 1 = attend to this key, 0 = padding.
+      dtype: float dtype of the result.
+
+    Returns:
+      Tensor [B, 1, 1, L] of `dtype`: 0 where kept, MASK_NEG (-10000) where masked.
+    """
+    return (1.0 - attention_mask.astype(dtype)) * MASK_NEG
+
+
+class BertEmbeddings(nn.Layer):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, cfg, prefix="bert.embeddings"):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            cfg.padded_vocab_size, cfg.hidden_size,
+            weight_attr=_weight_attr(f"{prefix}.word_embeddings.weight", cfg))
+        self.position_embeddings = nn.Embedding(
+            cfg.max_position_embeddings, cfg.hidden_size,
+            weight_attr=_weight_attr(f"{prefix}.position_embeddings.weight", cfg))
+        self.token_type_embeddings = nn.Embedding(
+            cfg.type_vocab_size, cfg.hidden_size,
+            weight_attr=_weight_attr(f"{prefix}.token_type_embeddings.weight", cfg))
+        self.layer_norm = _layer_norm(f"{prefix}.LayerNorm", cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        """int64 [B, L] ids and segment ids -> float32 [B, L, H]."""
+        # Positions are 0..L-1 for every row; one [L, H] lookup broadcasts over the batch.
+        seq_len = paddle.shape(input_ids)[1]
+        position_ids = paddle.arange(0, seq_len, dtype="int64")
+        embeddings = paddle.add(paddle.add(self.word_embeddings(input_ids),
+                                           self.token_type_embeddings(token_type_ids)),
+                                self.position_embeddings(position_ids))
+        return self.dropout(self.layer_norm(embeddings))
+
+
+class BertAttention(nn.Layer):
+    """Self-attention block: Q/K/V projections, attention, output projection, dropout, residual, LN.
+
+    All implementations share the same parameters (HF names), so a checkpoint trained with one can be
+    loaded by another; they differ only in the ops they emit.
+    """
+
+    def __init__(self, cfg, prefix, impl):
+        super().__init__()
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+        self.cfg, self.impl = cfg, impl
+        h = cfg.hidden_size
+        self.query = _linear(h, h, f"{prefix}.self.query", cfg)
+        self.key = _linear(h, h, f"{prefix}.self.key", cfg)
+        self.value = _linear(h, h, f"{prefix}.self.value", cfg)
+        self.output_dense = _linear(h, h, f"{prefix}.output.dense", cfg)
+        self.output_layer_norm = _layer_norm(f"{prefix}.output.LayerNorm", cfg)
+        self.attn_dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
+        self.hidden_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, hidden, mask_bias):
+        """hidden float [B, L, H], mask_bias float [B, 1, 1, L] -> float [B, L, H].
+
+        Raises:
+          RuntimeError: "fused" / "flash" on a Paddle build without those GPU ops (e.g. CPU wheels).
+        """
+        if self.impl in ("fused", "flash"):
+            try:
+                if self.impl == "fused":
+                    return self._fused(hidden, mask_bias)
+                context = self._flash_context(hidden, mask_bias)
+            except (ValueError, RuntimeError) as err:
+                raise RuntimeError(f"attention impl {self.impl!r} cannot be built with this Paddle "
+                                   f"build ({_short_error(err)}); it needs paddlepaddle-gpu, or use "
+                                   f"'plain'") from err
+        else:  # "plain" and "cudnn_fused" (fused later by NGC's build pass)
+            context = self._plain_context(hidden, mask_bias)
+        out = self.hidden_dropout(self.output_dense(context))
+        return self.output_layer_norm(paddle.add(out, hidden))
+
+    def _heads(self, x):
+        # [B, L, H] -> [B, L, heads, head_size]; 0 copies the (dynamic) batch and length dims.
+        return paddle.reshape(x, [0, 0, self.cfg.num_attention_heads, self.cfg.head_size])
+
+    def _plain_context(self, hidden, mask_bias):
+        perm = [0, 2, 1, 3]
+        # Scaling q (B*L*H values) is cheaper than scaling the scores (B*heads*L*L values).
+        q = paddle.transpose(self._heads(self.query(hidden)), perm) * (self.cfg.head_size ** -0.5)
+        k = paddle.transpose(self._heads(self.key(hidden)), perm)
+        v = paddle.transpose(self._heads(self.value(hidden)), perm)
+        scores = paddle.add(paddle.matmul(q, k, transpose_y=True), mask_bias)  # [B, heads, L, L]
+        probs = self.attn_dropout(F.softmax(scores, axis=-1))
+        context = paddle.transpose(paddle.matmul(probs, v), perm)        # [B, L, heads, hd]
+        return paddle.reshape(context, [0, 0, self.cfg.hidden_size])
+
+    def _flash_context(self, hidden, mask_bias):
+        q, k, v = (self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
+        # flash_attn takes a dense [B, 1, Lq, Lk] mask of the activation dtype.
+        seq_len = paddle.shape(hidden)[1]
+        mask = paddle.expand(mask_bias, [-1, -1, seq_len, -1]).astype(q.dtype)
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.cfg.attention_probs_dropout_prob, training=True)
+        return paddle.reshape(context, [0, 0, self.cfg.hidden_size])
+
+    def _fused(self, hidden, mask_bias):
+        from paddle.incubate.nn.functional import fused_multi_head_attention
+        # Concatenating the separately named Q/K/V weights keeps HF names and checkpoint layout;
+        # with transpose_qkv_wb the op takes [H, 3H] / [3H], column blocks q | k | v.
+        qkv_weight = paddle.concat([self.query.weight, self.key.weight, self.value.weight], axis=1)
+        qkv_bias = paddle.concat([self.query.bias, self.key.bias, self.value.bias], axis=0)
+        return fused_multi_head_attention(
+            hidden, qkv_weight, self.output_dense.weight, pre_layer_norm=False,
+            ln_scale=self.output_layer_norm.weight, ln_bias=self.output_layer_norm.bias,
+            ln_epsilon=self.cfg.layer_norm_eps, qkv_bias=qkv_bias,
+            linear_bias=self.output_dense.bias, attn_mask=mask_bias,
+            dropout_rate=self.cfg.hidden_dropout_prob,
+            attn_dropout_rate=self.cfg.attention_probs_dropout_prob, training=True,
+            num_heads=self.cfg.num_attention_heads, transpose_qkv_wb=True)
+
+
+class BertLayer(nn.Layer):
+    """One post-LN encoder layer: attention block, then FFN (dense, act, dense, dropout, residual,
+    LayerNorm)."""
+
+    def __init__(self, cfg, index, impl):
+        super().__init__()
+        prefix = f"bert.encoder.layer.{index}"
+        self.cfg = cfg
+        self.attention = BertAttention(cfg, f"{prefix}.attention", impl)
+        self.intermediate = _linear(cfg.hidden_size, cfg.intermediate_size,
+                                    f"{prefix}.intermediate.dense", cfg)
+        self.output_dense = _linear(cfg.intermediate_size, cfg.hidden_size,
+                                    f"{prefix}.output.dense", cfg)
+        self.output_layer_norm = _layer_norm(f"{prefix}.output.LayerNorm", cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, hidden, mask_bias):
+        """hidden float [B, L, H], mask_bias float [B, 1, 1, L] -> float [B, L, H]."""
+        attn = self.attention(hidden, mask_bias)
+        ffn = self.output_dense(_activation(self.intermediate(attn), self.cfg.hidden_act))
+        return self.output_layer_norm(paddle.add(self.dropout(ffn), attn))
+
+
+class BertModel(nn.Layer):
+    """Embeddings + encoder stack + pooler.
+
+    Args:
+      cfg: BertConfig.
+      attention_impl: one of ATTENTION_IMPLS (see `select_attention_impl`); default "plain".
+    """
+
+    def __init__(self, cfg, attention_impl="plain"):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = nn.LayerList([BertLayer(cfg, i, attention_impl)
+                                     for i in range(cfg.num_hidden_layers)])
+        self.pooler = _linear(cfg.hidden_size, cfg.hidden_size, "bert.pooler.dense", cfg)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        """Encode a batch.
+
+        Args:
+          input_ids: int64 [B, L], ids < vocab_size.
+          token_type_ids: int64 [B, L], 0 for segment A, 1 for segment B.
+          attention_mask: int64 [B, 1, 1, L], 1 = real token, 0 = padding.
+
+        Returns:
+          (sequence_output float [B, L, H], pooled_output float [B, H]).
+        """
+        mask_bias = attention_mask_bias(attention_mask)
+        hidden = self.embeddings(input_ids, token_type_ids)
+        for layer in self.encoder:
+            hidden = layer(hidden, mask_bias)
+        pooled = paddle.tanh(self.pooler(hidden[:, 0]))
+        return hidden, pooled
+
+
+class BertPretrainingHeads(nn.Layer):
+    """MLM head (dense, act, LN, decoder tied to word embeddings, bias) and NSP head (dense to 2)."""
+
+    def __init__(self, cfg, word_embeddings):
+        super().__init__()
+        self.cfg = cfg
+        self.transform = _linear(cfg.hidden_size, cfg.hidden_size, "cls.predictions.transform.dense",
+                                 cfg)
+        self.transform_layer_norm = _layer_norm("cls.predictions.transform.LayerNorm", cfg)
+        self.decoder_weight = word_embeddings  # [padded_vocab, H], shared with the input embedding
+        self.decoder_bias = self.create_parameter(
+            [cfg.padded_vocab_size], attr=_bias_attr("cls.predictions.bias"), is_bias=True)
+        self.seq_relationship = _linear(cfg.hidden_size, 2, "cls.seq_relationship", cfg)
+
+    def forward(self, sequence_output, pooled_output, masked_lm_labels):
+        """Score only the positions that are predicted.
+
+        Args:
+          sequence_output: float [B, L, H].
+          pooled_output: float [B, H].
+          masked_lm_labels: int64 [B, L], -1 where a position is not predicted.
+
+        Returns:
+          (mlm_logits float [N, padded_vocab], nsp_logits float [B, 2]) where N is the number of
+          labels != -1, in row-major order of `masked_lm_labels`. N must be >= 1 (Paddle's matmul
+          rejects empty inputs); the masking in `data.masking` predicts at least one token per row.
+        """
+        hidden = paddle.reshape(sequence_output, [-1, self.cfg.hidden_size])
+        # [N, 1] flat indices; gather_nd keeps [N, H] even when N == 1 (a squeeze would not).
+        positions = paddle.nonzero(paddle.reshape(masked_lm_labels, [-1]) != -1)
+        hidden = paddle.gather_nd(hidden, positions)
+        hidden = self.transform_layer_norm(_activation(self.transform(hidden), self.cfg.hidden_act))
+        logits = paddle.add(paddle.matmul(hidden, self.decoder_weight, transpose_y=True),
+                            self.decoder_bias)
+        padding = self.cfg.padded_vocab_size - self.cfg.vocab_size
+        if padding:
+            logits = paddle.add(logits, paddle.concat([
+                paddle.zeros([self.cfg.vocab_size], logits.dtype),
+                paddle.full([padding], MASK_NEG, logits.dtype)]))
+        return logits, self.seq_relationship(pooled_output)
+
+
+class BertForPretraining(nn.Layer):
+    """BertModel + pre-training heads. Args as `BertModel`."""
+
+    def __init__(self, cfg, attention_impl="plain"):
+        super().__init__()
+        self.bert = BertModel(cfg, attention_impl)
+        self.cls = BertPretrainingHeads(cfg, self.bert.embeddings.word_embeddings.weight)
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_labels):
+        """Feeds as `BertModel.forward` plus masked_lm_labels int64 [B, L] (-1 = not predicted).
+
+        Returns:
+          (mlm_logits float [N, padded_vocab], nsp_logits float [B, 2]); see BertPretrainingHeads.
+        """
+        sequence_output, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.cls(sequence_output, pooled, masked_lm_labels)
+
+
+class BertForQuestionAnswering(nn.Layer):
+    """BertModel + span head (dense to 2 per token). Args as `BertModel`."""
+
+    def __init__(self, cfg, attention_impl="plain"):
+        super().__init__()
+        self.bert = BertModel(cfg, attention_impl)
+        self.qa_outputs = _linear(cfg.hidden_size, 2, "qa_outputs", cfg)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        """Feeds as `BertModel.forward`.
+
+        Returns:
+          (start_logits float [B, L], end_logits float [B, L]).
+        """
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        start, end = paddle.unbind(self.qa_outputs(sequence_output), axis=-1)
+        return start, end

@@ -1,0 +1,484 @@
+"""Static-program builders for BERT pre-training and SQuAD: config in, named bundle out.
+
+Owns: the feed specification (`FEED_SPECS` / `create_feeds`, the single source of feed names, shapes
+and dtypes that the data loaders must yield), `TrainConfig` (the training knobs the builders need),
+`build_pretraining`, `build_squad`, `build_dist_strategy` (fleet: AMP, gradient merge, build
+strategy) and `to_bf16_inference`. Does not own: running anything (never calls `exe.run`), files,
+fleet initialisation (`fleet.init` happens in `utils/dist` before building with use_fleet=True),
+stepping the LR scheduler, or checkpoints.
+
+Mixed precision routes (Paddle 2.6.2 legacy static):
+  * amp="fp16" + use_fleet: fleet's AMP meta-optimizer (`strategy.amp`), as the NVIDIA reference.
+  * amp="bf16", or AMP without fleet: `paddle.static.amp.decorate(dtype=...)`; with fleet the
+    decorated optimizer is then handed to `fleet.distributed_optimizer` (fleet 2.6's AMP is fp16-only).
+  * Mixed-precision *training* is a GPU path: on a CPU build Paddle's AMP pass keeps every op fp32
+    (fp16) and bf16 training crashes in oneDNN (NOTES). So `TrainConfig` rejects amp on device "cpu",
+    and the builders raise if the AMP pass left no low-precision matmul instead of training in fp32
+    while the logs say fp16.
+  * bf16 *inference* works on CPU: `to_bf16_inference(eval_program)`.
+
+Gradient merge: the training loop still calls `exe.run` once per micro-batch; parameters (and the
+LR scheduler, which the loop steps) advance once every `gradient_merge_steps` runs.
+"""
+import dataclasses
+import logging
+from typing import Dict, Optional, Tuple
+
+import paddle
+
+import loss as loss_lib
+import modeling
+import optimizer as optimizer_lib
+from lr_scheduler import build_lr_scheduler, lr_at
+
+logger = logging.getLogger(__name__)
+
+AMP_MODES = ("off", "fp16", "bf16")
+DEVICES = ("cpu", "gpu")
+# The NVIDIA reference's lists: these ops are safe and fast in half precision on GPU...
+AMP_CUSTOM_WHITE_LIST = ("softmax", "layer_norm", "gelu")
+# ...and pure fp16 keeps embedding lookups in fp32.
+PURE_FP16_BLACK_LIST = ("lookup_table", "lookup_table_v2")
+LOW_PRECISION_DTYPES = (paddle.float16, paddle.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedSpec:
+    """One feed: name, static shape (-1 = any size), dtype. All BERT feeds are int64."""
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str = "int64"
+
+
+_COMMON_FEEDS = (
+    FeedSpec("input_ids", (-1, -1)),              # [B, L] token ids
+    FeedSpec("token_type_ids", (-1, -1)),         # [B, L] 0 = segment A, 1 = segment B
+    FeedSpec("attention_mask", (-1, 1, 1, -1)),   # [B, 1, 1, L] 1 = real token, 0 = padding
+)
+FEED_SPECS = {
+    "pretraining": _COMMON_FEEDS + (
+        FeedSpec("next_sentence_labels", (-1, 1)),  # [B, 1] 1 = B is a random sentence
+        FeedSpec("masked_lm_labels", (-1, -1)),     # [B, L] original id where predicted, else -1
+    ),
+    "squad": _COMMON_FEEDS + (
+        FeedSpec("start_positions", (-1, 1)),       # [B, 1] answer start token index
+        FeedSpec("end_positions", (-1, 1)),         # [B, 1] answer end token index
+    ),
+    "squad_predict": _COMMON_FEEDS,
+}
+
+
+def create_feeds(kind):
+    """Create the `paddle.static.data` feed variables of one task in the current program.
+
+    Args:
+      kind: "pretraining" | "squad" | "squad_predict" (see FEED_SPECS for names, shapes, dtypes).
+
+    Returns:
+      dict name -> Variable, in FEED_SPECS order.
+
+    Raises:
+      ValueError: unknown kind.
+    """
+    if kind not in FEED_SPECS:
+        raise ValueError(f"unknown feed kind {kind!r}; expected one of {sorted(FEED_SPECS)}")
+    return {spec.name: paddle.static.data(spec.name, list(spec.shape), spec.dtype)
+            for spec in FEED_SPECS[kind]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training knobs the builders need (run_* fill it from their parsed config).
+
+    Fields:
+      optimizer: "Lamb" | "AdamW" | "DistributedFusedLamb" (falls back to Lamb without a GPU).
+      learning_rate, warmup_start_lr, warmup_steps, total_steps, lr_power, end_lr: LR schedule,
+        see `lr_scheduler.lr_at`; total_steps counts optimizer updates, not micro-batches.
+      weight_decay, beta1, beta2, epsilon, grad_clip_norm: optimizer hyper-parameters.
+      amp: "off" | "fp16" | "bf16" mixed-precision training (GPU only).
+      use_pure_fp16: O2 (fp16 parameters with fp32 master weights); needs amp="fp16".
+      use_dynamic_loss_scaling: None = True for fp16; must stay None/False for bf16 (no scaling).
+      scale_loss: initial loss scale; None = 2**15 for fp16, 1.0 for bf16.
+      gradient_merge_steps: micro-batches per optimizer update (>= 1).
+      fuse_mha: ask for fused attention (see `modeling.select_attention_impl`).
+      attention_impl: force an implementation (one of modeling.ATTENTION_IMPLS); None = choose.
+      use_fleet: wrap the optimizer with `fleet.distributed_optimizer` (fleet.init done by caller).
+      seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
+        seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).
+      device: "cpu" | "gpu", where the program will run.
+
+    Raises:
+      ValueError: at construction, for inconsistent or out-of-range values.
+    """
+    optimizer: str = "Lamb"
+    learning_rate: float = 1e-4
+    warmup_start_lr: float = 0.0
+    warmup_steps: int = 0
+    total_steps: int = 1
+    lr_power: float = 1.0
+    end_lr: float = 0.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-6
+    grad_clip_norm: Optional[float] = 1.0
+    amp: str = "off"
+    use_pure_fp16: bool = False
+    use_dynamic_loss_scaling: Optional[bool] = None
+    scale_loss: Optional[float] = None
+    gradient_merge_steps: int = 1
+    fuse_mha: bool = False
+    attention_impl: Optional[str] = None
+    use_fleet: bool = False
+    seed: int = 42
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp != "off" and self.device == "cpu":
+            raise ValueError(f"amp={self.amp!r} training needs device='gpu': on CPU Paddle 2.6 keeps "
+                             f"fp16 ops in fp32 and bf16 training crashes; use amp='off'")
+        if self.use_pure_fp16 and self.amp != "fp16":
+            raise ValueError("use_pure_fp16 needs amp='fp16'")
+        if self.amp == "bf16" and self.use_dynamic_loss_scaling:
+            raise ValueError("bf16 needs no loss scaling: leave use_dynamic_loss_scaling unset")
+        if self.scale_loss is not None and not self.scale_loss > 0:
+            raise ValueError(f"scale_loss must be > 0, got {self.scale_loss!r}")
+        if isinstance(self.gradient_merge_steps, bool) or not isinstance(
+                self.gradient_merge_steps, int) or self.gradient_merge_steps < 1:
+            raise ValueError(f"gradient_merge_steps must be an integer >= 1, "
+                             f"got {self.gradient_merge_steps!r}")
+        if self.attention_impl is not None and self.attention_impl not in modeling.ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be None or one of {modeling.ATTENTION_IMPLS}, "
+                             f"got {self.attention_impl!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        # Schedule and optimizer values are checked by the functions that own them, now rather than
+        # halfway through a build.
+        self.lr_kwargs()
+        optimizer_lib.check_hparams(self.optimizer, self.weight_decay, self.beta1, self.beta2,
+                                    self.epsilon, self.grad_clip_norm, self.gradient_merge_steps)
+
+    def lr_kwargs(self):
+        """Keyword arguments of `lr_scheduler.lr_at` / `build_lr_scheduler` (validated)."""
+        kwargs = dict(base_lr=self.learning_rate, warmup_start_lr=self.warmup_start_lr,
+                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                      power=self.lr_power, end_lr=self.end_lr)
+        lr_at(0, **kwargs)
+        return kwargs
+
+    @property
+    def amp_dtype(self):
+        """"float16" | "bfloat16" | None."""
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(self.amp)
+
+    @property
+    def loss_scaling(self):
+        """(initial scale, dynamic?) after applying the per-dtype defaults."""
+        if self.amp == "bf16":
+            return (self.scale_loss or 1.0), False
+        dynamic = True if self.use_dynamic_loss_scaling is None else self.use_dynamic_loss_scaling
+        return (self.scale_loss or 2.0 ** 15), dynamic
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramBundle:
+    """Everything a run needs from a build.
+
+    Fields:
+      main_program: the training program (forward, backward, optimizer), or the forward-only
+        program of a predict-only SQuAD bundle.
+      startup_program: parameter (and optimizer state) initialisation.
+      eval_program: `clone(for_test=True)` of the forward taken before `minimize` (dropout off).
+      feed_names / eval_feed_names: feed variable names of main_program / eval_program.
+      fetches / eval_fetches: name -> Variable of each program (e.g. "loss", "lr").
+      lr_scheduler: PolyWarmupLR or None; the loop calls `step()` once per optimizer update.
+      optimizer: the outermost optimizer object (fleet, AMP or gradient-merge wrapper) or None;
+        under pure fp16 the runner calls its `amp_init(place, scope, test_program, use_fp16_test)`.
+      attention_impl: the attention implementation that was built.
+      build_strategy: paddle.static.BuildStrategy with the graph fusions for this build (NGC's
+        fused attention pass, GEMM epilogue fusion under AMP). Without fleet, a GPU runner applies
+        it with `paddle.static.CompiledProgram(main_program, build_strategy=...)`; fleet applies the
+        copy in `build_dist_strategy` itself. None for predict-only bundles.
+    """
+    main_program: paddle.static.Program
+    startup_program: paddle.static.Program
+    eval_program: paddle.static.Program
+    feed_names: Tuple[str, ...]
+    eval_feed_names: Tuple[str, ...]
+    fetches: Dict[str, object]
+    eval_fetches: Dict[str, object]
+    lr_scheduler: Optional[object]
+    optimizer: Optional[object]
+    attention_impl: str
+    build_strategy: Optional[object]
+
+
+def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None):
+    """fleet.DistributedStrategy for collective training, after the NVIDIA reference.
+
+    Args:
+      train_cfg: TrainConfig.
+      attention_impl: the built attention implementation ("cudnn_fused" turns on NGC's pass).
+      optimizer_name: the optimizer actually built (default: resolved from train_cfg.optimizer).
+
+    Returns:
+      fleet.DistributedStrategy with: fp16 AMP (white list softmax/layer_norm/gelu, embeddings kept
+      fp32 under pure fp16, loss scale x2 every 2000 good steps and x0.5 on every overflow);
+      gradient merge (k steps, averaged) unless DistributedFusedLamb accumulates itself; fused
+      all-reduce; build-strategy fusions the installed Paddle has.
+    """
+    from paddle.distributed import fleet
+
+    name = optimizer_name or optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
+    dfl = name == "DistributedFusedLamb"
+    strategy = fleet.DistributedStrategy()
+    strategy.build_strategy = _build_strategy(train_cfg, attention_impl, dfl)
+    exec_strategy = paddle.static.ExecutionStrategy()
+    exec_strategy.num_threads = 1
+    exec_strategy.num_iteration_per_drop_scope = 10000
+    strategy.execution_strategy = exec_strategy
+    strategy.fuse_all_reduce_ops = not dfl
+    strategy.fuse_grad_size_in_MB = 0
+    if dfl:
+        # DistributedFusedLamb sums gradients itself and clips after the all-reduce.
+        strategy.gradient_scale_configs = {"scale_strategy": "sum"}
+    if train_cfg.amp == "fp16":
+        init_scale, dynamic = train_cfg.loss_scaling
+        white, black = _amp_op_lists(train_cfg, attention_impl)
+        strategy.amp = True
+        strategy.amp_configs = {
+            "custom_white_list": sorted(white), "custom_black_list": sorted(black),
+            "init_loss_scaling": init_scale, "use_dynamic_loss_scaling": dynamic,
+            "incr_every_n_steps": 2000, "decr_every_n_nan_or_inf": 1,
+            "incr_ratio": 2.0, "decr_ratio": 0.5,
+            "use_pure_fp16": train_cfg.use_pure_fp16,
+            # The reference set use_fp16_guard=use_pure_fp16, which casts only ops built inside
+            # fp16_guard(); our model has none, so the whole model is converted instead.
+            "use_fp16_guard": False,
+        }
+    if train_cfg.gradient_merge_steps > 1 and not dfl:
+        strategy.gradient_merge = True
+        strategy.gradient_merge_configs = {"k_steps": train_cfg.gradient_merge_steps, "avg": True}
+    return strategy
+
+
+def _build_strategy(train_cfg, attention_impl, dfl):
+    build = paddle.static.BuildStrategy()
+    if hasattr(build, "enable_addto"):
+        build.enable_addto = True
+    # The attribute exists on every build but its pass is only registered in CUDA builds.
+    if (train_cfg.amp != "off" and paddle.is_compiled_with_cuda()
+            and hasattr(build, "fuse_gemm_epilogue")):
+        build.fuse_gemm_epilogue = True
+    if attention_impl == "cudnn_fused":
+        build.fuse_dot_product_attention = True  # only NGC builds have it (select_attention_impl)
+    build.fuse_all_reduce_ops = not dfl
+    build.reduce_strategy = (paddle.static.BuildStrategy.ReduceStrategy._NoReduce if dfl
+                             else paddle.static.BuildStrategy.ReduceStrategy.AllReduce)
+    return build
+
+
+def _amp_op_lists(train_cfg, attention_impl):
+    """(custom white list, custom black list) of op types for AMP."""
+    white = set(AMP_CUSTOM_WHITE_LIST)
+    if attention_impl == "flash":
+        white.add("flash_attn")  # not in Paddle's default lists; it has only fp16/bf16 kernels
+    black = set(PURE_FP16_BLACK_LIST) if train_cfg.use_pure_fp16 else set()
+    return white, black
+
+
+def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
+    """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
+    amp_opt = None
+    if train_cfg.amp == "bf16" or (train_cfg.amp == "fp16" and not train_cfg.use_fleet):
+        white, black = _amp_op_lists(train_cfg, attention_impl)
+        init_scale, dynamic = train_cfg.loss_scaling
+        opt = paddle.static.amp.decorate(
+            opt, paddle.static.amp.AutoMixedPrecisionLists(white, black, dtype=train_cfg.amp_dtype),
+            level="O2" if train_cfg.use_pure_fp16 else "O1", dtype=train_cfg.amp_dtype,
+            init_loss_scaling=init_scale, incr_every_n_steps=2000, decr_every_n_nan_or_inf=1,
+            incr_ratio=2.0, decr_ratio=0.5, use_dynamic_loss_scaling=dynamic)
+        amp_opt = opt
+    if train_cfg.use_fleet:
+        from paddle.distributed import fleet
+        opt = fleet.distributed_optimizer(
+            opt, strategy=build_dist_strategy(train_cfg, attention_impl, optimizer_name))
+        if train_cfg.amp == "fp16":
+            amp_opt = opt
+    elif train_cfg.gradient_merge_steps > 1 and optimizer_name != "DistributedFusedLamb":
+        opt = paddle.incubate.optimizer.GradientMergeOptimizer(
+            opt, k_steps=train_cfg.gradient_merge_steps, avg=True)
+    return opt, amp_opt
+
+
+def _minimize(loss, train_cfg, attention_impl, main, startup):
+    """Add backward + optimizer ops.
+
+    Returns:
+      (lr_scheduler, outermost optimizer, extra fetches {"lr", ["loss_scaling"]}, BuildStrategy).
+    """
+    name = optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
+    lr = build_lr_scheduler(**train_cfg.lr_kwargs())
+    opt = optimizer_lib.build_optimizer(
+        name, lr, weight_decay=train_cfg.weight_decay, beta1=train_cfg.beta1,
+        beta2=train_cfg.beta2, epsilon=train_cfg.epsilon, grad_clip_norm=train_cfg.grad_clip_norm,
+        multi_precision=train_cfg.use_pure_fp16,
+        gradient_accumulation_steps=(train_cfg.gradient_merge_steps
+                                     if name == "DistributedFusedLamb" else 1))
+    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, name)
+    outer.minimize(loss, startup_program=startup)
+    extra = {"lr": _learning_rate_var(main)}
+    if amp_opt is not None:
+        extra["loss_scaling"] = amp_opt.get_loss_scaling()
+        _check_low_precision(main, train_cfg)
+    return lr, outer, extra, _build_strategy(train_cfg, attention_impl,
+                                             name == "DistributedFusedLamb")
+
+
+def _learning_rate_var(program):
+    """The persistable learning-rate variable the optimizer ops read (fed from the LR scheduler)."""
+    for block in program.blocks:
+        for op in block.ops:
+            if "LearningRate" in op.input_names and op.input("LearningRate"):
+                return program.global_block().var(op.input("LearningRate")[0])
+    raise RuntimeError("no optimizer op with a LearningRate input in the program")
+
+
+def _check_low_precision(program, train_cfg):
+    """Raise if the AMP pass left every matmul in fp32 (it does so silently on CPU builds)."""
+    block = program.global_block()
+    for op in block.ops:
+        if op.type in ("matmul_v2", "matmul", "mul", "fused_gemm_epilogue") and any(
+                block.var(name).dtype in LOW_PRECISION_DTYPES for name in op.output_arg_names):
+            return
+    raise RuntimeError(f"amp={train_cfg.amp!r} was requested but Paddle's AMP pass kept every "
+                       f"matmul in fp32: this Paddle build has no {train_cfg.amp_dtype} GPU kernels "
+                       f"(CPU wheel?). Install paddlepaddle-gpu or use amp='off'")
+
+
+def _new_programs(seed):
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    # Parameter init is derived from the startup seed and each parameter's name (modeling), so
+    # every rank starts identical. The main program stays unseeded on purpose: a seeded main
+    # program gives each dropout op fix_seed=True, i.e. the same mask at every step. Dropout draws
+    # from Paddle's global generator instead (the runner calls paddle.seed per rank).
+    startup.random_seed = seed
+    return main, startup
+
+
+def _attention_impl(train_cfg):
+    if train_cfg.attention_impl is not None:
+        logger.info("attention implementation: %s (forced)", train_cfg.attention_impl)
+        return train_cfg.attention_impl
+    return modeling.select_attention_impl(train_cfg.fuse_mha, train_cfg.device, train_cfg.amp)
+
+
+def _vars_of(program, variables):
+    """name -> the variable with the same name in `program` (e.g. a for_test clone)."""
+    block = program.global_block()
+    return {key: block.var(var.name) for key, var in variables.items()}
+
+
+def build_pretraining(model_cfg, train_cfg):
+    """Build the BERT pre-training programs (MLM + NSP).
+
+    Args:
+      model_cfg: modeling.BertConfig.
+      train_cfg: TrainConfig.
+
+    Returns:
+      ProgramBundle. feed_names == eval_feed_names == FEED_SPECS["pretraining"] names. fetches:
+      loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc (float32 scalars), lr (float32 [1]) and, with AMP,
+      loss_scaling (float32 [1]); eval_fetches: the five loss/accuracy values.
+
+    Raises:
+      RuntimeError: AMP requested but this Paddle build cannot produce low-precision ops, or a
+        fused attention implementation that this build lacks.
+    """
+    main, startup = _new_programs(train_cfg.seed)
+    impl = _attention_impl(train_cfg)
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        feeds = create_feeds("pretraining")
+        model = modeling.BertForPretraining(model_cfg, impl)
+        mlm_logits, nsp_logits = model(feeds["input_ids"], feeds["token_type_ids"],
+                                       feeds["attention_mask"], feeds["masked_lm_labels"])
+        losses = loss_lib.BertPretrainingCriterion()(
+            mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
+        eval_program = main.clone(for_test=True)
+        lr, opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup)
+    names = tuple(feeds)
+    return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
+                         feed_names=names, eval_feed_names=names, fetches={**losses, **extra},
+                         eval_fetches=_vars_of(eval_program, losses), lr_scheduler=lr,
+                         optimizer=opt, attention_impl=impl, build_strategy=build)
+
+
+def build_squad(model_cfg, train_cfg, is_training=True):
+    """Build the SQuAD span-extraction programs.
+
+    Args:
+      model_cfg: modeling.BertConfig.
+      train_cfg: TrainConfig (optimizer fields unused when is_training is False).
+      is_training: False builds a predict-only bundle: main_program is the for_test forward and
+        there is no optimizer or LR scheduler.
+
+    Returns:
+      ProgramBundle. eval_program feeds input_ids, token_type_ids, attention_mask and fetches
+      start_logits, end_logits (float32 [B, L]). When training, main_program also feeds
+      start_positions, end_positions and fetches loss (float32 scalar), lr and, with AMP,
+      loss_scaling.
+
+    Raises:
+      RuntimeError: as `build_pretraining`.
+    """
+    main, startup = _new_programs(train_cfg.seed)
+    impl = _attention_impl(train_cfg)
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        feeds = create_feeds("squad" if is_training else "squad_predict")
+        model = modeling.BertForQuestionAnswering(model_cfg, impl)
+        start, end = model(feeds["input_ids"], feeds["token_type_ids"], feeds["attention_mask"])
+        logits = {"start_logits": start, "end_logits": end}
+        # Cloned before the loss exists, so prediction needs no position feeds.
+        eval_program = main.clone(for_test=True)
+        eval_names = tuple(spec.name for spec in FEED_SPECS["squad_predict"])
+        if not is_training:
+            eval_fetches = _vars_of(eval_program, logits)
+            return ProgramBundle(main_program=eval_program, startup_program=startup,
+                                 eval_program=eval_program, feed_names=eval_names,
+                                 eval_feed_names=eval_names, fetches=eval_fetches,
+                                 eval_fetches=eval_fetches, lr_scheduler=None, optimizer=None,
+                                 attention_impl=impl, build_strategy=None)
+        span_loss = loss_lib.squad_span_loss(start, end, feeds["start_positions"],
+                                             feeds["end_positions"])
+        lr, opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup)
+    return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
+                         feed_names=tuple(feeds), eval_feed_names=eval_names,
+                         fetches={"loss": span_loss, **logits, **extra},
+                         eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
+                         optimizer=opt, attention_impl=impl, build_strategy=build)
+
+
+def to_bf16_inference(eval_program):
+    """A bf16 copy of an inference program for CPUs with bf16 support (oneDNN).
+
+    LayerNorm stays fp32 (its mean/variance keep full precision; this is the setting measured to work,
+    2.7x faster than fp32 on this project's CPU, see NOTES); matmuls and the other ops on Paddle's
+    bf16 list run in bf16, with casts inserted at the boundaries. Parameters stay fp32 in the scope,
+    so one checkpoint serves both programs.
+
+    Args:
+      eval_program: a for_test program, e.g. `ProgramBundle.eval_program`.
+
+    Returns:
+      A new Program; `eval_program` is not modified. Fetch variables keep their names.
+    """
+    from paddle.static.amp.bf16 import AutoMixedPrecisionListsBF16
+    from paddle.static.amp.bf16.amp_utils import rewrite_program_bf16
+
+    program = eval_program.clone(for_test=True)
+    rewrite_program_bf16(program, AutoMixedPrecisionListsBF16(custom_fp32_list={"layer_norm"}))
+    return program

@@ -1,0 +1,266 @@
+"""Dask preprocessing: block splitting, sampling, static masking, binning, determinism across workers, errors."""
+import collections
+import filecmp
+import gzip
+import importlib.util
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import shared_path
+from data import corpus
+from data import lddl_format as fmt
+from data import preprocess_bert_pretrain as pre
+
+
+# ----------------------------------------------------------------------------------------------------
+# Blocks: every document read exactly once, whatever the block size
+# ----------------------------------------------------------------------------------------------------
+
+def _docs_over_blocks(path, block_size, input_format, sample_ratio=1.0):
+    docs = []
+    for block in pre.plan_blocks([path], block_size, input_format):
+        docs.extend(pre.read_block_documents(block, seed=7, sample_ratio=sample_ratio))
+    return docs
+
+
+def _norm(text):
+    return " ".join(text.split())
+
+
+LINES_TEXT = ("d1 First document. It has two sentences.\r\n"
+              "\n"
+              "d2\n"
+              "d3    Third\tdocument, spaced   out.\n"
+              "d4 " + "Long one. " * 40 + "\n"
+              "d5 Last without newline.")
+
+BERT_TEXT = ("\n\n"
+             "First sentence of doc one.\n"
+             "Second sentence of doc one.\n"
+             "\n"
+             "  \t \n"
+             "Doc two, only sentence.\r\n"
+             "\r\n"
+             + "".join(f"Doc three sentence {i}.\n" for i in range(30)) +
+             "\n\n\n"
+             "Doc four.\n"
+             "\n")
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 7, 16, 50, 333, 10**6])
+def test_lines_blocks_read_every_document_once(tmp_path, block_size):
+    path = tmp_path / "c.txt"
+    path.write_bytes(LINES_TEXT.encode())
+    expected = [["First document.", "It has two sentences."], ["Third document, spaced out."],
+                ["Long one."] * 40, ["Last without newline."]]
+    got = _docs_over_blocks(str(path), block_size, "lines")
+    assert [[_norm(s) for s in d] for d in got] == expected
+    # Same documents as the whole-file reader of data.corpus.
+    assert [_norm(" ".join(d)) for d in got] == [t for _, t in corpus.iter_documents([path], "lines")]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 5, 13, 40, 100, 10**6])
+def test_bert_blocks_read_every_document_once(tmp_path, block_size):
+    path = tmp_path / "c.txt"
+    path.write_bytes(BERT_TEXT.encode())
+    got = _docs_over_blocks(str(path), block_size, "auto")
+    assert got == [["First sentence of doc one.", "Second sentence of doc one."], ["Doc two, only sentence."],
+                   [f"Doc three sentence {i}." for i in range(30)], ["Doc four."]]
+    assert [" ".join(d) for d in got] == [t for _, t in corpus.iter_documents([path], "bert")]
+
+
+def test_compressed_file_is_one_block(tmp_path):
+    path = tmp_path / "c.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"".join(b"d%d Sentence %d. Another one.\n" % (i, i) for i in range(50)))
+    blocks = pre.plan_blocks([str(path)], 4, "auto")
+    assert len(blocks) == 1 and blocks[0].fmt == "lines"
+    docs = pre.read_block_documents(blocks[0])
+    assert len(docs) == 50 and docs[7] == ["Sentence 7.", "Another one."]
+
+
+def test_block_ids_are_global_and_in_file_order(tmp_path):
+    for name, size in (("a.txt", 10), ("b.txt", 25)):
+        (tmp_path / name).write_bytes(b"x y\n" * (size // 4) + b"z" * (size % 4))
+    blocks = pre.plan_blocks([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], 8, "lines")
+    assert [(b.block_id, os.path.basename(b.path), b.start, b.end) for b in blocks] == [
+        (0, "a.txt", 0, 8), (1, "a.txt", 8, 10),
+        (2, "b.txt", 0, 8), (3, "b.txt", 8, 16), (4, "b.txt", 16, 24), (5, "b.txt", 24, 25)]
+
+
+def test_sampling_is_deterministic_and_independent_of_blocks(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("".join(f"doc{i} Sentence number {i} here.\n" for i in range(2000)))
+    whole = _docs_over_blocks(str(path), 10**7, "lines", sample_ratio=0.3)
+    assert 0.27 < len(whole) / 2000 < 0.33
+    assert _docs_over_blocks(str(path), 1000, "lines", sample_ratio=0.3) == whole
+    assert len(_docs_over_blocks(str(path), 10**7, "lines", sample_ratio=1.0)) == 2000
+
+
+def test_non_utf8_input_is_an_error(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"d1 caf\xe9 au lait.\n")
+    with pytest.raises(ValueError, match="c.txt"):
+        _docs_over_blocks(str(path), 100, "lines")
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end on real text (stdlib docstrings) with the real BERT vocab
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vocab():
+    return str(shared_path("vocab", "bert-base-uncased-vocab.txt"))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from data.sample_corpus import build_sample_corpus
+
+    directory = tmp_path_factory.mktemp("src") / "source"
+    build_sample_corpus(str(directory), num_files=2, max_documents=30)
+    return str(directory)
+
+
+def _settings(vocab, **kw):
+    base = dict(vocab_file=vocab, target_seq_length=128, bin_size=64, duplicate_factor=2, sample_ratio=1.0)
+    base.update(kw)
+    return pre.Settings(**base)
+
+
+def _read_all(sink):
+    """Rows of a dataset keyed by (file, row index), in file order."""
+    rows = {}
+    for shard in fmt.list_shards(str(sink)):
+        for i, row in enumerate(pq.read_table(shard.path).to_pylist()):
+            rows[(shard.name, i)] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def static_and_dynamic(tmp_path_factory, vocab, source):
+    root = tmp_path_factory.mktemp("e2e")
+    out = {}
+    for masking in (False, True):
+        sink = root / f"masking_{masking}"
+        summary = pre.run(_settings(vocab, masking=masking, max_predictions_per_seq=5), [source], str(sink),
+                          block_size_mb=0.03, num_workers=0)
+        out[masking] = (sink, summary)
+    return out
+
+
+def test_static_masking_restored_equals_dynamic(static_and_dynamic):
+    """Pairs are drawn before masking from the same RNG stream: un-masking static rows gives the dynamic rows."""
+    (dyn_sink, dyn_summary), (sta_sink, sta_summary) = static_and_dynamic[False], static_and_dynamic[True]
+    assert dyn_summary["blocks"] > 2 and dyn_summary["instances"] == sta_summary["instances"] > 500
+    dynamic, static = _read_all(dyn_sink), _read_all(sta_sink)
+    assert dynamic.keys() == static.keys()
+    for key, row in static.items():
+        tokens = ["[CLS]"] + row["A"].split() + ["[SEP]"] + row["B"].split() + ["[SEP]"]
+        for pos, label in zip(fmt.decode_positions(row["masked_lm_positions"]), row["masked_lm_labels"].split()):
+            tokens[pos] = label
+        len_a = len(row["A"].split())
+        assert " ".join(tokens[1:1 + len_a]) == dynamic[key]["A"]
+        assert " ".join(tokens[2 + len_a:-1]) == dynamic[key]["B"]
+        assert row["is_random_next"] == dynamic[key]["is_random_next"]
+
+
+def test_max_predictions_per_seq_is_honoured(static_and_dynamic):
+    rows = _read_all(static_and_dynamic[True][0]).values()
+    for row in rows:
+        n_pred = len(fmt.decode_positions(row["masked_lm_positions"]))
+        # Google's count: max(1, round(0.15 * num_tokens)) (round half to even), capped at 5 here.
+        assert n_pred == min(5, max(1, round(0.15 * row["num_tokens"])))
+        assert n_pred == len(row["masked_lm_labels"].split())
+
+
+def test_masking_replacement_statistics(static_and_dynamic):
+    kinds = collections.Counter()
+    for row in _read_all(static_and_dynamic[True][0]).values():
+        tokens = ["[CLS]"] + row["A"].split() + ["[SEP]"] + row["B"].split() + ["[SEP]"]
+        for pos, label in zip(fmt.decode_positions(row["masked_lm_positions"]), row["masked_lm_labels"].split()):
+            kinds["mask" if tokens[pos] == "[MASK]" else "keep" if tokens[pos] == label else "random"] += 1
+    total = sum(kinds.values())
+    assert total > 3000
+    assert abs(kinds["mask"] / total - 0.8) < 0.03
+    assert abs(kinds["keep"] / total - 0.1) < 0.025
+    assert abs(kinds["random"] / total - 0.1) < 0.025
+
+
+def test_bins_counts_and_lengths(static_and_dynamic):
+    sink, summary = static_and_dynamic[False]
+    shards = fmt.list_shards(str(sink))
+    assert fmt.read_num_samples(str(sink)) == {s.name: s.num_rows for s in shards}
+    assert sum(s.num_rows for s in shards) == summary["instances"]
+    assert {s.bin_id for s in shards} == {0, 1}
+    for shard in shards:
+        table = pq.read_table(shard.path)
+        n = table.column("num_tokens").to_numpy().astype(int)
+        assert (table.column("bin_id").to_numpy() == shard.bin_id).all()
+        assert (np.minimum((n - 1) // 64, 1) == shard.bin_id).all()
+        assert (n <= 128).all()
+        lens = [len(a.split()) + len(b.split()) + 3 for a, b in zip(table.column("A").to_pylist(),
+                                                                     table.column("B").to_pylist())]
+        assert lens == n.tolist()
+    random_next = np.concatenate([pq.read_table(s.path).column("is_random_next").to_numpy() for s in shards])
+    assert 0.4 < random_next.mean() < 0.65
+
+
+def test_output_identical_for_0_1_2_workers(tmp_path, vocab, source):
+    settings = _settings(vocab, masking=True, duplicate_factor=1)
+    sinks = []
+    for workers in (0, 1, 2):
+        sinks.append(tmp_path / f"w{workers}")
+        pre.run(settings, [source], str(sinks[-1]), block_size_mb=0.03, num_workers=workers)
+    names = sorted(os.listdir(sinks[0]))
+    assert len(names) > 4
+    for other in sinks[1:]:
+        assert sorted(os.listdir(other)) == names
+        match, mismatch, errors = filecmp.cmpfiles(sinks[0], other, names, shallow=False)
+        assert mismatch == [] and errors == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI errors: one message, exit code 2, no output directory
+# ----------------------------------------------------------------------------------------------------
+
+def _cli_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pre.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_errors(tmp_path, vocab, source, capsys):
+    sink = tmp_path / "out"
+    base = ["--sink", str(sink), "--vocab-file", vocab, "--num-workers", "0"]
+    (tmp_path / "empty_dir").mkdir()
+    assert "no *.txt" in _cli_error(["--source", str(tmp_path / "empty_dir")] + base, capsys)
+    assert "does not exist" in _cli_error(["--source", str(tmp_path / "nope")] + base, capsys)
+    assert "--target-seq-length 8" in _cli_error(["--source", source, "--target-seq-length", "8"] + base, capsys)
+    assert "divisor" in _cli_error(["--source", source, "--target-seq-length", "100"] + base, capsys)
+    assert "--max-predictions-per-seq 0" in _cli_error(
+        ["--source", source, "--max-predictions-per-seq", "0"] + base, capsys)
+    assert "at least one of" in _cli_error(base, capsys)
+    bad_vocab = tmp_path / "vocab.txt"
+    bad_vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
+    err = _cli_error(["--source", source, "--sink", str(sink), "--vocab-file", str(bad_vocab)], capsys)
+    assert "[MASK]" in err and "vocab.txt" in err
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("d1\n   \nd2 One sentence only.\n")
+    assert "zero instances" in _cli_error(["--source", str(tmp_path / "blank")] + base, capsys)
+    assert not sink.exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out")]  # no temporary leftovers
+    sink.mkdir()
+    assert "already exists" in _cli_error(["--source", source] + base, capsys)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dask_mpi") is not None, reason="dask-mpi is installed")
+def test_mpi_schedule_without_dask_mpi(tmp_path, vocab, source, capsys):
+    err = _cli_error(["--source", source, "--sink", str(tmp_path / "o"), "--vocab-file", vocab,
+                      "--schedule", "mpi"], capsys)
+    assert "dask-mpi" in err
+    assert not (tmp_path / "o").exists()
