@@ -30,6 +30,7 @@ import loss as loss_lib
 import modeling
 import optimizer as optimizer_lib
 from lr_scheduler import build_lr_scheduler, lr_at
+from utils.gloo_data_parallel import AllReduceGradients
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class TrainConfig:
       fuse_mha: ask for fused attention (see `modeling.select_attention_impl`).
       attention_impl: force an implementation (one of modeling.ATTENTION_IMPLS); None = choose.
       use_fleet: wrap the optimizer with `fleet.distributed_optimizer` (fleet.init done by caller).
+      allreduce_world_size: > 1 averages gradients over that many CPU ranks with
+        `utils.gloo_data_parallel.AllReduceGradients` (init_parallel_env done by caller); the CPU
+        stand-in for Fleet, which has no CPU communicator in Paddle 2.6. Exclusive with use_fleet.
       seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
         seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).
       device: "cpu" | "gpu", where the program will run.
@@ -130,6 +134,7 @@ class TrainConfig:
     fuse_mha: bool = False
     attention_impl: Optional[str] = None
     use_fleet: bool = False
+    allreduce_world_size: int = 1
     seed: int = 42
     device: str = "cpu"
 
@@ -154,6 +159,13 @@ class TrainConfig:
         if self.attention_impl is not None and self.attention_impl not in modeling.ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be None or one of {modeling.ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
+        if isinstance(self.allreduce_world_size, bool) or not isinstance(
+                self.allreduce_world_size, int) or self.allreduce_world_size < 1:
+            raise ValueError(f"allreduce_world_size must be an integer >= 1, "
+                             f"got {self.allreduce_world_size!r}")
+        if self.allreduce_world_size > 1 and self.use_fleet:
+            raise ValueError("allreduce_world_size > 1 is the CPU replacement for use_fleet; "
+                             "set only one of them")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         # Schedule and optimizer values are checked by the functions that own them, now rather than
@@ -294,6 +306,8 @@ def _amp_op_lists(train_cfg, attention_impl):
 def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
     """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
     amp_opt = None
+    if train_cfg.allreduce_world_size > 1:
+        opt = AllReduceGradients(opt, train_cfg.allreduce_world_size)
     if train_cfg.amp == "bf16" or (train_cfg.amp == "fp16" and not train_cfg.use_fleet):
         white, black = _amp_op_lists(train_cfg, attention_impl)
         init_scale, dynamic = train_cfg.loss_scaling

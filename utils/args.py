@@ -1,0 +1,164 @@
+"""Command-line flags shared by run_pretraining.py and run_squad.py, and their validation helpers.
+
+Owns: the flag groups both programs have (model, runtime, AMP, optimizer, benchmark), with the NVIDIA
+reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); `str2bool`;
+resolving `--bert-model` / `--config-file` / `--vocab-file` into a `modeling.BertConfig`; turning the AMP
+flags into `program.TrainConfig` fields. Does not own: task-specific flags or cross-flag rules of one
+program (each run script validates its own in one function), building or running anything.
+
+Errors are `ValueError`s naming the flag; the run scripts print them as one line and exit 2.
+"""
+import argparse
+import os
+
+from modeling import BertConfig
+from tokenizer import load_vocab
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "bert_configs")
+
+
+def str2bool(value):
+    """argparse type for the reference's `--flag true|false` options."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def bert_model_choices():
+    """Model names with a config in bert_configs/ (e.g. bert-large-uncased, bert-tiny), plus custom."""
+    names = sorted(n[:-len(".json")] for n in os.listdir(CONFIG_DIR) if n.endswith(".json"))
+    return names + ["custom"]
+
+
+def add_model_args(parser, default_model="bert-large-uncased"):
+    """--bert-model, --config-file, --vocab-file, --model-prefix."""
+    group = parser.add_argument_group("Model")
+    group.add_argument("--bert-model", default=default_model, choices=bert_model_choices(),
+                       help="BERT architecture; 'custom' needs --config-file (default: %(default)s)")
+    group.add_argument("--config-file", default=None,
+                       help="BERT config JSON; default bert_configs/<--bert-model>.json")
+    group.add_argument("--vocab-file", default=None, required=True,
+                       help="WordPiece vocab the data was tokenised with; its size sets vocab_size")
+    group.add_argument("--model-prefix", default="bert_paddle",
+                       help="file name prefix of saved parameters (default: %(default)s)")
+    return group
+
+
+def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
+    """--device, --seed, --report-file, --show-config, --enable-cpu-affinity, --benchmark*."""
+    group = parser.add_argument_group("Runtime")
+    group.add_argument("--device", default="auto", choices=("auto", "gpu", "cpu"),
+                       help="where to run; auto = GPU when usable, else CPU (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    group.add_argument("--report-file", default="./report.json",
+                       help="DLLogger JSON-lines report, written by rank 0 (default: %(default)s)")
+    group.add_argument("--show-config", type=str2bool, default=True,
+                       help="log every argument at start (default: %(default)s)")
+    group.add_argument("--enable-cpu-affinity", type=str2bool, default=True,
+                       help="pin each GPU process to the CPU cores near its GPU (default: %(default)s)")
+    group.add_argument("--benchmark", action="store_true",
+                       help="measure throughput: warm up, time, write no checkpoint")
+    group.add_argument("--benchmark-steps", type=int, default=benchmark_steps,
+                       help="measured steps with --benchmark (default: %(default)s)")
+    group.add_argument("--benchmark-warmup-steps", type=int, default=benchmark_warmup,
+                       help="unmeasured steps first with --benchmark (default: %(default)s)")
+    return group
+
+
+def add_optimizer_args(parser, optimizer="Lamb", learning_rate=1e-4, warmup_proportion=0.01,
+                       weight_decay=0.01):
+    """--optimizer, --gradient-merge-steps, --learning-rate, --warmup-*, --beta1/2, --epsilon, --weight-decay."""
+    group = parser.add_argument_group("Training")
+    group.add_argument("--optimizer", default=optimizer, choices=("Lamb", "AdamW", "DistributedFusedLamb"),
+                       help="optimizer (default: %(default)s)")
+    group.add_argument("--gradient-merge-steps", type=int, default=1,
+                       help="micro-batches accumulated per update (default: %(default)s)")
+    group.add_argument("--learning-rate", type=float, default=learning_rate,
+                       help="peak learning rate (default: %(default)s)")
+    group.add_argument("--warmup-start-lr", type=float, default=0.0,
+                       help="learning rate of the first warm-up step (default: %(default)s)")
+    group.add_argument("--warmup-proportion", type=float, default=warmup_proportion,
+                       help="fraction of the updates spent warming up (default: %(default)s)")
+    group.add_argument("--beta1", type=float, default=0.9, help="(default: %(default)s)")
+    group.add_argument("--beta2", type=float, default=0.999, help="(default: %(default)s)")
+    group.add_argument("--epsilon", type=float, default=1e-6, help="(default: %(default)s)")
+    group.add_argument("--weight-decay", type=float, default=weight_decay,
+                       help="decoupled weight decay; none on biases and LayerNorm (default: %(default)s)")
+    return group
+
+
+def add_amp_args(parser):
+    """--amp, --amp-dtype, --scale-loss, --use-dynamic-loss-scaling, --use-pure-fp16, --fuse-mha."""
+    group = parser.add_argument_group("Advanced Training")
+    group.add_argument("--amp", action="store_true", help="automatic mixed precision (GPU)")
+    group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
+                       help="low-precision type under --amp (default: %(default)s)")
+    group.add_argument("--scale-loss", type=float, default=1.0,
+                       help="initial loss scale under --amp float16 (default: %(default)s)")
+    group.add_argument("--use-dynamic-loss-scaling", action="store_true",
+                       help="grow/shrink the loss scale; overflowing steps are skipped")
+    group.add_argument("--use-pure-fp16", action="store_true",
+                       help="O2: fp16 parameters with fp32 master weights (needs --amp)")
+    group.add_argument("--fuse-mha", action="store_true",
+                       help="fastest fused attention this Paddle build offers (GPU)")
+    return group
+
+
+def amp_fields(args):
+    """`program.TrainConfig` AMP fields from the parsed AMP flags.
+
+    Raises:
+      ValueError: --use-pure-fp16 without --amp, or with --amp-dtype bfloat16.
+    """
+    if args.use_pure_fp16 and not args.amp:
+        raise ValueError("--use-pure-fp16 needs --amp")
+    if not args.amp:
+        return {"amp": "off"}
+    if args.amp_dtype == "bfloat16":
+        if args.use_pure_fp16:
+            raise ValueError("--use-pure-fp16 is for --amp-dtype float16")
+        return {"amp": "bf16"}
+    return {"amp": "fp16", "use_pure_fp16": args.use_pure_fp16, "scale_loss": args.scale_loss,
+            "use_dynamic_loss_scaling": args.use_dynamic_loss_scaling}
+
+
+def require_existing(flag, path, kind="path"):
+    """Raise ValueError naming `flag` unless `path` exists (kind "file" / "dir" / "path")."""
+    check = {"file": os.path.isfile, "dir": os.path.isdir, "path": os.path.exists}[kind]
+    if not check(path):
+        raise ValueError(f"{flag} '{path}' does not exist" + ("" if kind == "path" else f" or is not a {kind}"))
+
+
+def require_positive(args, *names, allow_zero=()):
+    """Raise ValueError for the first `--name` that is not a positive (or, if allowed, zero) number."""
+    for name in names:
+        value = getattr(args, name)
+        low_ok = value >= 0 if name in allow_zero else value > 0
+        if value is None or not low_ok:
+            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name in allow_zero else '> 0'}, "
+                             f"got {value!r}")
+
+
+def resolve_bert_config(bert_model, config_file, vocab_file):
+    """The model config for `--bert-model` / `--config-file`, with vocab_size from `--vocab-file`.
+
+    Returns:
+      (modeling.BertConfig, config path used, vocab size).
+
+    Raises:
+      ValueError: custom without --config-file, a missing or invalid config/vocab file.
+    """
+    if config_file is None:
+        if bert_model == "custom":
+            raise ValueError("--bert-model custom needs --config-file")
+        config_file = os.path.join(CONFIG_DIR, f"{bert_model}.json")
+    require_existing("--config-file", config_file, "file")
+    require_existing("--vocab-file", vocab_file, "file")
+    vocab_size = len(load_vocab(vocab_file))
+    if vocab_size == 0:
+        raise ValueError(f"--vocab-file '{vocab_file}' is empty")
+    return BertConfig.from_json_file(config_file).with_vocab_size(vocab_size), config_file, vocab_size

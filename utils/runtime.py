@@ -1,0 +1,172 @@
+"""Where and how a training/eval process runs: device, ranks, executor, seeds.
+
+Owns: resolving `--device {auto,gpu,cpu}` (one log line says what was chosen and why), reading the rank
+layout that `paddle.distributed.launch` puts in the environment, initialising the collective runtime
+(Fleet on GPUs; gloo + `utils.gloo_data_parallel` on CPU processes), the executor, and per-rank seeding.
+Does not own: building programs (`program.py`), parsing flags (the run scripts), checkpoints.
+
+Typical use in a run script (after `import utils.preflight`):
+
+    rt = init_runtime(args.device, seed=args.seed)
+    train_cfg = TrainConfig(..., device=rt.device, **rt.train_config_kwargs())
+    bundle = program.build_pretraining(model_cfg, train_cfg)
+    rt.exe.run(bundle.startup_program)
+"""
+import dataclasses
+import logging
+import os
+
+import paddle
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "gpu", "cpu")
+
+
+def _env_int(environ, name, default):
+    value = environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    """This process's place among the training processes.
+
+    Attributes:
+      rank: int in [0, world_size), PADDLE_TRAINER_ID.
+      world_size: int >= 1, PADDLE_TRAINERS_NUM.
+      local_rank: int >= 0, PADDLE_LOCAL_RANK (the GPU index on its node); defaults to rank.
+    """
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """Read the variables `paddle.distributed.launch` sets (defaults: one process).
+
+        Raises:
+          ValueError: a variable is not an integer, or the rank is outside [0, world_size).
+        """
+        environ = os.environ if environ is None else environ
+        world = _env_int(environ, "PADDLE_TRAINERS_NUM", 1)
+        rank = _env_int(environ, "PADDLE_TRAINER_ID", 0)
+        local = _env_int(environ, "PADDLE_LOCAL_RANK", rank)
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"PADDLE_TRAINER_ID={rank} / PADDLE_TRAINERS_NUM={world} are inconsistent")
+        return cls(rank=rank, world_size=world, local_rank=local)
+
+    @property
+    def is_main(self):
+        """True on rank 0, the process that writes reports and checkpoints."""
+        return self.rank == 0
+
+
+def gpu_available():
+    """True when this Paddle build has CUDA and sees at least one GPU."""
+    return bool(paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)
+
+
+def resolve_device(requested):
+    """Turn `--device` into "gpu" or "cpu".
+
+    Args:
+      requested: "auto" (GPU when one is usable, else CPU), "gpu" or "cpu".
+
+    Returns:
+      "gpu" | "cpu"; the choice is logged once.
+
+    Raises:
+      ValueError: an unknown value, or "gpu" when this Paddle build or machine has no usable GPU.
+    """
+    if requested not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {requested!r}")
+    has_gpu = gpu_available()
+    if requested == "gpu" and not has_gpu:
+        why = ("this paddlepaddle build has no CUDA (install paddlepaddle-gpu==2.6.2)"
+               if not paddle.is_compiled_with_cuda() else "no GPU is visible")
+        raise ValueError(f"--device gpu: {why}; use --device cpu or auto")
+    device = "gpu" if (requested == "gpu" or (requested == "auto" and has_gpu)) else "cpu"
+    if device == "cpu":
+        logger.info("device: cpu (%s), %s OpenMP threads per process",
+                    "requested" if requested == "cpu" else "no usable GPU",
+                    os.environ.get("OMP_NUM_THREADS", "?"))
+    else:
+        logger.info("device: gpu (%d visible)", paddle.device.cuda.device_count())
+    return device
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What `init_runtime` set up.
+
+    Attributes:
+      device: "gpu" | "cpu".
+      dist: DistEnv.
+      place: the paddle Place of this process.
+      exe: paddle.static.Executor on `place`.
+    """
+    device: str
+    dist: DistEnv
+    place: object
+    exe: object
+
+    @property
+    def uses_fleet(self):
+        """Multi-GPU runs go through Fleet's collective meta-optimizers."""
+        return self.device == "gpu" and self.dist.world_size > 1
+
+    def train_config_kwargs(self):
+        """The data-parallel fields of `program.TrainConfig` for this runtime."""
+        cpu_world = self.dist.world_size if self.device == "cpu" else 1
+        return {"use_fleet": self.uses_fleet, "allreduce_world_size": cpu_world}
+
+
+def seed_process(seed, rank):
+    """Seed Paddle's global generator (dropout) and return the per-rank seed.
+
+    Parameter initialisation does not depend on this (modeling seeds every weight by name, identical on
+    all ranks); dropout masks must differ between ranks, hence seed + rank.
+    """
+    process_seed = seed + rank
+    paddle.seed(process_seed)
+    return process_seed
+
+
+def init_runtime(device="auto", seed=42, environ=None):
+    """Enable static mode, resolve the device, start the collective runtime and an executor.
+
+    Args:
+      device: `--device` value.
+      seed: int, base seed; the process seeds its global generator with seed + rank.
+      environ: mapping to read the rank layout from (default os.environ).
+
+    Returns:
+      Runtime.
+
+    Raises:
+      ValueError: see `resolve_device` and `DistEnv.from_env`.
+    """
+    paddle.enable_static()
+    dist_env = DistEnv.from_env(environ)
+    resolved = resolve_device(device)
+    if dist_env.world_size > 1:
+        if resolved == "gpu":
+            from paddle.distributed import fleet
+            fleet.init(is_collective=True)
+        else:
+            # gloo: launch sets PADDLE_DISTRI_BACKEND=gloo for CPU processes.
+            paddle.distributed.init_parallel_env()
+        logger.info("rank %d of %d (%s)", dist_env.rank, dist_env.world_size,
+                    "fleet collective" if resolved == "gpu" else "gloo all-reduce")
+    # launch gives each process one GPU in FLAGS_selected_gpus; without launch it is the local rank.
+    gpu_id = _env_int(os.environ if environ is None else environ, "FLAGS_selected_gpus",
+                      dist_env.local_rank)
+    place = paddle.CUDAPlace(gpu_id) if resolved == "gpu" else paddle.CPUPlace()
+    seed_process(seed, dist_env.rank)
+    return Runtime(device=resolved, dist=dist_env, place=place, exe=paddle.static.Executor(place))
