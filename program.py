@@ -346,11 +346,28 @@ def _minimize(loss, train_cfg, attention_impl, main, startup):
     outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, name)
     outer.minimize(loss, startup_program=startup)
     extra = {"lr": _learning_rate_var(main)}
+    world = _data_parallel_world(train_cfg)
+    if world > 1:
+        extra["global_loss"] = _mean_over_ranks(loss, world)
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
     return lr, outer, extra, _build_strategy(train_cfg, attention_impl,
                                              name == "DistributedFusedLamb")
+
+
+def _data_parallel_world(train_cfg):
+    if train_cfg.use_fleet:
+        from paddle.distributed import fleet
+        return fleet.worker_num()
+    return train_cfg.allreduce_world_size
+
+
+def _mean_over_ranks(loss, world):
+    """A copy of `loss` averaged over all ranks (what the logs report; the gradients do not use it)."""
+    total = paddle.assign(loss)
+    paddle.distributed.all_reduce(total)
+    return paddle.scale(total, 1.0 / world)
 
 
 def _learning_rate_var(program):
@@ -407,7 +424,8 @@ def build_pretraining(model_cfg, train_cfg):
     Returns:
       ProgramBundle. feed_names == eval_feed_names == FEED_SPECS["pretraining"] names. fetches:
       loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc (float32 scalars), lr (float32 [1]) and, with AMP,
-      loss_scaling (float32 [1]); eval_fetches: the five loss/accuracy values.
+      loss_scaling (float32 [1]), and with more than one rank global_loss (the loss averaged over
+      ranks); eval_fetches: the five loss/accuracy values.
 
     Raises:
       RuntimeError: AMP requested but this Paddle build cannot produce low-precision ops, or a

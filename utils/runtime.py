@@ -162,6 +162,10 @@ def init_runtime(device="auto", seed=42, environ=None):
         else:
             # gloo: launch sets PADDLE_DISTRI_BACKEND=gloo for CPU processes.
             paddle.distributed.init_parallel_env()
+            # The executor may run independent ops of a sub-block (the gradient-merge update) on
+            # several threads in a different order on each rank; gloo then pairs all-reduces of
+            # different gradients and aborts. Serial execution keeps every rank in program order.
+            paddle.set_flags({"FLAGS_new_executor_serial_run": True})
         logger.info("rank %d of %d (%s)", dist_env.rank, dist_env.world_size,
                     "fleet collective" if resolved == "gpu" else "gloo all-reduce")
     # launch gives each process one GPU in FLAGS_selected_gpus; without launch it is the local rank.

@@ -1,0 +1,144 @@
+"""BERT pre-training (MLM + NSP) with one static Paddle program: `python run_pretraining.py --phase1 ...`.
+
+Owns the command line: every flag of the NVIDIA reference's run_pretraining.py with the same names and
+meanings, plus `--device`, `--amp-dtype`, `--keep-checkpoints`, `--num-workers`,
+`--sequence-length-alignment`, and the one function (`validate_args`) that rejects bad combinations up front.
+The work itself is `utils.pretrain_session.PretrainSession`: init (resume / phase-1 final params /
+pretrained params), the training loop, checkpoints and the report.
+
+Multi-process: `python -m paddle.distributed.launch --gpus 0,1,... run_pretraining.py ...` (Fleet on GPUs);
+`--nproc_per_node 2` on CPU runs gloo processes whose gradients are all-reduced (utils.gloo_data_parallel).
+
+Differences from the reference, on purpose: a missing init path is an error (the reference silently trains
+from random weights); `--from-checkpoint` with `--from-pretrained-params` is an error (the reference ignores
+one); `--warmup-start-lr` is honoured; `--last-step-of-checkpoint auto` with no checkpoint yet starts fresh.
+"""
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
+
+import argparse
+import logging
+import os
+import sys
+
+from utils import args as common
+
+logger = logging.getLogger("run_pretraining")
+
+
+def build_parser():
+    """The argparse parser (groups as in the reference's --help)."""
+    parser = argparse.ArgumentParser(
+        description="BERT pre-training on LDDL-format Parquet shards (or NVIDIA HDF5 shards).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    glob = parser.add_argument_group("Global")
+    glob.add_argument("--input-dir", required=True,
+                      help="directory of pre-training shards (ours/LDDL Parquet, or NVIDIA .hdf5)")
+    glob.add_argument("--output-dir", required=True,
+                      help="checkpoints go to <output-dir>/<bert-model>/phase<N>/<step>/")
+    glob.add_argument("--max-steps", type=int, default=None, required=True,
+                      help="optimizer updates of this phase")
+    glob.add_argument("--log-freq", type=int, default=10, help="log every N updates")
+    glob.add_argument("--num-steps-per-checkpoint", type=int, default=100,
+                      help="save every N updates (and at the end)")
+    glob.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept per phase (>= 2)")
+    glob.add_argument("--from-pretrained-params", default=None,
+                      help="initialise parameters (no optimizer state) from this .pdparams / step dir")
+    glob.add_argument("--from-checkpoint", default=None,
+                      help="resume: a phase directory (with --last-step-of-checkpoint auto|N) or a step dir")
+    glob.add_argument("--last-step-of-checkpoint", default=None,
+                      help="None, auto (latest complete checkpoint; none yet = start fresh) or a step > 0")
+    glob.add_argument("--from-phase1-final-params", default=None,
+                      help="phase 2: phase 1's final step dir; used only when phase 2 has no checkpoint")
+    glob.add_argument("--num-workers", type=int, default=2, help="data loader worker processes")
+    glob.add_argument("--sequence-length-alignment", type=int, default=64,
+                      help="pad each batch's length up to a multiple of this")
+    common.add_model_args(parser)
+    common.add_runtime_args(parser)
+    common.add_optimizer_args(parser)
+    train = parser.add_argument_group("Sequences")
+    train.add_argument("--max-seq-length", type=int, default=512, help="longest sequence allowed")
+    train.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch per process")
+    train.add_argument("--phase1", action="store_true", help="phase 1 (exactly one of --phase1/--phase2)")
+    train.add_argument("--phase2", action="store_true", help="phase 2")
+    train.add_argument("--max-predictions-per-seq", type=int, default=80,
+                       help="cap of masked tokens per sequence (dynamic masking)")
+    common.add_amp_args(parser)
+    return parser
+
+
+def parse_last_step(value):
+    """--last-step-of-checkpoint: None, "auto" or an int > 0."""
+    if value is None or str(value).lower() == "none":
+        return None
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        step = int(value)
+    except ValueError:
+        step = 0
+    if step < 1:
+        raise ValueError(f"--last-step-of-checkpoint must be None, auto or an integer > 0, got {value!r}")
+    return step
+
+
+def validate_args(args):
+    """Check flag combinations and paths; normalise a few values in place. Raises ValueError."""
+    if args.phase1 == args.phase2:
+        raise ValueError("give exactly one of --phase1 and --phase2")
+    args.phase = 1 if args.phase1 else 2
+    if args.from_checkpoint and args.from_pretrained_params:
+        raise ValueError("--from-checkpoint and --from-pretrained-params are exclusive: a checkpoint "
+                         "already holds the parameters")
+    if args.from_phase1_final_params and args.phase == 1:
+        raise ValueError("--from-phase1-final-params is for --phase2")
+    args.last_step_of_checkpoint = parse_last_step(args.last_step_of_checkpoint)
+    common.require_positive(args, "max_steps", "log_freq", "num_steps_per_checkpoint", "batch_size",
+                            "max_seq_length", "max_predictions_per_seq", "gradient_merge_steps",
+                            "learning_rate", "sequence_length_alignment", "benchmark_steps")
+    common.require_positive(args, "num_workers", "benchmark_warmup_steps", "warmup_start_lr",
+                            allow_zero=("num_workers", "benchmark_warmup_steps", "warmup_start_lr"))
+    if args.keep_checkpoints < 2:
+        raise ValueError(f"--keep-checkpoints must be >= 2 (a crash while replacing the only one would "
+                         f"leave none), got {args.keep_checkpoints}")
+    common.require_existing("--input-dir", args.input_dir, "dir")
+    for flag in ("from_pretrained_params", "from_phase1_final_params"):
+        if getattr(args, flag):
+            common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.from_checkpoint and args.last_step_of_checkpoint != "auto":
+        common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
+    args.amp_fields = common.amp_fields(args)
+    args.model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file,
+                                                                args.vocab_file)
+    if args.max_seq_length > args.model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds max_position_embeddings "
+                         f"{args.model_cfg.max_position_embeddings} of {config_path}")
+    return args
+
+
+def main(argv=None):
+    """Entry point: returns the process exit status."""
+    from utils.logger import init_logging
+    from utils.runtime import DistEnv
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    init_logging(DistEnv.from_env().rank)
+    try:
+        validate_args(args)
+        from utils.pretrain_session import PretrainSession
+        session = PretrainSession(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        session.run()
+    except ValueError as err:  # resume/init problems found once the program exists
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        session.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

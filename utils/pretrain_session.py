@@ -1,0 +1,287 @@
+"""One pre-training run of one phase: set up, initialise, train, checkpoint, report.
+
+Owns: the order of things in a run (runtime → config → program → startup → initialisation → loop), where
+the initial weights come from (a checkpoint of this phase, phase 1's final parameters, or pretrained
+parameters: never silently random when a path was given), the training loop with gradient merge, the
+per-micro-batch dropout seeding that makes a resumed run equal an uninterrupted one, and the DLLogger
+records. Does not own: flags (`run_pretraining.py`), building the program (`program.py`), the data loader
+(`data.lddl_loader`), the checkpoint format (`utils.checkpoint`), the report format (`utils.report`).
+
+Exact resume. A checkpoint (written only at update boundaries) holds every persistable (parameters,
+optimizer moments, LR variable, loss scale, gradient-merge counter) plus `progress.json` with the step, the
+loader position and the LR-scheduler state. What is left is the randomness of dropout: Paddle's global
+generator would have advanced differently in an interrupted run, so it is re-seeded before every
+micro-batch from (seed, rank, micro-batch index). Together, a run killed at any point and resumed with
+`--last-step-of-checkpoint auto` computes exactly what an uninterrupted run computes (tested on CPU fp32).
+"""
+import logging
+import os
+import time
+
+import numpy as np
+import paddle
+
+import program as program_lib
+from data.lddl_loader import get_bert_pretrain_data_loader
+from lr_scheduler import warmup_steps_from_proportion
+from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
+                              fingerprint_config, load_pretrained, phase_dir)
+from utils.logger import progress as progress_bar
+from utils.report import build_metric_logger
+from utils.runtime import init_runtime
+
+logger = logging.getLogger(__name__)
+
+_MAX_SEED = 2 ** 31 - 1
+
+
+def micro_batch_seed(seed, rank, micro_index):
+    """Seed of Paddle's generator for one micro-batch: a pure function, so resume replays it."""
+    return (seed * 1_000_003 + rank * 7_919 + micro_index * 104_729 + 1) % _MAX_SEED
+
+
+class PretrainSession:
+    """A configured pre-training run. `run()` trains; `close()` releases loader workers and the report.
+
+    Args:
+      args: argparse.Namespace validated by `run_pretraining.validate_args`.
+
+    Raises:
+      ValueError: a config/vocab problem, a sequence length the model cannot hold, bad shards.
+    """
+
+    def __init__(self, args):
+        self.args = args
+        self.start_time = time.time()
+        self.rt = init_runtime(args.device, seed=args.seed)
+        self.rank, self.world = self.rt.dist.rank, self.rt.dist.world_size
+        self.model_cfg = args.model_cfg
+        self.total_steps = (args.benchmark_warmup_steps + args.benchmark_steps if args.benchmark
+                            else args.max_steps)
+        self.global_batch = args.batch_size * args.gradient_merge_steps * self.world
+        self.fingerprint = fingerprint_config(self.model_cfg.to_dict())
+        self.train_cfg = self._train_config()
+        self.bundle = program_lib.build_pretraining(self.model_cfg, self.train_cfg)
+        self.manager = CheckpointManager(phase_dir(args.output_dir, args.bert_model, args.phase),
+                                         keep_last=args.keep_checkpoints, rank=self.rank,
+                                         model_prefix=args.model_prefix)
+        self.loader = get_bert_pretrain_data_loader(
+            args.input_dir, vocab_file=args.vocab_file, batch_size=args.batch_size, rank=self.rank,
+            world_size=self.world, seed=args.seed, num_workers=args.num_workers,
+            sequence_length_alignment=args.sequence_length_alignment,
+            max_predictions_per_seq=args.max_predictions_per_seq, max_seq_length=args.max_seq_length)
+        self.metrics = None
+
+    def _train_config(self):
+        a = self.args
+        return program_lib.TrainConfig(
+            optimizer=a.optimizer, learning_rate=a.learning_rate, warmup_start_lr=a.warmup_start_lr,
+            warmup_steps=warmup_steps_from_proportion(self.total_steps, a.warmup_proportion),
+            total_steps=self.total_steps, weight_decay=a.weight_decay, beta1=a.beta1, beta2=a.beta2,
+            epsilon=a.epsilon, gradient_merge_steps=a.gradient_merge_steps, fuse_mha=a.fuse_mha,
+            seed=a.seed, device=self.rt.device, **a.amp_fields, **self.rt.train_config_kwargs())
+
+    # ------------------------------------------------------------------------------------------------
+    # Initialisation
+
+    def _resume_source(self):
+        """(CheckpointManager, step) to resume from, or None. Raises ValueError for a bad path/step."""
+        path, step = self.args.from_checkpoint, self.args.last_step_of_checkpoint
+        if not path:
+            return None
+        kwargs = dict(keep_last=self.args.keep_checkpoints, rank=self.rank,
+                      model_prefix=self.args.model_prefix)
+        if os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # a step directory itself
+            name = os.path.basename(os.path.normpath(path))
+            if not name.isdigit():
+                raise ValueError(f"--from-checkpoint '{path}': a step directory must be named by its step")
+            if step not in (None, "auto") and step != int(name):
+                raise ValueError(f"--last-step-of-checkpoint {step} contradicts --from-checkpoint '{path}'")
+            return CheckpointManager(os.path.dirname(os.path.normpath(path)), **kwargs), int(name)
+        if not os.path.isdir(path):
+            logger.info("no checkpoint directory '%s' yet: starting phase %d from step 0", path,
+                        self.args.phase)
+            return None
+        return CheckpointManager(path, **kwargs), ("auto" if step is None else step)
+
+    def _initialise(self):
+        """Run startup and load the initial state. Returns the resumed Progress or None."""
+        exe, main = self.rt.exe, self.bundle.main_program
+        exe.run(self.bundle.startup_program)
+        source = self._resume_source()
+        restored = source[0].restore(exe, main, source[1]) if source else None
+        if source and restored is None:
+            logger.info("no complete checkpoint in '%s' yet: starting phase %d from step 0",
+                        source[0].root_dir, self.args.phase)
+        if restored is not None:
+            check_compatible(restored, config_fingerprint=self.fingerprint, world_size=self.world,
+                             global_batch_size=self.global_batch)
+            self.bundle.lr_scheduler.set_state_dict(restored.lr_state)
+            self.loader.load_state_dict(restored.loader_state)
+            if self.args.from_phase1_final_params:
+                logger.info("resuming phase 2 at step %d: --from-phase1-final-params is not used",
+                            restored.global_step)
+        elif self.args.from_phase1_final_params:
+            load_pretrained(exe, main, self.args.from_phase1_final_params)
+        elif self.args.from_pretrained_params:
+            load_pretrained(exe, main, self.args.from_pretrained_params)
+        self._amp_init()
+        return restored
+
+    def _amp_init(self):
+        """Pure fp16 (O2): cast parameters to fp16 now that they hold their initial values, and make
+        the fp32 master weights equal those values (the reference left them at the startup init)."""
+        if not self.train_cfg.use_pure_fp16:
+            return
+        scope = paddle.static.global_scope()
+        params = {p.name: np.array(scope.find_var(p.name).get_tensor())
+                  for p in self.bundle.main_program.all_parameters()}
+        self.bundle.optimizer.amp_init(self.rt.place, scope=scope)
+        for name, value in params.items():
+            master = scope.find_var(name + "_fp32_master_0")
+            if master is not None and value.dtype == np.float32:
+                master.get_tensor().set(value, self.rt.place)
+
+    # ------------------------------------------------------------------------------------------------
+    # Training
+
+    def run(self):
+        """Initialise, train to `total_steps` updates, save the final checkpoint, write the summary."""
+        restored = self._initialise()
+        step = restored.global_step if restored is not None else 0
+        append = restored is not None and os.path.exists(self.args.report_file)
+        self.metrics = build_metric_logger(self.rank, self.args.report_file, append=append,
+                                           total_steps=self.total_steps)
+        if self.args.show_config:
+            self.metrics.log_parameters({k: v for k, v in sorted(vars(self.args).items())
+                                         if k not in ("amp_fields", "model_cfg")})
+        if step >= self.total_steps:
+            logger.info("phase %d already finished (step %d of %d)", self.args.phase, step,
+                        self.total_steps)
+            return
+        self._train(step)
+
+    def _fetch_names(self):
+        names = ["global_loss" if "global_loss" in self.bundle.fetches else "loss",
+                 "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr"]
+        return names + (["loss_scaling"] if "loss_scaling" in self.bundle.fetches else [])
+
+    def _train(self, step):
+        a, k = self.args, self.args.gradient_merge_steps
+        names = self._fetch_names()
+        fetch_list = [self.bundle.fetches[n] for n in names]
+        micro, window, last = step * k, _Window(), {}
+        raw_start, bench_start = time.time(), None
+        bar = progress_bar(total=self.total_steps, desc=f"phase {a.phase}", unit="step",
+                           disable=None if self.rank == 0 else True)
+        bar.update(step)
+        batches = iter(self.loader)
+        while step < self.total_steps:
+            feed = self._next_batch(batches)
+            if feed is None:
+                batches = iter(self.loader)
+                continue
+            paddle.seed(micro_batch_seed(a.seed, self.rank, micro))
+            values = self.rt.exe.run(self.bundle.main_program, feed=feed, fetch_list=fetch_list)
+            micro += 1
+            window.add(len(feed["input_ids"]) * self.world, dict(zip(names, values)))
+            if micro % k:
+                continue
+            step += 1
+            self.bundle.lr_scheduler.step()
+            bar.update(1)
+            last = self._after_update(step, window, last)
+            if a.benchmark and step == a.benchmark_warmup_steps:
+                bench_start = time.time()
+        bar.close()
+        self._finish(step, raw_start, bench_start, last)
+
+    def _next_batch(self, batches):
+        """The next feed dict, or None at the end of an epoch (raises if an epoch is empty)."""
+        try:
+            return next(batches)
+        except StopIteration:
+            if len(self.loader) == 0:
+                raise ValueError(f"--input-dir '{self.args.input_dir}' gives no full batch of "
+                                 f"{self.args.batch_size} on each of {self.world} process(es)") from None
+            return None
+
+    def _after_update(self, step, window, last):
+        """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
+        a = self.args
+        self._check_overflow(step, window)
+        if step % a.log_freq == 0 or step == self.total_steps:
+            last = window.summary(a.gradient_merge_steps)
+            self.metrics.log(last, step=step)
+            window.reset()
+        if not a.benchmark:
+            self.manager.maybe_save(self.rt.exe, self.bundle.main_program, self._progress(step, last),
+                                    a.num_steps_per_checkpoint, is_last=step == self.total_steps)
+        return last
+
+    def _check_overflow(self, step, window):
+        scale = window.latest.get("loss_scaling")
+        if scale is not None and window.previous_scale is not None and scale < window.previous_scale:
+            logger.warning("step %d: fp16 overflow, update skipped; loss scale %g -> %g", step,
+                           window.previous_scale, scale)
+        window.previous_scale = scale
+
+    def _progress(self, step, last):
+        return Progress(phase=self.args.phase, global_step=step, epoch=self.loader.epoch,
+                        loader_state=self.loader.state_dict(),
+                        lr_state=self.bundle.lr_scheduler.state_dict(),
+                        seeds={"base": self.args.seed}, config_fingerprint=self.fingerprint,
+                        world_size=self.world, global_batch_size=self.global_batch,
+                        extra={"config": self.model_cfg.to_dict(),
+                               "loss": last.get("loss") if last else None})
+
+    def _finish(self, step, raw_start, bench_start, last):
+        now = time.time()
+        if self.args.benchmark and bench_start is not None:
+            measured, steps = now - bench_start, self.args.benchmark_steps
+        else:
+            measured, steps = now - raw_start, step
+        summary = {"e2e_train_time": now - self.start_time, "raw_train_time": measured,
+                   "training_sequences_per_second": steps * self.global_batch / max(measured, 1e-9),
+                   "final_loss": last.get("loss") if last else None}
+        self.metrics.log_summary({k: v for k, v in summary.items() if v is not None})
+        logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s", self.args.phase, step,
+                    summary["final_loss"], summary["training_sequences_per_second"])
+
+    def close(self):
+        """Stop loader workers and close the report (safe to call twice)."""
+        self.loader.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+class _Window:
+    """Metrics of the updates since the last log line."""
+
+    def __init__(self):
+        self.previous_scale = None
+        self.reset()
+
+    def reset(self):
+        self.sums, self.count, self.sequences, self.started, self.latest = {}, 0, 0, time.time(), {}
+
+    def add(self, sequences, values):
+        self.latest = {n: float(np.asarray(v).reshape(-1)[0]) for n, v in values.items()}
+        for name, value in self.latest.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+        self.sequences += sequences
+
+    def summary(self, merge_steps):
+        """Means over the window; step_time is per optimizer update (merge_steps micro-batches)."""
+        elapsed = max(time.time() - self.started, 1e-9)
+        means = {n: s / max(self.count, 1) for n, s in self.sums.items()}
+        updates = max(self.count / merge_steps, 1e-9)
+        out = {"loss": means["global_loss"] if "global_loss" in means else means["loss"],
+               "mlm_loss": means["mlm_loss"], "nsp_loss": means["nsp_loss"],
+               "mlm_acc": means["mlm_acc"], "nsp_acc": means["nsp_acc"],
+               "learning_rate": self.latest["lr"], "step_time": elapsed / updates,
+               "seqs_per_sec": self.sequences / elapsed}
+        if "loss_scaling" in self.latest:
+            out["loss_scale"] = self.latest["loss_scaling"]
+        return out
