@@ -84,3 +84,15 @@ def test_resolve_bert_config_takes_vocab_size_from_the_vocab(tmp_path):
         common.resolve_bert_config("custom", None, str(vocab))
     with pytest.raises(ValueError, match="--vocab-file"):
         common.resolve_bert_config("bert-tiny", None, str(tmp_path / "missing.txt"))
+
+
+def test_pin_cpu_cores_gives_each_local_process_its_own_block(monkeypatch):
+    import os
+    from utils import runtime
+    calls = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: calls.append(list(cores)))
+    assert runtime.pin_cpu_cores(1, 4, cores=range(16)) == [4, 5, 6, 7]
+    assert runtime.pin_cpu_cores(3, 4, cores=range(16)) == [12, 13, 14, 15]
+    assert calls == [[4, 5, 6, 7], [12, 13, 14, 15]]
+    assert runtime.pin_cpu_cores(0, 8, cores=[0, 1]) == [0, 1]  # fewer cores than processes: unchanged
+    assert len(calls) == 2

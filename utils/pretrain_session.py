@@ -53,7 +53,7 @@ class PretrainSession:
     def __init__(self, args):
         self.args = args
         self.start_time = time.time()
-        self.rt = init_runtime(args.device, seed=args.seed)
+        self.rt = init_runtime(args.device, seed=args.seed, cpu_affinity=args.enable_cpu_affinity)
         self.rank, self.world = self.rt.dist.rank, self.rt.dist.world_size
         self.model_cfg = args.model_cfg
         self.total_steps = (args.benchmark_warmup_steps + args.benchmark_steps if args.benchmark
