@@ -29,14 +29,16 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import lddl_format as fmt
+from utils.cli import run_cli
 from utils.fs import atomic_output_dir
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -201,9 +203,7 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
     return counts
 
 
-def main(argv=None):
-    """CLI entry point; returns {shard: rows}. Bad input: one-line error on stderr, exit code 2."""
-    init_logging()
+def _parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m data.balance_dask_output",
                                      description="Balance LDDL Parquet files into equal shards.")
     parser.add_argument("--indir", required=True, help="dataset written by data.preprocess_bert_pretrain")
@@ -211,14 +211,16 @@ def main(argv=None):
     parser.add_argument("--num-shards", type=int, required=True, help="shards per bin")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --outdir")
     parser.add_argument("--buffer-mb", type=float, default=256.0, help="input MB buffered between flushes")
-    args = parser.parse_args(argv)
-    try:
-        if args.buffer_mb <= 0:
-            raise ValueError(f"--buffer-mb must be > 0, got {args.buffer_mb}")
-        return balance(args.indir, args.num_shards, args.outdir, args.overwrite, args.buffer_mb)
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """CLI entry point; returns {shard: rows}. Raises ValueError on bad input (see `utils.cli`)."""
+    args = _parse_args(argv)
+    if args.buffer_mb <= 0:
+        raise ValueError(f"--buffer-mb must be > 0, got {args.buffer_mb}")
+    return balance(args.indir, args.num_shards, args.outdir, args.overwrite, args.buffer_mb)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -20,8 +20,9 @@ import os
 import sys
 
 from tokenizer import SPECIAL_TOKENS, hf_normalizer, hf_pre_tokenizer, load_vocab
+from utils.cli import run_cli
 from utils.fs import atomic_write_text
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -198,20 +199,15 @@ def _parse_args(argv):
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge")
     parser.add_argument("--plain-text", action="store_true",
                         help="inputs are plain text (no leading '<doc_id> ' on each line)")
-    return parser, parser.parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    """CLI entry point; returns the vocab size written. Bad input exits with code 2 and one message."""
-    init_logging()
-    parser, args = _parse_args(argv)
-    try:
-        return train_wordpiece_vocab(args.input, args.vocab_size, args.do_lower_case, args.output,
-                                     min_frequency=args.min_frequency, has_doc_ids=not args.plain_text)
-    except ValueError as e:
-        parser.error(str(e))
+    """CLI entry point; returns the vocab size written. Raises like `train_wordpiece_vocab` (see `utils.cli`)."""
+    args = _parse_args(argv)
+    return train_wordpiece_vocab(args.input, args.vocab_size, args.do_lower_case, args.output,
+                                 min_frequency=args.min_frequency, has_doc_ids=not args.plain_text)
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_cli(main))

@@ -30,8 +30,9 @@ import os
 import sys
 from pathlib import Path
 
+from utils.cli import run_cli
 from utils.fs import atomic_output_dir
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +78,30 @@ def list_corpus_files(paths):
     return files
 
 
+def open_binary(path):
+    """Open a file for reading bytes, decompressing `.gz` and `.bz2` (also multi-stream bz2) on the fly.
+
+    Shared by every reader of corpora and dumps (`open_text`, `data.preprocess_bert_pretrain`,
+    `data.wikipedia`), so they all accept the same compressions.
+
+    Returns:
+      A binary file object. Raises OSError as `open` does.
+    """
+    path = str(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
 def open_text(path):
     """Open a corpus file for reading as text: UTF-8 (a BOM is dropped), universal newlines, .gz/.bz2 aware.
 
     Returns:
       A text file object; CRLF and CR line ends read as '\\n'. Decoding errors surface while reading.
     """
-    path = str(path)
-    if path.endswith(".gz"):
-        raw = gzip.open(path, "rb")
-    elif path.endswith(".bz2"):
-        raw = bz2.open(path, "rb")
-    else:
-        raw = open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=None)
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="strict", newline=None)
 
 
 def _stem(path):
@@ -271,14 +282,8 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """`main` with logging set up and errors turned into one log line; returns the process exit code."""
-    init_logging()
-    try:
-        main(argv)
-    except (ValueError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 2
-    return 0
+    """`main` as a command (`utils.cli.run_cli`): returns the exit status, 0 ok or 2 bad input."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

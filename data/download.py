@@ -33,7 +33,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from utils.logger import init_logging, progress
+from utils.cli import run_cli
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -358,20 +359,15 @@ def main(argv=None):
     return paths
 
 
+def _main_printing(argv):
+    # The CLI's result, for scripts: DUMP=$(python -m data.download wikipedia ...); logs go to stderr.
+    for path in main(argv):
+        sys.stdout.write(path + "\n")
+
+
 def cli(argv=None):
-    """`main` with logging set up; prints result paths on stdout; returns the exit code (2 usage, 1 download)."""
-    init_logging()
-    try:
-        paths = main(argv)
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
-    except DownloadError as err:
-        logger.error("%s", err)
-        return 1
-    for path in paths:
-        print(path)  # the CLI's result, for scripts: DUMP=$(python -m data.download wikipedia ...)
-    return 0
+    """`main` as a command printing the result paths on stdout: 0 ok, 2 bad input, 1 a download failed."""
+    return run_cli(_main_printing, argv, exit_codes={DownloadError: 1})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from data.lddl_loader import DataFile, natural_key, padded_length
+from data.lddl_format import natural_key
+from data.lddl_loader import DataFile, padded_length
 
 KEYS_2D = ("input_ids", "input_mask", "segment_ids")
 KEYS_MASKED = ("masked_lm_positions", "masked_lm_ids")

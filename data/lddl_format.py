@@ -12,6 +12,7 @@ Owns everything that must agree between the writer (`data.preprocess_bert_pretra
       bin_id           int64   (binned datasets only)
   * file names: `part.<i>.parquet[_<bin>]` (preprocessor), `shard-<k>.parquet[_<bin>]` (balancer); a data
     file is any file whose extension starts with `.parquet`, exactly the rule LDDL's loader uses;
+  * which shard and bin a file name stands for (`shard_stem`, `shard_numbers`, `bin_of_name`);
   * the bin rule `bin = min((num_tokens - 1) // bin_size, nbins - 1)`, `nbins = target_seq_length // bin_size`;
   * `.num_samples.json` = {basename: rows}, the row-count cache LDDL's loader reads;
   * listing a dataset directory (`list_shards`) with bin ids and row counts.
@@ -131,6 +132,45 @@ def bin_of_name(basename):
     if not match.group("bin").isdigit():
         raise ValueError(f"'{basename}': bin suffix '{match.group('bin')}' is not a non-negative integer")
     return int(match.group("bin"))
+
+
+def shard_stem(path):
+    """The shard a data file belongs to: its path without the `_<bin>` suffix.
+
+    `shard-3.parquet_0` .. `shard-3.parquet_3` are the bins of one shard, `shard-3.parquet`.
+
+    Args:
+      path: str, a data file's path or basename.
+
+    Returns:
+      str, `path` with any `_<bin>` suffix removed.
+
+    Raises:
+      ValueError: the bin suffix is not a non-negative integer (see `bin_of_name`).
+    """
+    bin_id = bin_of_name(os.path.basename(path))
+    return path if bin_id is None else path[:-len(f"_{bin_id}")]
+
+
+def shard_numbers(paths):
+    """Shard index of each data file: shards (see `shard_stem`) numbered in natural order of their paths.
+
+    For balanced output that index is the k of `shard-<k>`; for the preprocessor's output the i of `part.<i>`.
+
+    Args:
+      paths: list of str data-file paths.
+
+    Returns:
+      list[int], one per path; bins of one shard share the index.
+    """
+    stems = [shard_stem(p) for p in paths]
+    order = {stem: k for k, stem in enumerate(sorted(set(stems), key=natural_key))}
+    return [order[stem] for stem in stems]
+
+
+def natural_key(text):
+    """Sort key that orders embedded numbers by value: 'part.2' before 'part.10'."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,10 +300,6 @@ class ShardFile:
         return os.path.basename(self.path)
 
 
-def _natural_key(path):
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path)]
-
-
 def _count_rows(path, cache):
     if cache is not None and os.path.basename(path) in cache:
         return cache[os.path.basename(path)]
@@ -295,7 +331,7 @@ def list_shards(directory):
     shards = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
-        names = sorted((n for n in files if is_data_file(n)), key=_natural_key)
+        names = sorted((n for n in files if is_data_file(n)), key=natural_key)
         cache = read_num_samples(root) if names else None
         for name in names:
             path = os.path.join(root, name)
@@ -309,5 +345,5 @@ def list_shards(directory):
         found = sorted({s.bin_id for s in shards})
         if found != list(range(len(found))):
             raise ValueError(f"'{directory}': bin ids {found} must be contiguous integers starting from 0")
-    return sorted(shards, key=lambda s: (_natural_key(os.path.dirname(s.path)), s.bin_id or 0,
-                                         _natural_key(s.name)))
+    return sorted(shards, key=lambda s: (natural_key(os.path.dirname(s.path)), s.bin_id or 0,
+                                         natural_key(s.name)))

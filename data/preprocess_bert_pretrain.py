@@ -34,11 +34,9 @@ With `--scheduler ADDR` the sink must be on a filesystem every worker can write.
 import zlib  # noqa: F401 -- must precede paddle, see NOTES
 
 import argparse
-import bz2
 import contextlib
 import dataclasses
 import functools
-import gzip
 import hashlib
 import importlib
 import logging
@@ -56,8 +54,9 @@ from data import corpus
 from data import lddl_format as fmt
 from data.masking import mask_batch
 from data.pretraining_pairs import create_instances, split_sentences, tokenize_documents
+from utils.cli import run_cli
 from utils.fs import atomic_output_dir
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -127,14 +126,6 @@ class Block:
 # ----------------------------------------------------------------------------------------------------
 # Inputs and blocks
 # ----------------------------------------------------------------------------------------------------
-
-def _open_binary(path):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    return open(path, "rb")
-
 
 def _file_format(path, input_format):
     if input_format != "auto":
@@ -258,7 +249,7 @@ def read_block_documents(block, seed=12345, sample_ratio=1.0):
       ValueError: the file is not UTF-8.
     """
     docs = []
-    with _open_binary(block.path) as f:
+    with corpus.open_binary(block.path) as f:
         if block.fmt == "bert":
             for sentences in _iter_bert_documents(f, block):
                 if _keep("\n".join(sentences), seed, sample_ratio):
@@ -571,27 +562,22 @@ def _parser():
 
 
 def main(argv=None):
-    """CLI entry point; returns the summary dict. Bad input: one-line error on stderr, exit code 2."""
-    init_logging()
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """CLI entry point; returns the summary dict. Raises ValueError on bad input (see `utils.cli`)."""
+    args = _parser().parse_args(argv)
     sources = args.wikipedia + args.books + args.common_crawl + args.source
-    try:
-        if not sources:
-            raise ValueError("give at least one of --wikipedia, --books, --common-crawl, --source")
-        settings = Settings(
-            vocab_file=args.vocab_file, do_lower_case=args.do_lower_case,
-            target_seq_length=args.target_seq_length, bin_size=None if args.no_bin else args.bin_size,
-            masking=args.masking, max_predictions_per_seq=args.max_predictions_per_seq,
-            masked_lm_ratio=args.masked_lm_ratio, short_seq_prob=args.short_seq_prob,
-            duplicate_factor=args.duplicate_factor, sample_ratio=args.sample_ratio, seed=args.seed)
-        return run(settings, sources, args.sink, block_size_mb=args.block_size_mb,
-                   input_format=args.input_format, num_workers=args.num_workers,
-                   threads_per_worker=args.local_threads_per_worker, schedule=args.schedule,
-                   scheduler=args.scheduler, overwrite=args.overwrite)
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if not sources:
+        raise ValueError("give at least one of --wikipedia, --books, --common-crawl, --source")
+    settings = Settings(
+        vocab_file=args.vocab_file, do_lower_case=args.do_lower_case,
+        target_seq_length=args.target_seq_length, bin_size=None if args.no_bin else args.bin_size,
+        masking=args.masking, max_predictions_per_seq=args.max_predictions_per_seq,
+        masked_lm_ratio=args.masked_lm_ratio, short_seq_prob=args.short_seq_prob,
+        duplicate_factor=args.duplicate_factor, sample_ratio=args.sample_ratio, seed=args.seed)
+    return run(settings, sources, args.sink, block_size_mb=args.block_size_mb,
+               input_format=args.input_format, num_workers=args.num_workers,
+               threads_per_worker=args.local_threads_per_worker, schedule=args.schedule,
+               scheduler=args.scheduler, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

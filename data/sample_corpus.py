@@ -29,8 +29,9 @@ import sys
 import sysconfig
 import warnings
 
+from utils.cli import run_cli
 from utils.fs import atomic_output_dir
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -275,20 +276,15 @@ def _parse_args(argv):
     parser.add_argument("--max-documents", type=int, default=None, help="stop after N documents")
     parser.add_argument("--max-bytes", type=int, default=None, help="cap on the total size in bytes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
-    return parser, parser.parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    """CLI entry point; returns the stats dict. Bad flags exit with code 2 and a one-line message."""
-    init_logging()
-    parser, args = _parse_args(argv)
-    try:
-        return build_sample_corpus(args.output_dir, args.num_files, args.max_documents, args.max_bytes,
-                                   overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        parser.error(str(e))
+    """CLI entry point; returns the stats dict. Raises like `build_sample_corpus` (see `utils.cli`)."""
+    args = _parse_args(argv)
+    return build_sample_corpus(args.output_dir, args.num_files, args.max_documents, args.max_bytes,
+                               overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_cli(main))

@@ -16,11 +16,9 @@ Usage (from the repo root):
 """
 import zlib  # noqa: F401 -- must precede paddle, see NOTES
 import argparse
-import bz2
 import collections
 import contextlib
 import dataclasses
-import gzip
 import html
 import logging
 import multiprocessing
@@ -34,8 +32,10 @@ from concurrent.futures.process import BrokenProcessPool
 import mwparserfromhell
 from mwparserfromhell import nodes as mwnodes
 
+from data.corpus import open_binary
+from utils.cli import run_cli
 from utils.fs import atomic_output_dir
-from utils.logger import init_logging, progress
+from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ _REDIRECT_PREFIX = "#REDIRECT"
 # behaviour otherwise. So '&' never reaches the parser: it is swapped for a character XML text cannot
 # contain, put back after rendering, and entities are decoded by html.unescape instead.
 _AMP_PLACEHOLDER = "\x01"
+
+
+class WorkerDied(RuntimeError):
+    """A page-cleaning worker process died (killed, out of memory, or a crash in the C tokenizer)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,14 +174,6 @@ def iter_pages(stream):
             root.clear()  # drop finished pages (and siteinfo) so memory stays flat over a 100 GB dump
 
 
-def _open_dump(path):
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")  # also reads multistream dumps (concatenated bz2 streams)
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def iter_dump_pages(path):
     """Pages of the dump file at `path` (`.xml`, `.xml.bz2` or `.xml.gz`).
 
@@ -186,7 +182,7 @@ def iter_dump_pages(path):
         the file. Raised lazily, when iteration reaches the bad part.
     """
     try:
-        with _open_dump(path) as stream:
+        with open_binary(path) as stream:  # also reads multistream dumps (concatenated bz2 streams)
             yield from iter_pages(stream)
     except (OSError, EOFError, ET.ParseError, ValueError) as err:
         raise ValueError(f"cannot read Wikipedia dump '{path}': {err}") from err
@@ -332,7 +328,7 @@ def _batch_results(future):
     try:
         return future.result()
     except BrokenProcessPool as err:
-        raise RuntimeError("a page-cleaning worker process died (killed, out of memory, or a crash in "
+        raise WorkerDied("a page-cleaning worker process died (killed, out of memory, or a crash in "
                            "mwparserfromhell's C tokenizer); rerun with --num-workers 1 to see the page "
                            "it died on") from err
 
@@ -354,7 +350,7 @@ def ordered_clean(jobs, num_workers, max_pages=64, max_chars=4 << 20, clean=_cle
       clean(job) for each job, in the order of `jobs`: by default (page_id, cleaned text or None).
 
     Raises:
-      RuntimeError: a worker process died.
+      WorkerDied (a RuntimeError): a worker process died.
     """
     if num_workers <= 1:
         yield from map(clean, jobs)
@@ -477,17 +473,8 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """`main` with logging set up and errors turned into one log line; returns the process exit code."""
-    init_logging()
-    try:
-        main(argv)
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
-    except RuntimeError as err:
-        logger.error("%s", err)
-        return 1
-    return 0
+    """`main` as a command (`utils.cli.run_cli`): 0 ok, 2 bad input, 1 a cleaning worker died."""
+    return run_cli(main, argv, exit_codes={WorkerDied: 1})
 
 
 if __name__ == "__main__":

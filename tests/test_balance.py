@@ -10,6 +10,7 @@ import pytest
 from conftest import shared_path
 from data import balance_dask_output as bal
 from data import lddl_format as fmt
+from utils.cli import run_cli
 
 
 def _make_dataset(directory, sizes, binned):
@@ -109,9 +110,8 @@ def test_in_place_failure_leaves_inputs_untouched(tmp_path):
 
 def test_num_shards_larger_than_rows_is_an_error(tmp_path, capsys):
     _make_dataset(tmp_path / "in", [(2, 5), (1, 4)], binned=True)
-    with pytest.raises(SystemExit) as exit_info:
-        bal.main(["--indir", str(tmp_path / "in"), "--num-shards", "4", "--outdir", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
+    argv = ["--indir", str(tmp_path / "in"), "--num-shards", "4", "--outdir", str(tmp_path / "out")]
+    assert run_cli(bal.main, argv) == 2
     assert "only 3 rows in bin 0, fewer than --num-shards 4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--num-shards must be >= 1"):

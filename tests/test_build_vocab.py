@@ -4,6 +4,7 @@ import pytest
 
 from data.build_vocab import continuation_alphabet, find_input_files, main, train_wordpiece_vocab
 from data.sample_corpus import build_sample_corpus
+from utils import cli
 from tokenizer import (SPECIAL_TOKENS, BertTokenizer, FullTokenizer, hf_normalizer, hf_pre_tokenizer,
                        load_vocab)
 
@@ -83,9 +84,7 @@ def test_find_input_files(tmp_path):
 
 
 def run_cli(args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return exc.value.code
+    return cli.run_cli(main, args)
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

@@ -140,18 +140,14 @@ def test_bad_shards_are_named(tmp_path, vocab_file):
         h5.create_dataset("input_ids", data=np.zeros((2, 8), np.int32))
     with pytest.raises(ValueError, match=r"x.hdf5: missing dataset\(s\) \['input_mask'"):
         load(tmp_path / "missing")
-    (tmp_path / "oov").mkdir()
-    path = write_shard(tmp_path / "oov" / "x.hdf5", good)
-    with h5py.File(path, "r+") as h5:
-        h5["input_ids"][0, 1] = 999
-    with pytest.raises(ValueError, match=r"x.hdf5: input_ids holds ids outside \[0, 13\)"):
-        load(tmp_path / "oov")
-    (tmp_path / "mask").mkdir()
-    path = write_shard(tmp_path / "mask" / "x.hdf5", good)
-    with h5py.File(path, "r+") as h5:
-        h5["input_mask"][0, 0] = 0
-    with pytest.raises(ValueError, match="x.hdf5: input_mask must be 1 on the first tokens"):
-        load(tmp_path / "mask")
+    for name, key, index, value, message in [
+            ("oov", "input_ids", (0, 1), 999, r"x.hdf5: input_ids holds ids outside \[0, 13\)"),
+            ("mask", "input_mask", (0, 0), 0, "x.hdf5: input_mask must be 1 on the first tokens")]:
+        (tmp_path / name).mkdir()
+        with h5py.File(write_shard(tmp_path / name / "x.hdf5", good), "r+") as h5:
+            h5[key][index] = value  # one bad cell in an otherwise good shard
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path / name)
     (tmp_path / "three").mkdir()
     for k in range(3):
         write_shard(tmp_path / "three" / f"{k}.hdf5", good)

@@ -37,6 +37,19 @@ def test_names_and_bins_by_hand():
     assert fmt.bin_ids([1, 64, 65, 128, 200], 64, 2).tolist() == [0, 0, 1, 1, 1]
 
 
+def test_shard_of_a_file_name_by_hand():
+    assert fmt.shard_stem("d/shard-3.parquet_2") == "d/shard-3.parquet"
+    assert fmt.shard_stem("part.10.parquet") == "part.10.parquet"
+    with pytest.raises(ValueError, match="bin suffix"):
+        fmt.shard_stem("part.0.parquet_x")
+    # Bins of one shard share its number; shards are numbered in natural order (2 before 10).
+    paths = ["part.10.parquet_0", "part.2.parquet_1", "part.2.parquet_0", "part.10.parquet_1", "part.0.parquet_0"]
+    assert fmt.shard_numbers(paths) == [2, 1, 1, 2, 0]
+    assert fmt.shard_numbers(["shard-1.parquet", "shard-0.parquet"]) == [1, 0]
+    assert sorted(["a10", "a9", "b1", "a10b2", "a10b10"], key=fmt.natural_key) == ["a9", "a10", "a10b2", "a10b10",
+                                                                                    "b1"]
+
+
 def test_positions_encoding_is_np_save():
     for positions in ([], [1], [5, 15, 17, 24, 29], list(range(1, 300, 3))):
         buf = io.BytesIO()

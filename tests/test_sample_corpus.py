@@ -8,6 +8,7 @@ import pytest
 
 from data import sample_corpus
 from data.sample_corpus import build_sample_corpus, clean_docstring, iter_documents, main
+from utils.cli import run_cli
 
 ALPHA = '''\
 """Alpha module summary line
@@ -201,9 +202,9 @@ def test_cli(fake_stdlib, tmp_path, monkeypatch):
     monkeypatch.setattr(sample_corpus, "stdlib_dir", lambda: str(root))
     stats = main(["--output-dir", str(tmp_path / "cli"), "--num-files", "1"])
     assert stats["documents"] == 3
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(ValueError, match="--num-files"):
         main(["--output-dir", str(tmp_path / "cli2"), "--num-files", "0"])
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit) as exc:
-        main(["--output-dir", str(tmp_path / "cli")])  # exists
-    assert exc.value.code == 2
+    assert run_cli(main, ["--output-dir", str(tmp_path / "cli2"), "--num-files", "0"]) == 2
+    assert not (tmp_path / "cli2").exists()
+    with pytest.raises(FileExistsError, match="already exists"):
+        main(["--output-dir", str(tmp_path / "cli")])

@@ -1,0 +1,116 @@
+"""utils.cli.run_cli: exit statuses, the one-line error message, and tracebacks kept for bugs."""
+import errno
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, one_line, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _raising(exc):
+    def main(argv):
+        raise exc
+    return main
+
+
+def _run(main, argv=None, **kw):
+    err = io.StringIO()
+    return run_cli(main, argv, stderr=err, **kw), err.getvalue()
+
+
+def test_success_passes_argv_and_returns_0():
+    seen = []
+    code, err = _run(seen.append, ["--x", "1"])
+    assert (code, err, seen) == (0, "", [["--x", "1"]])
+
+
+@pytest.mark.parametrize("exc, message", [
+    (ValueError("--num-files must be >= 1, got 0"), "error: --num-files must be >= 1, got 0\n"),
+    (ValueError("first line\n  second line\n"), "error: first line second line\n"),
+    (FileNotFoundError("vocab 'v.txt' not found"), "error: vocab 'v.txt' not found\n"),
+    (FileExistsError("output directory 'o' already exists"), "error: output directory 'o' already exists\n"),
+    (PermissionError(errno.EACCES, "Permission denied", "/data/x.parquet"),
+     "error: [Errno 13] Permission denied: '/data/x.parquet'\n"),
+    (ValueError(""), "error: ValueError\n"),
+])
+def test_input_errors_are_one_line_and_exit_2(exc, message):
+    assert _run(_raising(exc)) == (EXIT_BAD_INPUT, message)
+
+
+def test_caller_exit_codes_win_over_builtin_ones():
+    class DownloadFailed(RuntimeError):
+        pass
+
+    class BadShard(ValueError):
+        pass
+
+    codes = {DownloadFailed: 1, BadShard: 3}
+    assert _run(_raising(DownloadFailed("host unreachable")), exit_codes=codes) == (1, "error: host unreachable\n")
+    assert _run(_raising(BadShard("x")), exit_codes=codes) == (3, "error: x\n")
+    assert _run(_raising(ValueError("y")), exit_codes=codes) == (2, "error: y\n")
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError("division by zero"), RuntimeError("bug"), KeyError("k"),
+                                 OSError("no file named")])
+def test_bugs_propagate_untouched(exc):
+    err = io.StringIO()
+    with pytest.raises(type(exc)) as info:
+        run_cli(_raising(exc), stderr=err)
+    assert info.value is exc and err.getvalue() == ""
+
+
+def test_keyboard_interrupt_exits_130():
+    assert _run(_raising(KeyboardInterrupt())) == (EXIT_INTERRUPTED, "error: interrupted\n")
+
+
+def test_argparse_exits_pass_through_as_status():
+    import argparse
+
+    def main(argv):
+        parser = argparse.ArgumentParser(prog="p")
+        parser.add_argument("--n", type=int, required=True)
+        parser.parse_args(argv)
+
+    assert run_cli(main, ["--n", "x"]) == 2
+    assert run_cli(main, ["--help"]) == 0
+    assert run_cli(main, ["--n", "1"]) == 0
+
+
+def test_logging_is_initialised_for_the_rank():
+    run_cli(lambda argv: None, rank=1)
+    assert logging.getLogger().level == logging.WARNING
+    run_cli(lambda argv: None)
+    assert logging.getLogger().level == logging.INFO
+
+
+def test_one_line_of_a_message():
+    assert one_line(ValueError("a\r\nb\n\n c ")) == "a b c"
+    assert one_line(KeyError("k")) == "'k'"
+
+
+_SCRIPT = """
+import zlib, sys
+from utils.cli import run_cli
+def main(argv):
+    if argv == ["bug"]:
+        return 1 / 0
+    raise ValueError("bad file 'x.parquet'\\nsecond line")
+sys.exit(run_cli(main, sys.argv[1:]))
+"""
+
+
+def test_as_a_process_bad_input_vs_bug():
+    def run(arg):
+        return subprocess.run([sys.executable, "-c", _SCRIPT, arg], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+    bad = run("input")
+    assert (bad.returncode, bad.stderr, bad.stdout) == (2, "error: bad file 'x.parquet' second line\n", "")
+    bug = run("bug")
+    assert bug.returncode == 1
+    assert "Traceback" in bug.stderr and bug.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
