@@ -65,7 +65,8 @@ def _env():
 def test_two_gloo_ranks_equal_one_process_with_the_global_batch(tmp_path, merge_steps):
     script = tmp_path / "dp.py"
     script.write_text(SCRIPT)
-    run = dict(cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    run = dict(cwd=tmp_path,  # the launcher writes http.log into its cwd
+                env=_env(), capture_output=True, text=True, timeout=300)
     single = subprocess.run([sys.executable, str(script), str(tmp_path), str(merge_steps)], **run)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",

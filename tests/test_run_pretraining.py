@@ -23,15 +23,14 @@ TINY = ["--bert-model", "bert-tiny", "--max-seq-length", "128", "--max-predictio
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
     for key in [k for k in env if k.startswith(("PADDLE_", "FLAGS_selected"))]:
         del env[key]
     return env
 
 
-def _run(args, check=True, **kwargs):
-    proc = subprocess.run([PY, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=300, **kwargs)
+def _run(args, check=True, cwd=REPO):
+    proc = subprocess.run([PY, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -260,9 +259,12 @@ def test_benchmark_mode_writes_no_checkpoint(shards, tmp_path):
 
 def test_two_cpu_ranks_run_under_paddle_launch(shards, tmp_path):
     out = tmp_path / "out"
+    script_args = _pretrain_args(shards, out, steps=2, batch=2)
+    script_args[0] = os.path.join(REPO, "run_pretraining.py")
     args = ["-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
-            *_pretrain_args(shards, out, steps=2, batch=2)]
-    proc = _run(args, check=False)
+            *script_args]
+    # The launcher writes http.log into its working directory: keep it out of the repository.
+    proc = _run(args, check=False, cwd=tmp_path)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
     assert proc.returncode == 0, logs[-3000:]
     progress = json.loads((out / "bert-tiny" / "phase1" / "2" / "progress.json").read_text())
