@@ -190,6 +190,9 @@ def check_amp_program(bundle, low_dtype, dynamic_scaling):
     # fp16 unscales gradients, skips steps with inf/nan and adapts the scale; bf16 needs none of it.
     assert ("check_finite_and_unscale" in types) == dynamic_scaling
     assert ("update_loss_scaling" in types) == dynamic_scaling
+    if dynamic_scaling:  # an overflowing step is skipped by the optimizer, not trained through
+        updates = [op for op in all_ops(bundle.main_program) if op.type in OPTIMIZER_OPS]
+        assert updates and all(op.input("SkipUpdate") for op in updates)
     assert matmul_dtypes(bundle.main_program) == {low_dtype}
     assert "loss_scaling" in bundle.fetches
     # The eval clone was taken before the AMP rewrite and has no optimizer.
@@ -336,3 +339,20 @@ def test_bf16_inference_matches_fp32_on_cpu():
         scale = np.abs(a).max()
         assert np.abs(a - b.astype(np.float32)).max() < 0.05 * scale  # bf16 keeps ~3 digits
         assert not np.array_equal(a, b)  # it really ran in bf16
+
+
+def test_pure_fp16_master_weights_hold_the_loaded_values_not_the_initializer(gpu_op_support):
+    from utils.amp_state import MASTER_SUFFIX, init_pure_fp16
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", use_pure_fp16=True, device="gpu"))
+    place = paddle.CPUPlace()
+    scope = paddle.static.Scope()
+    exe = paddle.static.Executor(place)
+    with paddle.static.scope_guard(scope):
+        exe.run(bundle.startup_program)
+        name = "bert.encoder.layer.0.attention.self.query.weight"
+        loaded = np.full(param(scope, name).shape, 0.25, "float32")  # as load_pretrained would set it
+        scope.find_var(name).get_tensor().set(loaded, place)
+        assert init_pure_fp16(bundle, place, scope) > 10
+        assert param(scope, name).dtype == np.float16
+        np.testing.assert_array_equal(param(scope, name), loaded.astype(np.float16))
+        np.testing.assert_array_equal(param(scope, name + MASTER_SUFFIX), loaded)

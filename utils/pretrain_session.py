@@ -24,6 +24,7 @@ import paddle
 import program as program_lib
 from data.lddl_loader import get_bert_pretrain_data_loader
 from lr_scheduler import warmup_steps_from_proportion
+from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir)
 from utils.logger import progress as progress_bar
@@ -125,22 +126,13 @@ class PretrainSession:
             load_pretrained(exe, main, self.args.from_phase1_final_params)
         elif self.args.from_pretrained_params:
             load_pretrained(exe, main, self.args.from_pretrained_params)
-        self._amp_init()
+        self._amp_init(resumed=restored is not None)
         return restored
 
-    def _amp_init(self):
-        """Pure fp16 (O2): cast parameters to fp16 now that they hold their initial values, and make
-        the fp32 master weights equal those values (the reference left them at the startup init)."""
-        if not self.train_cfg.use_pure_fp16:
-            return
-        scope = paddle.static.global_scope()
-        params = {p.name: np.array(scope.find_var(p.name).get_tensor())
-                  for p in self.bundle.main_program.all_parameters()}
-        self.bundle.optimizer.amp_init(self.rt.place, scope=scope)
-        for name, value in params.items():
-            master = scope.find_var(name + "_fp32_master_0")
-            if master is not None and value.dtype == np.float32:
-                master.get_tensor().set(value, self.rt.place)
+    def _amp_init(self, resumed):
+        """Pure fp16: fp16 parameters whose fp32 master weights hold the loaded values."""
+        if self.train_cfg.use_pure_fp16 and not resumed:
+            init_pure_fp16(self.bundle, self.rt.place)
 
     # ------------------------------------------------------------------------------------------------
     # Training
