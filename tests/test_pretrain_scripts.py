@@ -1,0 +1,429 @@
+"""Tests of the pre-training launch scripts: syntax, presets, and the exact commands they produce.
+
+The scripts are run for real, with DRY_RUN=1 (they print each command) or with fake `python`,
+`srun` and `docker` executables that record their arguments, so no training, Slurm or Docker is needed.
+The training commands are also parsed with run_pretraining.py's own argument parser, so a flag that the
+scripts pass but the program does not know fails here.
+"""
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "scripts" / "run_pretraining.sh"
+CONFIGS = REPO / "configs" / "pretrain_config.sh"
+SHELL_FILES = [
+    "scripts/run_pretraining.sh", "scripts/run_pretraining_p1.sh", "scripts/run_pretraining_p2.sh",
+    "configs/pretrain_config.sh", "scripts/configs/pretrain_config.sh", "run.sub",
+    "scripts/docker/build.sh", "scripts/docker/launch.sh",
+]
+PY = "fakepy"  # PYTHON for dry runs: printed, never executed
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DEVICE", "DRY_RUN", "RESULTS_DIR", "VOCAB_FILE", "BERT_MODEL", "KEEP_CHECKPOINTS",
+                        "SEQUENCE_LENGTH_ALIGNMENT", "BERT_PREP_WORKING_DIR", "PYTHON", "CONT")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _bash(script, args=(), **env):
+    return subprocess.run(["bash", str(script), *map(str, args)], cwd=REPO, env=_env(**env),
+                          capture_output=True, text=True, timeout=60)
+
+
+def _preset(name, **env):
+    out = subprocess.run(["bash", "-c", f'source "{CONFIGS}" && {name}'], cwd=REPO, env=_env(**env),
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _dry_run(args, tmp_path, **env):
+    """Run run_pretraining.sh with DRY_RUN=1; returns the printed commands as argv lists."""
+    env.setdefault("RESULTS_DIR", tmp_path / "results")
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY, **env)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines()]
+
+
+def _flags(cmd):
+    """The run_pretraining.py flags of a training command, as a sorted list (order does not matter)."""
+    script = next(i for i, word in enumerate(cmd) if word.endswith("run_pretraining.py"))
+    return sorted(cmd[script + 1:])
+
+
+def _write_executable(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.fixture
+def fake_bin(tmp_path):
+    """A bin dir whose `recorder` appends its argv (one shell-quoted line) to $RECORD, then exits $FAKE_RC."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _write_executable(bindir / "recorder", '#!/usr/bin/env bash\n'
+                      'printf "%q " "$@" >> "$RECORD"; printf "\\n" >> "$RECORD"\n'
+                      'echo "recorder ran: $*"\nexit "${FAKE_RC:-0}"\n')
+    return bindir
+
+
+def _recorded(path):
+    return [shlex.split(line) for line in Path(path).read_text().splitlines()] if Path(path).exists() else []
+
+
+# ------------------------------------------------------------------------------------------ syntax
+@pytest.mark.parametrize("name", SHELL_FILES)
+def test_bash_syntax(name):
+    proc = subprocess.run(["bash", "-n", str(REPO / name)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck_clean():
+    proc = subprocess.run(["shellcheck", "-x", "-s", "bash", *SHELL_FILES], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ presets
+DGX_AMP = ["256", "6e-3", "amp", "8", "0.2843", "7038", "200", "false", "32", "42", "bert_lamb_pretraining",
+           "32", "4e-3", "0.128", "1563", "128"]
+DGX_TF32 = ["128", "6e-3", "tf32", "8", "0.2843", "7038", "200", "false", "64", "42", "bert_lamb_pretraining",
+            "16", "4e-3", "0.128", "1563", "256"]
+
+
+@pytest.mark.parametrize("name, head, fuse", [("dgxa100-80g_8gpu_amp", DGX_AMP, "true"),
+                                              ("dgxa100-80g_8gpu_tf32", DGX_TF32, "false")])
+def test_dgxa100_presets_carry_the_reference_numbers(name, head, fuse, tmp_path):
+    values = _preset(name, BERT_PREP_WORKING_DIR=tmp_path)
+    assert len(values) == 32
+    assert values[:16] == head
+    assert values[16:21] == [f"{tmp_path}/pretrain/phase1/unbinned/parquet",
+                             f"{tmp_path}/pretrain/phase2/bin_size_64/parquet", str(REPO), "None",
+                             f"{tmp_path}/wikipedia/source"]
+    assert values[21:] == ["128", "128", "4", "0.9", "64", "static",
+                           str(REPO / "bert_configs" / "bert-large-uncased.json"), "false", "10", "10", fuse]
+
+
+def test_cpu_demo_preset_is_small_and_offline():
+    values = _preset("cpu_demo")
+    assert len(values) == 32
+    assert values[2] == "fp32" and values[3] == "1"            # fp32, one process
+    assert values[20] == f"sample:{REPO}/demo_output/source"    # the embedded corpus
+    assert values[27] == str(REPO / "bert_configs" / "bert-tiny.json")
+    assert int(values[5]) * int(values[0]) <= 10_000 and int(values[14]) <= 100
+
+
+def test_scripts_configs_path_sources_the_same_presets():
+    proc = subprocess.run(["bash", "-c", "source scripts/configs/pretrain_config.sh && cpu_demo && "
+                           "dgxa100-80g_8gpu_amp"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.split() == _preset("cpu_demo") + _preset("dgxa100-80g_8gpu_amp")
+
+
+# ------------------------------------------------------------------------------------------ dry runs
+def _dgx_args(tmp_path, name="dgxa100-80g_8gpu_amp"):
+    (tmp_path / "wikipedia" / "source").mkdir(parents=True)
+    (tmp_path / "wikipedia" / "source" / "wiki-0.txt").write_text("1 A document.\n")
+    return _preset(name, BERT_PREP_WORKING_DIR=tmp_path)
+
+
+def _expected_training_flags(phase, tmp_path, results):
+    model = "bert-large-uncased"
+    if phase == 1:
+        specific = ["--phase1", f"--input-dir={tmp_path}/pretrain/phase1/unbinned/parquet", "--batch-size=256",
+                    "--max-seq-length=128", "--max-predictions-per-seq=20", "--max-steps=7038",
+                    "--warmup-proportion=0.2843", "--learning-rate=6e-3", "--gradient-merge-steps=32",
+                    f"--from-checkpoint={results}/{model}/phase1", f"--report-file={results}/dllogger_p1.json"]
+    else:
+        specific = ["--phase2", f"--input-dir={tmp_path}/pretrain/phase2/bin_size_64/parquet", "--batch-size=32",
+                    "--max-seq-length=512", "--max-predictions-per-seq=80", "--max-steps=1563",
+                    "--warmup-proportion=0.128", "--learning-rate=4e-3", "--gradient-merge-steps=128",
+                    f"--from-checkpoint={results}/{model}/phase2",
+                    f"--from-phase1-final-params={results}/{model}/phase1/7038",
+                    f"--report-file={results}/dllogger_p2.json"]
+    common = [f"--vocab-file={REPO}/vocab/bert-large-uncased-vocab.txt", f"--output-dir={results}",
+              f"--bert-model={model}", f"--config-file={REPO}/bert_configs/{model}.json", "--seed=42",
+              "--log-freq=1", "--optimizer=Lamb", "--num-steps-per-checkpoint=200", "--num-workers=4",
+              "--device=auto", "--amp", "--use-dynamic-loss-scaling", "--scale-loss=1048576", "--fuse-mha",
+              "--last-step-of-checkpoint=auto"]
+    return sorted(specific + common)
+
+
+def test_dgxa100_amp_dry_run_prepares_data_then_runs_both_phases(tmp_path):
+    results = tmp_path / "results"
+    cmds = _dry_run(_dgx_args(tmp_path), tmp_path)
+    assert len(cmds) == 6
+    prep1, balance1, train1, prep2, balance2, train2 = cmds
+    launch = [PY, "-m", "paddle.distributed.launch", "--gpus=0,1,2,3,4,5,6,7", f"{REPO}/run_pretraining.py"]
+    assert train1[:5] == launch and train2[:5] == launch
+    assert _flags(train1) == _expected_training_flags(1, tmp_path, results)
+    assert _flags(train2) == _expected_training_flags(2, tmp_path, results)
+    vocab = f"{REPO}/vocab/bert-large-uncased-vocab.txt"
+    source = f"{tmp_path}/wikipedia/source"
+    p1, p2 = f"{tmp_path}/pretrain/phase1/unbinned/parquet", f"{tmp_path}/pretrain/phase2/bin_size_64/parquet"
+    assert prep1 == [PY, "-m", "data.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p1,
+                     "--vocab-file", vocab, "--target-seq-length", "128", "--no-bin",
+                     "--max-predictions-per-seq", "20", "--masking", "--sample-ratio", "0.9", "--seed", "42",
+                     "--num-workers", "128"]
+    assert prep2 == [PY, "-m", "data.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p2,
+                     "--vocab-file", vocab, "--target-seq-length", "512", "--bin-size", "64",
+                     "--max-predictions-per-seq", "80", "--masking", "--sample-ratio", "0.9", "--seed", "42",
+                     "--num-workers", "128"]
+    # 128 shards per loader worker x 4 workers x 8 GPUs
+    assert balance1 == [PY, "-m", "data.balance_dask_output", "--indir", p1, "--num-shards", "4096"]
+    assert balance2 == [PY, "-m", "data.balance_dask_output", "--indir", p2, "--num-shards", "4096"]
+
+
+def test_existing_shards_skip_data_preparation(tmp_path):
+    args = _dgx_args(tmp_path)
+    for phase_dir in (args[16], args[17]):
+        Path(phase_dir).mkdir(parents=True)
+        (Path(phase_dir) / "shard-0.parquet").write_bytes(b"x")
+    cmds = _dry_run(args, tmp_path)
+    assert len(cmds) == 2 and "--phase1" in cmds[0] and "--phase2" in cmds[1]
+    assert not [c for c in cmds if any(w.startswith("data.") for w in c)]
+
+
+def test_only_the_missing_phase_is_prepared(tmp_path):
+    args = _dgx_args(tmp_path)
+    Path(args[16]).mkdir(parents=True)
+    (Path(args[16]) / "shard-0.parquet").write_bytes(b"x")
+    Path(args[17]).mkdir(parents=True)  # empty: counts as missing, replaced with --overwrite
+    cmds = _dry_run(args, tmp_path)
+    assert [c[2] if c[1] == "-m" else None for c in cmds] == [
+        "paddle.distributed.launch", "data.preprocess_bert_pretrain", "data.balance_dask_output",
+        "paddle.distributed.launch"]
+    assert "--phase1" in cmds[0] and "--overwrite" in cmds[1] and "--phase2" in cmds[3]
+
+
+def test_missing_corpus_is_an_early_error(tmp_path):
+    args = _preset("dgxa100-80g_8gpu_amp", BERT_PREP_WORKING_DIR=tmp_path)  # no wikipedia/source
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "wikipedia_source" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cpu_demo_dry_run_single_process_on_the_sample_corpus(tmp_path):
+    demo = f"{REPO}/demo_output"
+    args = [v.replace(demo, str(tmp_path / "demo")) for v in _preset("cpu_demo")]
+    cmds = _dry_run(args, tmp_path, DEVICE="cpu")
+    modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
+    assert modules == ["data.sample_corpus", "data.build_vocab", "data.preprocess_bert_pretrain",
+                       "data.balance_dask_output", f"{REPO}/run_pretraining.py", "data.preprocess_bert_pretrain",
+                       "data.balance_dask_output", f"{REPO}/run_pretraining.py"]
+    vocab = f"{tmp_path}/demo/vocab.txt"
+    assert cmds[1][cmds[1].index("--output") + 1] == vocab
+    train1, train2 = cmds[4], cmds[7]
+    assert train1[0] == PY and train2[0] == PY  # no launcher for one process
+    for cmd in (train1, train2):
+        assert f"--vocab-file={vocab}" in cmd and "--bert-model=bert-tiny" in cmd and "--device=cpu" in cmd
+        assert f"--config-file={REPO}/bert_configs/bert-tiny.json" in cmd
+        assert not {"--amp", "--fuse-mha", "--use-dynamic-loss-scaling"} & set(cmd)
+    assert f"--from-phase1-final-params={tmp_path}/results/bert-tiny/phase1/{args[5]}" in train2
+    # 4 shards per worker x 1 loader worker x 1 process
+    assert cmds[3][-2:] == ["--num-shards", "4"]
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("amp", {"--amp", "--use-dynamic-loss-scaling", "--scale-loss=1048576"}),
+    ("bf16", {"--amp", "--amp-dtype=bfloat16"}),
+    ("fp32", set()), ("tf32", set())])
+def test_precision_mapping(precision, expected, tmp_path):
+    args = _dgx_args(tmp_path)
+    args[2] = precision
+    amp_flags = {"--amp", "--use-dynamic-loss-scaling", "--scale-loss=1048576", "--amp-dtype=bfloat16"}
+    for cmd in _dry_run(args, tmp_path)[2::3]:
+        assert amp_flags & set(cmd) == expected
+
+
+def test_fuse_mha_false_and_device_cpu_processes(tmp_path):
+    args = _dgx_args(tmp_path)
+    args[3], args[31] = "2", "false"
+    train = _dry_run(args, tmp_path, DEVICE="cpu")[2::3]
+    for cmd in train:
+        assert cmd[:4] == [PY, "-m", "paddle.distributed.launch", "--nproc_per_node=2"]
+        assert "--fuse-mha" not in cmd and "--device=cpu" in cmd
+
+
+def test_benchmark_mode_neither_resumes_nor_loads_phase1(tmp_path):
+    args = _dgx_args(tmp_path)
+    args[28:31] = ["true", "7", "3"]
+    for cmd in _dry_run(args, tmp_path)[2::3]:
+        assert {"--benchmark", "--benchmark-steps=7", "--benchmark-warmup-steps=3"} <= set(cmd)
+        assert not [w for w in cmd if w.startswith(("--from-", "--last-step"))]
+
+
+def test_init_checkpoint_and_custom_config(tmp_path):
+    args = _dgx_args(tmp_path)
+    custom = tmp_path / "my-bert.json"
+    custom.write_text("{}")
+    args[19], args[27] = str(tmp_path / "ckpt"), str(custom)
+    train1, train2 = _dry_run(args, tmp_path)[2::3]
+    assert f"--from-checkpoint={tmp_path}/ckpt" in train1
+    assert "--bert-model=custom" in train1 and f"--config-file={custom}" in train2
+    assert f"--from-phase1-final-params={tmp_path}/results/custom/phase1/7038" in train2
+
+
+@pytest.mark.parametrize("position, value, word", [
+    (3, "fp8", "precision"), (1, "12x", "train_batch_size"), (4, "0", "num_gpus"),
+    (5, "1.5", "warmup_proportion"), (27, "random", "masking"), (26, "100", "phase2_bin_size"),
+    (32, "yes", "fuse_mha"), (28, "/nonexistent/bert.json", "bert_config_file")])
+def test_bad_argument_exits_2_with_one_line(position, value, word, tmp_path):
+    args = _dgx_args(tmp_path)
+    args[position - 1] = value
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and value in lines[0], proc.stderr
+
+
+def test_too_many_arguments_and_bad_device(tmp_path):
+    args = _dgx_args(tmp_path)
+    proc = _bash(RUN, args + ["extra"], DRY_RUN=1, PYTHON=PY)
+    assert proc.returncode == 2 and "at most 32" in proc.stderr
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY, DEVICE="tpu")
+    assert proc.returncode == 2 and "DEVICE" in proc.stderr
+
+
+def test_training_flags_are_known_to_run_pretraining(tmp_path):
+    run_pretraining = pytest.importorskip("run_pretraining")
+    parser = run_pretraining.build_parser()
+    args = _dgx_args(tmp_path)
+    args[2] = "bf16"
+    for cmd in _dry_run(args, tmp_path)[2::3]:
+        parsed = parser.parse_args(_flags(cmd))
+        assert parsed.bert_model == "bert-large-uncased" and parsed.amp
+    demo = [v.replace(f"{REPO}/demo_output", str(tmp_path / "demo")) for v in _preset("cpu_demo")]
+    demo[28] = "true"
+    for cmd in _dry_run(demo, tmp_path)[4::3]:
+        parsed = parser.parse_args(_flags(cmd))
+        assert parsed.benchmark and parsed.bert_model == "bert-tiny" and not parsed.amp
+
+
+# ------------------------------------------------------------------------------------------ real runs (fake python)
+def test_real_run_logs_to_file_and_stops_on_failure(tmp_path, fake_bin):
+    args = _dgx_args(tmp_path)
+    for phase_dir in (args[16], args[17]):
+        Path(phase_dir).mkdir(parents=True)
+        (Path(phase_dir) / "shard-0.parquet").write_bytes(b"x")
+    args[7] = "true"  # create_logfile
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    record, results = tmp_path / "record.txt", tmp_path / "results"
+    common = dict(PYTHON=fake_bin / "recorder", RECORD=record, RESULTS_DIR=results,
+                  VOCAB_FILE=tmp_path / "vocab.txt")
+    proc = _bash(RUN, args, **common)
+    assert proc.returncode == 0, proc.stderr
+    assert [("--phase1" in c, "--phase2" in c) for c in _recorded(record)] == [(True, False), (False, True)]
+    logs = sorted(p.name for p in results.glob("*.log"))
+    assert len(logs) == 2 and all(re.fullmatch(
+        r"bert_lamb_pretraining\.paddle_bert_pretraining_phase[12]_amp_gbs\d+\.\d{12}\.log", n) for n in logs)
+    assert "gbs65536" in logs[0] and "gbs32768" in logs[1]  # 256*8*32 and 32*8*128
+    assert "recorder ran:" in (results / logs[0]).read_text()
+    record.unlink()
+    proc = _bash(RUN, args, FAKE_RC=3, **common)
+    assert proc.returncode == 3 and len(_recorded(record)) == 1  # phase 2 never starts
+
+
+@pytest.mark.parametrize("script, phase", [("scripts/run_pretraining_p1.sh", 1), ("scripts/run_pretraining_p2.sh", 2)])
+def test_named_flag_scripts(script, phase, tmp_path, fake_bin):
+    record = tmp_path / "record.txt"
+    proc = _bash(REPO / script, ["--max-steps=5"], PYTHON=fake_bin / "recorder", RECORD=record)
+    assert proc.returncode == 0, proc.stderr
+    (cmd,) = _recorded(record)
+    assert cmd[:4] == ["-m", "paddle.distributed.launch", "--gpus=0,1,2,3,4,5,6,7", "run_pretraining.py"]
+    assert f"--phase{phase}" in cmd and f"--report-file=results/dllogger_p{phase}.json" in cmd
+    assert f"--from-checkpoint=results/bert-large-uncased/phase{phase}" in cmd and cmd[-1] == "--max-steps=5"
+    assert ("--from-phase1-final-params=results/bert-large-uncased/phase1/7038" in cmd) == (phase == 2)
+    run_pretraining = pytest.importorskip("run_pretraining")
+    assert run_pretraining.build_parser().parse_args(cmd[4:]).max_steps == 5
+
+
+# ------------------------------------------------------------------------------------------ run.sub
+def _slurm_env(tmp_path, **extra):
+    data = tmp_path / "data"
+    shards = data / "pretrain" / "phase1" / "unbinned" / "parquet"
+    shards.mkdir(parents=True, exist_ok=True)
+    (shards / "shard-0.parquet").write_bytes(b"x")
+    env = dict(SLURM_JOB_ID="77", SLURM_JOB_NUM_NODES="4", SLURM_GPUS_ON_NODE="8", DATADIR=data,
+               RESULTS=tmp_path / "res", MASTER_ADDR="10.0.0.1")
+    env.update(extra)
+    return env
+
+
+def test_run_sub_one_launcher_per_node(tmp_path, fake_bin):
+    _write_executable(fake_bin / "srun", '#!/usr/bin/env bash\n'
+                      'printf "%q " "$@" >> "$SRUN_RECORD"; printf "\\n" >> "$SRUN_RECORD"\n'
+                      'while [[ $1 == --* ]]; do shift; done\nSLURM_NODEID=3 exec "$@"\n')
+    env = _slurm_env(tmp_path, PATH=f"{fake_bin}:{os.environ['PATH']}", PYTHON=fake_bin / "recorder",
+                     RECORD=tmp_path / "record.txt", SRUN_RECORD=tmp_path / "srun.txt")
+    proc = _bash(REPO / "run.sub", **env)
+    assert proc.returncode == 0, proc.stderr
+    (srun,) = _recorded(tmp_path / "srun.txt")
+    assert srun[:2] == ["--nodes=4", "--ntasks-per-node=1"] and "--mpi=pmix" not in srun
+    (cmd,) = _recorded(tmp_path / "record.txt")
+    assert cmd[:7] == ["-m", "paddle.distributed.launch", "--master=10.0.0.1:36123", "--nnodes=4", "--rank=3",
+                       cmd[5], "--gpus=0,1,2,3,4,5,6,7"] and cmd[5].startswith("--host=")
+    assert cmd[8] == f"{REPO}/run_pretraining.py" and "--phase1" in cmd and "--amp" in cmd
+    run_pretraining = pytest.importorskip("run_pretraining")
+    assert run_pretraining.build_parser().parse_args(cmd[9:]).batch_size == 256
+
+
+def test_run_sub_phase2_in_container_builds_missing_shards(tmp_path):
+    env = _slurm_env(tmp_path, PHASE=2, CONT="bert:latest", GPUS_PER_NODE=2, DRY_RUN=1)
+    proc = _bash(REPO / "run.sub", **env)
+    assert proc.returncode == 0, proc.stderr
+    prep, balance, train = [shlex.split(line) for line in proc.stdout.splitlines()]
+    assert "--container-image=bert:latest" in prep and prep[prep.index("python") + 2] == "data.preprocess_bert_pretrain"
+    assert balance[-2:] == ["--num-shards", str(128 * 4 * 4 * 2)]
+    assert "--phase2" in train and "--gpus=0,1" not in train  # the GPU list is an argument of the task
+    assert "0,1" in train and f"--from-phase1-final-params={tmp_path}/res/bert-large-uncased/phase1/7038" in train
+
+
+@pytest.mark.parametrize("extra, word", [({"PHASE": "3"}, "PHASE"), ({"PRECISION": "fp8"}, "PRECISION"),
+                                         ({"SLURM_JOB_ID": ""}, "sbatch")])
+def test_run_sub_rejects_bad_settings(extra, word, tmp_path):
+    proc = _bash(REPO / "run.sub", **_slurm_env(tmp_path, DRY_RUN=1, **extra))
+    assert proc.returncode == 2 and word in proc.stderr and proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------ docker
+def test_docker_scripts_call_docker_as_documented(tmp_path, fake_bin):
+    shutil.copy(fake_bin / "recorder", fake_bin / "docker")
+    env = dict(PATH=f"{fake_bin}:{os.environ['PATH']}", RECORD=tmp_path / "record.txt")
+    assert _bash(REPO / "scripts/docker/build.sh", **env).returncode == 0
+    dirs = dict(RESULTS_DIR=tmp_path / "res", VOCAB_DIR=tmp_path / "voc", BERT_PREP_WORKING_DIR=tmp_path / "dat")
+    assert _bash(REPO / "scripts/docker/launch.sh", ["nvidia-smi"], **env, **dirs).returncode == 0
+    build, launch = _recorded(tmp_path / "record.txt")
+    assert build[0] == "build" and build[-3:] == ["-t", "bert:latest", "."]
+    assert launch[0] == "run" and launch[launch.index("--gpus") + 1] == "all" and launch[-2:] == [
+        "bert:latest", "nvidia-smi"]
+    mounts = {launch[i + 1] for i, w in enumerate(launch) if w == "-v"}
+    assert mounts == {f"{REPO}:/workspace/bert", f"{tmp_path}/res:/workspace/bert/results",
+                      f"{tmp_path}/voc:/workspace/bert/vocab", f"{tmp_path}/dat:/workspace/bert/data/download"}
+    assert all((tmp_path / d).is_dir() for d in ("res", "voc", "dat"))
+
+
+def test_dockerfile_keeps_the_gpu_paddle_and_the_other_pins():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG FROM_IMAGE_NAME=paddlepaddle/paddle:2\.6\.2-gpu-\S+$", text, re.M)
+    assert "WORKDIR /workspace/bert" in text
+    # The filter the Dockerfile applies to requirements.txt drops exactly the CPU paddle pin.
+    pattern = re.search(r"grep -v -E '([^']+)' requirements\.txt", text).group(1)
+    proc = subprocess.run(["grep", "-v", "-E", pattern, "requirements.txt"], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    kept = [line.split("==")[0] for line in proc.stdout.splitlines() if "==" in line and not line.startswith("#")]
+    original = [line.split("==")[0] for line in (REPO / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#")]
+    assert "paddlepaddle" in original and kept == [name for name in original if name != "paddlepaddle"]
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "results", "demo_output", "data/download"} <= set(ignored)
