@@ -16,6 +16,19 @@ _pretrain_config_repo() {
   (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 }
 
+# Echo the 32 positional values, in run_pretraining.sh's order, from the caller's local variables
+# (bash functions see their caller's locals).
+_pretrain_config_echo() {
+  echo "$train_batch_size" "$learning_rate" "$precision" "$num_gpus" "$warmup_proportion" \
+       "$train_steps" "$save_checkpoint_steps" "$create_logfile" "$gradient_accumulation_steps" \
+       "$seed" "$job_name" "$train_batch_size_phase2" "$learning_rate_phase2" \
+       "$warmup_proportion_phase2" "$train_steps_phase2" "$gradient_accumulation_steps_phase2" \
+       "$data_dir_phase1" "$data_dir_phase2" "$code_dir" "$init_checkpoint" "$wikipedia_source" \
+       "$num_dask_workers" "$num_shards_per_worker" "$num_workers" "$sample_ratio" "$phase2_bin_size" \
+       "$masking" "$bert_config" "$enable_benchmark" "$benchmark_steps" "$benchmark_warmup_steps" \
+       "$fuse_mha"
+}
+
 # <train_batch_size> <gradient_accumulation_steps> <batch_size_phase2> <gradient_accumulation_phase2>
 # <precision> <fuse_mha>: the DGX A100 recipe with the per-precision batch split.
 _pretrain_config_dgxa100() {
@@ -33,14 +46,7 @@ _pretrain_config_dgxa100() {
   local num_dask_workers=128 num_shards_per_worker=128 num_workers=4 sample_ratio=0.9
   local phase2_bin_size=64 masking=static bert_config=$repo/bert_configs/bert-large-uncased.json
   local enable_benchmark=false benchmark_steps=10 benchmark_warmup_steps=10 fuse_mha=$6
-  echo "$train_batch_size" "$learning_rate" "$precision" "$num_gpus" "$warmup_proportion" \
-       "$train_steps" "$save_checkpoint_steps" "$create_logfile" "$gradient_accumulation_steps" \
-       "$seed" "$job_name" "$train_batch_size_phase2" "$learning_rate_phase2" \
-       "$warmup_proportion_phase2" "$train_steps_phase2" "$gradient_accumulation_steps_phase2" \
-       "$data_dir_phase1" "$data_dir_phase2" "$code_dir" "$init_checkpoint" "$wikipedia_source" \
-       "$num_dask_workers" "$num_shards_per_worker" "$num_workers" "$sample_ratio" "$phase2_bin_size" \
-       "$masking" "$bert_config" "$enable_benchmark" "$benchmark_steps" "$benchmark_warmup_steps" \
-       "$fuse_mha"
+  _pretrain_config_echo
 }
 
 # Mixed precision (fp16 + dynamic loss scaling), cuDNN fused attention.
@@ -72,12 +78,5 @@ cpu_demo() {
   local num_dask_workers=2 num_shards_per_worker=4 num_workers=1 sample_ratio=0.9
   local phase2_bin_size=64 masking=static bert_config=$repo/bert_configs/bert-tiny.json
   local enable_benchmark=false benchmark_steps=10 benchmark_warmup_steps=10 fuse_mha=false
-  echo "$train_batch_size" "$learning_rate" "$precision" "$num_gpus" "$warmup_proportion" \
-       "$train_steps" "$save_checkpoint_steps" "$create_logfile" "$gradient_accumulation_steps" \
-       "$seed" "$job_name" "$train_batch_size_phase2" "$learning_rate_phase2" \
-       "$warmup_proportion_phase2" "$train_steps_phase2" "$gradient_accumulation_steps_phase2" \
-       "$data_dir_phase1" "$data_dir_phase2" "$code_dir" "$init_checkpoint" "$wikipedia_source" \
-       "$num_dask_workers" "$num_shards_per_worker" "$num_workers" "$sample_ratio" "$phase2_bin_size" \
-       "$masking" "$bert_config" "$enable_benchmark" "$benchmark_steps" "$benchmark_warmup_steps" \
-       "$fuse_mha"
+  _pretrain_config_echo
 }
