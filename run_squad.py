@@ -1,0 +1,479 @@
+"""SQuAD v1.1 / v2.0 fine-tuning, evaluation, prediction and single-question answering with BERT.
+
+Usage (from the repository root):
+
+    python run_squad.py --mode train_eval --from-pretrained-params results/bert-large-uncased/phase2/1563 \
+        --train-file squad/train-v1.1.json --predict-file squad/dev-v1.1.json \
+        --vocab-file vocab/bert-large-uncased-vocab.txt --do-lower-case --output-dir results
+    python run_squad.py --from-checkpoint results/bert-large-uncased/squad --vocab-file ... --do-lower-case \
+        --output-dir results --question "Who wrote it?" --context-file page.txt
+
+Owns the command line: the NVIDIA reference's run_squad.py flags with the same names and meanings
+(`--do-train/--do-predict/--do-eval`, `--train-batch-size/--predict-batch-size`, ...), plus `--mode`
+(run_squad.sh's mode word), `--batch-size` (both batch sizes), `--device`, `--infer-dtype`,
+`--features-cache-dir`, `--question/--context/--context-file`; and `validate_args`, the one place that
+rejects bad flags before any file is written. The loops live in `utils.squad_runner`.
+
+Outputs, as the reference: `<output-dir>/<bert-model>/squad/` gets `<model-prefix>.pdparams` (+
+`bert_config.json`) after training and predictions.json, nbest_predictions.json (null_odds.json for v2);
+the DLLogger report (`--report-file`) gets e2e_train_time, training_sequences_per_second,
+e2e_inference_time, inference_sequences_per_second, exact_match and F1.
+
+Differences from the reference, on purpose: EM/F1 are computed in-process (`--eval-script` is accepted
+and ignored); `--warmup-proportion` and `--optimizer` are honoured; a missing or unreadable init path is
+an error, never a random initialisation; `--from-checkpoint` with `--from-pretrained-params` is an error;
+`--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
+`config.json`]); the v2 null score is per example.
+"""
+import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from utils import args as common
+
+logger = logging.getLogger("run_squad")
+
+MODES = ("train", "eval", "prediction", "train_eval")
+INFER_DTYPES = ("float32", "bfloat16")
+DEFAULT_TRAIN_BATCH, DEFAULT_PREDICT_BATCH = 32, 8
+
+
+def build_parser():
+    """The argparse parser (reference groups, then ours)."""
+    parser = argparse.ArgumentParser(description="BERT fine-tuning and prediction on SQuAD.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = parser.add_argument_group("Global")
+    g.add_argument("--train-file", help="SQuAD JSON for training, e.g. train-v1.1.json")
+    g.add_argument("--predict-file", help="SQuAD JSON to predict (and evaluate), e.g. dev-v1.1.json")
+    g.add_argument("--eval-script", default=None,
+                   help="accepted for compatibility and ignored: EM/F1 are computed in-process with the "
+                        "official scripts' semantics")
+    g.add_argument("--epochs", type=int, default=3, help="training epochs")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="cap on optimizer updates; None or -1 = --epochs decide")
+    g.add_argument("--output-dir", required=True, help="results go to <output-dir>/<bert-model>/squad/")
+    g.add_argument("--log-freq", type=int, default=10, help="log the loss every N updates")
+    g.add_argument("--num-steps-per-checkpoint", type=int, default=100,
+                   help="accepted for compatibility: SQuAD fine-tuning saves once, at the end")
+    g.add_argument("--from-pretrained-params", default=None,
+                   help="BERT to fine-tune: our .pdparams / checkpoint step dir, or a Hugging Face "
+                        "model.safetensors (file or directory with config.json)")
+    g.add_argument("--from-checkpoint", default=None,
+                   help="a fine-tuned SQuAD model (with QA head) to evaluate, predict with or train further")
+    g.add_argument("--last-step-of-checkpoint", default=None,
+                   help="accepted for compatibility; SQuAD has no resume (as the reference)")
+    g.add_argument("--features-cache-dir", default=None,
+                   help="cache windowed features here, keyed by file, vocab and lengths")
+    common.add_model_args(parser)
+    common.add_runtime_args(parser)
+    common.add_optimizer_args(parser, optimizer="AdamW")
+    _add_squad_args(parser)
+    q = parser.add_argument_group("Single question")
+    q.add_argument("--question", default=None, help="answer this question with a fine-tuned model")
+    q.add_argument("--context", default=None, help="the text to find the answer in")
+    q.add_argument("--context-file", default=None, help="UTF-8 file holding the context")
+    common.add_amp_args(parser)
+    return parser
+
+
+def _add_squad_args(parser):
+    t = parser.add_argument_group("SQuAD")
+    t.add_argument("--mode", choices=MODES, default=None,
+                   help="train | eval (predict + EM/F1) | prediction | train_eval; adds to --do-* flags")
+    t.add_argument("--do-train", action="store_true", help="fine-tune on --train-file")
+    t.add_argument("--do-predict", action="store_true", help="predict --predict-file")
+    t.add_argument("--do-eval", action="store_true", help="score the predictions (implies --do-predict)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="default for both --train-batch-size and --predict-batch-size")
+    t.add_argument("--train-batch-size", type=int, default=None,
+                   help=f"sequences per micro-batch per process (default {DEFAULT_TRAIN_BATCH})")
+    t.add_argument("--predict-batch-size", type=int, default=None,
+                   help=f"sequences per prediction batch (default {DEFAULT_PREDICT_BATCH})")
+    t.add_argument("--max-seq-length", type=int, default=384, help="window length in WordPieces")
+    t.add_argument("--doc-stride", type=int, default=128, help="distance between window starts")
+    t.add_argument("--max-query-length", type=int, default=64, help="question WordPieces kept")
+    t.add_argument("--n-best-size", type=int, default=20, help="n-best list size")
+    t.add_argument("--max-answer-length", type=int, default=30, help="longest answer in WordPieces")
+    t.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
+    t.add_argument("--verbose-logging", action="store_true",
+                   help="log data-processing details; print the n-best list with --question")
+    t.add_argument("--version-2-with-negative", action="store_true", help="SQuAD 2.0 (unanswerable)")
+    t.add_argument("--null-score-diff-threshold", type=float, default=0.0,
+                   help="v2: predict no answer when null score - best score exceeds this")
+    t.add_argument("--infer-dtype", choices=INFER_DTYPES, default="float32",
+                   help="prediction precision; bfloat16 runs matmuls in bf16 (oneDNN CPUs with bf16)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What validate_args resolved from the flags (nothing here is read from args again).
+
+    Fields: do_train / do_predict / do_eval; train_batch_size / predict_batch_size (per process);
+    max_steps (None = --epochs decide); feature_params (data.squad.FeatureParams); model_cfg
+    (modeling.BertConfig); init_path (weights to load); require_qa_head (False only when fine-tuning a
+    pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); out_dir
+    (<output-dir>/<bert-model>/squad); context (the --question's text, else None).
+    """
+    do_train: bool
+    do_predict: bool
+    do_eval: bool
+    train_batch_size: int
+    predict_batch_size: int
+    max_steps: object
+    feature_params: object
+    model_cfg: object
+    init_path: str
+    require_qa_head: bool
+    device: str
+    amp: dict
+    out_dir: str
+    context: object = None
+
+
+def _modes(args):
+    """(do_train, do_predict, do_eval) from --mode and the --do-* flags."""
+    do_train, do_predict, do_eval = args.do_train, args.do_predict, args.do_eval
+    if args.mode:
+        do_train |= args.mode in ("train", "train_eval")
+        do_predict |= args.mode != "train"
+        do_eval |= args.mode in ("eval", "train_eval")
+    do_predict |= do_eval
+    if args.question is not None:
+        if do_train or do_predict:
+            raise ValueError("--question answers one question with a fine-tuned model; do not combine it "
+                             "with --mode / --do-train / --do-predict / --do-eval")
+    elif not (do_train or do_predict):
+        raise ValueError("nothing to do: give --mode {train,eval,prediction,train_eval} (or --do-train / "
+                         "--do-predict), or --question")
+    return do_train, do_predict, do_eval
+
+
+def _check_files(args, do_train, do_predict):
+    if do_train and not args.train_file:
+        raise ValueError("training (--mode train/train_eval or --do-train) needs --train-file")
+    if do_predict and not args.predict_file:
+        raise ValueError("prediction (--mode eval/prediction/train_eval or --do-predict) needs --predict-file")
+    for flag, path in (("--train-file", args.train_file if do_train else None),
+                       ("--predict-file", args.predict_file if do_predict else None),
+                       ("--vocab-file", args.vocab_file), ("--config-file", args.config_file)):
+        if path is not None:
+            common.require_existing(flag, path, "file")
+
+
+def _init_path(args, do_train):
+    """(path, require_qa_head) of the weights to start from; never None (no silent random init)."""
+    if args.from_checkpoint and args.from_pretrained_params:
+        raise ValueError("--from-checkpoint and --from-pretrained-params are exclusive: give the fine-tuned "
+                         "model OR the pretrained BERT to fine-tune")
+    flag = "--from-checkpoint" if args.from_checkpoint else "--from-pretrained-params"
+    path = args.from_checkpoint or args.from_pretrained_params
+    if path is None:
+        raise ValueError("give --from-pretrained-params (a pretrained BERT to fine-tune) or --from-checkpoint "
+                         "(a fine-tuned SQuAD model); random initialisation is not supported")
+    if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
+        raise ValueError(f"{flag} '{path}' does not exist")
+    from utils.squad_runner import resolve_init_path
+
+    path = resolve_init_path(path, args.model_prefix)
+    if args.last_step_of_checkpoint is not None:
+        logger.warning("--last-step-of-checkpoint is ignored: SQuAD fine-tuning has no resume")
+    # Only fine-tuning from a pretrained encoder may start the QA head from random values.
+    return path, not (do_train and args.from_pretrained_params)
+
+
+def _model_config(args, init_path):
+    """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
+    from modeling import BertConfig
+    from tokenizer import load_vocab
+    from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
+    from utils.squad_runner import saved_config_next_to
+
+    vocab_size = len(load_vocab(args.vocab_file))
+    found = None
+    if args.config_file is None and is_hf_checkpoint(init_path):
+        found = hf_checkpoint_files(init_path)[1]
+        cfg = bert_config_from_hf(found) if found else None
+    elif args.config_file is None and saved_config_next_to(init_path):
+        found = saved_config_next_to(init_path)
+        cfg = BertConfig.from_json_file(found)
+    if found is None:
+        return common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)[0]
+    if cfg.vocab_size != vocab_size:
+        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{args.vocab_file}' "
+                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
+    logger.info("model config from the checkpoint: %s", found)
+    return cfg
+
+
+def _check_vocab_case(args):
+    from tokenizer import check_vocab_case, load_vocab
+
+    try:
+        check_vocab_case(load_vocab(args.vocab_file), args.do_lower_case, args.vocab_file)
+    except ValueError:
+        state, fix = ("uncased", "add --do-lower-case") if not args.do_lower_case else ("cased", "drop "
+                                                                                     "--do-lower-case")
+        raise ValueError(f"--vocab-file '{args.vocab_file}' is {state} but --do-lower-case is "
+                         f"{'set' if args.do_lower_case else 'not set'}: {fix}") from None
+
+
+def _check_numbers(args):
+    from data.squad import FeatureParams
+
+    common.require_positive(args, "epochs", "max_seq_length", "doc_stride", "max_query_length", "n_best_size",
+                            "max_answer_length", "gradient_merge_steps", "learning_rate", "log_freq",
+                            "benchmark_steps")
+    common.require_positive(args, "benchmark_warmup_steps", "warmup_start_lr",
+                            allow_zero=("benchmark_warmup_steps", "warmup_start_lr"))
+    for flag in ("batch_size", "train_batch_size", "predict_batch_size"):
+        if getattr(args, flag) is not None:
+            common.require_positive(args, flag)
+    if not 0.0 <= args.warmup_proportion <= 1.0:
+        raise ValueError(f"--warmup-proportion must be in [0, 1], got {args.warmup_proportion}")
+    if args.max_steps is not None and args.max_steps != -1 and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be -1 (use --epochs) or > 0, got {args.max_steps}")
+    try:
+        return FeatureParams(args.max_seq_length, args.doc_stride, args.max_query_length)
+    except ValueError as err:
+        raise ValueError(f"--max-seq-length / --max-query-length: {err}") from None
+
+
+def _context(args):
+    if args.question is None:
+        if args.context is not None or args.context_file is not None:
+            raise ValueError("--context / --context-file need --question")
+        return None
+    if (args.context is None) == (args.context_file is None):
+        raise ValueError("--question needs exactly one of --context and --context-file")
+    if args.context is not None:
+        return args.context
+    common.require_existing("--context-file", args.context_file, "file")
+    with open(args.context_file, encoding="utf-8") as f:
+        return f.read()
+
+
+def validate_args(args):
+    """Check every flag, file and cross-flag rule before any work; resolve them into a Plan.
+
+    Raises:
+      ValueError: naming the flag (and file) and the fix.
+    """
+    from program import TrainConfig
+    from utils.runtime import resolve_device
+
+    do_train, do_predict, do_eval = _modes(args)
+    _check_files(args, do_train, do_predict)
+    params = _check_numbers(args)
+    context = _context(args)
+    init_path, require_qa_head = _init_path(args, do_train)
+    _check_vocab_case(args)
+    model_cfg = _model_config(args, init_path)
+    if args.max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
+                         f"max_position_embeddings ({model_cfg.max_position_embeddings})")
+    if args.eval_script:
+        logger.info("--eval-script %s ignored: EM/F1 are computed in-process", args.eval_script)
+    device = resolve_device(args.device)
+    amp = common.amp_fields(args) if do_train else {"amp": "off"}
+    if do_train:  # the optimizer, schedule and AMP values, checked now rather than after feature building
+        TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, device=device,
+                    weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
+                    epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps, **amp)
+    batch = args.batch_size
+    return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
+                train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
+                predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH,
+                max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
+                model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
+                amp=amp, out_dir=os.path.join(args.output_dir, args.bert_model, "squad"), context=context)
+
+
+def main(argv=None):
+    """Parse, validate, then train / predict / evaluate or answer one question.
+
+    Returns:
+      dict of results: e.g. losses, params_file, predictions_file, exact_match, F1, throughputs; or, with
+      --question, answer, probability and nbest.
+
+    Raises:
+      ValueError: bad flags or input files (run as a script: one `error:` line, exit status 2).
+    """
+    args = build_parser().parse_args(argv)
+    plan = validate_args(args)
+    if args.verbose_logging:  # the reference's meaning: show every data-processing detail
+        for name in ("data.squad", "utils.squad_postprocess"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    import paddle
+    from utils.runtime import init_runtime
+
+    rt = init_runtime(plan.device, seed=args.seed)
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        if args.question is not None:
+            return answer_question(args, plan, rt)
+        return train_and_predict(args, plan, rt)
+
+
+# ------------------------------------------------------------------------------------------------- phases
+def _train_config(args, plan, rt, updates):
+    from lr_scheduler import warmup_steps_from_proportion
+    from program import TrainConfig
+
+    return TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
+                       warmup_start_lr=args.warmup_start_lr,
+                       warmup_steps=warmup_steps_from_proportion(updates, args.warmup_proportion),
+                       total_steps=updates, weight_decay=args.weight_decay, beta1=args.beta1,
+                       beta2=args.beta2, epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps,
+                       fuse_mha=args.fuse_mha, seed=args.seed, device=rt.device, **plan.amp,
+                       **rt.train_config_kwargs())
+
+
+def _features(args, plan, path, is_training):
+    from data.squad import load_or_build_features
+
+    return load_or_build_features(path, args.vocab_file, args.do_lower_case, plan.feature_params,
+                                  args.features_cache_dir, is_training=is_training,
+                                  version_2_with_negative=args.version_2_with_negative)
+
+
+def _train_options(args, plan):
+    from utils.squad_runner import TrainOptions
+
+    return TrainOptions(epochs=args.epochs, max_steps=plan.max_steps, batch_size=plan.train_batch_size,
+                        gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
+                        benchmark=args.benchmark, benchmark_steps=args.benchmark_steps,
+                        benchmark_warmup_steps=args.benchmark_warmup_steps, seed=args.seed)
+
+
+def _build(args, plan, rt, train_features):
+    """(bundle, TrainOptions or None): the training bundle when training, else a predict-only one."""
+    import program
+    from utils.squad_runner import plan_updates
+
+    if train_features is None:
+        cfg = program.TrainConfig(fuse_mha=args.fuse_mha, seed=args.seed, device=rt.device)
+        return program.build_squad(plan.model_cfg, cfg, is_training=False), None
+    opts = _train_options(args, plan)
+    _, updates = plan_updates(len(train_features), opts, rt.dist.world_size)
+    return program.build_squad(plan.model_cfg, _train_config(args, plan, rt, updates)), opts
+
+
+def _runnable(bundle, rt):
+    """The training program to run: compiled with the bundle's build strategy on one GPU."""
+    import paddle
+
+    if rt.device == "gpu" and not rt.uses_fleet:
+        return paddle.static.CompiledProgram(bundle.main_program, build_strategy=bundle.build_strategy)
+    return bundle.main_program
+
+
+def train_and_predict(args, plan, rt):
+    """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
+    from utils.report import build_metric_logger
+    from utils.squad_runner import init_parameters, save_params, train
+
+    train_features = _features(args, plan, args.train_file, True)[1] if plan.do_train else None
+    bundle, opts = _build(args, plan, rt, train_features)
+    rt.exe.run(bundle.startup_program)
+    init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=plan.require_qa_head,
+                    vocab_size=plan.model_cfg.vocab_size)
+    results = {}
+    metrics = build_metric_logger(rt.dist.rank, args.report_file, logger=logger)
+    try:
+        if args.show_config:
+            metrics.log_parameters({k: v for k, v in vars(args).items()})
+        if opts is not None:
+            results.update(train(rt.exe, bundle, train_features, opts, rt.dist.rank, rt.dist.world_size,
+                                 metrics, _runnable(bundle, rt)))
+            metrics.log_summary({k: results[k] for k in ("e2e_train_time", "training_sequences_per_second",
+                                                         "final_loss") if k in results})
+            if rt.dist.is_main and not args.benchmark:
+                results["params_file"] = save_params(bundle.main_program, plan.out_dir, args.model_prefix,
+                                                     plan.model_cfg)
+        if plan.do_predict and rt.dist.is_main:
+            results.update(_predict_and_score(args, plan, rt, bundle, metrics))
+    finally:
+        metrics.close()
+    return results
+
+
+def _predict_and_score(args, plan, rt, bundle, metrics):
+    import program
+    from utils.squad_postprocess import postprocess_predictions
+    from utils.squad_runner import predict_logits
+
+    examples, features = _features(args, plan, args.predict_file, False)
+    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
+        bundle.eval_program)
+    bench = (args.benchmark_warmup_steps, args.benchmark_steps) if args.benchmark else None
+    start, end, stats = predict_logits(rt.exe, infer, bundle.eval_fetches, features, plan.predict_batch_size,
+                                       bench)
+    metrics.log_summary(stats)
+    if args.benchmark:
+        return stats
+    preds, _, null_odds = postprocess_predictions(
+        examples, features, start, end, n_best_size=args.n_best_size,
+        max_answer_length=args.max_answer_length, do_lower_case=args.do_lower_case,
+        version_2_with_negative=args.version_2_with_negative,
+        null_score_diff_threshold=args.null_score_diff_threshold, output_dir=plan.out_dir)
+    results = dict(stats, predictions_file=os.path.join(plan.out_dir, "predictions.json"), predictions=preds)
+    if plan.do_eval:
+        scores = _score(args, preds, null_odds)
+        metrics.log_summary(scores)
+        results.update(scores)
+    return results
+
+
+def _score(args, preds, null_odds):
+    """{"exact_match", "F1"} (+ the v2 breakdown), in percent."""
+    from utils import squad_metrics
+
+    if not args.version_2_with_negative:
+        scores = squad_metrics.evaluate_v1(args.predict_file, preds)
+        return {"exact_match": scores["exact_match"], "F1": scores["f1"]}
+    scores = squad_metrics.evaluate_v2(args.predict_file, preds, na_probs=null_odds)
+    extra = {k: v for k, v in scores.items() if k not in ("exact", "f1")}
+    return dict(extra, exact_match=scores["exact"], F1=scores["f1"])
+
+
+def answer_question(args, plan, rt):
+    """--question: the best answer (printed with its probability) from a fine-tuned model."""
+    import program
+    from data.squad import examples_to_features
+    from tokenizer import BertTokenizer
+    from utils.squad_postprocess import postprocess_predictions
+    from utils.squad_runner import (describe_answer, init_parameters, predict_logits,
+                                    single_question_example)
+
+    example = single_question_example(args.question, plan.context)
+    fp = plan.feature_params
+    features = examples_to_features([example], BertTokenizer(args.vocab_file, do_lower_case=args.do_lower_case),
+                                    fp.max_seq_length, fp.doc_stride, fp.max_query_length, is_training=False)
+    bundle, _ = _build(args, plan, rt, None)
+    rt.exe.run(bundle.startup_program)
+    init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=True,
+                    vocab_size=plan.model_cfg.vocab_size)
+    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
+        bundle.eval_program)
+    start, end, _ = predict_logits(rt.exe, infer, bundle.eval_fetches, features, plan.predict_batch_size)
+    preds, nbest, _ = postprocess_predictions(
+        [example], features, start, end, n_best_size=args.n_best_size,
+        max_answer_length=args.max_answer_length, do_lower_case=args.do_lower_case,
+        version_2_with_negative=args.version_2_with_negative,
+        null_score_diff_threshold=args.null_score_diff_threshold)
+    answer, entries = preds[example.qas_id], nbest[example.qas_id]
+    chosen = next((e for e in entries if e["text"] == answer), entries[0])
+    for line in describe_answer(answer, chosen["probability"], entries, args.verbose_logging):
+        print(line)
+    return {"answer": answer, "probability": chosen["probability"], "nbest": entries}
+
+
+if __name__ == "__main__":
+    from utils.cli import run_cli
+    from utils.runtime import DistEnv
+
+    sys.exit(run_cli(main, rank=DistEnv.from_env().rank))

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# SQuAD fine-tuning / evaluation / prediction with run_squad.py, with the NVIDIA reference's 18 positional
+# arguments in the reference's order.
+#
+# Usage (from anywhere; every argument is optional and positional):
+#   bash scripts/run_squad.sh <init_checkpoint>                           # reference defaults (8 GPUs, amp)
+#   bash scripts/run_squad.sh $(source configs/squad_config.sh && dgxa100-80g_8gpu_amp)
+#   bash scripts/run_squad.sh $(source configs/squad_config.sh && dgxa100-80g_8gpu_tf32)
+#   bash scripts/run_squad.sh $(source configs/squad_config.sh && cpu_demo)
+#   DRY_RUN=1 bash scripts/run_squad.sh ...       # print the command instead of running it
+#
+# Positional arguments (defaults in brackets):
+#    1 init_checkpoint [checkpoints/squad]  --from-pretrained-params: our .pdparams / step dir, or a Hugging
+#                                           Face model.safetensors (dir); for eval/prediction a fine-tuned one
+#    2 epochs [2]                           3 batch_size [32]: per process, training and prediction
+#    4 learning_rate [4.6e-5]               5 warmup_proportion [0.2]
+#    6 precision [amp]: amp (fp16 + dynamic loss scaling) | bf16 | fp32 | tf32 (= fp32 ops)
+#    7 num_gpus [8]: processes (> 1: paddle.distributed.launch)
+#    8 seed [1]                             9 squad_dir [$BERT_PREP_WORKING_DIR/squad/v1.1]
+#   10 vocab_file [vocab/bert-large-uncased-vocab.txt]
+#   11 out_dir [<repo>/results]: results go to <out_dir>/<bert_model>/squad/
+#   12 mode [train_eval]: train | eval | prediction | train_eval
+#   13 config_file [None = bert_configs/<bert_model>.json, or the init checkpoint's own config]
+#   14 max_steps [-1 = epochs decide]       15 enable_benchmark [false]
+#   16 benchmark_steps [100]                17 benchmark_warmup_steps [100]
+#   18 fuse_mha [true]: --fuse-mha under amp/bf16 (as the reference)
+#
+# Environment knobs (not positional, so the 18 stay the reference's):
+#   DEVICE=auto|cpu|gpu   --device (default auto); cpu with num_gpus > 1 uses launch --nproc_per_node (gloo)
+#   PYTHON                interpreter (default: <repo>/.venv/bin/python if present, else python3)
+#   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing
+#   BERT_PREP_WORKING_DIR where squad/v1.1 lives (default <repo>/data/download)
+#   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else
+#                         custom; bert-large-uncased without a config file)
+#   DO_LOWER_CASE=true|false  (default: false for *-cased models, else true)
+#   SQUAD_VERSION=1.1|2.0 train/dev-v<version>.json; 2.0 adds --version-2-with-negative (default 1.1)
+#   MAX_SEQ_LENGTH [384], DOC_STRIDE [128], MAX_QUERY_LENGTH [64], LOG_FREQ [100]
+#
+# Differences from the reference script, on purpose: arguments are checked first (one error line, exit 2);
+# warmup_proportion is passed on (the reference dropped it); num_gpus is not limited to 1..8; EM/F1 are
+# computed in-process (no --eval-script); out_dir defaults to <repo>/results instead of /results.
+set -euo pipefail
+
+PROG=run_squad.sh
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
+
+(( $# <= 18 )) || die "expected at most 18 positional arguments, got $#"
+
+init_checkpoint=${1:-checkpoints/squad}
+epochs=${2:-2}
+batch_size=${3:-32}
+learning_rate=${4:-4.6e-5}
+warmup_proportion=${5:-0.2}
+precision=${6:-amp}
+num_gpus=${7:-8}
+seed=${8:-1}
+squad_dir=${9:-$PREP_DIR/squad/v1.1}
+vocab_file=${10:-vocab/bert-large-uncased-vocab.txt}
+out_dir=${11:-$REPO_ROOT/results}
+mode=${12:-train_eval}
+config_file=${13:-None}
+max_steps=${14:--1}
+enable_benchmark=${15:-false}
+benchmark_steps=${16:-100}
+benchmark_warmup_steps=${17:-100}
+fuse_mha=${18:-true}
+DEVICE=${DEVICE:-auto}
+DRY_RUN=${DRY_RUN:-0}
+SQUAD_VERSION=${SQUAD_VERSION:-1.1}
+
+# ------------------------------------------------------------------------------------------ validation
+need_int() {  # <name> <position> <value> <minimum>
+  if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
+    die "<$1> (argument $2) must be an integer >= $4, got '$3'"
+  fi
+}
+need_number() {  # <name> <position> <value>
+  [[ $3 =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] || die "<$1> (argument $2) must be a number >= 0, got '$3'"
+}
+need_bool() {  # <name> <position> <value>
+  [[ $3 == true || $3 == false ]] || die "<$1> (argument $2) must be true or false, got '$3'"
+}
+need_int epochs 2 "$epochs" 1
+need_int batch_size 3 "$batch_size" 1
+need_number learning_rate 4 "$learning_rate"
+need_number warmup_proportion 5 "$warmup_proportion"
+case $precision in amp|bf16|fp32|tf32) ;; *) die "<precision> (argument 6) must be amp, bf16, fp32 or tf32, got '$precision'" ;; esac
+need_int num_gpus 7 "$num_gpus" 1
+need_int seed 8 "$seed" 0
+case $mode in train|eval|prediction|train_eval) ;;
+  *) die "<mode> (argument 12) must be train, eval, prediction or train_eval, got '$mode'" ;; esac
+[[ $max_steps == -1 ]] || need_int max_steps 14 "$max_steps" 1
+need_bool enable_benchmark 15 "$enable_benchmark"
+need_int benchmark_steps 16 "$benchmark_steps" 1
+need_int benchmark_warmup_steps 17 "$benchmark_warmup_steps" 0
+need_bool fuse_mha 18 "$fuse_mha"
+case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
+case $SQUAD_VERSION in 1.1|2.0) ;; *) die "SQUAD_VERSION must be 1.1 or 2.0, got '$SQUAD_VERSION'" ;; esac
+
+if [[ $config_file == None ]]; then
+  bert_model=${BERT_MODEL:-bert-large-uncased}
+else
+  default_model=$(basename "$config_file" .json)
+  [[ -f $REPO_ROOT/bert_configs/$default_model.json ]] || default_model=custom
+  bert_model=${BERT_MODEL:-$default_model}
+fi
+case $bert_model in *-cased) default_lower=false ;; *) default_lower=true ;; esac
+DO_LOWER_CASE=${DO_LOWER_CASE:-$default_lower}
+[[ $DO_LOWER_CASE == true || $DO_LOWER_CASE == false ]] || die "DO_LOWER_CASE must be true or false"
+
+if [[ -x $REPO_ROOT/.venv/bin/python ]]; then default_python=$REPO_ROOT/.venv/bin/python; else default_python=python3; fi
+PYTHON=${PYTHON:-$default_python}
+
+# ------------------------------------------------------------------------------------------ command
+launcher=("$PYTHON")
+if (( num_gpus > 1 )); then
+  if [[ $DEVICE == cpu ]]; then
+    launcher=("$PYTHON" -m paddle.distributed.launch "--nproc_per_node=$num_gpus")
+  else
+    launcher=("$PYTHON" -m paddle.distributed.launch "--gpus=$(seq -s, 0 $((num_gpus - 1)))")
+  fi
+fi
+cmd=("${launcher[@]}" "$REPO_ROOT/run_squad.py" "--from-pretrained-params=$init_checkpoint" "--mode=$mode")
+train_file=$squad_dir/train-v$SQUAD_VERSION.json
+predict_file=$squad_dir/dev-v$SQUAD_VERSION.json
+[[ $mode == train || $mode == train_eval ]] && cmd+=("--train-file=$train_file")
+[[ $mode == train ]] || cmd+=("--predict-file=$predict_file")
+cmd+=("--train-batch-size=$batch_size" "--predict-batch-size=$batch_size")
+[[ $SQUAD_VERSION == 2.0 ]] && cmd+=(--version-2-with-negative)
+[[ $DO_LOWER_CASE == true ]] && cmd+=(--do-lower-case)
+cmd+=("--bert-model=$bert_model" "--learning-rate=$learning_rate" "--warmup-proportion=$warmup_proportion"
+      "--seed=$seed" "--epochs=$epochs" "--max-seq-length=${MAX_SEQ_LENGTH:-384}"
+      "--doc-stride=${DOC_STRIDE:-128}" "--max-query-length=${MAX_QUERY_LENGTH:-64}" "--output-dir=$out_dir" "--vocab-file=$vocab_file")
+[[ $config_file == None ]] || cmd+=("--config-file=$config_file")
+cmd+=("--max-steps=$max_steps" --optimizer=AdamW "--log-freq=${LOG_FREQ:-100}" "--device=$DEVICE")
+case $precision in
+  amp) cmd+=(--amp --use-dynamic-loss-scaling --scale-loss=128.0) ;;
+  bf16) cmd+=(--amp --amp-dtype=bfloat16) ;;
+esac
+[[ $fuse_mha == true && ( $precision == amp || $precision == bf16 ) ]] && cmd+=(--fuse-mha)
+if [[ $enable_benchmark == true ]]; then
+  cmd+=(--benchmark "--benchmark-steps=$benchmark_steps" "--benchmark-warmup-steps=$benchmark_warmup_steps")
+fi
+cmd+=("--report-file=$out_dir/dllogger_${num_gpus}_${precision}.json")
+
+if [[ $DRY_RUN == 1 ]]; then
+  words=()
+  for arg in "${cmd[@]}"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$arg"); else words+=("$(printf '%q' "$arg")"); fi
+  done
+  printf '%s\n' "${words[*]}"
+  exit 0
+fi
+mkdir -p "$out_dir"
+printf '%s: running:' "$PROG" >&2; printf ' %q' "${cmd[@]}" >&2; printf '\n' >&2
+"${cmd[@]}" 2>&1 | tee "$out_dir/logfile.txt"

@@ -1,0 +1,255 @@
+"""Initialising our BERT programs from Hugging Face BERT checkpoints (`model.safetensors` + `config.json`).
+
+Owns: recognising an HF checkpoint path, reading its `config.json` into a `modeling.BertConfig`, mapping HF
+tensor names and layouts onto our parameter names (`convert_hf_state`, pure numpy), and writing the result
+into an initialised program (`load_hf_pretrained`), logging where every parameter came from.
+Does not own: our own `.pdparams` checkpoints (`utils.checkpoint.load_pretrained`), building programs, or
+downloading anything.
+
+Name and layout mapping (our names are HF's, see modeling.py):
+  * an optional missing `bert.` prefix is added (sentence-transformers' MiniLM stores `encoder.layer.0...`);
+  * TF-ported checkpoints name LayerNorm parameters `gamma` / `beta`: they become `weight` / `bias`;
+  * `nn.Linear` weights are [out, in] in HF and [in, out] in Paddle: transposed;
+  * `bert.embeddings.word_embeddings.weight` [vocab, H] and `cls.predictions.bias` [vocab] get zero rows up
+    to `padded_vocab_size` (those ids never occur in the input);
+  * ignored, and logged: the `embeddings.position_ids` buffer, the tied MLM decoder
+    (`cls.predictions.decoder.*`, the same tensors as the word embeddings and `cls.predictions.bias`), and task
+    heads the program does not have (`cls.*` pre-training heads, a `classifier.*` head);
+  * any other tensor that does not map to a parameter of the program is an error, and so is a parameter
+    of the program that the checkpoint lacks, except prefixes the caller allows (the QA head when
+    fine-tuning an encoder-only checkpoint).
+NVIDIA's NGC Paddle checkpoints are not handled here: their parameters carry Paddle's auto-generated names
+(`linear_12.w_0`), which only map by creation order of the reference's model code.
+"""
+import json
+import logging
+import os
+import re
+
+import numpy as np
+
+from modeling import BertConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+NEWLY_INITIALIZED = "NEWLY INITIALIZED"
+
+_BERT_SUBMODULES = ("embeddings.", "encoder.", "pooler.")
+_IGNORED_BUFFERS = ("bert.embeddings.position_ids",)
+_TIED_DECODER = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+_OPTIONAL_HEADS = ("cls.", "classifier.")
+_PADDED_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
+_EMBEDDING = re.compile(r"_embeddings\.weight$")
+# HF config keys that describe training or tooling, not the architecture; everything else must be a
+# BertConfig field or one of the checked keys below.
+_HF_TOOLING_KEYS = frozenset((
+    "_name_or_path", "architectures", "model_type", "gradient_checkpointing", "pad_token_id",
+    "transformers_version", "use_cache", "torch_dtype", "classifier_dropout", "bos_token_id",
+    "eos_token_id", "output_past", "directionality", "id2label", "label2id", "finetuning_task",
+    "problem_type", "tokenizer_class", "pooler_fc_size", "pooler_num_attention_heads",
+    "pooler_num_fc_layers", "pooler_size_per_head", "pooler_type", "return_dict", "chunk_size_feed_forward",
+    "position_embedding_type", "is_decoder", "add_cross_attention"))
+
+
+def is_hf_checkpoint(path):
+    """True if `path` is a `.safetensors` file or a directory holding `model.safetensors`."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path.endswith(".safetensors")
+    return os.path.isfile(os.path.join(path, WEIGHTS_NAME))
+
+
+def hf_checkpoint_files(path):
+    """The weights file and the config file (or None) of an HF checkpoint.
+
+    Args:
+      path: a `.safetensors` file (its directory's `config.json` is used when present) or a directory
+        holding `model.safetensors`.
+
+    Returns:
+      (weights path str, config.json path str or None).
+
+    Raises:
+      ValueError: `path` is neither.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+        weights = path
+    elif os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
+        weights = os.path.join(path, WEIGHTS_NAME)
+    else:
+        raise ValueError(f"'{path}' is not a Hugging Face checkpoint (a .safetensors file or a directory "
+                         f"with {WEIGHTS_NAME})")
+    config = os.path.join(os.path.dirname(os.path.abspath(weights)), CONFIG_NAME)
+    return weights, (config if os.path.isfile(config) else None)
+
+
+def bert_config_from_hf(config_path):
+    """Our BertConfig from an HF BERT `config.json`.
+
+    Args:
+      config_path: path of the HF config.
+
+    Returns:
+      modeling.BertConfig (vocab_size as in the file; callers compare it with their vocab file).
+
+    Raises:
+      ValueError: not JSON, not a BERT config (model_type, absolute positions, encoder only), an unknown
+        key, or an architecture value our model does not implement (e.g. hidden_act "gelu_new").
+    """
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            values = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    if values.get("model_type", "bert") != "bert":
+        raise ValueError(f"{config_path}: model_type {values['model_type']!r} is not 'bert'; only BERT "
+                         "checkpoints can be imported")
+    if values.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{config_path}: position_embedding_type {values['position_embedding_type']!r} "
+                         "is not supported (only 'absolute')")
+    if values.get("is_decoder") or values.get("add_cross_attention"):
+        raise ValueError(f"{config_path}: decoder / cross-attention BERT models are not supported")
+    known = {k for k in values if k not in _HF_TOOLING_KEYS}
+    return BertConfig.from_dict({k: values[k] for k in known}, source=str(config_path))
+
+
+def read_safetensors(path):
+    """name -> numpy array of a `.safetensors` file (float16 tensors become float32).
+
+    Raises:
+      ValueError: the file cannot be read (not safetensors, truncated, or a dtype numpy lacks, e.g. bf16).
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        state = load_file(os.fspath(path))
+    except Exception as err:  # safetensors raises its own error types for foreign or truncated files
+        raise ValueError(f"cannot read '{path}' as safetensors: {err}") from err
+    return {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in state.items()}
+
+
+def our_name(hf_name):
+    """Our parameter name for an HF tensor name (prefix and gamma/beta rules in the module docstring)."""
+    name = "bert." + hf_name if hf_name.startswith(_BERT_SUBMODULES) else hf_name
+    return re.sub(r"\.LayerNorm\.gamma$", ".LayerNorm.weight",
+                  re.sub(r"\.LayerNorm\.beta$", ".LayerNorm.bias", name))
+
+
+def _to_our_layout(name, value, want_shape, vocab_size):
+    """(array in our layout, note) for one tensor; raises ValueError when the shapes cannot match."""
+    value, note = np.asarray(value), []
+    if name in _PADDED_ROWS:
+        if vocab_size is not None and value.shape[0] != vocab_size:
+            raise ValueError(f"HF tensor for {name} has {value.shape[0]} rows but the vocab file has "
+                             f"{vocab_size} tokens: the checkpoint was trained with another vocabulary")
+        extra = want_shape[0] - value.shape[0]
+        if extra > 0 and value.shape[1:] == tuple(want_shape[1:]):
+            value = np.pad(value, [(0, extra)] + [(0, 0)] * (value.ndim - 1))
+            note = [f"+{extra} zero rows"]
+    elif value.ndim == 2 and name.endswith(".weight") and not _EMBEDDING.search(name):
+        value, note = np.ascontiguousarray(value.T), ["transposed"]
+    if value.shape != tuple(want_shape):
+        raise ValueError(f"HF tensor for {name} has shape {list(value.shape)} in our layout, the program "
+                         f"expects {list(want_shape)} (config mismatch?)")
+    return value.astype(np.float32), note
+
+
+def convert_hf_state(hf_state, param_shapes, allow_missing_prefixes=(), vocab_size=None):
+    """Map an HF state dict onto a program's parameters (pure numpy).
+
+    Args:
+      hf_state: dict HF name -> ndarray (e.g. from `read_safetensors`).
+      param_shapes: dict our parameter name -> shape tuple, every parameter of the target program.
+      allow_missing_prefixes: tuple of str; program parameters with these prefixes may be absent.
+      vocab_size: int or None; if given, the word embedding must have exactly this many rows (the
+        padded rows of our layout cannot tell a smaller vocabulary apart).
+
+    Returns:
+      (arrays {our name: float32 ndarray in our layout}, sources {our name: description of where it came
+      from, or NEWLY_INITIALIZED}, ignored [HF names not used, with the reason]).
+
+    Raises:
+      ValueError: an HF tensor that is not a known BERT tensor of the program, a required parameter
+        the checkpoint lacks, a shape that cannot match, or nothing mapped at all.
+    """
+    arrays, sources, ignored, unexpected = {}, {}, [], []
+    for hf_name in sorted(hf_state):
+        name = our_name(hf_name)
+        if name in param_shapes:
+            arrays[name], note = _to_our_layout(name, hf_state[hf_name], param_shapes[name],
+                                                 vocab_size)
+            sources[name] = " ".join([f"<- {hf_name}"] + (["(" + ", ".join(note) + ")"] if note else []))
+        elif name in _IGNORED_BUFFERS:
+            ignored.append(f"{hf_name} (buffer)")
+        elif name in _TIED_DECODER:
+            ignored.append(f"{hf_name} (tied MLM decoder)")
+        elif name.startswith(_OPTIONAL_HEADS):
+            ignored.append(f"{hf_name} (head not in this program)")
+        else:
+            unexpected.append(hf_name)
+    if unexpected:
+        raise ValueError(f"HF checkpoint has tensors that are not parameters of this BERT program: "
+                         f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+    missing = [n for n in param_shapes if n not in arrays and not n.startswith(tuple(allow_missing_prefixes))]
+    if missing:
+        raise ValueError(f"HF checkpoint lacks parameter(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if not arrays:
+        raise ValueError("no parameter of the program was found in the HF checkpoint")
+    for name in param_shapes:
+        sources.setdefault(name, NEWLY_INITIALIZED)
+    return arrays, sources, ignored
+
+
+def _write_to_scope(exe, arrays, source):
+    """Set every array into the scope tensor of the same name (checked first: all or nothing)."""
+    import paddle
+
+    scope, tensors = paddle.static.global_scope(), []
+    for name, value in arrays.items():
+        var = scope.find_var(name)
+        if var is None or not var.get_tensor()._is_initialized():
+            raise ValueError(f"{name} is not initialised in the scope (run the startup program before "
+                             f"loading '{source}')")
+        current = np.array(var.get_tensor())
+        if current.shape != value.shape or current.dtype != value.dtype:
+            raise ValueError(f"cannot load '{source}': {name} is {current.dtype}{list(current.shape)} in the "
+                             f"program, {value.dtype}{list(value.shape)} in the file")
+        tensors.append((var.get_tensor(), value))
+    for tensor, value in tensors:
+        tensor.set(value, exe.place)
+
+
+def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_size=None):
+    """Initialise `program`'s parameters from an HF BERT checkpoint and log each parameter's source.
+
+    Args:
+      exe: executor whose place receives the tensors; the startup program must have run.
+      program: the program to initialise (e.g. the SQuAD training program).
+      path: `.safetensors` file or a directory with `model.safetensors`.
+      allow_missing_prefixes: tuple of str; parameters the checkpoint may lack (they keep their startup
+        values), e.g. ("qa_outputs",) when fine-tuning an encoder-only checkpoint.
+      vocab_size: int or None, the vocab file's size (see `convert_hf_state`).
+
+    Returns:
+      dict parameter name -> source description or NEWLY_INITIALIZED.
+
+    Raises:
+      ValueError: see `hf_checkpoint_files`, `read_safetensors`, `convert_hf_state`, or a shape/dtype that
+        differs from the scope's tensor.
+    """
+    weights, _ = hf_checkpoint_files(path)
+    params = {p.name: tuple(p.shape) for p in program.all_parameters()}
+    arrays, sources, ignored = convert_hf_state(read_safetensors(weights), params, allow_missing_prefixes,
+                                               vocab_size)
+    _write_to_scope(exe, arrays, weights)
+    logger.info("parameter sources (%s):", weights)
+    for name in sorted(params):
+        logger.info("  %s %s %s", name, list(params[name]), sources[name])
+    if ignored:
+        logger.info("not used from %s: %s", weights, ", ".join(ignored))
+    return sources
