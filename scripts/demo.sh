@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# The README's main command: set up, then run the pipeline end to end on the embedded sample, offline, on CPU.
-#   bash scripts/demo.sh [OUTPUT_DIR]      (default: demo_output/)
-# Stages (each skipped when its output already exists, so a re-run resumes):
-#   1. corpus  : Python standard-library docstrings -> LDDL source text (one document per line)
-#   2. vocab   : a WordPiece vocabulary trained on that text
-#   3. shards  : Dask preprocessing -> binned, statically masked Parquet shards (seq 128) + balancing
-#   4. loader  : stream a few batches through the resumable loader and print their shapes
+# The README's main command: set up .venv, then the whole pipeline on the embedded sample, offline, on CPU.
+#   bash scripts/demo.sh
+# Stages (each one skips what is already done, so a re-run resumes or returns at once):
+#   1. pre-training data + phase 1 + phase 2 (bert-tiny):
+#        bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)
+#      builds demo_output/source (docstrings of Python's standard library: real text on every machine),
+#      demo_output/vocab.txt (a WordPiece vocab trained on it), seq-128 and seq-512 shards (Dask), then
+#      trains phase 1 and phase 2 into results/bert-tiny/phase{1,2}/ with reports results/dllogger_p{1,2}.json
+#   2. a plot of both reports: results/pretraining.png
+#   3. SQuAD fine-tuning of the phase-2 model, then EM/F1 on the dev file:
+#        bash scripts/run_squad.sh $(source configs/squad_config.sh && cpu_demo)
+#      on data/download/squad/v1.1 when you downloaded SQuAD (python -m data.download squad), else on the
+#      small embedded sample data/samples/squad (27 training / 13 dev questions: a smoke test of the
+#      pipeline; its scores say nothing about model quality).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
-OUT=${1:-demo_output}
-WORKERS=${DEMO_WORKERS:-2}
-mkdir -p "$OUT"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
-step "1/4 corpus: Python standard-library docstrings -> $OUT/source"
-[ -d "$OUT/source" ] || $PY -m data.sample_corpus --output-dir "$OUT/source" --num-files 4 --max-bytes 3000000
+step "1/3 pre-training on the embedded sample (data preparation, phase 1, phase 2)"
+# shellcheck disable=SC2046  # the preset's 32 values are meant to be split into arguments
+bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)
 
-step "2/4 vocab: WordPiece vocabulary -> $OUT/vocab.txt"
-[ -f "$OUT/vocab.txt" ] || $PY -m data.build_vocab --input "$OUT/source" --output "$OUT/vocab.txt" \
-  --vocab-size 8192 --do-lower-case
+step "2/3 plot of both phases: results/pretraining.png"
+$PY -m utils.plot_report results/dllogger_p1.json results/dllogger_p2.json --output results/pretraining.png \
+  --title "bert-tiny pre-trained on the embedded sample"
 
-step "3/4 shards: seq-128 masked, binned Parquet -> $OUT/pretrain_128"
-if [ ! -d "$OUT/pretrain_128" ]; then
-  $PY -m data.preprocess_bert_pretrain --source "$OUT/source" --sink "$OUT/pretrain_128" \
-    --vocab-file "$OUT/vocab.txt" --do-lower-case --target-seq-length 128 --bin-size 32 --masking \
-    --max-predictions-per-seq 20 --duplicate-factor 2 --num-workers "$WORKERS" --seed 12345
-  $PY -m data.balance_dask_output --indir "$OUT/pretrain_128" --num-shards 4
+step "3/3 SQuAD fine-tuning and evaluation"
+# shellcheck disable=SC2207
+squad_args=($(source configs/squad_config.sh && cpu_demo))
+if [ ! -f "${squad_args[8]}/train-v1.1.json" ]; then
+  echo "(no downloaded SQuAD in ${squad_args[8]}: using the embedded sample data/samples/squad)"
+  squad_args[8]=data/samples/squad
 fi
+bash scripts/run_squad.sh "${squad_args[@]}"
 
-step "4/4 loader: a few batches from $OUT/pretrain_128"
-$PY -m data.lddl_loader --inspect "$OUT/pretrain_128" --vocab-file "$OUT/vocab.txt" --batch-size 32 --num-batches 3
-
-printf '\nDone. Shards in %s/pretrain_128; vocabulary %s/vocab.txt.\n' "$OUT" "$OUT"
+printf '\nDone: checkpoints in results/bert-tiny/, reports results/dllogger_*.json, plot results/pretraining.png.\n'
