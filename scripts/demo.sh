@@ -34,6 +34,7 @@ squad_args=($(source configs/squad_config.sh && cpu_demo))
 if [ ! -f "${squad_args[8]}/train-v1.1.json" ]; then
   echo "(no downloaded SQuAD in ${squad_args[8]}: using the embedded sample data/samples/squad)"
   squad_args[8]=data/samples/squad
+  squad_args[1]=10   # epochs: 27 questions make 4 updates per epoch
 fi
 bash scripts/run_squad.sh "${squad_args[@]}"
 
