@@ -65,9 +65,8 @@
 set -euo pipefail
 
 PROG=run_pretraining.sh
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 (( $# <= 32 )) || die "expected at most 32 positional arguments, got $#"
 
@@ -107,24 +106,6 @@ DEVICE=${DEVICE:-auto}
 DRY_RUN=${DRY_RUN:-0}
 
 # ------------------------------------------------------------------------------------------ validation
-need_int() {  # <name> <position> <value> <minimum>
-  if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
-    die "<$1> (argument $2) must be an integer >= $4, got '$3'"
-  fi
-}
-need_float() {  # <name> <position> <value> <awk condition on x> <description>
-  if ! { [[ $3 =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
-         awk -v v="$3" "BEGIN { x = v + 0; exit !($4) }"; }; then
-    die "<$1> (argument $2) must be a number $5, got '$3'"
-  fi
-}
-need_choice() {  # <name> <position> <value> <choice>...
-  local name=$1 pos=$2 value=$3 choice
-  shift 3
-  for choice in "$@"; do [[ $value == "$choice" ]] && return 0; done
-  die "<$name> (argument $pos) must be one of: $*; got '$value'"
-}
-
 need_int train_batch_size 1 "$train_batch_size" 1
 need_float learning_rate 2 "$learning_rate" "x > 0" "> 0"
 need_choice precision 3 "$precision" amp fp32 tf32 bf16
@@ -201,8 +182,7 @@ else
   esac
 fi
 
-if [[ -x $code_dir/.venv/bin/python ]]; then default_python=$code_dir/.venv/bin/python; else default_python=python3; fi
-PYTHON=${PYTHON:-$default_python}
+PYTHON=${PYTHON:-$(default_python "$code_dir")}
 
 dir_is_empty() { [[ ! -d $1 ]] || [[ -z $(ls -A "$1") ]]; }
 needs_prep1=false; needs_prep2=false
@@ -219,18 +199,6 @@ if [[ $DRY_RUN != 1 ]]; then
 fi
 
 # ------------------------------------------------------------------------------------------ commands
-run() {  # print (DRY_RUN=1) or run one command
-  if [[ $DRY_RUN == 1 ]]; then
-    local arg words=()
-    for arg in "$@"; do
-      if [[ $arg =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$arg"); else words+=("$(printf '%q' "$arg")"); fi
-    done
-    printf '%s\n' "${words[*]}"
-  else
-    printf '%s: running:' "$PROG" >&2; printf ' %q' "$@" >&2; printf '\n' >&2
-    "$@"
-  fi
-}
 
 # Logs of a phase go to a file too when create_logfile is true; the exit status is the command's.
 run_logged() {  # <phase> <global batch> <command>...
@@ -269,14 +237,7 @@ prepare() {  # <dataset dir> <preprocess options>...: build and balance the shar
   run "$PYTHON" -m data.balance_dask_output --indir "$sink" --num-shards "$num_blocks"
 }
 
-launcher=("$PYTHON")
-if (( num_gpus > 1 )); then
-  if [[ $DEVICE == cpu ]]; then
-    launcher=("$PYTHON" -m paddle.distributed.launch "--nproc_per_node=$num_gpus")
-  else
-    launcher=("$PYTHON" -m paddle.distributed.launch "--gpus=$(seq -s, 0 $((num_gpus - 1)))")
-  fi
-fi
+launcher_for "$PYTHON" "$num_gpus" "$DEVICE"
 
 common_flags=(--vocab-file="$VOCAB_FILE" --output-dir="$RESULTS_DIR" --bert-model="$bert_model")
 [[ $bert_config == None ]] || common_flags+=(--config-file="$bert_config")

@@ -42,9 +42,8 @@
 set -euo pipefail
 
 PROG=run_squad.sh
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 (( $# <= 18 )) || die "expected at most 18 positional arguments, got $#"
 
@@ -71,31 +70,20 @@ DRY_RUN=${DRY_RUN:-0}
 SQUAD_VERSION=${SQUAD_VERSION:-1.1}
 
 # ------------------------------------------------------------------------------------------ validation
-need_int() {  # <name> <position> <value> <minimum>
-  if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
-    die "<$1> (argument $2) must be an integer >= $4, got '$3'"
-  fi
-}
-need_number() {  # <name> <position> <value>
-  [[ $3 =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] || die "<$1> (argument $2) must be a number >= 0, got '$3'"
-}
-need_bool() {  # <name> <position> <value>
-  [[ $3 == true || $3 == false ]] || die "<$1> (argument $2) must be true or false, got '$3'"
-}
 need_int epochs 2 "$epochs" 1
 need_int batch_size 3 "$batch_size" 1
-need_number learning_rate 4 "$learning_rate"
-need_number warmup_proportion 5 "$warmup_proportion"
+need_float learning_rate 4 "$learning_rate" "x >= 0" ">= 0"
+need_float warmup_proportion 5 "$warmup_proportion" "x >= 0" ">= 0"
 case $precision in amp|bf16|fp32|tf32) ;; *) die "<precision> (argument 6) must be amp, bf16, fp32 or tf32, got '$precision'" ;; esac
 need_int num_gpus 7 "$num_gpus" 1
 need_int seed 8 "$seed" 0
 case $mode in train|eval|prediction|train_eval) ;;
   *) die "<mode> (argument 12) must be train, eval, prediction or train_eval, got '$mode'" ;; esac
 [[ $max_steps == -1 ]] || need_int max_steps 14 "$max_steps" 1
-need_bool enable_benchmark 15 "$enable_benchmark"
+need_choice enable_benchmark 15 "$enable_benchmark" true false
 need_int benchmark_steps 16 "$benchmark_steps" 1
 need_int benchmark_warmup_steps 17 "$benchmark_warmup_steps" 0
-need_bool fuse_mha 18 "$fuse_mha"
+need_choice fuse_mha 18 "$fuse_mha" true false
 case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
 case $SQUAD_VERSION in 1.1|2.0) ;; *) die "SQUAD_VERSION must be 1.1 or 2.0, got '$SQUAD_VERSION'" ;; esac
 
@@ -110,18 +98,10 @@ case $bert_model in *-cased) default_lower=false ;; *) default_lower=true ;; esa
 DO_LOWER_CASE=${DO_LOWER_CASE:-$default_lower}
 [[ $DO_LOWER_CASE == true || $DO_LOWER_CASE == false ]] || die "DO_LOWER_CASE must be true or false"
 
-if [[ -x $REPO_ROOT/.venv/bin/python ]]; then default_python=$REPO_ROOT/.venv/bin/python; else default_python=python3; fi
-PYTHON=${PYTHON:-$default_python}
+PYTHON=${PYTHON:-$(default_python "$REPO_ROOT")}
 
 # ------------------------------------------------------------------------------------------ command
-launcher=("$PYTHON")
-if (( num_gpus > 1 )); then
-  if [[ $DEVICE == cpu ]]; then
-    launcher=("$PYTHON" -m paddle.distributed.launch "--nproc_per_node=$num_gpus")
-  else
-    launcher=("$PYTHON" -m paddle.distributed.launch "--gpus=$(seq -s, 0 $((num_gpus - 1)))")
-  fi
-fi
+launcher_for "$PYTHON" "$num_gpus" "$DEVICE"
 cmd=("${launcher[@]}" "$REPO_ROOT/run_squad.py" "--from-pretrained-params=$init_checkpoint" "--mode=$mode")
 train_file=$squad_dir/train-v$SQUAD_VERSION.json
 predict_file=$squad_dir/dev-v$SQUAD_VERSION.json
@@ -146,11 +126,7 @@ fi
 cmd+=("--report-file=$out_dir/dllogger_${num_gpus}_${precision}.json")
 
 if [[ $DRY_RUN == 1 ]]; then
-  words=()
-  for arg in "${cmd[@]}"; do
-    if [[ $arg =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$arg"); else words+=("$(printf '%q' "$arg")"); fi
-  done
-  printf '%s\n' "${words[*]}"
+  print_command "${cmd[@]}"
   exit 0
 fi
 mkdir -p "$out_dir"

@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Shared by scripts/run_pretraining.sh and scripts/run_squad.sh (sourced; defines functions only, plus
+# REPO_ROOT / PREP_DIR). The caller sets PROG (its name, for error lines) and DRY_RUN before using them.
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
+
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
+
+need_int() {  # <name> <position> <value> <minimum>
+  if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
+    die "<$1> (argument $2) must be an integer >= $4, got '$3'"
+  fi
+}
+
+need_float() {  # <name> <position> <value> <awk condition on x> <description>
+  if ! { [[ $3 =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
+         awk -v v="$3" "BEGIN { x = v + 0; exit !($4) }"; }; then
+    die "<$1> (argument $2) must be a number $5, got '$3'"
+  fi
+}
+
+need_choice() {  # <name> <position> <value> <choice>...
+  local name=$1 pos=$2 value=$3 choice
+  shift 3
+  for choice in "$@"; do [[ $value == "$choice" ]] && return 0; done
+  die "<$name> (argument $pos) must be one of: $*; got '$value'"
+}
+
+default_python() {  # <code dir>: its .venv interpreter when present, else python3
+  if [[ -x $1/.venv/bin/python ]]; then echo "$1/.venv/bin/python"; else echo python3; fi
+}
+
+launcher_for() {  # <python> <processes> <device>: sets the array `launcher`
+  launcher=("$1")
+  if (( $2 > 1 )); then
+    if [[ $3 == cpu ]]; then
+      launcher=("$1" -m paddle.distributed.launch "--nproc_per_node=$2")
+    else
+      launcher=("$1" -m paddle.distributed.launch "--gpus=$(seq -s, 0 $(($2 - 1)))")
+    fi
+  fi
+}
+
+print_command() {  # one shell-quoted line on stdout (what DRY_RUN=1 shows)
+  local arg words=()
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$arg"); else words+=("$(printf '%q' "$arg")"); fi
+  done
+  printf '%s\n' "${words[*]}"
+}
+
+run() {  # print (DRY_RUN=1) or run one command, announcing it on stderr
+  if [[ $DRY_RUN == 1 ]]; then
+    print_command "$@"
+  else
+    printf '%s: running:' "$PROG" >&2; printf ' %q' "$@" >&2; printf '\n' >&2
+    "$@"
+  fi
+}
