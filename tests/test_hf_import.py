@@ -10,6 +10,7 @@ import pytest
 import program as P
 from modeling import BertConfig
 from utils import hf_import as H
+from utils.checkpoint import assign_to_scope
 
 TINY_HF_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "attention_probs_dropout_prob": 0.1,
                   "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 16, "initializer_range": 0.02,
@@ -270,7 +271,7 @@ def test_real_minilm_matches_numpy_bert():
         bundle, exe = build_predict(H.bert_config_from_hf(os.path.join(path, "config.json")))
         params = {p.name: tuple(p.shape) for p in bundle.main_program.all_parameters()}
         arrays, _, _ = H.convert_hf_state(state, params, vocab_size=30522)
-        H._write_to_scope(exe, arrays, path)
+        assign_to_scope(exe, arrays, path)
         start, end = run_qa(bundle, exe, ids, types, mask)
     want_start, want_end = numpy_qa_forward(state, hf_cfg, ids, types, mask)
     np.testing.assert_allclose(start, want_start, rtol=1e-3, atol=1e-3)

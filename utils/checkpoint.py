@@ -244,7 +244,7 @@ def _scope_tensor(name):
     return tensor if tensor._is_initialized() else None
 
 
-def _assign(exe, arrays, source):
+def assign_to_scope(exe, arrays, source):
     """Check every array against the scope's tensor, then set them all (nothing is set on any error).
 
     Args:
@@ -482,11 +482,11 @@ class CheckpointManager:
         if missing:
             raise ValueError(f"checkpoint {path} lacks {len(missing)} persistable(s) of the program: "
                              f"{_preview(missing)} (was it saved from a differently built program?)")
-        _assign(exe, {n: state[n] for n in names}, path)
+        assign_to_scope(exe, {n: state[n] for n in names}, path)
         unused = sorted(set(state) - set(names))
         if unused:
             logger.warning("checkpoint %s holds variables the program does not use: %s", path, _preview(unused))
-        _log_sources(program, {p.name: INIT_FROM_CKPT for p in program.all_parameters()}, path)
+        log_parameter_sources(program, {p.name: INIT_FROM_CKPT for p in program.all_parameters()}, path)
         logger.info("restored step %d from %s (%d persistables)", step, path, len(names))
         return progress
 
@@ -527,7 +527,7 @@ def _read_params(path):
     return state
 
 
-def _log_sources(program, sources, origin):
+def log_parameter_sources(program, sources, origin):
     # One line per parameter, like google-research/bert's init log, so a silent random init is visible.
     logger.info("parameter sources (%s):", origin)
     for param in sorted(program.all_parameters(), key=lambda p: p.name):
@@ -573,8 +573,8 @@ def load_pretrained(exe, program, path, *, ignore_prefixes=(), allow_missing_pre
                          "allow_missing_prefixes if they are meant to start from random initialisation")
     if not arrays:
         raise ValueError(f"no parameter of the program was loaded from '{params_file}' (names do not match)")
-    _assign(exe, arrays, params_file)
-    _log_sources(program, sources, params_file)
+    assign_to_scope(exe, arrays, params_file)
+    log_parameter_sources(program, sources, params_file)
     unused = sorted(set(state) - set(arrays))
     if unused:
         logger.info("not used from %s: %s", params_file, _preview(unused))

@@ -29,6 +29,7 @@ import re
 import numpy as np
 
 from modeling import BertConfig
+from utils.checkpoint import assign_to_scope, log_parameter_sources
 
 logger = logging.getLogger(__name__)
 
@@ -205,25 +206,6 @@ def convert_hf_state(hf_state, param_shapes, allow_missing_prefixes=(), vocab_si
     return arrays, sources, ignored
 
 
-def _write_to_scope(exe, arrays, source):
-    """Set every array into the scope tensor of the same name (checked first: all or nothing)."""
-    import paddle
-
-    scope, tensors = paddle.static.global_scope(), []
-    for name, value in arrays.items():
-        var = scope.find_var(name)
-        if var is None or not var.get_tensor()._is_initialized():
-            raise ValueError(f"{name} is not initialised in the scope (run the startup program before "
-                             f"loading '{source}')")
-        current = np.array(var.get_tensor())
-        if current.shape != value.shape or current.dtype != value.dtype:
-            raise ValueError(f"cannot load '{source}': {name} is {current.dtype}{list(current.shape)} in the "
-                             f"program, {value.dtype}{list(value.shape)} in the file")
-        tensors.append((var.get_tensor(), value))
-    for tensor, value in tensors:
-        tensor.set(value, exe.place)
-
-
 def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_size=None):
     """Initialise `program`'s parameters from an HF BERT checkpoint and log each parameter's source.
 
@@ -246,10 +228,8 @@ def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_s
     params = {p.name: tuple(p.shape) for p in program.all_parameters()}
     arrays, sources, ignored = convert_hf_state(read_safetensors(weights), params, allow_missing_prefixes,
                                                vocab_size)
-    _write_to_scope(exe, arrays, weights)
-    logger.info("parameter sources (%s):", weights)
-    for name in sorted(params):
-        logger.info("  %s %s %s", name, list(params[name]), sources[name])
+    assign_to_scope(exe, arrays, weights)
+    log_parameter_sources(program, sources, weights)
     if ignored:
         logger.info("not used from %s: %s", weights, ", ".join(ignored))
     return sources
