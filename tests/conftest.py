@@ -22,3 +22,13 @@ def shared_path(*parts):
 @pytest.fixture
 def uncased_vocab():
     return shared_path("vocab", "bert-base-uncased-vocab.txt")
+
+
+@pytest.fixture
+def static_graph():
+    """Paddle's static-graph mode for one test (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("static_graph")`), back to dygraph afterwards."""
+    import paddle
+    paddle.enable_static()
+    yield
+    paddle.disable_static()

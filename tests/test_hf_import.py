@@ -20,11 +20,7 @@ TINY_HF_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "attenti
                   "type_vocab_size": 2, "use_cache": True, "vocab_size": 29}
 
 
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
+pytestmark = pytest.mark.usefixtures("static_graph")
 
 
 def hf_state(cfg, rng, prefix="", with_qa=False, tf_names=False):

@@ -8,11 +8,7 @@ import pytest
 from loss import BertPretrainingCriterion, squad_span_loss
 
 
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
+pytestmark = pytest.mark.usefixtures("static_graph")
 
 
 def np_cross_entropy(logits, labels):

@@ -19,11 +19,7 @@ TINY = BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attent
                   intermediate_size=32, max_position_embeddings=32)
 
 
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
+pytestmark = pytest.mark.usefixtures("static_graph")
 
 
 def build(cfg, impl="plain", seed=1, head="pretraining"):

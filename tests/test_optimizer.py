@@ -13,11 +13,7 @@ NAMES = ["toy.dense.weight", "toy.dense.bias", "toy.LayerNorm.weight", "toy.Laye
 HPARAMS = dict(weight_decay=0.1, beta1=0.9, beta2=0.999, epsilon=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
+pytestmark = pytest.mark.usefixtures("static_graph")
 
 
 def test_exclusion_rule_on_real_model_names():

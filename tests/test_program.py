@@ -26,11 +26,7 @@ TINY_PRETRAINING_PARAMS = 1600 + 4448 + 272 + 368 + 34
 OPTIMIZER_OPS = {"lamb", "adamw", "adam", "distributed_fused_lamb", "sgd", "momentum"}
 
 
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
+pytestmark = pytest.mark.usefixtures("static_graph")
 
 
 @pytest.fixture
