@@ -270,3 +270,21 @@ def test_two_cpu_ranks_run_under_paddle_launch(shards, tmp_path):
     progress = json.loads((out / "bert-tiny" / "phase1" / "2" / "progress.json").read_text())
     assert progress["world_size"] == 2 and progress["global_batch_size"] == 4
     assert "gloo all-reduce" in logs
+
+
+def test_trains_on_nvidia_hdf5_shards(tmp_path):
+    """Existing NVIDIA/Google HDF5 datasets keep working: the same command on a directory of .hdf5 files."""
+    from test_hdf5_loader import SPECIALS, WORDS, _random_samples, write_shard
+    rng = np.random.default_rng(0)
+    data = tmp_path / "hdf5"
+    data.mkdir()
+    for k in range(2):
+        write_shard(data / f"part_{k}.hdf5", _random_samples(rng, 24), seq_len=16, max_pred=4)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = _pretrain_args((str(data), str(vocab)), out, steps=3)
+    args[args.index("--max-seq-length") + 1] = "16"
+    _run(args)
+    progress = json.loads((out / "bert-tiny" / "phase1" / "3" / "progress.json").read_text())
+    assert progress["loader_state"]["kind"] == "hdf5" and progress["global_step"] == 3
