@@ -17,7 +17,6 @@ import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
 
 import argparse
 import logging
-import os
 import sys
 
 from utils import args as common
@@ -115,29 +114,24 @@ def validate_args(args):
     return args
 
 
-def main(argv=None):
-    """Entry point: returns the process exit status."""
-    from utils.logger import init_logging
-    from utils.runtime import DistEnv
+def run(argv=None):
+    """Parse, validate and train. Raises ValueError for bad flags, files or checkpoints."""
+    args = validate_args(build_parser().parse_args(argv))
+    from utils.pretrain_session import PretrainSession
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    init_logging(DistEnv.from_env().rank)
-    try:
-        validate_args(args)
-        from utils.pretrain_session import PretrainSession
-        session = PretrainSession(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    session = PretrainSession(args)
     try:
         session.run()
-    except ValueError as err:  # resume/init problems found once the program exists
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         session.close()
-    return 0
+
+
+def main(argv=None):
+    """Entry point: returns the exit status (bad input: one `error:` line on stderr and 2)."""
+    from utils.cli import run_cli
+    from utils.runtime import DistEnv
+
+    return run_cli(run, argv, rank=DistEnv.from_env().rank)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ an error, never a random initialisation; `--from-checkpoint` with `--from-pretra
 `--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
 `config.json`]); the v2 null score is per example.
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
 
 import argparse
