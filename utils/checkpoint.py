@@ -501,6 +501,18 @@ def _prefixes(value, flag):
     return tuple(value)
 
 
+def latest_step_dir(path, model_prefix="bert_paddle"):
+    """The newest complete `<step>/` directory when `path` is a phase directory (`phase_dir`), else None.
+
+    Lets users pass `results/<model>/phase2` where a parameters path is expected.
+    """
+    if not os.path.isdir(path) or any(n.endswith(".pdparams") for n in os.listdir(path)):
+        return None
+    manager = CheckpointManager(path, model_prefix=model_prefix)
+    step = manager.latest_complete_step()
+    return None if step is None else manager.step_dir(step)
+
+
 def _resolve_params_file(path):
     """A `.pdparams` file from a file path, a prefix, or a directory holding exactly one."""
     if os.path.isfile(path):

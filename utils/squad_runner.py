@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 
 from data.squad import PREDICT_ONLY_KEYS, SquadExample, split_on_whitespace
-from utils.checkpoint import CheckpointManager, load_pretrained
+from utils.checkpoint import latest_step_dir, load_pretrained
 from utils.fs import atomic_write_bytes, atomic_write_json
 from utils.hf_import import is_hf_checkpoint, load_hf_pretrained
 
@@ -130,14 +130,12 @@ def rank_batches(features, batch_size, rank, world_size, rng):
 def resolve_init_path(path, model_prefix="bert_paddle"):
     """A pre-training phase directory (`<model>/phase<N>/` holding step directories) -> its latest complete
     step directory; any other path unchanged (the loaders check it)."""
-    if not os.path.isdir(path) or is_hf_checkpoint(path) or any(n.endswith(".pdparams") for n in os.listdir(path)):
+    step_dir = None if is_hf_checkpoint(path) else latest_step_dir(path, model_prefix)
+    if step_dir is None:
         return path
-    manager = CheckpointManager(path, model_prefix=model_prefix)
-    step = manager.latest_complete_step()
-    if step is None:
-        return path
-    logger.info("'%s' is a checkpoint directory: using its latest complete step %d", path, step)
-    return manager.step_dir(step)
+    logger.info("'%s' is a checkpoint directory: using its latest complete step %s", path,
+                os.path.basename(step_dir))
+    return step_dir
 
 
 _AUTO_NAME = re.compile(r"^(linear|embedding|layer_norm|create_parameter)_\d+\.(w|b)_\d+$")
