@@ -256,6 +256,18 @@ def _context(args):
         return f.read()
 
 
+def _check_bf16_cpu():
+    """Refuse --infer-dtype bfloat16 where oneDNN has no bf16 kernels (it would fail in the first matmul)."""
+    from utils import runtime
+
+    support = runtime.cpu_bf16_support()
+    if not support.usable:
+        raise ValueError(f"--infer-dtype bfloat16: {support.reason}; use --infer-dtype float32")
+    if not support.native:
+        logger.warning("--infer-dtype bfloat16: this CPU has no AVX512-BF16/AMX-BF16, oneDNN emulates bf16 "
+                       "and may be slower than --infer-dtype float32")
+
+
 def validate_args(args):
     """Check every flag, file and cross-flag rule before any work; resolve them into a Plan.
 
@@ -278,6 +290,8 @@ def validate_args(args):
     if args.eval_script:
         logger.info("--eval-script %s ignored: EM/F1 are computed in-process", args.eval_script)
     device = resolve_device(args.device)
+    if args.infer_dtype == "bfloat16" and (do_predict or args.question is not None) and device == "cpu":
+        _check_bf16_cpu()
     amp = common.amp_fields(args) if do_train else {"amp": "off"}
     if do_train:  # the optimizer, schedule and AMP values, checked now rather than after feature building
         TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, device=device,

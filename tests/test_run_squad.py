@@ -358,3 +358,49 @@ def test_trimmed_batches_give_the_same_logits(data):
     for a, b in zip(full, cut):
         real = mask[:, :16].astype(bool)
         np.testing.assert_allclose(a[:, :16][real], b[real], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ bf16 on a CPU without it
+def _bf16_args(data, out, *mode):
+    return base_args(data, out, "--config-file", str(data / "tiny.json"), "--infer-dtype", "bfloat16",
+                     "--from-pretrained-params", str(data / "pretrained"),
+                     *(mode or ("--mode", "prediction", "--predict-file", str(data / "train.json"))))
+
+
+def test_bf16_inference_is_refused_where_the_cpu_cannot_run_it(data, tmp_path, monkeypatch):
+    from utils import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_support", lambda: runtime.Bf16Support(
+        usable=False, native=False, reason="this CPU lacks avx512bw (AVX-512), which oneDNN's bf16 kernels need"))
+    with pytest.raises(ValueError, match=r"^--infer-dtype bfloat16: this CPU lacks avx512bw .*; use "
+                                         r"--infer-dtype float32$"):
+        run_squad.main(_bf16_args(data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    # a training-only run predicts nothing, so bf16 does not matter
+    args = run_squad.build_parser().parse_args(_bf16_args(data, tmp_path / "out", "--mode", "train",
+                                                          "--train-file", str(data / "train.json")))
+    assert run_squad.validate_args(args).do_train
+
+
+@pytest.mark.parametrize("native, warns", [(True, False), (False, True)])
+def test_bf16_inference_is_accepted_where_the_cpu_supports_it(data, tmp_path, monkeypatch, caplog, native, warns):
+    from utils import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_support", lambda: runtime.Bf16Support(usable=True, native=native))
+    with caplog.at_level("WARNING"):
+        plan = run_squad.validate_args(run_squad.build_parser().parse_args(_bf16_args(data, tmp_path / "out")))
+    assert plan.do_predict and plan.device == "cpu"
+    assert ("oneDNN emulates bf16" in caplog.text) == warns
+
+
+def test_script_refuses_bf16_inference_on_this_cpu_in_one_line(data, tmp_path):
+    from utils.runtime import cpu_bf16_support
+
+    support = cpu_bf16_support()
+    if support.usable:
+        pytest.skip("this CPU runs bf16")
+    proc = _run_script(*_bf16_args(data, tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: --infer-dtype bfloat16: {support.reason}; use "
+                                                    "--infer-dtype float32")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

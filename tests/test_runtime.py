@@ -96,3 +96,46 @@ def test_pin_cpu_cores_gives_each_local_process_its_own_block(monkeypatch):
     assert calls == [[4, 5, 6, 7], [12, 13, 14, 15]]
     assert runtime.pin_cpu_cores(0, 8, cores=[0, 1]) == [0, 1]  # fewer cores than processes: unchanged
     assert len(calls) == 2
+
+
+# ------------------------------------------------------------------------------------- bf16 capability
+AVX512_CORE = {"sse4_2", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    from utils.runtime import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f amx_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512f", "amx_bf16"}
+    assert cpu_flags(str(tmp_path / "absent")) is None
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert cpu_flags(str(tmp_path / "noflags")) is None
+
+
+@pytest.mark.parametrize("flags, paddle_says, usable, native, reason", [
+    (AVX512_CORE | {"avx512_bf16"}, True, True, True, ""),
+    (AVX512_CORE | {"amx_bf16"}, True, True, True, ""),
+    (AVX512_CORE, True, True, False, ""),  # oneDNN emulates bf16 on plain AVX-512
+    ({"sse4_2", "avx2"}, False, False, False, "this CPU lacks avx512f, avx512bw, avx512vl, avx512dq"),
+    (AVX512_CORE - {"avx512bw"}, False, False, False, "this CPU lacks avx512bw (AVX-512)"),
+    (AVX512_CORE, False, False, False, "Paddle reports no bf16 support"),
+])
+def test_cpu_bf16_support_decides_with_paddle_and_explains_with_the_flags(flags, paddle_says, usable, native,
+                                                                          reason, monkeypatch):
+    import paddle
+    from utils.runtime import cpu_bf16_support
+
+    monkeypatch.setattr(paddle.base.core, "is_compiled_with_mkldnn", lambda: True)
+
+    found = cpu_bf16_support(flags=flags, paddle_supports=paddle_says)
+    assert (found.usable, found.native) == (usable, native)
+    assert found.reason.startswith(reason) and bool(found.reason) == (not usable)
+
+
+def test_cpu_bf16_support_defaults_agree_with_paddle():
+    import paddle
+    from utils.runtime import cpu_bf16_support
+
+    assert cpu_bf16_support().usable == bool(paddle.base.core.supports_bfloat16())

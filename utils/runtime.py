@@ -101,6 +101,74 @@ def resolve_device(requested):
     return device
 
 
+# oneDNN has bf16 kernels only on AVX-512 cores ("avx512_core": these four extensions); without them the
+# first bf16 matmul fails with "could not create a primitive descriptor". AVX512-BF16 or AMX-BF16 make
+# bf16 native; without them oneDNN emulates it and it can be slower than float32.
+BF16_REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+BF16_NATIVE_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Support:
+    """What `cpu_bf16_support` found.
+
+    Attributes:
+      usable: bool, bf16 programs run on this CPU with this Paddle build.
+      native: bool, the CPU has bf16 instructions (otherwise oneDNN emulates them, slowly).
+      reason: str, when not usable: what is missing, in words for the user; "" otherwise.
+    """
+    usable: bool
+    native: bool
+    reason: str = ""
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU feature flags the kernel reports (first processor), or None where the file is unreadable.
+
+    Returns:
+      frozenset of flag names (e.g. "avx512f"), or None (not Linux, or no "flags" line).
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def cpu_bf16_support(flags=None, paddle_supports=None):
+    """Can this machine run bf16 inference on CPU (oneDNN), and if not, why not.
+
+    Paddle's own check decides; the CPU flags only explain a "no" (and tell emulated from native bf16).
+    Benchmarks and servers call this before building a bf16 program, so a user gets a sentence instead
+    of a oneDNN traceback.
+
+    Args:
+      flags: iterable of CPU flag names (default: `cpu_flags()`; None there means unknown).
+      paddle_supports: bool (default: `paddle.base.core.supports_bfloat16()`); tests pass both values.
+
+    Returns:
+      Bf16Support.
+    """
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if paddle_supports is None:
+        paddle_supports = bool(paddle.base.core.supports_bfloat16())
+    native = bool(flags) and any(f in flags for f in BF16_NATIVE_CPU_FLAGS)
+    if paddle_supports:
+        return Bf16Support(usable=True, native=native)
+    missing = [f for f in BF16_REQUIRED_CPU_FLAGS if flags is not None and f not in flags]
+    if missing:
+        reason = (f"this CPU lacks {', '.join(missing)} (AVX-512), which oneDNN's bf16 kernels need")
+    elif not paddle.base.core.is_compiled_with_mkldnn():
+        reason = "this paddlepaddle build has no oneDNN, which bf16 on CPU needs"
+    else:
+        reason = "Paddle reports no bf16 support on this CPU"
+    return Bf16Support(usable=False, native=native, reason=reason)
+
+
 @dataclasses.dataclass
 class Runtime:
     """What `init_runtime` set up.
