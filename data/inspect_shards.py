@@ -5,8 +5,9 @@ Usage (from the repo root):
       [--batch-size 8] [--num-batches 3] [--quick] [--json]
 
 Works on our preprocessor's and balancer's output, on directories written by real LDDL, and on NVIDIA /
-Google HDF5 shards. Reports: file and shard count; rows per bin and per shard (from `.num_samples.json`
-when it lists the files, else from the Parquet footers, for HDF5 from the file headers); masking kind
+Google HDF5 shards. Reports: file and shard count; rows per bin and per shard (from the Parquet footers,
+which must agree with `.num_samples.json` where there is one: a listed file that is missing, a data file it
+does not list or another row count make the directory damaged, an error; for HDF5 from the file headers); masking kind
 (static / dynamic); whether the shards are balanced (rows per shard differ by at most one in every bin);
 token-length statistics; one sample decoded, with masked positions shown as `<shown|original>`.
 
@@ -80,7 +81,7 @@ def _num_tokens(path):
 
 
 def _counts_source(shards):
-    """Where `lddl_format.list_shards` took the row counts from."""
+    """Which record of the row counts the report shows (`lddl_format.list_shards` made them agree)."""
     listed = set()
     for directory in {os.path.dirname(s.path) for s in shards}:
         cache = fmt.read_num_samples(directory) or {}

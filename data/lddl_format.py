@@ -15,7 +15,7 @@ Owns everything that must agree between the writer (`data.preprocess_bert_pretra
   * which shard and bin a file name stands for (`shard_stem`, `shard_numbers`, `bin_of_name`);
   * the bin rule `bin = min((num_tokens - 1) // bin_size, nbins - 1)`, `nbins = target_seq_length // bin_size`;
   * `.num_samples.json` = {basename: rows}, the row-count cache LDDL's loader reads;
-  * listing a dataset directory (`list_shards`) with bin ids and row counts.
+  * listing a dataset directory (`list_shards`) with bin ids and row counts, checked against the cache.
 
 Does not own: how samples are built (`data.pretraining_pairs`), masking (`data.masking`), Dask, balancing
 policy, or batching. No `_metadata`/`_common_metadata` files: LDDL's loaders never read them (they list
@@ -23,6 +23,7 @@ policy, or batching. No `_metadata`/`_common_metadata` files: LDDL's loaders nev
 describe the pre-binning files anyway.
 """
 import ast
+import concurrent.futures
 import dataclasses
 import io
 import json
@@ -300,21 +301,60 @@ class ShardFile:
         return os.path.basename(self.path)
 
 
-def _count_rows(path, cache):
-    if cache is not None and os.path.basename(path) in cache:
-        return cache[os.path.basename(path)]
+def _footer_rows(path):
+    """Row count from the Parquet footer of `path` (reads a few KB, never the data)."""
     try:
         return pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"'{path}' is not a readable parquet file: {exc}") from exc
+        raise ValueError(f"'{path}' is not a readable Parquet file: {exc}") from exc
+
+
+def _preview(names, limit=5):
+    """At most `limit` names for a message, with a count of the rest."""
+    names = sorted(names, key=natural_key)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_listing(directory, names, cache):
+    """The data files found in `directory` must be exactly the ones its `.num_samples.json` lists.
+
+    Why: the row-count cache is written last, when a dataset is complete, so it is the record of which
+    files belong to it. A listed file that is gone (a failed copy, a deleted shard) would otherwise make
+    every rank train on less data than planned without a word; an unlisted one is a leftover of another
+    run or a file added by hand, whose rows nobody counted.
+
+    Args:
+      directory: str, the directory holding the files (for messages).
+      names: iterable of data-file basenames on disk.
+      cache: {basename: rows} from `read_num_samples`.
+
+    Raises:
+      ValueError: naming the directory and the missing and/or unlisted files.
+    """
+    names = set(names)
+    missing, unlisted = set(cache) - names, names - set(cache)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} file(s) listed in {NUM_SAMPLES_FILE} are missing: {_preview(missing)}")
+    if unlisted:
+        problems.append(f"{len(unlisted)} data file(s) are not listed in {NUM_SAMPLES_FILE}: "
+                        f"{_preview(unlisted)}")
+    if problems:
+        raise ValueError(f"dataset directory '{directory}' is damaged: " + "; ".join(problems)
+                         + ". Restore the files from the original, or rebuild the dataset (re-run "
+                         "data.preprocess_bert_pretrain / data.balance_dask_output)")
 
 
 def list_shards(directory):
     """All data files under `directory` (recursively, like LDDL) with their bin ids and row counts.
 
-    Row counts come from each directory's `.num_samples.json` when it lists the file, else from the parquet
-    footer (no data is read). Order is deterministic: by directory, then bin, then natural order of
-    names (`part.2` before `part.10`).
+    Row counts come from the Parquet footers (no data is read; a few KB per file, read by a few threads
+    because on network filesystems the cost is latency). Where a directory has a `.num_samples.json` (the
+    cache LDDL's loaders trust), it must list exactly the data files present, with the footers' row
+    counts: a dataset with a missing, extra or changed file is reported instead of being used in part.
+    Order is deterministic: by directory, then bin, then natural order of names (`part.2` before
+    `part.10`).
 
     Args:
       directory: path of a preprocessed or balanced dataset.
@@ -324,18 +364,29 @@ def list_shards(directory):
 
     Raises:
       ValueError: the directory is missing or holds no data files; binned and unbinned files are mixed;
-        bin ids are not 0..n-1 (LDDL's rule); a file is unreadable; `.num_samples.json` is malformed.
+        bin ids are not 0..n-1 (LDDL's rule); a file is unreadable; `.num_samples.json` is malformed,
+        lists files that are missing, misses files that are present, or gives another row count than a
+        file's footer (a stale cache).
     """
     if not os.path.isdir(directory):
         raise ValueError(f"dataset directory '{directory}' does not exist")
-    shards = []
+    found = []  # (path, cache of its directory or None)
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         names = sorted((n for n in files if is_data_file(n)), key=natural_key)
-        cache = read_num_samples(root) if names else None
-        for name in names:
-            path = os.path.join(root, name)
-            shards.append(ShardFile(path, bin_of_name(name), _count_rows(path, cache)))
+        cache = read_num_samples(root)
+        if cache is not None:
+            check_listing(root, names, cache)
+        found.extend((os.path.join(root, name), cache) for name in names)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        rows = list(pool.map(_footer_rows, [path for path, _ in found]))
+    shards = []
+    for (path, cache), num_rows in zip(found, rows):
+        name = os.path.basename(path)
+        if cache is not None and cache[name] != num_rows:
+            raise ValueError(f"'{path}' has {num_rows} rows but {NUM_SAMPLES_FILE} says {cache[name]}; the "
+                             "row-count cache is stale (the file was replaced?); rebuild the dataset")
+        shards.append(ShardFile(path, bin_of_name(name), num_rows))
     if not shards:
         raise ValueError(f"'{directory}' holds no LDDL data files (*.parquet, *.parquet_<bin>)")
     binned = {s.bin_id is not None for s in shards}

@@ -92,18 +92,26 @@ def test_in_place_replaces_inputs_and_keeps_other_files(tmp_path):
     assert after == before
 
 
-def test_in_place_failure_leaves_inputs_untouched(tmp_path):
+def test_in_place_failure_leaves_inputs_untouched(tmp_path, monkeypatch):
     directory = tmp_path / "data"
     _make_dataset(directory, [(3, 3), (3, 3)], binned=True)
-    # The cache is wrong only for the last bin, so the failure comes after bin 0's shards were written.
-    fmt.write_num_samples(str(directory), {fmt.part_name(1, 1): 4})
     before = {n: (directory / n).read_bytes() for n in os.listdir(directory)}
-    with pytest.raises(ValueError, match="stale"):
+    # A file of the last bin turns unreadable after the listing, so the failure comes after bin 0's shards
+    # were written.
+    real_read = bal._read_checked
+
+    def read_checked(shard, schema):
+        if shard.name == fmt.part_name(1, 1):
+            raise ValueError(f"cannot read '{shard.path}': injected")
+        return real_read(shard, schema)
+
+    monkeypatch.setattr(bal, "_read_checked", read_checked)
+    with pytest.raises(ValueError, match="injected"):
         bal.balance(str(directory), 2)
+    monkeypatch.undo()
     assert {n: (directory / n).read_bytes() for n in os.listdir(directory)} == before
     assert os.listdir(tmp_path) == ["data"]  # no temporary directory left behind
     (directory / "sub").mkdir()
-    os.remove(directory / fmt.NUM_SAMPLES_FILE)
     with pytest.raises(ValueError, match="flat --indir"):
         bal.balance(str(directory), 2)
 

@@ -177,9 +177,21 @@ def test_list_shards_order_counts_and_cache(tmp_path):
     shards = fmt.list_shards(str(tmp_path))
     assert [s.name for s in shards] == ["part.0.parquet", "part.2.parquet", "part.10.parquet"]
     assert [s.num_rows for s in shards] == [2, 3, 1] and all(s.bin_id is None for s in shards)
-    # The row-count cache is what LDDL readers trust: a (deliberately wrong) entry wins over the footer.
-    fmt.write_num_samples(str(tmp_path), {"part.2.parquet": 99})
-    assert [s.num_rows for s in fmt.list_shards(str(tmp_path))] == [2, 99, 1]
+    # The row-count cache LDDL readers trust must describe exactly the files present, with their footers'
+    # counts; anything else is reported, never silently preferred or ignored.
+    fmt.write_num_samples(str(tmp_path), {"part.0.parquet": 2, "part.2.parquet": 3, "part.10.parquet": 1})
+    assert [s.num_rows for s in fmt.list_shards(str(tmp_path))] == [2, 3, 1]
+    fmt.write_num_samples(str(tmp_path), {"part.0.parquet": 2, "part.2.parquet": 99, "part.10.parquet": 1})
+    with pytest.raises(ValueError, match="part.2.parquet' has 3 rows but .num_samples.json says 99.*stale"):
+        fmt.list_shards(str(tmp_path))
+    fmt.write_num_samples(str(tmp_path), {"part.2.parquet": 3})
+    with pytest.raises(ValueError, match="2 data file.s. are not listed .*: part.0.parquet, part.10.parquet"):
+        fmt.list_shards(str(tmp_path))
+    fmt.write_num_samples(str(tmp_path), {"part.0.parquet": 2, "part.2.parquet": 3, "part.10.parquet": 1,
+                                          "part.11.parquet": 5})
+    with pytest.raises(ValueError, match="damaged: 1 file.s. listed in .num_samples.json are missing: "
+                                         "part.11.parquet"):
+        fmt.list_shards(str(tmp_path))
 
 
 def test_list_shards_errors(tmp_path):

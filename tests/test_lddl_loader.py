@@ -516,11 +516,48 @@ def test_bad_rows_are_reported_with_their_file(tmp_path, vocab_file):
 
 
 def test_row_count_must_match_num_samples(tmp_path, vocab_file):
+    # Caught when the loader is built (footers are read then), not batches later in the middle of training.
     d = make_dataset(tmp_path / "d", [[6], [6]])
     lddl_format.write_num_samples(d, {"shard-0.parquet": 6, "shard-1.parquet": 8})
-    loader = get_bert_pretrain_data_loader(d, vocab_file=vocab_file, batch_size=2)
-    with pytest.raises(ValueError, match="shard-1.parquet: has 6 rows but .*says 8"):
-        _epoch(loader)
+    with pytest.raises(ValueError, match="shard-1.parquet' has 6 rows but .num_samples.json says 8"):
+        get_bert_pretrain_data_loader(d, vocab_file=vocab_file, batch_size=2)
+
+
+def test_shard_listed_but_missing_is_an_error(tmp_path, vocab_file):
+    # Issue 8 defect 4: a listed shard deleted from disk was skipped; training ran on 3 of 4 shards.
+    d = make_dataset(tmp_path / "d", [[3, 4], [3, 4], [3, 4], [3, 4]], binned=True)
+    os.remove(Path(d) / "shard-2.parquet_1")
+    with pytest.raises(ValueError) as err:
+        get_bert_pretrain_data_loader(d, vocab_file=vocab_file, batch_size=2)
+    message = str(err.value)
+    assert str(d) in message and "shard-2.parquet_1" in message and "missing" in message
+    assert "shard-2.parquet_0" not in message  # only the file that is gone is named
+
+
+def test_shard_on_disk_but_not_listed_is_an_error(tmp_path, vocab_file):
+    d = make_dataset(tmp_path / "d", [[6], [6]])
+    counts = lddl_format.read_num_samples(d)
+    lddl_format.write_num_samples(d, {"shard-0.parquet": counts["shard-0.parquet"]})
+    with pytest.raises(ValueError, match=r"not listed in \.num_samples\.json: shard-1\.parquet"):
+        get_bert_pretrain_data_loader(d, vocab_file=vocab_file, batch_size=2)
+
+
+def test_real_fixture_with_a_deleted_shard_is_refused(tmp_path):
+    # The issue's repro on the real LDDL output: copy, delete shard-2.parquet_1, build the loader.
+    import shutil
+
+    from conftest import shared_path
+
+    source = shared_path("data", "lddl-fixtures", "bal_p9_bin_masked")
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    for path in copy.iterdir():
+        path.chmod(0o644)
+    os.remove(copy / "shard-2.parquet_1")
+    with pytest.raises(ValueError, match=r"'.*copy' is damaged: 1 file\(s\) listed in .num_samples.json are "
+                                         r"missing: shard-2\.parquet_1"):
+        get_bert_pretrain_data_loader(copy, vocab_file=shared_path("vocab", "bert-base-uncased-vocab.txt"),
+                                      batch_size=4)
 
 
 def test_decode_positions_matches_lddl_format(tmp_path):
