@@ -28,7 +28,8 @@
 # Environment knobs (not positional, so the 18 stay the reference's):
 #   DEVICE=auto|cpu|gpu   --device (default auto); cpu with num_gpus > 1 uses launch --nproc_per_node (gloo)
 #   PYTHON                interpreter (default: <repo>/.venv/bin/python if present, else python3)
-#   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing
+#   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing (the GPU
+#                         check below is skipped: a dry run describes the command, not this machine)
 #   BERT_PREP_WORKING_DIR where squad/v1.1 lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else
 #                         custom; bert-large-uncased without a config file)
@@ -36,7 +37,8 @@
 #   SQUAD_VERSION=1.1|2.0 train/dev-v<version>.json; 2.0 adds --version-2-with-negative (default 1.1)
 #   MAX_SEQ_LENGTH [384], DOC_STRIDE [128], MAX_QUERY_LENGTH [64], LOG_FREQ [100]
 #
-# Differences from the reference script, on purpose: arguments are checked first (one error line, exit 2);
+# Differences from the reference script, on purpose: arguments are checked first (one error line, exit 2),
+# and so are the GPUs (DEVICE=gpu, or num_gpus > 1 with DEVICE=auto, needs that many visible GPUs);
 # warmup_proportion is passed on (the reference dropped it); num_gpus is not limited to 1..8; EM/F1 are
 # computed in-process (no --eval-script); out_dir defaults to <repo>/results instead of /results.
 set -euo pipefail
@@ -129,6 +131,8 @@ if [[ $DRY_RUN == 1 ]]; then
   print_command "${cmd[@]}"
   exit 0
 fi
+need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 7)" \
+  'the CPU preset: bash scripts/run_squad.sh $(source configs/squad_config.sh && cpu_demo) (or DEVICE=cpu)'
 mkdir -p "$out_dir"
 printf '%s: running:' "$PROG" >&2; printf ' %q' "${cmd[@]}" >&2; printf '\n' >&2
 "${cmd[@]}" 2>&1 | tee "$out_dir/logfile.txt"

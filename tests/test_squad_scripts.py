@@ -117,3 +117,58 @@ def test_presets_drive_the_script():
         assert "amp" not in f
     f = flags(shlex.split(dry_run(*preset("cpu_demo")).stdout))
     assert f["bert-model"] == "bert-tiny" and f["max-steps"] == "100" and f["do-lower-case"] is True
+
+
+# ------------------------------------------------------------------------ GPUs checked before launching
+def run_for_real(tmp_path, *args, python, **env):
+    """The script without DRY_RUN: it launches `python` (a real interpreter or a stub)."""
+    full_env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python), **env}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=120,
+                          cwd=tmp_path)
+
+
+def reference_args(tmp_path, num_gpus="8"):
+    """The reference defaults, with out_dir (argument 11) under tmp_path."""
+    return ["ckpt", "2", "32", "4.6e-5", "0.2", "amp", num_gpus, "1", str(tmp_path / "sq"), "vocab.txt",
+            str(tmp_path / "out")]
+
+
+def stub_python(tmp_path, gpus):
+    """An interpreter stand-in: answers the GPU query with `gpus` and logs every other call."""
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/bash\nif [[ $1 == -c ]]; then echo {gpus}; else echo "ran $*" >> "{tmp_path}/calls"; fi\n')
+    stub.chmod(0o755)
+    return stub
+
+
+def test_default_8_gpu_run_on_a_cpu_machine_fails_in_one_line_before_launching(tmp_path):
+    import paddle
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("a CUDA build of paddle: this test is about CPU-only machines")
+    proc = run_for_real(tmp_path, *reference_args(tmp_path), python=REPO / ".venv" / "bin" / "python")
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("run_squad.sh: error: <num_gpus> (argument 7) asks for 8 GPU process(es) but no GPU "
+                               "is usable: paddlepaddle-gpu is not installed")
+    assert "cpu_demo" in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing launched, no log file
+
+
+def test_fewer_visible_gpus_than_num_gpus_is_refused(tmp_path):
+    proc = run_for_real(tmp_path, *reference_args(tmp_path), python=stub_python(tmp_path, 2))
+    assert proc.returncode == 2 and not (tmp_path / "calls").exists() and not (tmp_path / "out").exists()
+    assert proc.stderr.strip() == ("run_squad.sh: error: <num_gpus> (argument 7) asks for 8 GPU process(es) but 2 "
+                                   "GPU(s) are visible; give at most 2, or on a CPU machine use the CPU preset: "
+                                   "bash scripts/run_squad.sh $(source configs/squad_config.sh && cpu_demo) "
+                                   "(or DEVICE=cpu)")
+
+
+@pytest.mark.parametrize("num_gpus, device, gpus", [("8", "auto", 8), ("1", "auto", "nocuda"), ("2", "cpu", "nocuda"),
+                                                    ("1", "gpu", 1)])
+def test_runs_that_have_their_gpus_or_need_none_are_launched(tmp_path, num_gpus, device, gpus):
+    proc = run_for_real(tmp_path, *reference_args(tmp_path, num_gpus), python=stub_python(tmp_path, gpus),
+                        DEVICE=device)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 1 and "run_squad.py" in calls[0]

@@ -42,6 +42,29 @@ launcher_for() {  # <python> <processes> <device>: sets the array `launcher`
   fi
 }
 
+gpu_count() {  # <python>: GPUs its paddle sees; "nocuda" for a CPU-only build, "nopaddle" if it cannot import
+  local out
+  out=$("$1" -c 'import zlib, paddle  # zlib before paddle, as every entry point
+print(paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else "nocuda")' 2>/dev/null) ||
+    { echo nopaddle; return 0; }
+  echo "${out##*$'\n'}"
+}
+
+need_gpus() {  # <python> <processes> <device> <label> <hint>: die before launching when those GPUs are absent
+  # <label> names the argument that asked for them (e.g. "<num_gpus> (argument 7)"), <hint> what to run instead.
+  local python=$1 wanted=$2 device=$3 label=$4 hint=$5 seen
+  [[ $device == gpu || ( $device == auto && $wanted -gt 1 ) ]] || return 0
+  seen=$(gpu_count "$python")
+  case $seen in
+    nopaddle) die "$python cannot import paddle (run: bash scripts/setup.sh, or set PYTHON)" ;;
+    nocuda) die "$label asks for $wanted GPU process(es) but no GPU is usable: paddlepaddle-gpu is not" \
+                "installed (install paddlepaddle-gpu==2.6.2); on a CPU machine use $hint" ;;
+  esac
+  (( seen >= wanted )) ||
+    die "$label asks for $wanted GPU process(es) but $seen GPU(s) are visible; give at most $seen, or on a" \
+        "CPU machine use $hint"
+}
+
 print_command() {  # one shell-quoted line on stdout (what DRY_RUN=1 shows)
   local arg words=()
   for arg in "$@"; do
