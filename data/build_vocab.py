@@ -10,7 +10,7 @@ order (single characters and their '##' forms first, then merged pieces). No `[u
 
 Usage:
   python -m data.build_vocab --input data_out/sample_source --output vocab/my-vocab.txt \
-      --vocab-size 8192 [--do-lower-case | --no-lower-case] [--min-frequency 2] [--plain-text]
+      --vocab-size 8192 [--do-lower-case | --no-lower-case] [--min-frequency 2] [--plain-text] [--overwrite]
 """
 import zlib  # noqa: F401 -- must precede paddle, see NOTES
 
@@ -136,7 +136,7 @@ def _vocab_lines(tokenizer):
 
 
 def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_frequency=2,
-                          has_doc_ids=True):
+                          has_doc_ids=True, overwrite=False):
     """Train a WordPiece vocab on `paths` and write it to `output_path`.
 
     Args:
@@ -147,12 +147,16 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
       output_path: str, vocab file to write (atomically; parent directories are created).
       min_frequency: int >= 1, pairs seen fewer times are not merged.
       has_doc_ids: bool, inputs are LDDL source files whose lines start with a document id.
+      overwrite: bool, replace an existing `output_path` (a vocab is what every shard and checkpoint made
+        with it depends on, so replacing one must be asked for, as for every other data command).
 
     Returns:
       int, the number of tokens written.
 
     Raises:
-      ValueError: bad vocab_size/min_frequency, no input files, unreadable input, or empty corpus.
+      ValueError: bad vocab_size/min_frequency, no input files, unreadable input, empty corpus, or an
+        `output_path` that is a directory.
+      FileExistsError: `output_path` exists and overwrite is False (checked before any work).
     """
     from tokenizers import Tokenizer, models
 
@@ -160,6 +164,11 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
         raise ValueError(f"--vocab-size must be an integer >= {MIN_VOCAB_SIZE}, got {vocab_size!r}")
     if not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"--min-frequency must be an integer >= 1, got {min_frequency!r}")
+    output_path = os.fspath(output_path)
+    if os.path.isdir(output_path):
+        raise ValueError(f"--output '{output_path}' is a directory; give the vocab file's path")
+    if os.path.exists(output_path) and not overwrite:
+        raise FileExistsError(f"--output '{output_path}' already exists; remove it or pass --overwrite")
     files = find_input_files(paths)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = hf_normalizer(do_lower_case)
@@ -189,7 +198,8 @@ def _parse_args(argv):
                                      description="Train a BERT WordPiece vocab from text files.")
     parser.add_argument("--input", nargs="+", required=True,
                         help="LDDL source files or directories (searched for *.txt)")
-    parser.add_argument("--output", required=True, help="vocab file to write")
+    parser.add_argument("--output", required=True, help="vocab file to write (must not exist unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--vocab-size", type=int, default=8192, help="target size incl. specials")
     case = parser.add_mutually_exclusive_group()
     case.add_argument("--do-lower-case", dest="do_lower_case", action="store_true", default=True,
@@ -206,7 +216,8 @@ def main(argv=None):
     """CLI entry point; returns the vocab size written. Raises like `train_wordpiece_vocab` (see `utils.cli`)."""
     args = _parse_args(argv)
     return train_wordpiece_vocab(args.input, args.vocab_size, args.do_lower_case, args.output,
-                                 min_frequency=args.min_frequency, has_doc_ids=not args.plain_text)
+                                 min_frequency=args.min_frequency, has_doc_ids=not args.plain_text,
+                                 overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

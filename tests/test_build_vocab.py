@@ -110,3 +110,19 @@ def test_cli_success(corpus, tmp_path):
     out = tmp_path / "cli.txt"
     assert main(["--input", str(corpus[0]), "--output", str(out), "--vocab-size", "500"]) == 500
     assert len(load_vocab(out)) == 500
+
+
+def test_existing_output_is_refused_without_overwrite(corpus, tmp_path, capsys):
+    # Issue 8 defect 9: a 30,522-token vocab was replaced by a 1,000-token one, exit 0.
+    out = tmp_path / "vocab.txt"
+    precious = "".join(t + "\n" for t in list(SPECIAL_TOKENS) + [f"word{i}" for i in range(200)])
+    out.write_text(precious, encoding="utf-8")
+    argv = ["--input", str(corpus[0]), "--output", str(out), "--vocab-size", "300"]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--output '{out}' already exists" in err and "--overwrite" in err
+    assert out.read_text(encoding="utf-8") == precious
+    assert run_cli(["--input", str(corpus[0]), "--output", str(tmp_path), "--vocab-size", "300"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert run_cli(argv + ["--overwrite"]) == 0
+    assert len(load_vocab(out)) == 300
