@@ -248,7 +248,13 @@ def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None):
     name = optimizer_name or optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
     dfl = name == "DistributedFusedLamb"
     strategy = fleet.DistributedStrategy()
-    strategy.build_strategy = _build_strategy(train_cfg, attention_impl, dfl)
+    build = _build_strategy(train_cfg, attention_impl, dfl)
+    # Fleet's RawProgramOptimizer rewrites the program with these passes itself, and its in-place
+    # pass protects only the feeds: `loss` then reuses `mlm_loss`'s buffer and the logged mlm_loss
+    # equals the total loss. The executor re-applies in-place reuse to the rewritten (plain) program
+    # with feeds and fetches skipped, so turning the pass off here costs no memory.
+    build.enable_inplace = False
+    strategy.build_strategy = build
     exec_strategy = paddle.static.ExecutionStrategy()
     exec_strategy.num_threads = 1
     exec_strategy.num_iteration_per_drop_scope = 10000
