@@ -37,3 +37,40 @@ def test_fleet_logged_mlm_loss_is_not_overwritten_by_the_total_loss(fleet_initia
     assert nsp == pytest.approx(np.log(2), abs=0.05)
     assert loss == pytest.approx(mlm + nsp, rel=1e-5)
     assert not P.build_dist_strategy(train_cfg(use_fleet=True)).build_strategy.enable_inplace
+
+
+# ---------------------------------------------------------------- item 7: loss scaling defaults
+def amp_config_from_flags(*flags, **kwargs):
+    parser = argparse.ArgumentParser()
+    common.add_amp_args(parser)
+    return train_cfg(device="gpu", **common.amp_fields(parser.parse_args(list(flags))), **kwargs)
+
+
+def initial_loss_scale(bundle):
+    name = bundle.fetches["loss_scaling"].name
+    fills = [op for op in bundle.startup_program.global_block().ops
+             if op.type == "fill_constant" and name in op.output_arg_names]
+    assert len(fills) == 1
+    return fills[0].attr("value")
+
+
+@pytest.mark.parametrize("flags, scale, dynamic", [
+    (["--amp"], 2.0 ** 15, True),                                                   # the default
+    (["--amp", "--use-dynamic-loss-scaling", "--scale-loss=1048576"], 2.0 ** 20, True),  # the recipe
+    (["--amp", "--use-dynamic-loss-scaling"], 2.0 ** 15, True),
+    (["--amp", "--scale-loss=1024"], 1024.0, False),                               # explicit static scale
+    (["--amp", "--use-dynamic-loss-scaling=false"], 2.0 ** 15, False),
+])
+def test_fp16_loss_scaling_from_flags(gpu_op_support, flags, scale, dynamic):
+    bundle = P.build_pretraining(TINY, amp_config_from_flags(*flags))
+    types = [op.type for op in all_ops(bundle.main_program)]
+    # Every fp16 run unscales and checks its gradients (an overflowing step is skipped); only dynamic
+    # scaling adapts the scale.
+    assert "check_finite_and_unscale" in types
+    assert ("update_loss_scaling" in types) == dynamic
+    assert initial_loss_scale(bundle) == scale
+
+
+def test_amp_flag_errors():
+    with pytest.raises(ValueError, match="--use-pure-fp16 needs --amp"):
+        amp_config_from_flags("--use-pure-fp16")

@@ -58,8 +58,8 @@ def test_str2bool_rejects_other_text():
 
 
 def _amp(**kw):
-    base = dict(amp=False, amp_dtype="float16", use_pure_fp16=False, scale_loss=1.0,
-                use_dynamic_loss_scaling=False)
+    base = dict(amp=False, amp_dtype="float16", use_pure_fp16=False, scale_loss=None,
+                use_dynamic_loss_scaling=None)  # the parser's defaults
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -68,6 +68,8 @@ def test_amp_fields():
     assert common.amp_fields(_amp(amp=True, amp_dtype="bfloat16")) == {"amp": "bf16"}
     assert common.amp_fields(_amp(amp=True, scale_loss=2.0 ** 20, use_dynamic_loss_scaling=True)) == {
         "amp": "fp16", "use_pure_fp16": False, "scale_loss": 2.0 ** 20, "use_dynamic_loss_scaling": True}
+    assert common.amp_fields(_amp(amp=True)) == {  # --amp alone: dynamic from TrainConfig's 2^15
+        "amp": "fp16", "use_pure_fp16": False, "scale_loss": None, "use_dynamic_loss_scaling": True}
     with pytest.raises(ValueError, match="needs --amp"):
         common.amp_fields(_amp(use_pure_fp16=True))
     with pytest.raises(ValueError, match="float16"):

@@ -97,10 +97,12 @@ def add_amp_args(parser):
     group.add_argument("--amp", action="store_true", help="automatic mixed precision (GPU)")
     group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
                        help="low-precision type under --amp (default: %(default)s)")
-    group.add_argument("--scale-loss", type=float, default=1.0,
-                       help="initial loss scale under --amp float16 (default: %(default)s)")
-    group.add_argument("--use-dynamic-loss-scaling", action="store_true",
-                       help="grow/shrink the loss scale; overflowing steps are skipped")
+    group.add_argument("--scale-loss", type=float, default=None,
+                       help="loss scale under --amp float16: the initial one with dynamic scaling, else the "
+                            "fixed one (default: 2^15, dynamic)")
+    group.add_argument("--use-dynamic-loss-scaling", type=str2bool, nargs="?", const=True, default=None,
+                       help="grow/shrink the loss scale under --amp float16 (default: on, unless --scale-loss "
+                            "alone asks for a fixed scale); overflowing steps are skipped either way")
     group.add_argument("--use-pure-fp16", action="store_true",
                        help="O2: fp16 parameters with fp32 master weights (needs --amp)")
     group.add_argument("--fuse-mha", action="store_true",
@@ -110,6 +112,11 @@ def add_amp_args(parser):
 
 def amp_fields(args):
     """`program.TrainConfig` AMP fields from the parsed AMP flags.
+
+    fp16 loss scaling: dynamic from 2^15 by default (as the NVIDIA reference always runs it; a scale of 1 would
+    leave small fp16 gradients to underflow and skip the inf/NaN check). `--scale-loss X` alone is a fixed
+    scale X, as in the reference; `--use-dynamic-loss-scaling` with it starts the dynamic scale at X;
+    `--use-dynamic-loss-scaling false` fixes the scale at `--scale-loss` (default 2^15).
 
     Raises:
       ValueError: --use-pure-fp16 without --amp, or with --amp-dtype bfloat16.
@@ -122,8 +129,11 @@ def amp_fields(args):
         if args.use_pure_fp16:
             raise ValueError("--use-pure-fp16 is for --amp-dtype float16")
         return {"amp": "bf16"}
+    dynamic = args.use_dynamic_loss_scaling
+    if dynamic is None:
+        dynamic = args.scale_loss is None
     return {"amp": "fp16", "use_pure_fp16": args.use_pure_fp16, "scale_loss": args.scale_loss,
-            "use_dynamic_loss_scaling": args.use_dynamic_loss_scaling}
+            "use_dynamic_loss_scaling": dynamic}
 
 
 def require_existing(flag, path, kind="path"):
