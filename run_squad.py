@@ -279,6 +279,10 @@ def validate_args(args):
 
     do_train, do_predict, do_eval = _modes(args)
     _check_files(args, do_train, do_predict)
+    if do_eval and not args.version_2_with_negative:  # found now, not after training and prediction
+        from utils.squad_metrics import check_v1_answerable
+
+        check_v1_answerable(args.predict_file, name=f"--predict-file {args.predict_file}")
     params = _check_numbers(args)
     context = _context(args)
     init_path, require_qa_head = _init_path(args, do_train)

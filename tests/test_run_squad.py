@@ -210,13 +210,17 @@ ERROR_CASES = [
     (["--mode", "train", "--train-file", "TRAIN", "--max-seq-length", "128"], "max_position_embeddings"),
     (["--mode", "train", "--train-file", "TRAIN", "--max-query-length", "40"], "max_query_length"),
     (["--mode", "train", "--train-file", "TRAIN", "--amp"], "needs device='gpu'"),
+    # a SQuAD 2.0 file scored as v1.1: refused before any work, not after training and prediction
+    (["--mode", "eval", "--predict-file", "V2"], r"^--predict-file \S+v2.json: 2 of 6 questions have no gold answer "
+                                                 r"\(q2, q6\).*--version-2-with-negative\)$"),
 ]
 
 
 def _resolve(argv, data):
     out = []
     for a in argv:
-        out.append({"TRAIN": str(data / "train.json"), "PRE": str(data / "pretrained")}.get(a, a))
+        out.append({"TRAIN": str(data / "train.json"), "PRE": str(data / "pretrained"),
+                    "V2": str(data / "v2.json")}.get(a, a))
     return out
 
 

@@ -107,6 +107,31 @@ def test_bad_inputs():
         evaluate_v2({"data": []}, {})
 
 
+def test_v1_refuses_questions_without_answers_naming_the_file_and_ids(tmp_path):
+    # The official v1.1 script crashes here (max() of no gold answers); the file is a SQuAD 2.0 one.
+    data = _dataset(("q1", ["cat"]), ("q2", []), *[(f"n{i}", []) for i in range(6)])
+    path = tmp_path / "dev-v2.0.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as err:
+        evaluate_v1(str(path), {"q1": "cat", "q2": ""})
+    assert str(err.value) == (f"dataset {path}: 7 of 8 questions have no gold answer (q2, n0, n1, n2, n3 and 2 "
+                              "more), which SQuAD v1.1 cannot score; it is a SQuAD 2.0 file: score it with the "
+                              "v2.0 rules (run_squad.py --version-2-with-negative)")
+    # ... where such a question's gold answer is "": an empty prediction is right, any text wrong.
+    got = evaluate_v2(str(path), {"q1": "cat", "q2": "", **{f"n{i}": "x" for i in range(6)}})
+    assert (got["exact"], got["NoAns_total"], got["NoAns_exact"]) == (25.0, 7, pytest.approx(100 / 7))
+
+
+def test_dataset_errors_name_the_file(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('{"data": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"dataset {bad} is not UTF-8"):
+        evaluate_v1(str(bad), {})
+    (tmp_path / "nodata.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"dataset {tmp_path / 'nodata.json'} has no 'data' field"):
+        evaluate_v1(str(tmp_path / "nodata.json"), {})
+
+
 def test_real_dev_set():
     path = shared_path("data", "squad", "dev-v1.1.json")
     data = json.loads(path.read_text(encoding="utf-8"))

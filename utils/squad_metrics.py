@@ -13,6 +13,9 @@ Semantics (reimplemented from the official scripts' algorithm):
   * v2.0: gold answers that normalize to "" are dropped and a question with none left has gold [""];
     F1 between an empty and a non-empty answer is 0, between two empty ones 1; a prediction counts as
     "no answer" when its null probability exceeds `na_prob_thresh` (default 1.0, i.e. never).
+A question without gold answers (SQuAD 2.0's unanswerable ones) has no v1.1 score: the official v1.1
+script crashes on it (max of an empty list); `evaluate_v1` raises a ValueError naming the file and the
+question ids and pointing to the v2.0 rules, which score such a question against the gold answer "".
 One deliberate difference: a question without a prediction scores 0 and still counts in every total, in
 both versions, with one warning listing how many are missing (official v1.1 does the same but prints
 one line per question; official v2.0 leaves them out of the total and fails on the breakdowns).
@@ -70,6 +73,8 @@ def _load(obj, what):
                 return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{what} {os.fspath(obj)} is not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} {os.fspath(obj)} is not UTF-8 text ({e})") from None
     return obj
 
 
@@ -78,15 +83,49 @@ def _questions(dataset_json_or_path):
     data = _load(dataset_json_or_path, "dataset")
     if isinstance(data, dict):
         if "data" not in data:
-            raise ValueError("dataset JSON has no 'data' field (not a SQuAD file?)")
+            raise ValueError(f"{_describe(dataset_json_or_path)} has no 'data' field (not a SQuAD file?)")
         data = data["data"]
     try:
         questions = [(qa["id"], [a["text"] for a in qa["answers"]])
                      for article in data for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"dataset is not in SQuAD format (missing or wrong field: {e})") from None
+        raise ValueError(f"{_describe(dataset_json_or_path)} is not in SQuAD format (missing or wrong field: "
+                         f"{e})") from None
     if not questions:
-        raise ValueError("dataset has no questions")
+        raise ValueError(f"{_describe(dataset_json_or_path)} has no questions")
+    return questions
+
+
+def _describe(dataset_json_or_path):
+    if isinstance(dataset_json_or_path, (str, os.PathLike)):
+        return f"dataset {os.fspath(dataset_json_or_path)}"
+    return "dataset"
+
+
+def check_v1_answerable(dataset_json_or_path, name=None):
+    """Refuse a dataset that v1.1 cannot score: every question needs at least one gold answer.
+
+    Args:
+      dataset_json_or_path: path to the SQuAD JSON, its parsed dict, or its "data" list.
+      name: what the message calls the dataset (a CLI passes its flag and the path); default
+        "dataset <path>".
+
+    Returns:
+      [(qas_id, [gold answer texts])] in file order, every list non-empty.
+
+    Raises:
+      ValueError: naming the file, how many questions lack answers and their first ids, and the fix
+        (score it as SQuAD 2.0); also the format errors of `evaluate_v1`.
+    """
+    questions = _questions(dataset_json_or_path)
+    name = name or _describe(dataset_json_or_path)
+    unanswerable = [qid for qid, golds in questions if not golds]
+    if unanswerable:
+        shown = ", ".join(unanswerable[:5]) + (f" and {len(unanswerable) - 5} more" if len(unanswerable) > 5
+                                               else "")
+        raise ValueError(f"{name}: {len(unanswerable)} of {len(questions)} questions "
+                         f"have no gold answer ({shown}), which SQuAD v1.1 cannot score; it is a SQuAD 2.0 "
+                         f"file: score it with the v2.0 rules (run_squad.py --version-2-with-negative)")
     return questions
 
 
@@ -117,9 +156,10 @@ def evaluate_v1(dataset_json_or_path, predictions):
       {"exact_match": float, "f1": float}, percentages over all questions.
 
     Raises:
-      ValueError: the dataset or predictions are not in SQuAD format.
+      ValueError: the dataset or predictions are not in SQuAD format, or a question has no gold answer
+        (see `check_v1_answerable`).
     """
-    questions = _questions(dataset_json_or_path)
+    questions = check_v1_answerable(dataset_json_or_path)
     preds = _predictions(predictions, questions)
     exact = f1 = 0.0
     for qid, golds in questions:
