@@ -249,11 +249,22 @@ def _context(args):
         return None
     if (args.context is None) == (args.context_file is None):
         raise ValueError("--question needs exactly one of --context and --context-file")
+    if not args.question.strip():
+        raise ValueError("--question is empty")
     if args.context is not None:
-        return args.context
-    common.require_existing("--context-file", args.context_file, "file")
-    with open(args.context_file, encoding="utf-8") as f:
-        return f.read()
+        text, where = args.context, "--context"
+    else:
+        common.require_existing("--context-file", args.context_file, "file")
+        where = f"--context-file '{args.context_file}'"
+        try:
+            with open(args.context_file, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
+                             f"iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise ValueError(f"{where} is empty: there is no text to find the answer in")
+    return text
 
 
 def _check_bf16_cpu():

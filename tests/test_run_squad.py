@@ -237,6 +237,28 @@ def test_validation_errors_write_nothing(data, tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    ("café au lait".encode("latin-1"), r"^--context-file '\S+page.txt' is not UTF-8 text \(byte 3: "),
+    (b" \n\t", r"^--context-file '\S+page.txt' is empty"),
+])
+def test_context_file_errors_name_the_file(data, tmp_path, content, message):
+    page = tmp_path / "page.txt"
+    page.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        run_squad.main(base_args(data, tmp_path / "out", "--from-pretrained-params", str(data / "pretrained"),
+                                 "--config-file", str(data / "tiny.json"), "--question", "what ?",
+                                 "--context-file", str(page)))
+
+
+@pytest.mark.parametrize("question, context, message", [("  ", "text", "--question is empty"),
+                                                        ("why ?", "", "--context is empty")])
+def test_empty_question_or_context_is_refused(data, tmp_path, question, context, message):
+    with pytest.raises(ValueError, match=message):
+        run_squad.main(base_args(data, tmp_path / "out", "--from-pretrained-params", str(data / "pretrained"),
+                                 "--config-file", str(data / "tiny.json"), "--question", question,
+                                 "--context", context))
+
+
 def test_bad_mode_is_a_usage_error(data, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_squad.main(base_args(data, tmp_path, "--mode", "predict"))
