@@ -1,10 +1,13 @@
 """Tests for data.wikipedia: page selection, wikitext cleaning, output layout, determinism, bad dumps."""
 import bz2
+import contextlib
 import faulthandler
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +288,47 @@ def test_ampersands_safe_under_debug_allocator():
                           env={**os.environ, "PYTHONMALLOC": "debug"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "AT&T & x y & site &bogus;\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_cli_is_killed(tmp_path, sig):
+    # Issue 8 defect 6: workers ran on 40 s and more after the main process was killed.
+    psutil = pytest.importorskip("psutil")
+    heavy = ("'''Foo''' is a [[bar|baz]] of {{cite web|url=http://x|title=t}} the thing.<ref>{{cite|a=b}}</ref> "
+             * 40 + "\n\n== H ==\n") * 5  # ~0.15 s of cleaning per page: the run lasts far longer than the test
+    dump = tmp_path / "big.xml"
+    heavy = heavy.replace("<", "&lt;").replace(">", "&gt;")  # wikitext inside XML text
+    dump.write_text(_xml([_page(i, f"P{i}", heavy) for i in range(1, 400)], None), encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "data.wikipedia", "--dump", str(dump), "--output-dir",
+                             str(tmp_path / "out"), "--num-workers", "2", "--num-files", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    descendants = []
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            # The pool's workers, not spawn's short-lived resource tracker.
+            workers = [c for c in parent.children(recursive=True)
+                       if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2, f"workers did not start (exit {proc.poll()})"
+        time.sleep(1.0)  # the workers are now busy cleaning pages
+        descendants = parent.children(recursive=True)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(descendants, timeout=5)
+        assert not alive, f"still running 5 s after the main process died: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in descendants:  # orphans of a failed test must not run on
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+def test_worker_whose_parent_is_already_gone_exits_at_once():
+    # The race prctl cannot cover: the parent died between the worker's start and its initializer.
+    code = "import os; from data.wikipedia import _exit_with_parent as e; e(os.getppid() + 1); print('ran on')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
