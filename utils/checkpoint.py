@@ -2,29 +2,35 @@
 
 Owns:
   * `Progress`: the JSON record saved with every checkpoint (step, epoch, loader position, LR-scheduler
-    state, seeds, config fingerprint, world size, global batch, schema version).
-  * `CheckpointManager`: atomic saves, retention by disk scan, and `restore()` of every persistable.
+    state, seeds, config fingerprint, world size, global batch, file sizes and checksums, schema version).
+  * `CheckpointManager`: atomic, checksummed saves; retention by disk scan; `restore()` of every
+    persistable from the newest checkpoint that verifies, falling back (with a warning naming the file
+    and why) past damaged ones; `supersede()` to move another run's checkpoints out of the way.
   * `check_compatible`: refusing to resume with a changed architecture, world size or global batch.
   * `load_pretrained`: initialising parameters BY NAME from a `.pdparams` file, logging where each came from.
 
-Does not own: building programs, running steps, applying `Progress.lr_state` to the scheduler or
-`Progress.loader_state` to the data loader (the run scripts do that with the returned `Progress`), or
-deciding the config fingerprint's inputs (callers pass the architecture-relevant config to
-`fingerprint_config`).
+Does not own: the bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
+`Progress.lr_state` / `Progress.loader_state` (the run scripts do that with the returned `Progress`),
+deciding the config fingerprint's inputs, or the lock that keeps two runs out of one directory
+(`utils.run_lock`).
 
 Layout on disk (`phase_dir` builds the root):
 
     <output_dir>/<model_name>/phase<N>/<step>/
-        <model_prefix>.pdparams   parameters (pickled dict name -> ndarray, written by paddle.static.save)
+        <model_prefix>.pdparams   parameters (pickled dict name -> ndarray, as paddle.static.save writes)
         <model_prefix>.pdopt      every other persistable: Adam/LAMB moments and beta pows, the LR
                                   variable, AMP loss scale and good/bad step counters, fp32 master
-                                  weights, gradient-merge accumulators and step counter
+                                  weights, the gradient-merge step counter (all-zero merge buffers are
+                                  left out and restored as zeros)
         <model_prefix>.pdmodel    the program description (informational)
-        progress.json             written LAST; a step directory without it is not a checkpoint
+        progress.json             written LAST, with the size and SHA-256 of the three files above; a
+                                  step directory without it is not a checkpoint
+    <output_dir>/<model_name>/phase<N>/superseded-<time>-XXXX/<step>/   moved aside, never deleted
 
-A save writes `<step>.tmp-XXXX/`, fsyncs it, then renames it to `<step>/`, so a crash leaves either the
-previous set of checkpoints or the new one, never a directory that looks complete but is not. Retention
-scans the disk, so a resumed process (or a second manager) purges the checkpoints of earlier processes.
+A save writes `<step>.tmp-XXXX/`, fsyncs every file and the directory, then renames it to `<step>/`, so
+a crash or power cut leaves either the previous set of checkpoints or the new one, never a directory that
+looks complete but is not. Retention scans the disk, so a resumed process (or a second manager) purges
+the checkpoints of earlier processes. A save refuses parameters holding NaN/inf.
 
 Restores match variables by name. Programs must therefore name their parameters explicitly and be built
 the same way (optimizer accumulator names such as `l1.w_moment1_0` come from `paddle.utils.unique_name`;
@@ -39,21 +45,29 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 import paddle
 
+from utils import checkpoint_io
+from utils.checkpoint_io import DamagedCheckpoint, fsync_path
 from utils.fs import atomic_write_text
+from utils.nonfinite import TrainingDiverged
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 had no `files` (sizes and checksums); such checkpoints are still read, unverified.
+_READABLE_VERSIONS = (1, 2)
 PROGRESS_FILE = "progress.json"
 INIT_FROM_CKPT = "*INIT_FROM_CKPT*"
 NEWLY_INITIALIZED = "NEWLY INITIALIZED"
 
 _STEP_DIR = re.compile(r"^\d+$")
 _TMP_DIR = re.compile(r"^\d+\.tmp-")
+SUPERSEDED_PREFIX = "superseded-"
+MASTER_SUFFIX = "_fp32_master_0"  # Paddle's name for the fp32 copy of a parameter under pure fp16
 _PREVIEW = 20  # names listed in an error message before "... and N more"
 
 
@@ -62,7 +76,7 @@ def _is_int(value):
 
 
 def _preview(names):
-    names = list(names)
+    names = [str(n) for n in names]  # steps are ints, variable names str: both are listed
     shown = ", ".join(names[:_PREVIEW])
     return shown + (f", ... and {len(names) - _PREVIEW} more" if len(names) > _PREVIEW else "")
 
@@ -125,6 +139,8 @@ class Progress:
       world_size: int >= 1, number of training processes.
       global_batch_size: int >= 1, sequences per optimizer step over all processes.
       extra: dict, free-form JSON-serialisable data (e.g. the resolved config, last loss).
+      files: dict file basename -> {"size": int, "sha256": str} of the checkpoint's tensor files, filled
+        in by `CheckpointManager.save` and verified by `restore`.
       schema_version: int, must equal SCHEMA_VERSION.
 
     Raises (on construction):
@@ -141,6 +157,7 @@ class Progress:
     world_size: int
     global_batch_size: int
     extra: dict = dataclasses.field(default_factory=dict)
+    files: dict = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -152,7 +169,7 @@ class Progress:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"progress.{name} must be an int >= {low}, got {value!r}")
-        for name in ("loader_state", "lr_state", "seeds", "extra"):
+        for name in ("loader_state", "lr_state", "seeds", "extra", "files"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"progress.{name} must be a dict, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.config_fingerprint, str) or not self.config_fingerprint:
@@ -181,9 +198,11 @@ class Progress:
         if not isinstance(data, dict):
             raise ValueError(f"progress JSON must be an object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ValueError(f"progress schema_version {version!r} is not supported "
-                             f"(this code reads version {SCHEMA_VERSION})")
+                             f"(this code reads versions {list(_READABLE_VERSIONS)})")
+        if version == 1:  # same record without checksums
+            data = dict(data, files={}, schema_version=SCHEMA_VERSION)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(data) - known), sorted(known - set(data))
         if unknown or missing:
@@ -215,8 +234,8 @@ def check_compatible(progress, *, config_fingerprint, world_size, global_batch_s
                        f"{global_batch_size} now)")
     if changes:
         raise ValueError(f"cannot resume from step {progress.global_step}: " + "; ".join(changes)
-                         + ". Resume with the original settings, or start a new run in a fresh output "
-                           "directory (initialising from this checkpoint with load_pretrained).")
+                         + ". Resume with the original settings, or start a new run in a fresh --output-dir "
+                           "with --from-pretrained-params <this checkpoint's step directory>.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -273,18 +292,13 @@ def assign_to_scope(exe, arrays, source):
         tensor.set(value, exe.place)
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _scope_arrays(names):
+    scope = paddle.static.global_scope()
+    return {n: np.array(scope.find_var(n).get_tensor()) for n in names}
 
 
-def _fsync_tree(root):
-    for name in os.listdir(root):
-        _fsync(os.path.join(root, name))
-    _fsync(root)
+class NonFiniteParameters(TrainingDiverged):
+    """A save was refused because parameters hold NaN/inf."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,7 +306,7 @@ def _fsync_tree(root):
 
 
 class CheckpointManager:
-    """Saves, finds, restores and purges the step checkpoints under one root directory.
+    """Saves, finds, verifies, restores and purges the step checkpoints under one root directory.
 
     Args:
       root_dir: str, directory holding `<step>/` checkpoints (see `phase_dir`); created on first save.
@@ -324,29 +338,48 @@ class CheckpointManager:
         """Path of the checkpoint directory for `step` (whether or not it exists)."""
         return os.path.join(self.root_dir, str(int(step)))
 
-    def _is_complete(self, step):
+    def _incomplete_reason(self, step):
+        """Why `<root>/<step>/` is not a usable checkpoint (cheap checks only), or None."""
         path = self.step_dir(step)
         try:
             with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError):
-            return False
+        except FileNotFoundError:
+            return f"{path} has no {PROGRESS_FILE} (a save that did not finish)"
+        except (OSError, ValueError) as err:
+            return f"{os.path.join(path, PROGRESS_FILE)} is unreadable ({err})"
         # Schema is checked strictly by restore(): a newer-schema checkpoint should fail loudly there
         # rather than be skipped here in favour of an older one.
-        return (isinstance(data, dict) and data.get("global_step") == step
-                and os.path.isfile(os.path.join(path, self.model_prefix + ".pdparams")))
+        if not isinstance(data, dict) or data.get("global_step") != step:
+            return f"{os.path.join(path, PROGRESS_FILE)} does not describe step {step}"
+        params = os.path.join(path, self.model_prefix + checkpoint_io.PARAMS_SUFFIX)
+        if not os.path.isfile(params):
+            return f"{params} is missing"
+        files = data.get("files")
+        return checkpoint_io.size_problem(path, files) if isinstance(files, dict) else None
+
+    def _scan(self):
+        """(complete steps ascending, {step: why incomplete}) of the step directories on disk."""
+        if not os.path.isdir(self.root_dir):
+            return [], {}
+        complete, problems = [], {}
+        for step in sorted(int(n) for n in os.listdir(self.root_dir) if _STEP_DIR.match(n)):
+            reason = self._incomplete_reason(step)
+            if reason is None:
+                complete.append(step)
+            else:
+                problems[step] = reason
+        return complete, problems
 
     def available_steps(self):
         """Steps with a complete checkpoint on disk, ascending.
 
         Returns:
-          list of int; a directory counts only if progress.json parses, names its own step, and the
-          `.pdparams` file exists. Temporary and partial directories are ignored.
+          list of int; a directory counts only if progress.json parses, names its own step, the
+          `.pdparams` file exists and every recorded file has its recorded size. Temporary and
+          partial directories are ignored.
         """
-        if not os.path.isdir(self.root_dir):
-            return []
-        steps = [int(n) for n in os.listdir(self.root_dir) if _STEP_DIR.match(n)]
-        return sorted(s for s in steps if self._is_complete(s))
+        return self._scan()[0]
 
     def latest_complete_step(self):
         """The highest complete step on disk, or None when there is none."""
@@ -355,6 +388,9 @@ class CheckpointManager:
 
     def save(self, exe, program, progress):
         """Write a checkpoint of every persistable of `program` plus `progress`, atomically.
+
+        The tensor files are written with their sizes and SHA-256 recorded in progress.json (written
+        last), every file and the directory are fsynced, then the directory is renamed into place.
 
         Args:
           exe: the executor that ran the program (tensors are read from the current global scope).
@@ -367,25 +403,39 @@ class CheckpointManager:
 
         Raises:
           ValueError: `progress` is not a Progress, or a persistable is not initialised in the scope.
+          NonFiniteParameters: a parameter holds NaN/inf (nothing is written: a checkpoint that cannot
+            train on must never replace a good one).
         """
-        del exe  # paddle.static.save reads the global scope; kept for symmetry with restore()
+        del exe  # tensors are read from the global scope; kept for symmetry with restore()
         if not isinstance(progress, Progress):
             raise ValueError(f"save() needs a Progress, got {type(progress).__name__}")
         if self.rank != 0:
             return None
-        missing = [n for n in _persistable_names(program) if _scope_tensor(n) is None]
+        names = _persistable_names(program)
+        missing = [n for n in names if _scope_tensor(n) is None]
         if missing:
             raise ValueError(f"cannot save: persistables not initialised in the scope (run the startup "
                              f"program first): {_preview(missing)}")
+        param_names = {p.name for p in program.all_parameters()}
+        arrays = _scope_arrays(names)
+        parameters = {n: v for n, v in arrays.items() if n in param_names}
+        bad = checkpoint_io.nonfinite_names(parameters)
+        if bad:
+            raise NonFiniteParameters(
+                f"parameters hold NaN/inf at step {progress.global_step} ({_preview(bad)}); not saving a "
+                f"checkpoint. The latest good one is step {self.latest_complete_step()} in {self.root_dir}")
         step = progress.global_step
         os.makedirs(self.root_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f"{step}.tmp-", dir=self.root_dir)
         try:
-            paddle.static.save(program, os.path.join(tmp, self.model_prefix))
-            _fsync_tree(tmp)
+            files = checkpoint_io.write_state(
+                os.path.join(tmp, self.model_prefix), parameters,
+                {n: v for n, v in arrays.items() if n not in param_names},
+                program.desc.serialize_to_string())
             # Progress last: its presence is what marks the directory complete.
-            atomic_write_text(os.path.join(tmp, PROGRESS_FILE), progress.to_json())
-            _fsync(tmp)
+            atomic_write_text(os.path.join(tmp, PROGRESS_FILE),
+                              dataclasses.replace(progress, files=files).to_json())
+            fsync_path(tmp)
             self._move_into_place(tmp, self.step_dir(step))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -406,25 +456,47 @@ class CheckpointManager:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync(self.root_dir)
+        fsync_path(self.root_dir)
 
     def _purge(self, keep):
-        complete = self.available_steps()
+        complete, problems = self._scan()
         newer = [s for s in complete if s > keep]
-        if newer:
+        if newer:  # callers move another run's newer checkpoints aside first; this is a safety net
             logger.warning("checkpoints newer than step %d exist in %s (%s); they come from another run "
-                           "and restore('auto') would pick them", keep, self.root_dir, _preview(newer))
-        kept = set(complete[-self.keep_last:]) | {keep}
+                           "and an 'auto' resume would pick them", keep, self.root_dir, _preview(newer))
+        kept = set(complete[-self.keep_last:]) | {keep} | set(newer)
         for step in complete:
             if step not in kept:
                 shutil.rmtree(self.step_dir(step), ignore_errors=True)
                 logger.info("removed old checkpoint %s", self.step_dir(step))
+        for step, reason in problems.items():
+            logger.warning("removing incomplete checkpoint directory %s: %s", self.step_dir(step), reason)
+            shutil.rmtree(self.step_dir(step), ignore_errors=True)
         for name in os.listdir(self.root_dir):
             path = os.path.join(self.root_dir, name)
-            partial = _STEP_DIR.match(name) and int(name) not in complete
-            if os.path.isdir(path) and (partial or _TMP_DIR.match(name)):
-                logger.warning("removing incomplete checkpoint directory %s", path)
+            if os.path.isdir(path) and _TMP_DIR.match(name):
+                logger.warning("removing the temporary directory of an interrupted save: %s", path)
                 shutil.rmtree(path, ignore_errors=True)
+
+    def supersede(self, steps, reason):
+        """Move the checkpoints of `steps` aside to `<root>/superseded-<UTC time>/<step>/` (never deletes).
+
+        Used when a run starts over a directory that holds checkpoints it must not mix with: `auto`
+        would otherwise resume them. They stay on disk for the user to inspect or delete.
+
+        Returns:
+          the directory they were moved to, or None when there was nothing to move or on ranks > 0.
+        """
+        steps = sorted(steps)
+        if not steps or self.rank != 0:
+            return None
+        aside = os.path.join(self.root_dir, SUPERSEDED_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        aside = tempfile.mkdtemp(prefix=os.path.basename(aside) + "-", dir=self.root_dir)
+        for step in steps:
+            os.replace(self.step_dir(step), os.path.join(aside, str(step)))
+        fsync_path(self.root_dir)
+        logger.warning("moved checkpoint(s) of step %s aside to %s: %s", _preview(steps), aside, reason)
+        return aside
 
     def maybe_save(self, exe, program, progress, every_n_steps, is_last=False):
         """Save when `progress.global_step % every_n_steps == 0` or `is_last`.
@@ -444,52 +516,108 @@ class CheckpointManager:
             return self.save(exe, program, progress)
         return None
 
-    def restore(self, exe, program, step="auto"):
+    def read_progress(self, step):
+        """The Progress of a complete step.
+
+        Raises:
+          DamagedCheckpoint: progress.json unreadable; ValueError: an unsupported schema.
+        """
+        path = os.path.join(self.step_dir(step), PROGRESS_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            raise DamagedCheckpoint(f"cannot read {path}: {err}") from err
+        try:
+            return Progress.from_json(text)
+        except json.JSONDecodeError as err:
+            raise DamagedCheckpoint(f"{path} is not valid JSON ({err})") from err
+
+    def _load_verified(self, step):
+        """(Progress, tensors) of `step` after checking every recorded file. Raises DamagedCheckpoint."""
+        progress = self.read_progress(step)
+        checkpoint_io.verify_files(self.step_dir(step), progress.files)
+        return progress, checkpoint_io.read_state(os.path.join(self.step_dir(step), self.model_prefix))
+
+    def restore(self, exe, program, step="auto", validate=None):
         """Load every persistable of `program` from a checkpoint and return its Progress.
 
-        The startup program must have run (tensors must exist in the scope to be overwritten). The
-        caller applies `lr_state` and `loader_state` from the returned Progress and calls
-        `check_compatible` on it.
+        With step="auto" the newest checkpoint that passes verification is used: a damaged newer one
+        (truncated or altered file, unreadable progress.json, missing parameters) is reported in a
+        warning naming the file and why, and the previous one is tried. The startup program must have
+        run. The caller applies `lr_state` and `loader_state` from the returned Progress.
 
         Args:
           exe: executor whose place receives the tensors.
           program: the training program, built exactly as when the checkpoint was saved.
-          step: "auto" for the latest complete checkpoint, or an int step.
+          step: "auto" for the latest usable checkpoint, or an int step.
+          validate: optional callable(Progress, step_dir) raising ValueError to refuse a checkpoint
+            (phase, architecture, world size); it runs before any tensor is assigned.
 
         Returns:
-          Progress, or None when step == "auto" and there is no complete checkpoint.
+          Progress, or None when step == "auto" and the directory holds no checkpoint at all.
 
         Raises:
-          ValueError: an unknown `step`, a missing persistable, a shape/dtype mismatch, or an unreadable
-            progress.json (unknown schema version, wrong keys).
+          ValueError: an unknown `step`, a missing persistable, a shape/dtype mismatch, an unsupported
+            progress.json schema, `validate`'s refusal, or (DamagedCheckpoint) the requested step, or
+            with "auto" every checkpoint, is damaged.
         """
-        steps = self.available_steps()
+        steps, problems = self._scan()
+        for bad_step, reason in problems.items():
+            logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
         if step == "auto":
             if not steps:
+                if problems:
+                    raise DamagedCheckpoint(f"no usable checkpoint in {self.root_dir}: "
+                                            + "; ".join(problems.values()))
                 return None
-            step = steps[-1]
+            candidates = steps[::-1]
         elif not _is_int(step):
             raise ValueError(f"restore step must be 'auto' or an int, got {step!r}")
         elif step not in steps:
-            raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}; "
-                             f"available steps: {steps if steps else 'none'}")
-        path = self.step_dir(step)
-        with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as f:
-            progress = Progress.from_json(f.read())
-        state = paddle.static.load_program_state(os.path.join(path, self.model_prefix))
+            raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}"
+                             + (f" ({problems[step]})" if step in problems else "")
+                             + f"; available steps: {steps if steps else 'none'}")
+        else:
+            candidates = [step]
+        damaged = []
+        for candidate in candidates:
+            try:
+                progress, state = self._load_verified(candidate)
+            except DamagedCheckpoint as err:
+                if step != "auto":
+                    raise
+                damaged.append(str(err))
+                logger.warning("checkpoint of step %d is damaged: %s; falling back to the previous one",
+                               candidate, err)
+                continue
+            if validate is not None:
+                validate(progress, self.step_dir(candidate))
+            self._assign(exe, program, state, self.step_dir(candidate))
+            logger.info("restored step %d from %s", candidate, self.step_dir(candidate))
+            return progress
+        raise DamagedCheckpoint(f"every checkpoint in {self.root_dir} is damaged: " + "; ".join(damaged))
+
+    @staticmethod
+    def _assign(exe, program, state, path):
         names = _persistable_names(program)
-        missing = [n for n in names if n not in state]
+        arrays = {}
+        for name in names:
+            if name in state:
+                arrays[name] = state[name]
+            elif name.endswith(checkpoint_io.GRADIENT_MERGE_SUFFIX) and _scope_tensor(name) is not None:
+                arrays[name] = np.zeros_like(np.array(_scope_tensor(name)))  # left out because all zero
+        missing = [n for n in names if n not in arrays]
         if missing:
             raise ValueError(f"checkpoint {path} lacks {len(missing)} persistable(s) of the program: "
-                             f"{_preview(missing)} (was it saved from a differently built program?)")
-        assign_to_scope(exe, {n: state[n] for n in names}, path)
+                             f"{_preview(missing)} (was it saved by a differently configured run? compare "
+                             "--optimizer, --gradient-merge-steps, --amp and --use-pure-fp16)")
+        assign_to_scope(exe, arrays, path)
         unused = sorted(set(state) - set(names))
         if unused:
             logger.warning("checkpoint %s holds variables the program does not use: %s", path, _preview(unused))
         log_parameter_sources(program, {p.name: INIT_FROM_CKPT for p in program.all_parameters()}, path)
-        logger.info("restored step %d from %s (%d persistables)", step, path, len(names))
-        return progress
-
+        logger.info("loaded %d persistables from %s", len(names), path)
 
 # ----------------------------------------------------------------------------------------------------
 # Pretrained initialisation
@@ -539,6 +667,35 @@ def _read_params(path):
     return state
 
 
+def _master_weights(params_file, names):
+    """fp32 master weights `<name>_fp32_master_0` saved beside `params_file` (in its .pdopt), by name."""
+    opt_file = params_file[:-len(checkpoint_io.PARAMS_SUFFIX)] + checkpoint_io.OPT_SUFFIX
+    if not params_file.endswith(checkpoint_io.PARAMS_SUFFIX) or not os.path.isfile(opt_file):
+        return {}
+    opt_state = _read_params(opt_file)
+    return {n: opt_state[n + MASTER_SUFFIX] for n in names if n + MASTER_SUFFIX in opt_state}
+
+
+def _as_fp32_training_values(arrays, params_file):
+    """The values to load into an fp32 program: pure-fp16 (O2) checkpoints hold fp16 parameters.
+
+    Their fp32 master weights (in the .pdopt beside the .pdparams) are what the optimizer was updating,
+    so they are the exact values; without them the fp16 values are upcast (exact, but rounded once).
+    Parameters of an fp32 program are fp32 before `amp_init` casts them for O2, so this covers both a
+    phase 1 -> phase 2 hand-off and fine-tuning from an O2 run.
+    """
+    half = [n for n, v in arrays.items() if np.asarray(v).dtype == np.float16]
+    if not half:
+        return arrays
+    masters = _master_weights(params_file, half)
+    out = dict(arrays)
+    for name in half:
+        out[name] = masters[name] if name in masters else np.asarray(arrays[name]).astype(np.float32)
+    logger.info("%s holds %d fp16 parameters (pure fp16 run): loaded %d from their fp32 master weights, "
+                "upcast %d", params_file, len(half), len(masters), len(half) - len(masters))
+    return out
+
+
 def log_parameter_sources(program, sources, origin):
     # One line per parameter, like google-research/bert's init log, so a silent random init is visible.
     logger.info("parameter sources (%s):", origin)
@@ -581,11 +738,12 @@ def load_pretrained(exe, program, path, *, ignore_prefixes=(), allow_missing_pre
         else:
             missing.append(name)
     if missing:
-        raise ValueError(f"'{params_file}' lacks parameter(s) {_preview(missing)}; pass their prefixes in "
-                         "allow_missing_prefixes if they are meant to start from random initialisation")
+        raise ValueError(f"'{params_file}' lacks parameter(s) {_preview(missing)}: it was saved from another "
+                         "model than the one --bert-model/--config-file describe")
     if not arrays:
-        raise ValueError(f"no parameter of the program was loaded from '{params_file}' (names do not match)")
-    assign_to_scope(exe, arrays, params_file)
+        raise ValueError(f"no parameter of the program was loaded from '{params_file}' (names do not match: "
+                         "is it a checkpoint of this project?)")
+    assign_to_scope(exe, _as_fp32_training_values(arrays, params_file), params_file)
     log_parameter_sources(program, sources, params_file)
     unused = sorted(set(state) - set(arrays))
     if unused:

@@ -1,0 +1,158 @@
+"""The bytes of one checkpoint directory: writing the state files with checksums, verifying and reading them.
+
+Owns: the on-disk format of the tensors of a checkpoint (the same pickled `{name: ndarray}` dicts that
+`paddle.static.save` writes, so `paddle.static.load_program_state` and `paddle.load` read them too), the
+size + SHA-256 of every file recorded at save time and checked at load time, fsync of what was written,
+and which persistables need not be written. Does not own: where checkpoints live, retention, `Progress`
+or resume policy (`utils.checkpoint`).
+
+Why write the files ourselves instead of calling `paddle.static.save`:
+  * the checksum is computed from the bytes as they are written, in the same pass;
+  * gradient-merge accumulators (`<param>@GRAD@GradientMerge`, one per parameter: 1.3 GB for BERT-large)
+    are all zeros at an update boundary, which is where training saves; writing them would double the
+    size of every checkpoint. An all-zero accumulator is left out and restored as zeros;
+  * every file is fsynced before the caller renames the directory into place, so a power cut cannot
+    leave a checkpoint whose progress file exists but whose tensors were never flushed.
+"""
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import paddle
+
+PARAMS_SUFFIX = ".pdparams"
+OPT_SUFFIX = ".pdopt"
+MODEL_SUFFIX = ".pdmodel"
+GRADIENT_MERGE_SUFFIX = "@GRAD@GradientMerge"
+_PICKLE_PROTOCOL = 4  # what paddle.static.save uses by default; handles arrays over 4 GB
+_CHUNK = 8 << 20
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file is missing, truncated, altered or unreadable (the message names the file and why)."""
+
+
+class _DigestingWriter:
+    """A binary file that hashes and counts what passes through `write`."""
+
+    def __init__(self, f):
+        self._f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data):
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self._f.write(view)
+
+
+def fsync_path(path):
+    """fsync a file or directory by path (a directory's fsync makes the names inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_digested(path, dump):
+    """Create `path`, let `dump(file)` write it, fsync it; returns {"size", "sha256"} of what was written."""
+    with open(path, "wb") as f:
+        writer = _DigestingWriter(f)
+        dump(writer)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
+
+
+def file_digest(path):
+    """{"size": bytes, "sha256": hex} of a file as it is on disk now."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": sha.hexdigest()}
+
+
+def skippable(name, value):
+    """True for a tensor that is not written because restoring it as zeros is exact."""
+    return name.endswith(GRADIENT_MERGE_SUFFIX) and not value.any()
+
+
+def write_state(prefix, parameters, others, program_desc):
+    """Write `<prefix>.pdparams`, `<prefix>.pdopt` and `<prefix>.pdmodel`, fsynced, and return their digests.
+
+    Args:
+      prefix: path prefix inside the (temporary) checkpoint directory.
+      parameters: dict name -> ndarray, the trainable parameters.
+      others: dict name -> ndarray, every other persistable (optimizer moments, LR, loss scale,
+        master weights, gradient-merge state); all-zero gradient-merge accumulators are left out.
+      program_desc: bytes, the serialised program (informational; never read back).
+
+    Returns:
+      dict file basename -> {"size": int, "sha256": str}, for `Progress.files`.
+    """
+    kept = {n: v for n, v in others.items() if not skippable(n, v)}
+    base = os.path.basename(prefix)
+    return {
+        base + PARAMS_SUFFIX: _write_digested(prefix + PARAMS_SUFFIX,
+                                              lambda f: pickle.dump(parameters, f, protocol=_PICKLE_PROTOCOL)),
+        base + OPT_SUFFIX: _write_digested(prefix + OPT_SUFFIX,
+                                           lambda f: pickle.dump(kept, f, protocol=_PICKLE_PROTOCOL)),
+        base + MODEL_SUFFIX: _write_digested(prefix + MODEL_SUFFIX, lambda f: f.write(program_desc)),
+    }
+
+
+def size_problem(directory, files):
+    """Why the files of `directory` cannot match `files` by size alone (a cheap stat), or None."""
+    for name, expected in sorted(files.items()):
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return f"{path} is missing"
+        if size != expected["size"]:
+            return f"{path} has {size} bytes, {expected['size']} were written (truncated or altered)"
+    return None
+
+
+def verify_files(directory, files):
+    """Check every recorded file's size and SHA-256.
+
+    Args:
+      directory: the checkpoint directory.
+      files: dict basename -> {"size", "sha256"} from `Progress.files` (empty for checkpoints written
+        before checksums were recorded: nothing to verify).
+
+    Raises:
+      DamagedCheckpoint: naming the first file that is missing, of the wrong size or the wrong checksum.
+    """
+    problem = size_problem(directory, files)
+    if problem:
+        raise DamagedCheckpoint(problem)
+    for name, expected in sorted(files.items()):
+        path = os.path.join(directory, name)
+        if file_digest(path)["sha256"] != expected["sha256"]:
+            raise DamagedCheckpoint(f"{path} does not match the SHA-256 recorded when it was saved "
+                                    "(the file was altered or corrupted on disk)")
+
+
+def read_state(prefix):
+    """All tensors of a checkpoint: dict name -> ndarray (parameters and the rest together).
+
+    Raises:
+      DamagedCheckpoint: the files cannot be unpickled (e.g. a truncated checkpoint saved before
+        checksums were recorded).
+    """
+    try:
+        return paddle.static.load_program_state(prefix)
+    except Exception as err:  # pickle, EOF, OS and paddle's own errors all mean the same here
+        raise DamagedCheckpoint(f"cannot read {prefix}{PARAMS_SUFFIX}/{OPT_SUFFIX}: "
+                                f"{type(err).__name__}: {err}") from err
+
+
+def nonfinite_names(arrays):
+    """Names of the floating-point arrays holding NaN or +-inf, sorted."""
+    return sorted(n for n, v in arrays.items()
+                  if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all())
