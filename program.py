@@ -40,6 +40,12 @@ DEVICES = ("cpu", "gpu")
 AMP_CUSTOM_WHITE_LIST = ("softmax", "layer_norm", "gelu")
 # ...and pure fp16 keeps embedding lookups in fp32.
 PURE_FP16_BLACK_LIST = ("lookup_table", "lookup_table_v2")
+# The loss stays fp32 at every AMP level. O1's default black list has these ops already, but O2 drops
+# Paddle's default black list: cross-entropy and its mean would run in fp16, and the loss-scale
+# gradient at the loss would overflow for any scale above 65504. A custom black list survives O2.
+LOSS_FP32_OPS = ("softmax_with_cross_entropy", "reduce_mean", "mean")
+# Ops that only combine losses (sums, averages); `_loss_var_names` keeps their outputs fp32 too.
+_LOSS_COMBINING_OPS = ("elementwise_add", "sum", "scale", "elementwise_div", "elementwise_mul")
 LOW_PRECISION_DTYPES = (paddle.float16, paddle.bfloat16)
 
 
@@ -229,17 +235,19 @@ class ProgramBundle:
     build_strategy: Optional[object]
 
 
-def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None):
+def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None, fp32_var_names=()):
     """fleet.DistributedStrategy for collective training, after the NVIDIA reference.
 
     Args:
       train_cfg: TrainConfig.
       attention_impl: the built attention implementation ("cudnn_fused" turns on NGC's pass).
       optimizer_name: the optimizer actually built (default: resolved from train_cfg.optimizer).
+      fp32_var_names: variables AMP must keep fp32 (the losses, see `_loss_var_names`).
 
     Returns:
       fleet.DistributedStrategy with: fp16 AMP (white list softmax/layer_norm/gelu, embeddings kept
-      fp32 under pure fp16, loss scale x2 every 2000 good steps and x0.5 on every overflow);
+      fp32 under pure fp16, the loss ops and `fp32_var_names` fp32, loss scale x2 every 2000 good steps
+      and x0.5 on every overflow);
       gradient merge (k steps, averaged) unless DistributedFusedLamb accumulates itself; fused
       all-reduce; build-strategy fusions the installed Paddle has.
     """
@@ -270,6 +278,7 @@ def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None):
         strategy.amp = True
         strategy.amp_configs = {
             "custom_white_list": sorted(white), "custom_black_list": sorted(black),
+            "custom_black_varnames": sorted(fp32_var_names),
             "init_loss_scaling": init_scale, "use_dynamic_loss_scaling": dynamic,
             "incr_every_n_steps": 2000, "decr_every_n_nan_or_inf": 1,
             "incr_ratio": 2.0, "decr_ratio": 0.5,
@@ -305,11 +314,34 @@ def _amp_op_lists(train_cfg, attention_impl):
     white = set(AMP_CUSTOM_WHITE_LIST)
     if attention_impl == "flash":
         white.add("flash_attn")  # not in Paddle's default lists; it has only fp16/bf16 kernels
-    black = set(PURE_FP16_BLACK_LIST) if train_cfg.use_pure_fp16 else set()
+    black = set(LOSS_FP32_OPS)
+    if train_cfg.use_pure_fp16:
+        black.update(PURE_FP16_BLACK_LIST)
     return white, black
 
 
-def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
+def _loss_var_names(program, loss_vars):
+    """Names of the loss variables and of the sums/averages that produce them from the per-loss means.
+
+    Under O2 every op not black-listed runs in fp16, including the `elementwise_add` that sums the MLM and
+    NSP losses (it cannot be black-listed by type: the model is made of them). AMP keeps ops that read or
+    write one of these names in fp32.
+    """
+    block = program.global_block()
+    producers = {name: op for op in block.ops for name in op.output_arg_names}
+    names, todo = set(), [var.name for var in loss_vars]
+    while todo:
+        name = todo.pop()
+        if name in names:
+            continue
+        names.add(name)
+        op = producers.get(name)
+        if op is not None and op.type in _LOSS_COMBINING_OPS:
+            todo.extend(op.input_arg_names)
+    return names
+
+
+def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name, fp32_var_names):
     """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
     amp_opt = None
     if train_cfg.allreduce_world_size > 1:
@@ -318,7 +350,8 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
         white, black = _amp_op_lists(train_cfg, attention_impl)
         init_scale, dynamic = train_cfg.loss_scaling
         opt = paddle.static.amp.decorate(
-            opt, paddle.static.amp.AutoMixedPrecisionLists(white, black, dtype=train_cfg.amp_dtype),
+            opt, paddle.static.amp.AutoMixedPrecisionLists(white, black, set(fp32_var_names),
+                                                           dtype=train_cfg.amp_dtype),
             level="O2" if train_cfg.use_pure_fp16 else "O1", dtype=train_cfg.amp_dtype,
             init_loss_scaling=init_scale, incr_every_n_steps=2000, decr_every_n_nan_or_inf=1,
             incr_ratio=2.0, decr_ratio=0.5, use_dynamic_loss_scaling=dynamic)
@@ -326,7 +359,7 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
     if train_cfg.use_fleet:
         from paddle.distributed import fleet
         opt = fleet.distributed_optimizer(
-            opt, strategy=build_dist_strategy(train_cfg, attention_impl, optimizer_name))
+            opt, strategy=build_dist_strategy(train_cfg, attention_impl, optimizer_name, fp32_var_names))
         if train_cfg.amp == "fp16":
             amp_opt = opt
     elif train_cfg.gradient_merge_steps > 1 and optimizer_name != "DistributedFusedLamb":
@@ -335,8 +368,8 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name):
     return opt, amp_opt
 
 
-def _minimize(loss, train_cfg, attention_impl, main, startup):
-    """Add backward + optimizer ops.
+def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=()):
+    """Add backward + optimizer ops. `fetched_losses`: more loss variables AMP keeps fp32 (the parts).
 
     Returns:
       (lr_scheduler, outermost optimizer, extra fetches {"lr", ["loss_scaling"]}, BuildStrategy).
@@ -349,7 +382,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup):
         multi_precision=train_cfg.use_pure_fp16,
         gradient_accumulation_steps=(train_cfg.gradient_merge_steps
                                      if name == "DistributedFusedLamb" else 1))
-    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, name)
+    fp32_names = _loss_var_names(main, [loss, *fetched_losses]) if train_cfg.amp != "off" else set()
+    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, name, fp32_names)
     outer.minimize(loss, startup_program=startup)
     extra = {"lr": _learning_rate_var(main)}
     world = _data_parallel_world(train_cfg)
@@ -447,7 +481,8 @@ def build_pretraining(model_cfg, train_cfg):
         losses = loss_lib.BertPretrainingCriterion()(
             mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
         eval_program = main.clone(for_test=True)
-        lr, opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup)
+        lr, opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
+                                          fetched_losses=list(losses.values()))
     names = tuple(feeds)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=names, eval_feed_names=names, fetches={**losses, **extra},

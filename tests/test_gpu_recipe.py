@@ -74,3 +74,40 @@ def test_fp16_loss_scaling_from_flags(gpu_op_support, flags, scale, dynamic):
 def test_amp_flag_errors():
     with pytest.raises(ValueError, match="--use-pure-fp16 needs --amp"):
         amp_config_from_flags("--use-pure-fp16")
+
+
+# ---------------------------------------------------------------- item 5: the loss stays fp32 under O2
+LOSS_OPS = ("softmax_with_cross_entropy", "reduce_mean")
+
+
+def loss_dtypes(bundle, loss_names):
+    program = bundle.main_program
+    outputs = {op.type: set() for op in all_ops(program)}
+    for op in program.global_block().ops:
+        for name in op.output_arg_names:
+            outputs[op.type].add(block_dtype(program, name))
+    return ({t: outputs.get(t) for t in LOSS_OPS},
+            {n: block_dtype(program, bundle.fetches[n].name) for n in loss_names})
+
+
+@pytest.mark.parametrize("pure, fleet", [(False, False), (True, False), (True, True)])
+def test_pretraining_loss_ops_run_in_fp32(gpu_op_support, fleet_initialised, pure, fleet):
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=pure,
+                                                 use_fleet=fleet))
+    ops, fetched = loss_dtypes(bundle, ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"))
+    assert ops == {t: {paddle.float32} for t in LOSS_OPS}
+    assert set(fetched.values()) == {paddle.float32}
+    # The model itself is still fp16 (the black list did not spread).
+    dtypes = {p.name: p.dtype for p in bundle.main_program.all_parameters()}
+    assert dtypes["bert.encoder.layer.1.output.dense.weight"] == (paddle.float16 if pure else paddle.float32)
+
+
+def test_squad_loss_runs_in_fp32_under_o2(gpu_op_support):
+    bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, optimizer="AdamW"))
+    ops, fetched = loss_dtypes(bundle, ("loss",))
+    assert ops == {t: {paddle.float32} for t in LOSS_OPS} and fetched == {"loss": paddle.float32}
+    # The loss scale multiplies an fp32 loss: no cast of the loss down to fp16 on the way.
+    block = bundle.main_program.global_block()
+    scaled = [op for op in block.ops if op.type == "elementwise_mul"
+              and bundle.fetches["loss_scaling"].name in op.input_arg_names]
+    assert scaled and {block_dtype(bundle.main_program, n) for n in scaled[0].input_arg_names} == {paddle.float32}
