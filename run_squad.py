@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 
 from utils import args as common
@@ -267,6 +268,18 @@ def _context(args):
     return text
 
 
+# program.TrainConfig / optimizer field names -> the flags that set them, for their error messages.
+_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "learning_rate", "weight_decay", "beta1", "beta2", "epsilon", "gradient_merge_steps", "scale_loss",
+    "use_dynamic_loss_scaling", "use_pure_fp16", "warmup_start_lr")}
+_FIELD_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
+
+
+def _in_flag_terms(message):
+    """`message` with the training-config field names it mentions replaced by their flags."""
+    return re.sub(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b", lambda m: _FIELD_FLAGS[m.group(1)], message)
+
+
 def _check_bf16_cpu():
     """Refuse --infer-dtype bfloat16 where oneDNN has no bf16 kernels (it would fail in the first matmul)."""
     from utils import runtime
@@ -309,9 +322,12 @@ def validate_args(args):
         _check_bf16_cpu()
     amp = common.amp_fields(args) if do_train else {"amp": "off"}
     if do_train:  # the optimizer, schedule and AMP values, checked now rather than after feature building
-        TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, device=device,
-                    weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
-                    epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps, **amp)
+        try:
+            TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, device=device,
+                        weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
+                        epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps, **amp)
+        except ValueError as err:
+            raise ValueError(_in_flag_terms(str(err))) from None
     batch = args.batch_size
     return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
                 train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,

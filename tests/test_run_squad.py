@@ -210,6 +210,9 @@ ERROR_CASES = [
     (["--mode", "train", "--train-file", "TRAIN", "--max-seq-length", "128"], "max_position_embeddings"),
     (["--mode", "train", "--train-file", "TRAIN", "--max-query-length", "40"], "max_query_length"),
     (["--mode", "train", "--train-file", "TRAIN", "--amp"], "needs device='gpu'"),
+    # optimizer values are named by their flags, not by the training config's field names
+    (["--mode", "train", "--train-file", "TRAIN", "--beta1", "1.5"], r"^--beta1 must be in \[0, 1\), got 1.5$"),
+    (["--mode", "train", "--train-file", "TRAIN", "--weight-decay", "-1"], r"^--weight-decay must be >= 0"),
     # a SQuAD 2.0 file scored as v1.1: refused before any work, not after training and prediction
     (["--mode", "eval", "--predict-file", "V2"], r"^--predict-file \S+v2.json: 2 of 6 questions have no gold answer "
                                                  r"\(q2, q6\).*--version-2-with-negative\)$"),
