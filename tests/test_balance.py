@@ -184,3 +184,23 @@ def test_fixture_in_place_copy(tmp_path):
     assert sorted(n for n in os.listdir(directory) if fmt.is_data_file(n)) == \
         ["shard-0.parquet", "shard-1.parquet", "shard-2.parquet"]
     assert sum(fmt.read_num_samples(str(directory)).values()) == 343
+
+
+def test_in_place_rerun_removes_the_temp_dir_of_a_killed_run(tmp_path, caplog):
+    # Issue 8 defect 7: `<indir>.tmp-*` of a killed in-place balancing stayed forever.
+    import logging
+    import socket
+    import subprocess
+    import sys
+
+    directory = tmp_path / "data"
+    _make_dataset(directory, [(3, 3), (3, 3)], binned=True)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = tmp_path / f"data.tmp-{dead}@{socket.gethostname()}-abcdefgh"
+    stale.mkdir()
+    (stale / fmt.shard_name(0, 0)).write_bytes(b"half-written")
+    with caplog.at_level(logging.INFO, logger="utils.fs"):
+        bal.balance(str(directory), 2)
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+    assert any(f"removed {stale}" in r.getMessage() for r in caplog.records)

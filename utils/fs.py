@@ -9,10 +9,21 @@ looks finished. We write into a sibling temporary path on the same filesystem an
 place at the end (rename is atomic on POSIX within one filesystem).
 """
 import contextlib
+import errno
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+
+logger = logging.getLogger(__name__)
+
+# Temporary siblings of an output directory are named `<name>.tmp-<pid>@<host>-XXXXXXXX` (being built) and
+# `<name>.old-<pid>@<host>-XXXXXXXX` (the previous output, moved aside for the final rename), so a later run
+# can tell debris of a dead process from the work of a live one without a lock file.
+_RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp appends
 
 
 def _current_umask():
@@ -54,6 +65,108 @@ def atomic_write_json(path, obj, indent=2):
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
+def _owner_tag():
+    """`<pid>@<host>` of this process, safe inside a file name."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    return f"{os.getpid()}@{host}"
+
+
+def _owner_alive(pid, host):
+    """True if process `pid` runs (on this host), False if it is gone, None when it is on another host.
+
+    A recycled pid reads as alive, which only keeps a stale directory longer: the safe direction.
+    """
+    if host != _owner_tag().split("@", 1)[1]:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _tree_size(path):
+    """(number of files, bytes) under `path`, not following symlinks."""
+    files = size = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(root, name)).st_size
+                files += 1
+    return files, size
+
+
+def _human(nbytes):
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"  # pragma: no cover -- unreachable, the loop returns at GB
+
+
+def clean_stale_temp_dirs(path):
+    """Remove what killed runs writing output directory `path` left next to it; restore a moved-aside output.
+
+    Only siblings named by `atomic_output_dir` for exactly this `path` are touched, and only when the
+    process that made them is known to be dead (same host, pid gone): a second job writing the same output
+    right now keeps its directory. `<name>.tmp-*` of a dead owner is deleted. `<name>.old-*` of a dead owner
+    (the previous output, moved aside just before the final rename) is deleted if `path` exists, and
+    renamed back to `path` if the run died between the two renames, so the good output is never lost.
+    Directories of the older unmarked form `<name>.tmp-XXXXXXXX` and of other hosts are only reported:
+    nothing tells whether their owner still runs.
+
+    Args:
+      path: str, the output directory (need not exist).
+
+    Returns:
+      list[str] of the directories removed.
+    """
+    path = os.path.abspath(path)
+    parent, base = os.path.dirname(path), os.path.basename(path)
+    marked = re.compile(rf"^{re.escape(base)}\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-"
+                        rf"{_RANDOM_PART}$")
+    unmarked = re.compile(rf"^{re.escape(base)}\.tmp-{_RANDOM_PART}$")
+    try:
+        names = sorted(os.listdir(parent))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        debris = os.path.join(parent, name)
+        match = marked.match(name)
+        if not os.path.isdir(debris) or os.path.islink(debris):
+            continue
+        if match is None:
+            if unmarked.match(name):
+                files, size = _tree_size(debris)
+                logger.warning("%s (%d files, %s) looks like the temporary directory of an interrupted run "
+                               "of an older version; remove it by hand if no other job writes %s", debris,
+                               files, _human(size), path)
+            continue
+        pid, host = int(match.group("pid")), match.group("host")
+        alive = _owner_alive(pid, host)
+        if alive is not False:
+            if alive is None:
+                logger.warning("kept %s: made by pid %d on host %s, which this host cannot check; remove it by "
+                               "hand if that job is gone", debris, pid, host)
+            else:
+                logger.info("kept %s: process %d that writes it is still running", debris, pid)
+            continue
+        if match.group("kind") == "old" and not os.path.exists(path):
+            os.replace(debris, path)
+            logger.warning("restored %s from %s: the run that was replacing it (pid %d) died between "
+                           "its two renames", path, debris, pid)
+            continue
+        files, size = _tree_size(debris)
+        shutil.rmtree(debris, ignore_errors=True)
+        logger.info("removed %s (%d files, %s) left by a killed run (pid %d on %s)", debris, files,
+                    _human(size), pid, host)
+        removed.append(debris)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path, overwrite=False):
     """Build a directory under a temporary name and move it to `path` only if the block succeeds.
@@ -63,17 +176,20 @@ def atomic_output_dir(path, overwrite=False):
       overwrite: if False and `path` already exists, raise FileExistsError before any work is done.
 
     Yields:
-      str, the temporary directory to write into (same filesystem as `path`).
+      str, the temporary directory to write into (same filesystem as `path`), named
+      `<name>.tmp-<pid>@<host>-XXXXXXXX` so that a later run can remove it if this process is killed.
 
     Raises:
       FileExistsError: `path` exists and overwrite is False.
 
-    On an exception the temporary directory is removed and `path` is left exactly as it was.
+    On an exception the temporary directory is removed and `path` is left exactly as it was. What a
+    killed earlier run left next to `path` is cleaned up first (see `clean_stale_temp_dirs`).
     """
     path = os.path.abspath(path)
+    clean_stale_temp_dirs(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"output directory '{path}' already exists; remove it or pass --overwrite")
-    parent, base = _sibling_tmp(path, ".tmp-")
+    parent, base = _sibling_tmp(path, f".tmp-{_owner_tag()}-")
     tmp = tempfile.mkdtemp(prefix=base, dir=parent)
     os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs should look like mkdir's
     try:
@@ -83,7 +199,7 @@ def atomic_output_dir(path, overwrite=False):
         raise
     old = None
     if os.path.exists(path):
-        old = tempfile.mkdtemp(prefix=os.path.basename(path) + ".old-", dir=parent)
+        old = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.old-{_owner_tag()}-", dir=parent)
         os.rmdir(old)
         os.replace(path, old)
     os.replace(tmp, path)
