@@ -145,23 +145,32 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        # Users meet these messages through run_pretraining.py / run_squad.py: they name the flags.
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+            raise ValueError(f"--device must be one of {DEVICES}, got {self.device!r}")
         if self.amp != "off" and self.device == "cpu":
-            raise ValueError(f"amp={self.amp!r} training needs device='gpu': on CPU Paddle 2.6 keeps "
-                             f"fp16 ops in fp32 and bf16 training crashes; use amp='off'")
+            raise ValueError(f"--amp ({self.amp_dtype}) training needs --device gpu: on CPU Paddle 2.6 "
+                             f"keeps fp16 ops in fp32 and bf16 training crashes; run without --amp")
         if self.use_pure_fp16 and self.amp != "fp16":
-            raise ValueError("use_pure_fp16 needs amp='fp16'")
+            raise ValueError("--use-pure-fp16 needs --amp with --amp-dtype float16")
         if self.amp == "bf16" and self.use_dynamic_loss_scaling:
-            raise ValueError("bf16 needs no loss scaling: leave use_dynamic_loss_scaling unset")
+            raise ValueError("--amp-dtype bfloat16 needs no loss scaling: drop --use-dynamic-loss-scaling")
         if self.scale_loss is not None and not self.scale_loss > 0:
-            raise ValueError(f"scale_loss must be > 0, got {self.scale_loss!r}")
+            raise ValueError(f"--scale-loss must be > 0, got {self.scale_loss!r}")
         if isinstance(self.gradient_merge_steps, bool) or not isinstance(
                 self.gradient_merge_steps, int) or self.gradient_merge_steps < 1:
-            raise ValueError(f"gradient_merge_steps must be an integer >= 1, "
+            raise ValueError(f"--gradient-merge-steps must be an integer >= 1, "
                              f"got {self.gradient_merge_steps!r}")
+        if self.use_pure_fp16 and self.gradient_merge_steps > 1:
+            # Paddle 2.6's GradientMergeOptimizer (alone and inside fleet) creates each merge buffer
+            # with its parameter's dtype and has no option for another: under O2 it would sum k
+            # loss-scaled fp16 gradients in fp16 (overflow, lost small terms).
+            raise ValueError(f"--use-pure-fp16 with --gradient-merge-steps {self.gradient_merge_steps} "
+                             f"is not supported: Paddle's gradient merge would accumulate the loss-scaled "
+                             f"gradients in fp16; use --amp without --use-pure-fp16 (O1: fp32 parameters "
+                             f"and merge buffers), or --gradient-merge-steps 1")
         if self.attention_impl is not None and self.attention_impl not in modeling.ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be None or one of {modeling.ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
@@ -173,7 +182,7 @@ class TrainConfig:
             raise ValueError("allreduce_world_size > 1 is the CPU replacement for use_fleet; "
                              "set only one of them")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")
         # Schedule and optimizer values are checked by the functions that own them, now rather than
         # halfway through a build.
         self.lr_kwargs()
@@ -214,8 +223,10 @@ class ProgramBundle:
       feed_names / eval_feed_names: feed variable names of main_program / eval_program.
       fetches / eval_fetches: name -> Variable of each program (e.g. "loss", "lr").
       lr_scheduler: PolyWarmupLR or None; the loop calls `step()` once per optimizer update.
-      optimizer: the outermost optimizer object (fleet, AMP or gradient-merge wrapper) or None;
-        under pure fp16 the runner calls its `amp_init(place, scope, test_program, use_fp16_test)`.
+      optimizer: the outermost optimizer object (fleet, AMP or gradient-merge wrapper) or None.
+      amp_optimizer: the object with `amp_init` (Paddle's AMP decorator, or fleet when fleet applies
+        AMP) or None without AMP; under pure fp16 `utils.amp_state.init_pure_fp16` calls its `amp_init`.
+        Not always `optimizer`: a gradient-merge wrapper outside AMP has no `amp_init`.
       attention_impl: the attention implementation that was built.
       build_strategy: paddle.static.BuildStrategy with the graph fusions for this build (NGC's
         fused attention pass, GEMM epilogue fusion under AMP). Without fleet, a GPU runner applies
@@ -233,6 +244,7 @@ class ProgramBundle:
     optimizer: Optional[object]
     attention_impl: str
     build_strategy: Optional[object]
+    amp_optimizer: Optional[object] = None
 
 
 def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None, fp32_var_names=()):
@@ -372,7 +384,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=())
     """Add backward + optimizer ops. `fetched_losses`: more loss variables AMP keeps fp32 (the parts).
 
     Returns:
-      (lr_scheduler, outermost optimizer, extra fetches {"lr", ["loss_scaling"]}, BuildStrategy).
+      (lr_scheduler, outermost optimizer, AMP optimizer or None, extra fetches {"lr",
+      ["loss_scaling"]}, BuildStrategy).
     """
     name = optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
     lr = build_lr_scheduler(**train_cfg.lr_kwargs())
@@ -392,7 +405,7 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=())
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
-    return lr, outer, extra, _build_strategy(train_cfg, attention_impl,
+    return lr, outer, amp_opt, extra, _build_strategy(train_cfg, attention_impl,
                                              name == "DistributedFusedLamb")
 
 
@@ -426,9 +439,9 @@ def _check_low_precision(program, train_cfg):
         if op.type in ("matmul_v2", "matmul", "mul", "fused_gemm_epilogue") and any(
                 block.var(name).dtype in LOW_PRECISION_DTYPES for name in op.output_arg_names):
             return
-    raise RuntimeError(f"amp={train_cfg.amp!r} was requested but Paddle's AMP pass kept every "
+    raise RuntimeError(f"--amp ({train_cfg.amp_dtype}) was requested but Paddle's AMP pass kept every "
                        f"matmul in fp32: this Paddle build has no {train_cfg.amp_dtype} GPU kernels "
-                       f"(CPU wheel?). Install paddlepaddle-gpu or use amp='off'")
+                       f"(CPU wheel?). Install paddlepaddle-gpu, or run without --amp")
 
 
 def _new_programs(seed):
@@ -481,13 +494,14 @@ def build_pretraining(model_cfg, train_cfg):
         losses = loss_lib.BertPretrainingCriterion()(
             mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
         eval_program = main.clone(for_test=True)
-        lr, opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
+        lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
                                           fetched_losses=list(losses.values()))
     names = tuple(feeds)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=names, eval_feed_names=names, fetches={**losses, **extra},
                          eval_fetches=_vars_of(eval_program, losses), lr_scheduler=lr,
-                         optimizer=opt, attention_impl=impl, build_strategy=build)
+                         optimizer=opt, attention_impl=impl, build_strategy=build,
+                         amp_optimizer=amp_opt)
 
 
 def build_squad(model_cfg, train_cfg, is_training=True):
@@ -527,12 +541,13 @@ def build_squad(model_cfg, train_cfg, is_training=True):
                                  attention_impl=impl, build_strategy=None)
         span_loss = loss_lib.squad_span_loss(start, end, feeds["start_positions"],
                                              feeds["end_positions"])
-        lr, opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup)
+        lr, opt, amp_opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=tuple(feeds), eval_feed_names=eval_names,
                          fetches={"loss": span_loss, **logits, **extra},
                          eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
-                         optimizer=opt, attention_impl=impl, build_strategy=build)
+                         optimizer=opt, attention_impl=impl, build_strategy=build,
+                         amp_optimizer=amp_opt)
 
 
 def to_bf16_inference(eval_program):

@@ -111,3 +111,36 @@ def test_squad_loss_runs_in_fp32_under_o2(gpu_op_support):
     scaled = [op for op in block.ops if op.type == "elementwise_mul"
               and bundle.fetches["loss_scaling"].name in op.input_arg_names]
     assert scaled and {block_dtype(bundle.main_program, n) for n in scaled[0].input_arg_names} == {paddle.float32}
+
+
+# ---------------------------------------------------------------- items 2 and 6: O2 and gradient merge
+def test_pure_fp16_with_gradient_merge_is_refused_with_the_o1_alternative():
+    # Paddle 2.6's GradientMergeOptimizer creates each merge buffer with its parameter's dtype, so under
+    # O2 it would sum k loss-scaled gradients in fp16; the combination is refused, naming the flags.
+    with pytest.raises(ValueError, match=r"--use-pure-fp16 with --gradient-merge-steps 4 .*"
+                                         r"--amp without --use-pure-fp16"):
+        train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, gradient_merge_steps=4)
+
+
+def test_o1_gradient_merge_buffers_are_fp32(gpu_op_support):
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", device="gpu", gradient_merge_steps=4))
+    program = bundle.main_program
+    merge = [v for v in program.list_vars() if v.name.endswith("@GRAD@GradientMerge")]
+    assert len(merge) == len(program.all_parameters())
+    assert {v.dtype for v in merge} == {paddle.float32}
+
+
+@pytest.mark.parametrize("fleet", [False, True])
+def test_pure_fp16_init_uses_the_amp_optimizer_not_the_outer_one(gpu_op_support, fleet_initialised, fleet):
+    from utils.amp_state import init_pure_fp16
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True,
+                                                 use_fleet=fleet))
+    assert hasattr(bundle.amp_optimizer, "amp_init")
+    # An outer wrapper without amp_init (as Paddle's GradientMergeOptimizer) must not matter.
+    bundle = dataclasses.replace(bundle, optimizer=object())
+    place, scope = paddle.CPUPlace(), paddle.static.Scope()
+    with paddle.static.scope_guard(scope):
+        paddle.static.Executor(place).run(bundle.startup_program)
+        assert init_pure_fp16(bundle, place, scope) > 10
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert np.array(scope.find_var(name).get_tensor()).dtype == np.float16

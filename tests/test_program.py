@@ -232,7 +232,7 @@ def test_amp_without_low_precision_kernels_is_an_error_not_fp32():
 
 def test_dist_strategy_matches_reference_settings():
     strategy = P.build_dist_strategy(train_cfg(amp="fp16", device="gpu", use_pure_fp16=True,
-                                               gradient_merge_steps=8, scale_loss=1024.0))
+                                               scale_loss=1024.0))
     amp = strategy.amp_configs
     assert strategy.amp and amp["use_pure_fp16"] and amp["use_dynamic_loss_scaling"]
     assert set(amp["custom_white_list"]) == {"softmax", "layer_norm", "gelu"}
@@ -240,8 +240,10 @@ def test_dist_strategy_matches_reference_settings():
                                              "softmax_with_cross_entropy", "reduce_mean", "mean"}
     assert (amp["init_loss_scaling"], amp["incr_every_n_steps"], amp["decr_every_n_nan_or_inf"],
             amp["incr_ratio"], amp["decr_ratio"]) == (1024.0, 2000, 1, 2.0, 0.5)
-    assert strategy.gradient_merge and strategy.gradient_merge_configs == {"k_steps": 8, "avg": True}
-    assert strategy.fuse_all_reduce_ops
+    assert not strategy.gradient_merge and strategy.fuse_all_reduce_ops
+    merged = P.build_dist_strategy(train_cfg(amp="fp16", device="gpu", gradient_merge_steps=8))
+    assert merged.gradient_merge and merged.gradient_merge_configs == {"k_steps": 8, "avg": True}
+    assert not merged.amp_configs["use_pure_fp16"]
     plain = P.build_dist_strategy(train_cfg(amp="bf16", device="gpu"))
     assert not plain.amp and not plain.gradient_merge
     dfl = P.build_dist_strategy(train_cfg(gradient_merge_steps=8), optimizer_name="DistributedFusedLamb")
@@ -249,10 +251,10 @@ def test_dist_strategy_matches_reference_settings():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(amp="fp16"), "needs device='gpu'"),
-    (dict(use_pure_fp16=True), "use_pure_fp16 needs amp='fp16'"),
-    (dict(amp="bf16", device="gpu", use_dynamic_loss_scaling=True), "bf16 needs no loss scaling"),
-    (dict(gradient_merge_steps=0), "gradient_merge_steps must be an integer >= 1"),
+    (dict(amp="fp16"), "--amp \\(float16\\) training needs --device gpu"),
+    (dict(use_pure_fp16=True), "--use-pure-fp16 needs --amp with --amp-dtype float16"),
+    (dict(amp="bf16", device="gpu", use_dynamic_loss_scaling=True), "bfloat16 needs no loss scaling: drop --use-dynamic-loss-scaling"),
+    (dict(gradient_merge_steps=0), "--gradient-merge-steps must be an integer >= 1"),
     (dict(attention_impl="xformers"), "attention_impl must be None or one of"),
     (dict(warmup_steps=20), r"warmup_steps \(20\) must not exceed total_steps \(8\)"),
     (dict(optimizer="Adagrad"), "optimizer 'Adagrad' is not one of"),

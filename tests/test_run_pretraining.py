@@ -120,7 +120,7 @@ def test_bad_flag_message_names_the_flag_via_cli(shards, tmp_path):
 def test_amp_on_cpu_is_refused_clearly(shards, tmp_path):
     proc = _run(_pretrain_args(shards, tmp_path / "out", "--amp"), check=False)
     assert proc.returncode == 2
-    assert "needs device='gpu'" in proc.stderr
+    assert "training needs --device gpu" in proc.stderr
 
 
 def test_missing_input_dir(tmp_path, shards):

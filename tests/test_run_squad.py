@@ -208,8 +208,10 @@ ERROR_CASES = [
     (["--mode", "train", "--train-file", "TRAIN", "--warmup-proportion", "1.5"], "--warmup-proportion"),
     (["--mode", "train", "--train-file", "TRAIN", "--train-batch-size", "0"], "--train-batch-size must be > 0"),
     (["--mode", "train", "--train-file", "TRAIN", "--max-seq-length", "128"], "max_position_embeddings"),
-    (["--mode", "train", "--train-file", "TRAIN", "--max-query-length", "40"], "max_query_length"),
-    (["--mode", "train", "--train-file", "TRAIN", "--amp"], "needs device='gpu'"),
+    (["--mode", "train", "--train-file", "TRAIN", "--max-query-length", "40"],
+     r"^--max-seq-length \(32\) must be greater than --max-query-length \+ 3 \(43\).*; raise --max-seq-length or "
+     r"lower --max-query-length$"),
+    (["--mode", "train", "--train-file", "TRAIN", "--amp"], "training needs --device gpu"),
     # optimizer values are named by their flags, not by the training config's field names
     (["--mode", "train", "--train-file", "TRAIN", "--beta1", "1.5"], r"^--beta1 must be in \[0, 1\), got 1.5$"),
     (["--mode", "train", "--train-file", "TRAIN", "--weight-decay", "-1"], r"^--weight-decay must be >= 0"),

@@ -22,7 +22,7 @@ def init_pure_fp16(bundle, place, scope=None):
     resumed checkpoint: that already holds fp16 parameters and their master weights.
 
     Args:
-      bundle: program.ProgramBundle built with use_pure_fp16=True.
+      bundle: program.ProgramBundle built with use_pure_fp16=True (its `amp_optimizer` runs `amp_init`).
       place: the executor's place.
       scope: the scope holding the parameters (default: the global scope).
 
@@ -35,7 +35,8 @@ def init_pure_fp16(bundle, place, scope=None):
         var = scope.find_var(param.name)
         if var is not None and var.get_tensor()._is_initialized():
             values[param.name] = np.array(var.get_tensor())
-    bundle.optimizer.amp_init(place, scope=scope)
+    # The AMP decorator (or fleet), not `bundle.optimizer`: an outer gradient-merge wrapper has no amp_init.
+    bundle.amp_optimizer.amp_init(place, scope=scope)
     count = 0
     for name, value in values.items():
         master = scope.find_var(name + MASTER_SUFFIX)
