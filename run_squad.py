@@ -222,6 +222,20 @@ def _check_vocab_case(args):
                          f"{'set' if args.do_lower_case else 'not set'}: {fix}") from None
 
 
+# program.TrainConfig / optimizer / data.squad.FeatureParams field names -> the flags that set them, for
+# their error messages.
+_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "learning_rate", "weight_decay", "beta1", "beta2", "epsilon", "gradient_merge_steps", "scale_loss",
+    "use_dynamic_loss_scaling", "use_pure_fp16", "warmup_start_lr", "max_seq_length", "doc_stride",
+    "max_query_length")}
+_FIELD_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
+
+
+def _in_flag_terms(message):
+    """`message` with the training-config field names it mentions replaced by their flags."""
+    return re.sub(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b", lambda m: _FIELD_FLAGS[m.group(1)], message)
+
+
 def _check_numbers(args):
     from data.squad import FeatureParams
 
@@ -240,7 +254,36 @@ def _check_numbers(args):
     try:
         return FeatureParams(args.max_seq_length, args.doc_stride, args.max_query_length)
     except ValueError as err:
-        raise ValueError(f"--max-seq-length / --max-query-length: {err}") from None
+        raise ValueError(_in_flag_terms(str(err))) from None
+
+
+def _check_writable(flag, value, directory):
+    """Refuse an output `directory` that could not be created or written, before any work.
+
+    Looks at the nearest existing ancestor of `directory` (creating nothing, so a refused run leaves no
+    trace). `value` is what the user gave for `flag`, quoted in the message.
+
+    Raises:
+      ValueError: naming the flag, its value and what blocks it (a file in the way, or no write
+        permission / a read-only file system).
+    """
+    probe = os.path.abspath(directory)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag} '{value}' cannot be written: '{probe}' is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} '{value}' cannot be written: no write permission in '{probe}' (or a "
+                         f"read-only file system); give a {flag} you can write to")
+
+
+def _check_outputs(args):
+    """--output-dir, the --report-file's directory and --features-cache-dir must be writable."""
+    _check_writable("--output-dir", args.output_dir, os.path.join(args.output_dir, args.bert_model, "squad"))
+    if args.report_file:
+        _check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
+    if args.features_cache_dir:
+        _check_writable("--features-cache-dir", args.features_cache_dir, args.features_cache_dir)
 
 
 def _context(args):
@@ -266,18 +309,6 @@ def _context(args):
     if not text.strip():
         raise ValueError(f"{where} is empty: there is no text to find the answer in")
     return text
-
-
-# program.TrainConfig / optimizer field names -> the flags that set them, for their error messages.
-_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
-    "learning_rate", "weight_decay", "beta1", "beta2", "epsilon", "gradient_merge_steps", "scale_loss",
-    "use_dynamic_loss_scaling", "use_pure_fp16", "warmup_start_lr")}
-_FIELD_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
-
-
-def _in_flag_terms(message):
-    """`message` with the training-config field names it mentions replaced by their flags."""
-    return re.sub(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b", lambda m: _FIELD_FLAGS[m.group(1)], message)
 
 
 def _check_bf16_cpu():
@@ -309,6 +340,8 @@ def validate_args(args):
         check_v1_answerable(args.predict_file, name=f"--predict-file {args.predict_file}")
     params = _check_numbers(args)
     context = _context(args)
+    if do_train or do_predict:  # a single --question writes nothing
+        _check_outputs(args)
     init_path, require_qa_head = _init_path(args, do_train)
     _check_vocab_case(args)
     model_cfg = _model_config(args, init_path)

@@ -264,6 +264,29 @@ def test_empty_question_or_context_is_refused(data, tmp_path, question, context,
                                  "--context", context))
 
 
+@pytest.mark.parametrize("flag", ["--output-dir", "--report-file", "--features-cache-dir"])
+def test_unwritable_outputs_are_refused_before_training(data, tmp_path, flag):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = train_args(data, tmp_path / "out", "--mode", "train", "--max-steps", "1", flag, str(blocker / "sub"))
+    with pytest.raises(ValueError, match=f"^{flag} '{blocker / 'sub'}' cannot be written: '{blocker}' is a file, "
+                                         "not a directory$"):
+        run_squad.main(args)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_dir_is_refused_before_training(data, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match=f"^--output-dir '{locked}' cannot be written: no write permission"):
+            run_squad.main(train_args(data, locked, "--mode", "train", "--report-file", str(tmp_path / "r.json")))
+    finally:
+        locked.chmod(0o755)
+
+
 def test_bad_mode_is_a_usage_error(data, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_squad.main(base_args(data, tmp_path, "--mode", "predict"))
