@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, one_line, run_cli
+from utils.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORAGE, one_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,3 +114,71 @@ def test_as_a_process_bad_input_vs_bug():
     bug = run("bug")
     assert bug.returncode == 1
     assert "Traceback" in bug.stderr and bug.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+# A full disk, a quota or a read-only filesystem (issue 8 defect 10): one line, exit 3, never a traceback.
+@pytest.mark.parametrize("exc, names, reason", [
+    # Arrow's writers: errno set, no file name, the cause only in the text.
+    (OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device"),
+     "a write failed", "the filesystem is full"),
+    (OSError("IOError: Disk quota exceeded"), "a write failed", "the disk quota is exceeded"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/part.0.parquet"),
+     "writing '/mnt/ro/part.0.parquet' failed", "the filesystem is read-only"),
+])
+def test_storage_failures_are_one_line_and_exit_3(exc, names, reason):
+    code, err = _run(_raising(exc))
+    assert code == EXIT_STORAGE == 3
+    assert err.count("\n") == 1 and err.startswith(f"error: {names}: {reason}") and "re-run" in err
+
+
+def test_storage_failure_wrapped_in_another_error_is_still_one_line():
+    def main(argv):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/sink/part.3.parquet_1")
+        except OSError as err:
+            raise ValueError("block 3 failed") from err
+
+    code, err = _run(main)
+    assert code == 3 and "writing '/data/sink/part.3.parquet_1' failed: the filesystem is full" in err
+
+
+def test_atomic_output_names_the_output_when_the_writer_does_not(tmp_path):
+    from utils.fs import atomic_output_dir
+
+    def main(argv):
+        with atomic_output_dir(tmp_path / "sink") as tmp:
+            (Path(tmp) / "part.0.parquet").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    code, err = _run(main)
+    assert code == 3 and f"writing '{tmp_path / 'sink'}' failed: the filesystem is full" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left
+
+
+_FULL_DISK_SCRIPT = """
+import zlib, sys
+import pyarrow.parquet as pq
+from data import balance_dask_output as bal
+from utils.cli import run_cli
+
+def full(self, *args, **kwargs):  # what Arrow raises when the disk fills up under a ParquetWriter
+    raise OSError(28, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+pq.ParquetWriter.write_table = full
+sys.exit(run_cli(bal.main, sys.argv[1:]))
+"""
+
+
+def test_full_disk_in_a_data_command_as_a_process(tmp_path):
+    shards = Path(__file__).resolve().parents[2] / "shared" / "data" / "lddl-fixtures" / "bal_p9_unbin_dyn"
+    if not shards.exists():
+        pytest.skip(f"shared test data not present: {shards}")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, "--indir", str(shards), "--outdir", str(out),
+                           "--num-shards", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: writing '{out}' failed: the filesystem is full ([Errno 28] No space left on "
+                      f"device while writing the output directory: '{out}'); free space on that filesystem, "
+                      "then re-run"]
+    assert list(tmp_path.iterdir()) == []

@@ -10,16 +10,23 @@ The contract every data CLI follows:
   * `if __name__ == "__main__": sys.exit(run_cli(main))` is all a module adds to become a command.
 
 Exit statuses: 0 success; 2 bad input (ValueError, FileNotFoundError, FileExistsError, an OSError naming
-a file, or a type the caller maps to 2), printed as ONE line `error: <message>` on stderr; another code a
-caller maps a type to (e.g. a failed download -> 1); 130 on Ctrl-C. Anything else is a bug in this
+a file, or a type the caller maps to 2), printed as ONE line `error: <message>` on stderr; 3 the storage
+refused a write (full disk ENOSPC, quota EDQUOT, read-only filesystem EROFS; with or without a file name,
+also when Arrow reports it), one line naming what failed and why; another code a caller maps a type to
+(e.g. a failed download -> 1); 130 on Ctrl-C. Anything else is a bug in this
 program: it propagates with its traceback (Python then exits with status 1), because hiding a traceback
 behind a one-line message would make it undiagnosable.
 """
+import errno
 import sys
 
+from utils.fs import STORAGE_ERRORS, storage_errno
 from utils.logger import init_logging
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 3  # the filesystem refused a write: free space / quota, or choose a writable place, re-run
+_STORAGE_HINTS = {errno.ENOSPC: "free space on that filesystem", errno.EDQUOT: "free space within your quota",
+                  errno.EROFS: "choose a writable location"}
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
 
 # Errors that describe the user's input or files, not a defect of the program.
@@ -31,11 +38,32 @@ def _exit_code(err, exit_codes):
     for error_type, code in exit_codes.items():
         if isinstance(err, error_type):
             return code
+    if storage_errno(err) is not None:
+        return EXIT_STORAGE
     if isinstance(err, _INPUT_ERRORS):
         return EXIT_BAD_INPUT
     if isinstance(err, OSError) and err.filename is not None:  # e.g. permission denied on a named file
         return EXIT_BAD_INPUT
     return None
+
+
+def storage_message(err):
+    """The one line for a write the storage refused: what failed, why, and what to do.
+
+    Args:
+      err: an exception for which `utils.fs.storage_errno` is not None.
+
+    Returns:
+      str without the `error: ` prefix.
+    """
+    code = storage_errno(err)
+    where, link = None, err
+    while link is not None and where is None:  # the first file named along the chain of causes
+        where = getattr(link, "filename", None)
+        link = link.__cause__ or link.__context__
+    target = f"writing '{where}' failed" if where is not None else "a write failed"
+    detail = one_line(err)
+    return f"{target}: {STORAGE_ERRORS[code]} ({detail}); {_STORAGE_HINTS[code]}, then re-run"
 
 
 def one_line(err):
@@ -67,7 +95,8 @@ def run_cli(main, argv=None, *, rank=0, exit_codes=None, stderr=None):
       stderr: text stream for the error line (default sys.stderr, looked up at call time).
 
     Returns:
-      int exit status: 0, 2 (bad input), a status from `exit_codes`, 130 (KeyboardInterrupt), or the
+      int exit status: 0, 2 (bad input), 3 (storage full / over quota / read-only), a status from
+      `exit_codes`, 130 (KeyboardInterrupt), or the
       status of a SystemExit raised inside `main` (argparse's usage errors exit with 2).
 
     Raises:
@@ -88,7 +117,8 @@ def run_cli(main, argv=None, *, rank=0, exit_codes=None, stderr=None):
         code = _exit_code(err, exit_codes or {})
         if code is None:
             raise
-        stream.write(f"error: {one_line(err)}\n")
+        message = storage_message(err) if code == EXIT_STORAGE and storage_errno(err) else one_line(err)
+        stream.write(f"error: {message}\n")
         stream.flush()
         return code
     return 0

@@ -26,6 +26,75 @@ logger = logging.getLogger(__name__)
 _RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp appends
 
 
+# Write failures that are the storage's fault, not the program's or the input's. `utils.cli` reports them in
+# one line with their own exit status; the atomic helpers below add the output's path when the error from
+# the layer that hit them (Arrow's writers, a plain write) names none.
+STORAGE_ERRORS = {errno.ENOSPC: "the filesystem is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the filesystem is read-only"}
+_STORAGE_PHRASES = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT,
+                    "read-only file system": errno.EROFS}
+
+
+def storage_errno(err):
+    """ENOSPC / EDQUOT / EROFS when `err` (or an exception it was raised from) is such a write failure.
+
+    Arrow raises OSError whose errno is sometimes unset and whose message carries the cause
+    ("... Detail: [errno 28] No space left on device"), so the message is read as well.
+
+    Args:
+      err: BaseException.
+
+    Returns:
+      int errno from STORAGE_ERRORS, or None.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            if err.errno in STORAGE_ERRORS:
+                return err.errno
+            text = str(err).lower()
+            for phrase, code in _STORAGE_PHRASES.items():
+                if phrase in text:
+                    return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _naming(err, path, what):
+    """`err` itself, or, for a storage failure that names no file, an OSError naming `path` raised from it."""
+    code = storage_errno(err)
+    if code is None or (isinstance(err, OSError) and err.filename is not None):
+        return err
+    named = OSError(code, f"{os.strerror(code)} while writing {what}", path)
+    named.__cause__ = err
+    return named
+
+
+def check_writable_dir(directory, flag):
+    """Make `directory` if needed and prove that a file can be created in it, before any long work.
+
+    Why: `os.access` says yes to root on a read-only mount and knows nothing of quotas; creating (and
+    removing) a probe file is the only honest test.
+
+    Args:
+      directory: str, where an output will be written.
+      flag: str, the command-line flag that chose it (for the message).
+
+    Raises:
+      PermissionError / OSError (naming `directory`): it cannot be created or written.
+    """
+    directory = os.path.abspath(directory or ".")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise type(err)(err.errno, f"{flag}: cannot write into this directory ({err.strerror or err})",
+                        directory) from None
+
+
 def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -49,10 +118,13 @@ def atomic_write_bytes(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        named = _naming(err, path, "the file")
+        if named is err:
+            raise
+        raise named from err
 
 
 def atomic_write_text(path, text):
@@ -181,6 +253,10 @@ def atomic_output_dir(path, overwrite=False):
 
     Raises:
       FileExistsError: `path` exists and overwrite is False.
+      OSError naming the parent directory: the temporary directory cannot be created there (not
+        writable, read-only, full), found before the caller's work starts.
+      OSError naming `path`: the block failed on a full / over-quota / read-only filesystem with an
+        error that named no file (see `storage_errno`).
 
     On an exception the temporary directory is removed and `path` is left exactly as it was. What a
     killed earlier run left next to `path` is cleaned up first (see `clean_stale_temp_dirs`).
@@ -190,13 +266,20 @@ def atomic_output_dir(path, overwrite=False):
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"output directory '{path}' already exists; remove it or pass --overwrite")
     parent, base = _sibling_tmp(path, f".tmp-{_owner_tag()}-")
-    tmp = tempfile.mkdtemp(prefix=base, dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=base, dir=parent)
+    except OSError as err:  # found now, before the caller's work, not when its results are written
+        raise type(err)(err.errno, f"cannot create output directory '{path}': {err.strerror or err} in "
+                                   "its parent directory", parent) from None
     os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs should look like mkdir's
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        named = _naming(err, path, "the output directory")
+        if named is err:
+            raise
+        raise named from err
     old = None
     if os.path.exists(path):
         old = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.old-{_owner_tag()}-", dir=parent)
