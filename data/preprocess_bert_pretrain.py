@@ -444,7 +444,7 @@ def _dask_client(schedule, scheduler, num_workers, threads_per_worker):
     # Importing distributed applies its own logging config (INFO); keep it as quiet as init_logging asks.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler:
-        with Client(scheduler) as client:
+        with _connect(Client, scheduler) as client:
             yield client
     elif schedule == "mpi":
         try:
@@ -460,6 +460,20 @@ def _dask_client(schedule, scheduler, num_workers, threads_per_worker):
                           dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as cluster, \
                 Client(cluster) as client:
             yield client
+
+
+def _connect(client_class, scheduler):
+    """A client of the running scheduler at `scheduler`, or ValueError naming the address.
+
+    The wait is dask's `distributed.comm.timeouts.connect` (30 s unless configured, e.g. by the environment
+    variable DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s).
+    """
+    try:
+        return client_class(scheduler)
+    except (OSError, ValueError, TypeError) as err:  # refused / timed out / not an address
+        raise ValueError(f"--scheduler {scheduler}: no Dask scheduler reachable there ({err}); start one "
+                         "(`dask scheduler`) and check the address, or drop --scheduler to run a local "
+                         "cluster") from None
 
 
 def _run_blocks(client, blocks, settings, out_dir):

@@ -266,3 +266,25 @@ def test_mpi_schedule_without_dask_mpi(tmp_path, vocab, source, capsys):
                       "--schedule", "mpi"], capsys)
     assert "dask-mpi" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_scheduler_is_one_line_naming_it(tmp_path, vocab, source):
+    # Issue 8 defect 10: an unreachable --scheduler ended in a traceback.
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "data.preprocess_bert_pretrain", "--source", source, "--sink",
+                           str(tmp_path / "out"), "--vocab-file", vocab, "--scheduler", address],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--scheduler {address}: no Dask scheduler reachable" in errors[0]
+    assert os.listdir(tmp_path) == []
