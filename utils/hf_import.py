@@ -146,8 +146,9 @@ def _to_our_layout(name, value, want_shape, vocab_size):
     value, note = np.asarray(value), []
     if name in _PADDED_ROWS:
         if vocab_size is not None and value.shape[0] != vocab_size:
-            raise ValueError(f"HF tensor for {name} has {value.shape[0]} rows but the vocab file has "
-                             f"{vocab_size} tokens: the checkpoint was trained with another vocabulary")
+            raise ValueError(f"tensor {name} has {value.shape[0]} rows but --vocab-file has {vocab_size} "
+                             f"tokens: the checkpoint was trained with another vocabulary (use the "
+                             f"checkpoint's vocab.txt)")
         extra = want_shape[0] - value.shape[0]
         if extra > 0 and value.shape[1:] == tuple(want_shape[1:]):
             value = np.pad(value, [(0, extra)] + [(0, 0)] * (value.ndim - 1))
@@ -155,8 +156,10 @@ def _to_our_layout(name, value, want_shape, vocab_size):
     elif value.ndim == 2 and name.endswith(".weight") and not _EMBEDDING.search(name):
         value, note = np.ascontiguousarray(value.T), ["transposed"]
     if value.shape != tuple(want_shape):
-        raise ValueError(f"HF tensor for {name} has shape {list(value.shape)} in our layout, the program "
-                         f"expects {list(want_shape)} (config mismatch?)")
+        raise ValueError(f"tensor {name} has shape {list(value.shape)} (in our layout) but the model "
+                         f"configuration expects {list(want_shape)}: the checkpoint is another BERT size than "
+                         f"--config-file / --bert-model describe (leave out --config-file to use the "
+                         f"checkpoint's config.json)")
     return value.astype(np.float32), note
 
 
@@ -194,13 +197,15 @@ def convert_hf_state(hf_state, param_shapes, allow_missing_prefixes=(), vocab_si
         else:
             unexpected.append(hf_name)
     if unexpected:
-        raise ValueError(f"HF checkpoint has tensors that are not parameters of this BERT program: "
-                         f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        raise ValueError(f"it has tensors that are not parameters of this BERT model: "
+                         f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} (not a BERT checkpoint, "
+                         f"or a variant this project does not implement)")
     missing = [n for n in param_shapes if n not in arrays and not n.startswith(tuple(allow_missing_prefixes))]
     if missing:
-        raise ValueError(f"HF checkpoint lacks parameter(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        raise ValueError(f"it lacks parameter(s) {missing[:10]}{' ...' if len(missing) > 10 else ''} that the "
+                         f"model configured by --config-file / --bert-model has")
     if not arrays:
-        raise ValueError("no parameter of the program was found in the HF checkpoint")
+        raise ValueError("it holds none of this BERT model's parameters")
     for name in param_shapes:
         sources.setdefault(name, NEWLY_INITIALIZED)
     return arrays, sources, ignored
@@ -226,8 +231,11 @@ def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_s
     """
     weights, _ = hf_checkpoint_files(path)
     params = {p.name: tuple(p.shape) for p in program.all_parameters()}
-    arrays, sources, ignored = convert_hf_state(read_safetensors(weights), params, allow_missing_prefixes,
-                                               vocab_size)
+    state = read_safetensors(weights)  # its errors name the file already
+    try:
+        arrays, sources, ignored = convert_hf_state(state, params, allow_missing_prefixes, vocab_size)
+    except ValueError as err:  # the messages above say what; this says which file
+        raise ValueError(f"Hugging Face checkpoint '{weights}': {err}") from None
     assign_to_scope(exe, arrays, weights)
     log_parameter_sources(program, sources, weights)
     if ignored:
