@@ -1,4 +1,4 @@
-"""Optimizers for BERT: LAMB (pre-training), AdamW (fine-tuning), DistributedFusedLamb (GPU).
+"""Optimizers for BERT: LAMB (pre-training) and AdamW (fine-tuning).
 
 Owns: `build_optimizer`, the weight-decay exclusion rule (`exclude_from_weight_decay`) and gradient
 clipping by global norm. Does not own: the LR schedule (`lr_scheduler.py`), AMP / gradient merge /
@@ -7,6 +7,8 @@ fleet wrapping (`program.py`).
 Weight decay is not applied to biases and LayerNorm parameters (Google's `exclude_from_weight_decay`
 = ["LayerNorm", "layer_norm", "bias"]). The rule is decided on our stable Hugging Face style names
 (`modeling.py`), not on Paddle's auto-generated `b_0` / `norm` fragments the NVIDIA reference matched.
+
+DistributedFusedLamb (the reference's option) is removed, not silently replaced: see `REMOVED_OPTIMIZERS`.
 """
 import logging
 
@@ -14,7 +16,16 @@ import paddle
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("Lamb", "AdamW", "DistributedFusedLamb")
+OPTIMIZERS = ("Lamb", "AdamW")
+# Optimizers this project refuses, with the reason the user sees.
+REMOVED_OPTIMIZERS = {
+    "DistributedFusedLamb": (
+        "DistributedFusedLamb is not supported: run inside fleet's meta-optimizers (as the reference did) it "
+        "re-initialises the communicator, all-reduces every gradient on top of its own reduce-scatter and "
+        "ignores the gradient scale strategy, and its optimizer state is sharded per rank while checkpoints "
+        "are written by rank 0 only, so a resume would give every rank rank 0's shards; use --optimizer Lamb "
+        "(the same LAMB update with fleet's all-reduce)"),
+}
 
 
 def exclude_from_weight_decay(name):
@@ -27,18 +38,14 @@ def exclude_from_weight_decay(name):
     return name.endswith(".bias") or ".LayerNorm." in name
 
 
-def distributed_fused_lamb_available():
-    """True when this Paddle build can run DistributedFusedLamb (a CUDA build with a visible GPU)."""
-    return bool(paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)
-
-
-def check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm,
-                  gradient_accumulation_steps):
+def check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm):
     """Validate `build_optimizer`'s arguments without building anything (configs call it early).
 
     Raises:
-      ValueError: naming the first bad argument and its value.
+      ValueError: naming the first bad argument and its value (a removed optimizer: why, and what to use).
     """
+    if name in REMOVED_OPTIMIZERS:
+        raise ValueError(REMOVED_OPTIMIZERS[name])
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
     if not weight_decay >= 0:
@@ -50,50 +57,28 @@ def check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm,
         raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
     if grad_clip_norm is not None and not grad_clip_norm > 0:
         raise ValueError(f"grad_clip_norm must be > 0 or None (no clipping), got {grad_clip_norm!r}")
-    if isinstance(gradient_accumulation_steps, bool) or not isinstance(
-            gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, "
-                         f"got {gradient_accumulation_steps!r}")
-
-
-def resolve_optimizer_name(name):
-    """The optimizer that will actually be built: DistributedFusedLamb falls back to Lamb off-GPU.
-
-    Raises:
-      ValueError: unknown name.
-    """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
-    if name == "DistributedFusedLamb" and not distributed_fused_lamb_available():
-        logger.info("DistributedFusedLamb needs a CUDA build and a GPU; using Lamb instead")
-        return "Lamb"
-    return name
 
 
 def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, grad_clip_norm=1.0,
-                    multi_precision=False, gradient_accumulation_steps=1):
+                    multi_precision=False):
     """Build the optimizer (not yet wrapped for AMP, gradient merge or fleet).
 
     Args:
-      name: "Lamb" | "AdamW" | "DistributedFusedLamb" (falls back to Lamb without a GPU, logged).
+      name: "Lamb" | "AdamW".
       lr_scheduler: paddle LRScheduler (or float).
       weight_decay: float >= 0, decoupled weight decay (LAMB's lamb_weight_decay, AdamW's coeff).
       beta1, beta2: float in [0, 1).
       epsilon: float > 0.
       grad_clip_norm: float > 0, clip by global norm (Google uses 1.0); None disables clipping.
       multi_precision: bool, keep fp32 master weights for fp16/bf16 parameters (pure fp16).
-      gradient_accumulation_steps: int >= 1; only DistributedFusedLamb accumulates by itself (with
-        the others, gradient merge is a program wrapper, see `program.py`).
 
     Returns:
       A paddle optimizer.
 
     Raises:
-      ValueError: unknown name or out-of-range hyper-parameter.
+      ValueError: unknown or removed name, or out-of-range hyper-parameter.
     """
-    check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm,
-                  gradient_accumulation_steps)
-    name = resolve_optimizer_name(name)
+    check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm)
     clip = paddle.nn.ClipGradByGlobalNorm(clip_norm=grad_clip_norm) if grad_clip_norm else None
     common = dict(learning_rate=lr_scheduler, beta1=beta1, beta2=beta2, epsilon=epsilon,
                   grad_clip=clip)
@@ -102,16 +87,9 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
             weight_decay=weight_decay, multi_precision=multi_precision,
             apply_decay_param_fun=lambda param_name: not exclude_from_weight_decay(param_name),
             **common)
-    elif name == "Lamb":
+    else:
         opt = paddle.optimizer.Lamb(
             lamb_weight_decay=weight_decay, multi_precision=multi_precision,
-            exclude_from_weight_decay_fn=lambda param: exclude_from_weight_decay(param.name),
-            **common)
-    else:
-        opt = paddle.incubate.DistributedFusedLamb(
-            lamb_weight_decay=weight_decay, clip_after_allreduce=True,
-            is_grad_scaled_by_nranks=False, use_master_param_norm=True,
-            gradient_accumulation_steps=gradient_accumulation_steps, use_master_acc_grad=True,
             exclude_from_weight_decay_fn=lambda param: exclude_from_weight_decay(param.name),
             **common)
     logger.info("optimizer %s: weight_decay=%g beta1=%g beta2=%g epsilon=%g clip=%s "

@@ -98,7 +98,7 @@ class TrainConfig:
     """The training knobs the builders need (run_* fill it from their parsed config).
 
     Fields:
-      optimizer: "Lamb" | "AdamW" | "DistributedFusedLamb" (falls back to Lamb without a GPU).
+      optimizer: "Lamb" | "AdamW" (see optimizer.REMOVED_OPTIMIZERS for DistributedFusedLamb).
       learning_rate, warmup_start_lr, warmup_steps, total_steps, lr_power, end_lr: LR schedule,
         see `lr_scheduler.lr_at`; total_steps counts optimizer updates, not micro-batches.
       weight_decay, beta1, beta2, epsilon, grad_clip_norm: optimizer hyper-parameters.
@@ -187,7 +187,7 @@ class TrainConfig:
         # halfway through a build.
         self.lr_kwargs()
         optimizer_lib.check_hparams(self.optimizer, self.weight_decay, self.beta1, self.beta2,
-                                    self.epsilon, self.grad_clip_norm, self.gradient_merge_steps)
+                                    self.epsilon, self.grad_clip_norm)
 
     def lr_kwargs(self):
         """Keyword arguments of `lr_scheduler.lr_at` / `build_lr_scheduler` (validated)."""
@@ -247,28 +247,25 @@ class ProgramBundle:
     amp_optimizer: Optional[object] = None
 
 
-def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None, fp32_var_names=()):
+def build_dist_strategy(train_cfg, attention_impl="plain", fp32_var_names=()):
     """fleet.DistributedStrategy for collective training, after the NVIDIA reference.
 
     Args:
       train_cfg: TrainConfig.
       attention_impl: the built attention implementation ("cudnn_fused" turns on NGC's pass).
-      optimizer_name: the optimizer actually built (default: resolved from train_cfg.optimizer).
       fp32_var_names: variables AMP must keep fp32 (the losses, see `_loss_var_names`).
 
     Returns:
       fleet.DistributedStrategy with: fp16 AMP (white list softmax/layer_norm/gelu, embeddings kept
       fp32 under pure fp16, the loss ops and `fp32_var_names` fp32, loss scale x2 every 2000 good steps
       and x0.5 on every overflow);
-      gradient merge (k steps, averaged) unless DistributedFusedLamb accumulates itself; fused
-      all-reduce; build-strategy fusions the installed Paddle has.
+      gradient merge (k steps, averaged); fused all-reduce; build-strategy fusions the installed
+      Paddle has, without the in-place pass.
     """
     from paddle.distributed import fleet
 
-    name = optimizer_name or optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
-    dfl = name == "DistributedFusedLamb"
     strategy = fleet.DistributedStrategy()
-    build = _build_strategy(train_cfg, attention_impl, dfl)
+    build = _build_strategy(train_cfg, attention_impl)
     # Fleet's RawProgramOptimizer rewrites the program with these passes itself, and its in-place
     # pass protects only the feeds: `loss` then reuses `mlm_loss`'s buffer and the logged mlm_loss
     # equals the total loss. The executor re-applies in-place reuse to the rewritten (plain) program
@@ -279,11 +276,8 @@ def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None, 
     exec_strategy.num_threads = 1
     exec_strategy.num_iteration_per_drop_scope = 10000
     strategy.execution_strategy = exec_strategy
-    strategy.fuse_all_reduce_ops = not dfl
+    strategy.fuse_all_reduce_ops = True
     strategy.fuse_grad_size_in_MB = 0
-    if dfl:
-        # DistributedFusedLamb sums gradients itself and clips after the all-reduce.
-        strategy.gradient_scale_configs = {"scale_strategy": "sum"}
     if train_cfg.amp == "fp16":
         init_scale, dynamic = train_cfg.loss_scaling
         white, black = _amp_op_lists(train_cfg, attention_impl)
@@ -299,13 +293,13 @@ def build_dist_strategy(train_cfg, attention_impl="plain", optimizer_name=None, 
             # fp16_guard(); our model has none, so the whole model is converted instead.
             "use_fp16_guard": False,
         }
-    if train_cfg.gradient_merge_steps > 1 and not dfl:
+    if train_cfg.gradient_merge_steps > 1:
         strategy.gradient_merge = True
         strategy.gradient_merge_configs = {"k_steps": train_cfg.gradient_merge_steps, "avg": True}
     return strategy
 
 
-def _build_strategy(train_cfg, attention_impl, dfl):
+def _build_strategy(train_cfg, attention_impl):
     build = paddle.static.BuildStrategy()
     if hasattr(build, "enable_addto"):
         build.enable_addto = True
@@ -315,9 +309,8 @@ def _build_strategy(train_cfg, attention_impl, dfl):
         build.fuse_gemm_epilogue = True
     if attention_impl == "cudnn_fused":
         build.fuse_dot_product_attention = True  # only NGC builds have it (select_attention_impl)
-    build.fuse_all_reduce_ops = not dfl
-    build.reduce_strategy = (paddle.static.BuildStrategy.ReduceStrategy._NoReduce if dfl
-                             else paddle.static.BuildStrategy.ReduceStrategy.AllReduce)
+    build.fuse_all_reduce_ops = True
+    build.reduce_strategy = paddle.static.BuildStrategy.ReduceStrategy.AllReduce
     return build
 
 
@@ -353,7 +346,7 @@ def _loss_var_names(program, loss_vars):
     return names
 
 
-def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name, fp32_var_names):
+def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
     """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
     amp_opt = None
     if train_cfg.allreduce_world_size > 1:
@@ -371,10 +364,10 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, optimizer_name, fp32_var_nam
     if train_cfg.use_fleet:
         from paddle.distributed import fleet
         opt = fleet.distributed_optimizer(
-            opt, strategy=build_dist_strategy(train_cfg, attention_impl, optimizer_name, fp32_var_names))
+            opt, strategy=build_dist_strategy(train_cfg, attention_impl, fp32_var_names))
         if train_cfg.amp == "fp16":
             amp_opt = opt
-    elif train_cfg.gradient_merge_steps > 1 and optimizer_name != "DistributedFusedLamb":
+    elif train_cfg.gradient_merge_steps > 1:
         opt = paddle.incubate.optimizer.GradientMergeOptimizer(
             opt, k_steps=train_cfg.gradient_merge_steps, avg=True)
     return opt, amp_opt
@@ -387,16 +380,13 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=())
       (lr_scheduler, outermost optimizer, AMP optimizer or None, extra fetches {"lr",
       ["loss_scaling"]}, BuildStrategy).
     """
-    name = optimizer_lib.resolve_optimizer_name(train_cfg.optimizer)
     lr = build_lr_scheduler(**train_cfg.lr_kwargs())
     opt = optimizer_lib.build_optimizer(
-        name, lr, weight_decay=train_cfg.weight_decay, beta1=train_cfg.beta1,
+        train_cfg.optimizer, lr, weight_decay=train_cfg.weight_decay, beta1=train_cfg.beta1,
         beta2=train_cfg.beta2, epsilon=train_cfg.epsilon, grad_clip_norm=train_cfg.grad_clip_norm,
-        multi_precision=train_cfg.use_pure_fp16,
-        gradient_accumulation_steps=(train_cfg.gradient_merge_steps
-                                     if name == "DistributedFusedLamb" else 1))
+        multi_precision=train_cfg.use_pure_fp16)
     fp32_names = _loss_var_names(main, [loss, *fetched_losses]) if train_cfg.amp != "off" else set()
-    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, name, fp32_names)
+    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, fp32_names)
     outer.minimize(loss, startup_program=startup)
     extra = {"lr": _learning_rate_var(main)}
     world = _data_parallel_world(train_cfg)
@@ -405,8 +395,7 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=())
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
-    return lr, outer, amp_opt, extra, _build_strategy(train_cfg, attention_impl,
-                                             name == "DistributedFusedLamb")
+    return lr, outer, amp_opt, extra, _build_strategy(train_cfg, attention_impl)
 
 
 def _data_parallel_world(train_cfg):

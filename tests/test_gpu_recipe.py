@@ -144,3 +144,18 @@ def test_pure_fp16_init_uses_the_amp_optimizer_not_the_outer_one(gpu_op_support,
         assert init_pure_fp16(bundle, place, scope) > 10
     name = "bert.encoder.layer.0.attention.self.query.weight"
     assert np.array(scope.find_var(name).get_tensor()).dtype == np.float16
+
+
+# ---------------------------------------------------------------- item 8: DistributedFusedLamb removed
+@pytest.mark.parametrize("script", ["run_pretraining.py", "run_squad.py"])
+def test_distributed_fused_lamb_is_refused_on_the_command_line(script, tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    proc = subprocess.run([sys.executable, str(REPO / script), "--optimizer", "DistributedFusedLamb"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "argument --optimizer: DistributedFusedLamb is not supported" in errors[0]
+    assert "use --optimizer Lamb" in errors[0]
+    assert not list(tmp_path.iterdir())

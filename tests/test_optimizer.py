@@ -1,6 +1,5 @@
 """Tests for optimizer.py: the weight-decay rule on the real parameter names, and Paddle's LAMB /
 AdamW steps against numpy implementations written here from the papers."""
-import logging
 
 import numpy as np
 import paddle
@@ -128,13 +127,10 @@ def test_weight_decay_only_on_decayed_params(name):
     np.testing.assert_array_equal(after["toy.dense.bias"], before["toy.dense.bias"])
 
 
-def test_distributed_fused_lamb_falls_back_to_lamb_without_gpu(caplog):
-    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        pytest.skip("a GPU is present: DistributedFusedLamb is really built")
-    with caplog.at_level(logging.INFO, logger="optimizer"):
-        opt = build_optimizer("DistributedFusedLamb", 0.01, **HPARAMS)
-    assert type(opt) is paddle.optimizer.Lamb
-    assert "using Lamb instead" in caplog.text
+def test_distributed_fused_lamb_is_refused_with_the_reason_and_lamb():
+    # Removed on purpose (issue 15 item 8), not silently replaced by Lamb as before.
+    with pytest.raises(ValueError, match=r"DistributedFusedLamb is not supported: .*rank 0.*--optimizer Lamb"):
+        build_optimizer("DistributedFusedLamb", 0.01, **HPARAMS)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -246,8 +246,6 @@ def test_dist_strategy_matches_reference_settings():
     assert not merged.amp_configs["use_pure_fp16"]
     plain = P.build_dist_strategy(train_cfg(amp="bf16", device="gpu"))
     assert not plain.amp and not plain.gradient_merge
-    dfl = P.build_dist_strategy(train_cfg(gradient_merge_steps=8), optimizer_name="DistributedFusedLamb")
-    assert not dfl.gradient_merge and not dfl.fuse_all_reduce_ops  # DFL accumulates itself
 
 
 @pytest.mark.parametrize("kwargs, message", [

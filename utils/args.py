@@ -12,6 +12,7 @@ import argparse
 import os
 
 from modeling import BertConfig
+from optimizer import OPTIMIZERS, REMOVED_OPTIMIZERS
 from tokenizer import load_vocab
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +27,13 @@ def str2bool(value):
     if text in ("0", "false", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _optimizer_name(value):
+    """argparse type of --optimizer: a removed optimizer is refused with its reason (not 'invalid choice')."""
+    if value in REMOVED_OPTIMIZERS:
+        raise argparse.ArgumentTypeError(REMOVED_OPTIMIZERS[value])
+    return value
 
 
 def bert_model_choices():
@@ -73,7 +81,7 @@ def add_optimizer_args(parser, optimizer="Lamb", learning_rate=1e-4, warmup_prop
                        weight_decay=0.01):
     """--optimizer, --gradient-merge-steps, --learning-rate, --warmup-*, --beta1/2, --epsilon, --weight-decay."""
     group = parser.add_argument_group("Training")
-    group.add_argument("--optimizer", default=optimizer, choices=("Lamb", "AdamW", "DistributedFusedLamb"),
+    group.add_argument("--optimizer", default=optimizer, type=_optimizer_name, choices=OPTIMIZERS,
                        help="optimizer (default: %(default)s)")
     group.add_argument("--gradient-merge-steps", type=int, default=1,
                        help="micro-batches accumulated per update (default: %(default)s)")
