@@ -210,12 +210,15 @@ def _model_config(args, init_path):
     return cfg
 
 
-def _check_vocab_case(args):
-    from tokenizer import check_vocab_case, load_vocab
+def _check_vocab(args):
+    """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case."""
+    from tokenizer import check_vocab_case, load_vocab, special_token_ids
 
+    vocab = load_vocab(args.vocab_file)  # its errors (empty, not UTF-8, ...) name the file
+    special_token_ids(vocab, args.vocab_file)
     try:
-        check_vocab_case(load_vocab(args.vocab_file), args.do_lower_case, args.vocab_file)
-    except ValueError:
+        check_vocab_case(vocab, args.do_lower_case, args.vocab_file)
+    except ValueError:  # reworded: check_vocab_case speaks in keyword arguments, a user in flags
         state, fix = ("uncased", "add --do-lower-case") if not args.do_lower_case else ("cased", "drop "
                                                                                      "--do-lower-case")
         raise ValueError(f"--vocab-file '{args.vocab_file}' is {state} but --do-lower-case is "
@@ -343,7 +346,7 @@ def validate_args(args):
     if do_train or do_predict:  # a single --question writes nothing
         _check_outputs(args)
     init_path, require_qa_head = _init_path(args, do_train)
-    _check_vocab_case(args)
+    _check_vocab(args)
     model_cfg = _model_config(args, init_path)
     if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "

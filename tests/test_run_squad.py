@@ -287,6 +287,21 @@ def test_read_only_output_dir_is_refused_before_training(data, tmp_path):
         locked.chmod(0o755)
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, r"^--vocab-file '\S+vocab.txt' does not exist or is not a file$"),
+    ("", r"^vocab file '\S+vocab.txt' is empty$"),  # was reported as "cased but --do-lower-case is set"
+    ("hello\nworld\n", r"^vocab file '\S+vocab.txt' lacks special token\(s\) \[PAD\] \[UNK\] \[CLS\]"),
+])
+def test_vocab_errors_name_the_file_and_the_real_problem(data, tmp_path, content, message):
+    vocab = tmp_path / "vocab.txt"
+    if content is not None:
+        vocab.write_text(content)
+    args = train_args(data, tmp_path / "out", "--mode", "train", "--vocab-file", str(vocab))
+    with pytest.raises(ValueError, match=message):
+        run_squad.main(args)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_mode_is_a_usage_error(data, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_squad.main(base_args(data, tmp_path, "--mode", "predict"))
