@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib
+import itertools
 import logging
 import os
 import random
@@ -418,7 +419,8 @@ def process_block(block, settings, out_dir):
 
     Returns:
       dict: 'files' {basename: rows} (empty when the block yields no rows), 'documents' (kept, non-empty),
-      'text_chars' (characters of their sentences).
+      'text_chars' (characters of their sentences), 'tokens' and 'unk_tokens' (WordPiece tokens of those
+      documents, and how many of them are [UNK]).
     """
     tok, vocab_strings = _tokenizer(settings.vocab_file, settings.do_lower_case)
     docs_text = read_block_documents(block, settings.seed, settings.sample_ratio)
@@ -426,7 +428,8 @@ def process_block(block, settings, out_dir):
     table, order = block_rows(docs, block.block_id, settings, tok.special_ids, vocab_strings)
     files = _write_block(table, order, block.block_id, settings, out_dir) if len(order) else {}
     return {"files": files, "documents": docs.num_documents,
-            "text_chars": sum(len(s) for d in docs_text for s in d)}
+            "text_chars": sum(len(s) for d in docs_text for s in d), "tokens": int(len(docs.token_ids)),
+            "unk_tokens": int(np.count_nonzero(docs.token_ids == tok.special_ids["unk"]))}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -476,6 +479,35 @@ def _connect(client_class, scheduler):
                          "cluster") from None
 
 
+UNK_WARN_RATE = 0.05  # above this fraction of [UNK] tokens the vocab most likely does not fit the corpus
+_PROBE_DOCUMENTS = 200
+
+
+def _unk_hint(settings):
+    return (f"--vocab-file '{settings.vocab_file}' does not fit this corpus (wrong language or script, or a cased "
+            f"vocab with --do-lower-case / an uncased one with --no-lower-case?)")
+
+
+def _probe_unknown(tok, files, input_format, settings):
+    """Refuse now, before any block runs, when the corpus's first documents are nothing but [UNK]."""
+    texts = [text for _, text in itertools.islice(
+        corpus.iter_documents(files[:1], input_format, unique_ids=False),
+        _PROBE_DOCUMENTS)]
+    tokens = [t for toks in tok.tokenize_batch(texts) for t in toks] if texts else []
+    if tokens and all(t == "[UNK]" for t in tokens):
+        raise ValueError(f"all {len(tokens)} tokens of the first {len(texts)} documents of '{files[0]}' are "
+                         f"[UNK]: {_unk_hint(settings)}")
+
+
+def _check_unknown(tokens, unk, settings):
+    """Refuse a dataset that is all [UNK]; warn, with the rate, when more than UNK_WARN_RATE of it is."""
+    if tokens and unk == tokens:
+        raise ValueError(f"all {tokens} tokens of the corpus are [UNK]: {_unk_hint(settings)}")
+    if tokens and unk / tokens > UNK_WARN_RATE:
+        logger.warning("%.1f%% of the corpus's %d tokens are [UNK] (more than %.0f%%): %s", 100 * unk / tokens,
+                       tokens, 100 * UNK_WARN_RATE, _unk_hint(settings))
+
+
 def _run_blocks(client, blocks, settings, out_dir):
     # Submit the task by its importable name: under `python -m` this file is `__main__`, which workers
     # cannot import, so pickling `process_block` from here would fail or copy it by value.
@@ -507,10 +539,12 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
       overwrite: replace an existing sink.
 
     Returns:
-      dict summary: blocks, documents, instances, files, text_chars, seconds, sink.
+      dict summary: blocks, documents, instances, files, text_chars, seconds, sink, unk_rate (fraction of
+      the tokens that are [UNK]; above UNK_WARN_RATE a warning is logged).
 
     Raises:
-      ValueError: bad sources/vocab/flags, output exists, or the corpus yields zero instances.
+      ValueError: bad sources/vocab/flags, output exists, the corpus yields zero instances, or every token
+        is [UNK] (the vocab does not fit the corpus; the first documents are checked before any work).
     """
     started = time.perf_counter()
     if block_size_mb <= 0 or num_workers < 0 or threads_per_worker < 1:
@@ -519,23 +553,26 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
         raise ValueError(f"--sink '{sink}' already exists; remove it or pass --overwrite")
     files = corpus.list_corpus_files(sources)
     tok, _ = _tokenizer(settings.vocab_file, settings.do_lower_case)  # vocab errors surface here, early
+    _probe_unknown(tok, files, input_format, settings)
     blocks = plan_blocks(files, max(1, int(block_size_mb * _MB)), input_format)
     logger.info("%d input files -> %d blocks; vocab %s (%d tokens)", len(files), len(blocks),
                 settings.vocab_file, tok.vocab_size)
-    counts, documents, text_chars = {}, 0, 0
+    counts, documents, text_chars, tokens, unk = {}, 0, 0, 0, 0
     with _dask_client(schedule, scheduler, num_workers, threads_per_worker) as client, \
             atomic_output_dir(sink, overwrite=overwrite) as tmp:
         for stats in _run_blocks(client, blocks, settings, tmp):
             counts.update(stats["files"])
             documents += stats["documents"]
             text_chars += stats["text_chars"]
+            tokens, unk = tokens + stats["tokens"], unk + stats["unk_tokens"]
+        _check_unknown(tokens, unk, settings)  # inside the block: an all-[UNK] dataset is never written
         if sum(counts.values()) == 0:
             raise ValueError(f"the corpus {', '.join(map(str, sources))} produced zero instances "
                              f"({documents} documents after sampling)")
         fmt.write_num_samples(tmp, counts)
     summary = {"blocks": len(blocks), "documents": documents, "instances": sum(counts.values()),
                "files": len(counts), "text_chars": text_chars, "seconds": time.perf_counter() - started,
-               "sink": os.path.abspath(sink)}
+               "sink": os.path.abspath(sink), "unk_rate": unk / tokens if tokens else 0.0}
     logger.info("wrote %(instances)d instances from %(documents)d documents into %(files)d files in %(sink)s "
                 "(%(seconds).1f s)", summary)
     return summary

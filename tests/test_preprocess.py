@@ -288,3 +288,41 @@ def test_unreachable_scheduler_is_one_line_naming_it(tmp_path, vocab, source):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"--scheduler {address}: no Dask scheduler reachable" in errors[0]
     assert os.listdir(tmp_path) == []
+
+
+def _tiny_vocab(path, words):
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_vocab_that_maps_everything_to_unk_is_refused_before_any_work(tmp_path, source, capsys):
+    # Issue 8 defect 10: such a run succeeded silently, writing shards of [UNK].
+    vocab = _tiny_vocab(tmp_path / "foreign.txt", ["ж", "щ", "ю"])
+    err = _cli_error(["--source", source, "--sink", str(tmp_path / "out"), "--vocab-file", vocab,
+                      "--num-workers", "0"], capsys)
+    assert "are [UNK]" in err and "foreign.txt" in err and "does not fit this corpus" in err
+    assert sorted(os.listdir(tmp_path)) == ["foreign.txt"]
+
+
+def test_vocab_with_many_unknown_tokens_warns_with_the_rate(tmp_path, vocab, source, caplog):
+    # The real vocab without its word pieces and rarer words makes many tokens [UNK]; the summary's rate must
+    # equal the fraction counted independently (tokenising the documents whole), and a warning must say so.
+    from tokenizer import BertTokenizer, load_vocab
+
+    words = [w for w in load_vocab(vocab) if not w.startswith("[")]
+    kept = [w for w in words if not w.startswith("##")][:3000]  # common whole words: no word pieces
+    small = _tiny_vocab(tmp_path / "small.txt", kept)
+    with caplog.at_level("WARNING"):
+        summary = pre.run(_settings(small), [source], str(tmp_path / "out"), block_size_mb=0.03, num_workers=0)
+    tok = BertTokenizer(small)
+    tokens = [t for _, text in corpus.iter_documents([source]) for t in tok.tokenize_batch([text])[0]]
+    assert summary["unk_rate"] == pytest.approx(tokens.count("[UNK]") / len(tokens), rel=1e-3)
+    assert 0.05 < summary["unk_rate"] < 1.0
+    warnings = [r.getMessage() for r in caplog.records if "[UNK]" in r.getMessage()]
+    assert len(warnings) == 1 and f"{100 * summary['unk_rate']:.1f}% of the corpus" in warnings[0]
+    assert "small.txt" in warnings[0]
+    # With the full vocab the same corpus stays under the threshold and nothing is said.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        summary = pre.run(_settings(vocab), [source], str(tmp_path / "out2"), block_size_mb=0.03, num_workers=0)
+    assert summary["unk_rate"] < 0.05 and not [r for r in caplog.records if "[UNK]" in r.getMessage()]
