@@ -154,6 +154,27 @@ def balance_bin(files, num_shards, out_dir, bin_id=None, buffer_mb=256, max_open
     return counts
 
 
+def _check_layouts(shards):
+    """Every input must be an LDDL file of one layout, checked from the footers before anything is written.
+
+    Raises:
+      ValueError: naming the first file that lacks LDDL columns (and which), or two files of different
+        layouts.
+    """
+    first = None
+    for shard in shards:
+        try:
+            schema = pq.read_schema(shard.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"cannot read '{shard.path}': {exc}") from exc
+        masking = fmt.check_layout(shard.path, schema, binned=shard.bin_id is not None)
+        if first is None:
+            first = (shard.path, masking)
+        elif masking != first[1]:
+            raise ValueError(f"'{shard.path}' is {'static' if masking else 'dynamic'}ally masked but "
+                             f"'{first[0]}' is not; balance one dataset at a time")
+
+
 def _carry_over(indir, out_dir):
     """In-place mode: keep indir's non-data files (except the stale row-count cache)."""
     for name in sorted(os.listdir(indir)):
@@ -179,7 +200,8 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
       dict {shard basename: rows}, also written to `.num_samples.json`.
 
     Raises:
-      ValueError: bad arguments or inputs (see `lddl_format.list_shards`, `balance_bin`).
+      ValueError: bad arguments or inputs (see `lddl_format.list_shards`, `balance_bin`); Parquet files
+        without the LDDL columns are refused before anything is written.
     """
     if num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
@@ -187,6 +209,7 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
     if not in_place and os.path.exists(outdir) and not overwrite:
         raise ValueError(f"--outdir '{outdir}' already exists; remove it or pass --overwrite")
     shards = fmt.list_shards(indir)
+    _check_layouts(shards)
     bins = sorted({s.bin_id for s in shards}, key=lambda b: -1 if b is None else b)
     logger.info("balancing %d files (%d rows, %d bin(s)) from %s into %d shards per bin", len(shards),
                 sum(s.num_rows for s in shards), len(bins), indir, num_shards)

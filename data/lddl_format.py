@@ -88,6 +88,33 @@ def schema_flags(schema):
     raise ValueError(f"columns {names} are not an LDDL BERT layout")
 
 
+def check_layout(path, schema, binned):
+    """The masking of an LDDL file, or ValueError naming the file and what its columns lack.
+
+    Args:
+      path: str, the file (for the message).
+      schema: pyarrow.Schema read from it.
+      binned: bool, whether its name carries a bin suffix (then `bin_id` is required).
+
+    Returns:
+      bool, True for static masking.
+
+    Raises:
+      ValueError: a required column is missing (named), or the columns are no LDDL layout at all.
+    """
+    names = set(schema.names)
+    masking = any(n in names for n, *_ in _MASKED_FIELDS)
+    wanted = make_schema(masking, binned).names
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ValueError(f"'{path}' is not an LDDL shard: missing column(s) {missing} (it has "
+                         f"{sorted(names)}); only data written by data.preprocess_bert_pretrain or LDDL can be "
+                         "balanced")
+    if schema.names != wanted:
+        raise ValueError(f"'{path}': columns {schema.names} are not an LDDL BERT layout (expected {wanted})")
+    return masking
+
+
 def num_bins(target_seq_length, bin_size):
     """nbins = target_seq_length // bin_size (bin_size must divide target_seq_length; checked by callers)."""
     return target_seq_length // bin_size

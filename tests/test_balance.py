@@ -204,3 +204,26 @@ def test_in_place_rerun_removes_the_temp_dir_of_a_killed_run(tmp_path, caplog):
         bal.balance(str(directory), 2)
     assert sorted(os.listdir(tmp_path)) == ["data"]
     assert any(f"removed {stale}" in r.getMessage() for r in caplog.records)
+
+
+def test_parquet_without_lddl_columns_is_refused_before_writing(tmp_path, capsys):
+    # Issue 8 defect 10: any Parquet was accepted and rewritten as "shards".
+    indir = tmp_path / "in"
+    indir.mkdir()
+    pq.write_table(pa.table({"text": ["a b", "c d", "e f"], "label": [0, 1, 0]}), indir / "part.0.parquet")
+    pq.write_table(pa.table({"text": ["g h"], "label": [1]}), indir / "part.1.parquet")
+    argv = ["--indir", str(indir), "--num-shards", "2", "--outdir", str(tmp_path / "out")]
+    assert run_cli(bal.main, argv) == 2
+    err = capsys.readouterr().err
+    assert f"'{indir / 'part.0.parquet'}' is not an LDDL shard" in err
+    assert "missing column(s) ['A', 'B', 'is_random_next', 'num_tokens']" in err
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+    # A binned file must carry bin_id; in place, nothing of the inputs changes either.
+    indir2 = tmp_path / "in2"
+    _make_dataset(indir2, [(3,), (3,)], binned=False)
+    before = {n: (indir2 / n).read_bytes() for n in os.listdir(indir2)}
+    os.rename(indir2 / "part.1.parquet", indir2 / "part.1.parquet_0")
+    os.rename(indir2 / "part.0.parquet", indir2 / "part.0.parquet_0")
+    assert run_cli(bal.main, ["--indir", str(indir2), "--num-shards", "2"]) == 2
+    assert "missing column(s) ['bin_id']" in capsys.readouterr().err
+    assert sorted(os.listdir(indir2)) == sorted(n + "_0" for n in before)
