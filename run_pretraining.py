@@ -12,6 +12,11 @@ Multi-process: `python -m paddle.distributed.launch --gpus 0,1,... run_pretraini
 Differences from the reference, on purpose: a missing init path is an error (the reference silently trains
 from random weights); `--from-checkpoint` with `--from-pretrained-params` is an error (the reference ignores
 one); `--warmup-start-lr` is honoured; `--last-step-of-checkpoint auto` with no checkpoint yet starts fresh.
+
+Reliability: one run per phase directory (a lock naming the holder; a killed run's lock is taken over);
+a fresh run into a directory holding checkpoints is refused unless `--replace-checkpoints`; resuming
+from an older step moves the later checkpoints aside; `auto` verifies checksums and falls back past a
+damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused.
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
@@ -48,6 +53,10 @@ def build_parser():
                       help="None, auto (latest complete checkpoint; none yet = start fresh) or a step > 0")
     glob.add_argument("--from-phase1-final-params", default=None,
                       help="phase 2: phase 1's final step dir; used only when phase 2 has no checkpoint")
+    glob.add_argument("--replace-checkpoints", action="store_true",
+                      help="start over although the phase directory holds another run's checkpoints: they "
+                           "are moved aside to <phase dir>/superseded-<time>/ (without this flag such a "
+                           "run is refused, so two runs never mix)")
     glob.add_argument("--num-workers", type=int, default=2, help="data loader worker processes")
     glob.add_argument("--sequence-length-alignment", type=int, default=64,
                       help="pad each batch's length up to a multiple of this")
@@ -126,12 +135,20 @@ def run(argv=None):
         session.close()
 
 
+EXIT_DIVERGED = 4
+
+
 def main(argv=None):
-    """Entry point: returns the exit status (bad input: one `error:` line on stderr and 2)."""
+    """Entry point: returns the exit status.
+
+    0 done; 2 bad input (one `error:` line on stderr); 3 disk full or read-only; 4 training diverged
+    (non-finite loss or parameters; one `error:` line, no checkpoint of the bad state written).
+    """
     from utils.cli import run_cli
+    from utils.nonfinite import TrainingDiverged
     from utils.runtime import DistEnv
 
-    return run_cli(run, argv, rank=DistEnv.from_env().rank)
+    return run_cli(run, argv, rank=DistEnv.from_env().rank, exit_codes={TrainingDiverged: EXIT_DIVERGED})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_
                               fingerprint_config, load_pretrained, phase_dir)
 from utils.logger import progress as progress_bar
 from utils.report import build_metric_logger
+from utils.run_lock import RunLock
 from utils.runtime import init_runtime
 
 logger = logging.getLogger(__name__)
@@ -61,17 +62,25 @@ class PretrainSession:
                             else args.max_steps)
         self.global_batch = args.batch_size * args.gradient_merge_steps * self.world
         self.fingerprint = fingerprint_config(self.model_cfg.to_dict())
-        self.train_cfg = self._train_config()
-        self.bundle = program_lib.build_pretraining(self.model_cfg, self.train_cfg)
         self.manager = CheckpointManager(phase_dir(args.output_dir, args.bert_model, args.phase),
                                          keep_last=args.keep_checkpoints, rank=self.rank,
                                          model_prefix=args.model_prefix)
+        self.lock, self.metrics = None, None
+        self.source = self._resume_source()
+        # Data first (bad shards are refused before anything is written), then the output directory
+        # (a second run is refused before the slow build), then the program.
         self.loader = get_bert_pretrain_data_loader(
             args.input_dir, vocab_file=args.vocab_file, batch_size=args.batch_size, rank=self.rank,
             world_size=self.world, seed=args.seed, num_workers=args.num_workers,
             sequence_length_alignment=args.sequence_length_alignment,
             max_predictions_per_seq=args.max_predictions_per_seq, max_seq_length=args.max_seq_length)
-        self.metrics = None
+        try:
+            self._claim_output(self.source)
+            self.train_cfg = self._train_config()
+            self.bundle = program_lib.build_pretraining(self.model_cfg, self.train_cfg)
+        except BaseException:
+            self.close()
+            raise
 
     def _train_config(self):
         a = self.args
@@ -105,33 +114,92 @@ class PretrainSession:
             return None
         return CheckpointManager(path, **kwargs), ("auto" if step is None else step)
 
+    def _claim_output(self, source):
+        """Lock the phase directory and make sure this run will not mix with another run's checkpoints.
+
+        A run resuming from the output directory itself continues its checkpoints. Any other run (a fresh
+        start, or a resume from another directory) into a phase directory that already holds checkpoints
+        is refused, because `--last-step-of-checkpoint auto` would later resume whichever is newest;
+        `--replace-checkpoints` moves them aside instead (never deletes them).
+
+        Raises:
+          ValueError: the directory is locked by a live run, or holds another run's checkpoints.
+        """
+        if self.args.benchmark:
+            return  # writes no checkpoint
+        if self.rank == 0:
+            try:
+                self.lock = RunLock(self.manager.root_dir).acquire()
+            except OSError as err:
+                raise ValueError(f"--output-dir: cannot write checkpoints to {self.manager.root_dir}: "
+                                 f"{err.strerror or err}") from err
+        existing = self.manager.available_steps()
+        if not existing or (source is not None and source[0].root_dir == self.manager.root_dir):
+            return
+        if not self.args.replace_checkpoints:
+            raise ValueError(
+                f"--output-dir: {self.manager.root_dir} already holds checkpoints of another run (steps "
+                f"{', '.join(map(str, existing))}). Resume it with --from-checkpoint {self.manager.root_dir} "
+                f"--last-step-of-checkpoint auto, use another --output-dir, or pass --replace-checkpoints "
+                f"to move them aside and start over")
+        self.manager.supersede(existing, "--replace-checkpoints: this run starts over")
+
+    def _check_resumable(self, progress, step_dir):
+        """Refuse a checkpoint of the other phase or of other settings, before anything is loaded."""
+        if progress.phase != self.args.phase:
+            raise ValueError(
+                f"--from-checkpoint: {step_dir} is a phase {progress.phase} checkpoint but this run is "
+                f"--phase{self.args.phase}. To start phase 2 from phase 1's final parameters, pass "
+                f"--from-phase1-final-params {step_dir}, and give --from-checkpoint the phase 2 directory "
+                f"(or leave it out)")
+        check_compatible(progress, config_fingerprint=self.fingerprint, world_size=self.world,
+                         global_batch_size=self.global_batch)
+
     def _initialise(self):
-        """Run startup and load the initial state. Returns the resumed Progress or None."""
-        exe, main = self.rt.exe, self.bundle.main_program
+        """Run startup and load the initial state. Returns the resumed Progress or None.
+
+        Under pure fp16 the order matters: a checkpoint holds fp16 parameters with their fp32 master
+        weights, so `amp_init` (which casts the startup's fp32 parameters) runs BEFORE restoring it;
+        pretrained or phase-1 parameters are fp32 values, so they are loaded first and `amp_init`
+        then copies them into the master weights.
+        """
+        exe, main, source = self.rt.exe, self.bundle.main_program, self.source
         exe.run(self.bundle.startup_program)
-        source = self._resume_source()
-        restored = source[0].restore(exe, main, source[1]) if source else None
-        if source and restored is None:
+        will_restore = source is not None and (source[1] != "auto" or bool(source[0].available_steps()))
+        restored = None
+        if will_restore:
+            self._amp_init()
+            restored = source[0].restore(exe, main, source[1], validate=self._check_resumable)
+        elif source:
             logger.info("no complete checkpoint in '%s' yet: starting phase %d from step 0",
                         source[0].root_dir, self.args.phase)
         if restored is not None:
-            check_compatible(restored, config_fingerprint=self.fingerprint, world_size=self.world,
-                             global_batch_size=self.global_batch)
-            self.bundle.lr_scheduler.set_state_dict(restored.lr_state)
-            self.loader.load_state_dict(restored.loader_state)
-            if self.args.from_phase1_final_params:
-                logger.info("resuming phase 2 at step %d: --from-phase1-final-params is not used",
-                            restored.global_step)
-        elif self.args.from_phase1_final_params:
-            load_pretrained(exe, main, self.args.from_phase1_final_params)
-        elif self.args.from_pretrained_params:
-            load_pretrained(exe, main, self.args.from_pretrained_params)
-        self._amp_init(resumed=restored is not None)
+            self._continue_from(restored, source[0])
+        else:
+            self._load_initial_weights()
+            self._amp_init()
         return restored
 
-    def _amp_init(self, resumed):
-        """Pure fp16: fp16 parameters whose fp32 master weights hold the loaded values."""
-        if self.train_cfg.use_pure_fp16 and not resumed:
+    def _continue_from(self, restored, source_manager):
+        """Apply a restored Progress; move the same directory's later checkpoints aside (replayed anew)."""
+        self.bundle.lr_scheduler.set_state_dict(restored.lr_state)
+        self.loader.load_state_dict(restored.loader_state)
+        if source_manager.root_dir == self.manager.root_dir:
+            later = [s for s in self.manager.available_steps() if s > restored.global_step]
+            self.manager.supersede(later, f"resuming from step {restored.global_step}: this run replays "
+                                          f"those steps, and 'auto' must not pick the old ones")
+        if self.args.from_phase1_final_params:
+            logger.info("resuming phase 2 at step %d: --from-phase1-final-params is not used",
+                        restored.global_step)
+
+    def _load_initial_weights(self):
+        path = self.args.from_phase1_final_params or self.args.from_pretrained_params
+        if path:
+            load_pretrained(self.rt.exe, self.bundle.main_program, path)
+
+    def _amp_init(self):
+        """Pure fp16: fp16 parameters whose fp32 master weights hold the current (loaded) values."""
+        if self.train_cfg.use_pure_fp16:
             init_pure_fp16(self.bundle, self.rt.place)
 
     # ------------------------------------------------------------------------------------------------
@@ -241,10 +309,12 @@ class PretrainSession:
                     summary["final_loss"], summary["training_sequences_per_second"])
 
     def close(self):
-        """Stop loader workers and close the report (safe to call twice)."""
+        """Stop loader workers, close the report, release the output lock (safe to call twice)."""
         self.loader.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 class _Window:

@@ -1,0 +1,159 @@
+"""run_pretraining.py under the faults of issue 8, run as a user runs it (subprocesses).
+
+Each test reproduces one defect: resuming from an older step, runs mixing in one directory, a damaged
+newest checkpoint, a phase-1 checkpoint given to phase 2, two runs at once, an unwritable output dir.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from test_run_pretraining import PY, _assert_same_state, _env, _params, _pretrain_args, _run, shards  # noqa: F401
+
+
+def _errors(proc):
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def six_steps(shards, tmp_path_factory):  # noqa: F811
+    """An uninterrupted 6-step run saving every 2 steps: checkpoints 2, 4, 6."""
+    out = tmp_path_factory.mktemp("six")
+    _run(_pretrain_args(shards, out, steps=6))
+    return out
+
+
+def _copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resume_from_an_older_step_replays_and_moves_later_ones_aside(shards, six_steps, tmp_path):  # noqa: F811
+    """Defect 1: this crashed in retention (TypeError) after replacing step 4 with the new run's."""
+    out = _copy_run(six_steps, tmp_path / "out")
+    root = out / "bert-tiny" / "phase1"
+    proc = _run(_pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint", "2",
+                               steps=6))
+    assert "restored step 2" in proc.stderr and "moved checkpoint(s) of step 4, 6 aside" in proc.stderr
+    aside = [p for p in root.iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["4", "6"]
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
+    _assert_same_state(root / "6", six_steps / "bert-tiny" / "phase1" / "6")
+    again = _run(_pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint",
+                                "auto", steps=6))
+    assert "already finished" in again.stderr  # auto picks this run's step 6, nothing mixed
+
+
+def test_fresh_run_into_a_directory_with_checkpoints_is_refused(shards, six_steps, tmp_path):  # noqa: F811
+    out = _copy_run(six_steps, tmp_path / "out")
+    root = out / "bert-tiny" / "phase1"
+    before = sorted(os.listdir(root))
+    proc = _run(_pretrain_args(shards, out, steps=4), check=False)
+    assert proc.returncode == 2
+    assert len(_errors(proc)) == 1 and "already holds checkpoints of another run (steps 2, 4, 6)" in proc.stderr
+    assert "--replace-checkpoints" in _errors(proc)[0]
+    assert sorted(os.listdir(root)) == before  # nothing touched, lock released
+    # Resuming ANOTHER directory into this one would mix runs the same way.
+    other = _copy_run(six_steps, tmp_path / "other")
+    proc = _run(_pretrain_args(shards, out, "--from-checkpoint", str(other / "bert-tiny" / "phase1"),
+                               "--last-step-of-checkpoint", "2", steps=4), check=False)
+    assert proc.returncode == 2 and "already holds checkpoints of another run" in proc.stderr
+    # With the explicit flag the old checkpoints are moved aside, not deleted.
+    proc = _run(_pretrain_args(shards, out, "--replace-checkpoints", steps=2))
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2"]
+    aside = [p for p in root.iterdir() if p.name.startswith("superseded-")]
+    assert sorted(p.name for p in aside[0].iterdir()) == ["2", "4", "6"]
+
+
+def test_truncated_newest_checkpoint_falls_back_and_ends_identical(shards, six_steps, tmp_path):  # noqa: F811
+    """Defect 2: auto resume died with `pickle data was truncated`."""
+    out = _copy_run(six_steps, tmp_path / "out")
+    root = out / "bert-tiny" / "phase1"
+    params = root / "6" / "bert_paddle.pdparams"
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    proc = _run(_pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint",
+                               "auto", steps=6))
+    assert f"ignoring checkpoint directory {root / '6'}" in proc.stderr and "bert_paddle.pdparams has" in proc.stderr
+    assert "restored step 4" in proc.stderr
+    _assert_same_state(root / "6", six_steps / "bert-tiny" / "phase1" / "6")
+
+
+def test_phase2_from_a_phase1_checkpoint_is_refused(shards, six_steps, tmp_path):  # noqa: F811
+    """Defect 3: phase 2 silently continued phase 1 (its step, optimizer state and LR schedule)."""
+    p1 = six_steps / "bert-tiny" / "phase1"
+    proc = _run(_pretrain_args(shards, tmp_path / "out", "--from-checkpoint", str(p1),
+                               "--last-step-of-checkpoint", "auto", phase="--phase2", steps=2), check=False)
+    assert proc.returncode == 2
+    (line,) = _errors(proc)
+    assert "is a phase 1 checkpoint but this run is --phase2" in line
+    assert f"--from-phase1-final-params {p1 / '6'}" in line
+    assert not (tmp_path / "out" / "bert-tiny" / "phase2").exists() or not any(
+        p.name.isdigit() for p in (tmp_path / "out" / "bert-tiny" / "phase2").iterdir())
+
+
+def test_second_run_into_a_busy_directory_is_refused_then_a_dead_lock_is_taken_over(shards, tmp_path):  # noqa: F811
+    """Defect 5: two runs in one directory deleted each other's in-progress saves."""
+    out = tmp_path / "out"
+    root = out / "bert-tiny" / "phase1"
+    resume = ["--from-checkpoint", str(root), "--last-step-of-checkpoint", "auto"]
+    first = subprocess.Popen([PY, *_pretrain_args(shards, out, *resume, steps=400)], cwd=REPO, env=_env(),
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in first.stderr:  # wait until it trains (holds the lock)
+            if "saved checkpoint for step 2" in line:
+                break
+        second = _run(_pretrain_args(shards, out, *resume, steps=400), check=False)
+        assert second.returncode == 2
+        (line,) = _errors(second)
+        assert f"is in use by another training run (pid {first.pid} on host {socket.gethostname()}" in line
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    holder = json.loads((root / ".lock").read_text())
+    assert holder["pid"] == first.pid  # SIGKILL left the lock behind ...
+    third = _run(_pretrain_args(shards, out, *resume, steps=4))
+    assert f"process {first.pid} is not running" in third.stderr  # ... and it is taken over
+    assert "restored step" in third.stderr and not (root / ".lock").exists()
+
+
+def test_unwritable_output_dir_is_found_before_training(shards, tmp_path):  # noqa: F811
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    start = time.time()
+    proc = _run(_pretrain_args(shards, blocker / "out", steps=2), check=False)
+    assert proc.returncode == 2
+    (line,) = _errors(proc)
+    assert line.startswith("error: --output-dir: cannot write checkpoints to") and "Not a directory" in line
+    assert "step 1/" not in proc.stderr and time.time() - start < 120
+
+
+def test_nan_parameters_stop_the_run_without_a_checkpoint(shards, six_steps, tmp_path):  # noqa: F811
+    """A checkpoint with NaN parameters must never be written (it would replace good ones)."""
+    import pickle
+    out = _copy_run(six_steps, tmp_path / "out")
+    root = out / "bert-tiny" / "phase1"
+    # Plant NaN into the resumable state: a parameter of step 6, with its checksum updated to match,
+    # as if the run itself had produced it.
+    from utils.checkpoint_io import file_digest
+    params_file = root / "6" / "bert_paddle.pdparams"
+    with open(params_file, "rb") as f:
+        params = pickle.load(f)
+    name = sorted(n for n in params if n.endswith("word_embeddings.weight") or "embeddings" in n)[0]
+    params[name] = np.full_like(params[name], np.nan)
+    with open(params_file, "wb") as f:
+        pickle.dump(params, f, protocol=4)
+    progress = json.loads((root / "6" / "progress.json").read_text())
+    progress["files"]["bert_paddle.pdparams"] = file_digest(params_file)
+    (root / "6" / "progress.json").write_text(json.dumps(progress))
+    proc = _run(_pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint",
+                               "auto", steps=8), check=False)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "parameters hold NaN/inf at step 8" in proc.stderr and "latest good one is step 6" in proc.stderr
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
