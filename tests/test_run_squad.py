@@ -302,6 +302,17 @@ def test_vocab_errors_name_the_file_and_the_real_problem(data, tmp_path, content
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--from-checkpoint", "--from-pretrained-params"])
+def test_predicting_with_a_pretrained_encoder_says_it_needs_fine_tuning(data, tmp_path, flag):
+    with pytest.raises(ValueError, match=r"^'\S+pretrained' has no SQuAD answer head \(qa_outputs.bias, "
+                                         r"qa_outputs.weight\): it is a pretrained BERT, not a fine-tuned SQuAD "
+                                         r"model; fine-tune it first"):
+        run_squad.main(base_args(data, tmp_path / "out", "--config-file", str(data / "tiny.json"), "--mode",
+                                 "prediction", "--predict-file", str(data / "train.json"), flag,
+                                 str(data / "pretrained")))
+    assert not (tmp_path / "out" / "custom").exists()
+
+
 def test_bad_mode_is_a_usage_error(data, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_squad.main(base_args(data, tmp_path, "--mode", "predict"))

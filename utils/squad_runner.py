@@ -167,9 +167,12 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
       dict parameter name -> where it came from (also logged one line per parameter).
 
     Raises:
-      ValueError: missing path, unreadable file, a missing parameter, or a shape mismatch.
+      ValueError: missing path, unreadable file, a missing parameter, a shape mismatch, or no QA head
+        where `require_qa_head` (a pretrained encoder given where a fine-tuned model is needed).
     """
-    allow = () if require_qa_head else (QA_HEAD_PREFIX,)
+    # The QA head may always be absent at load time, so that a missing head alone gets its own message
+    # below (a pretrained encoder where a fine-tuned model was needed) instead of "another model".
+    allow = (QA_HEAD_PREFIX,)
     if is_hf_checkpoint(path):
         sources = load_hf_pretrained(exe, program, path, allow_missing_prefixes=allow, vocab_size=vocab_size)
     else:
@@ -178,6 +181,10 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
         except ValueError as err:
             raise ValueError(f"{err}{_reference_checkpoint_hint(path)}") from None
     fresh = sorted(n for n, s in sources.items() if "NEWLY" in s)
+    if require_qa_head and fresh:
+        raise ValueError(f"'{path}' has no SQuAD answer head ({', '.join(fresh)}): it is a pretrained BERT, not "
+                         f"a fine-tuned SQuAD model; fine-tune it first (--mode train or train_eval with "
+                         f"--from-pretrained-params) or give a fine-tuned model to --from-checkpoint")
     if fresh:
         logger.info("newly initialised (not in '%s'): %s", path, ", ".join(fresh))
     return sources
