@@ -21,7 +21,7 @@ import sys
 
 from tokenizer import SPECIAL_TOKENS, hf_normalizer, hf_pre_tokenizer, load_vocab
 from utils.cli import run_cli
-from utils.fs import atomic_write_text
+from utils.fs import atomic_write_text, check_writable_dir
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,8 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
       ValueError: bad vocab_size/min_frequency, no input files, unreadable input, empty corpus, or an
         `output_path` that is a directory.
       FileExistsError: `output_path` exists and overwrite is False (checked before any work).
+      OSError naming the directory: `output_path`'s directory cannot be created or written (checked
+        before any work).
     """
     from tokenizers import Tokenizer, models
 
@@ -169,6 +171,7 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
         raise ValueError(f"--output '{output_path}' is a directory; give the vocab file's path")
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"--output '{output_path}' already exists; remove it or pass --overwrite")
+    check_writable_dir(os.path.dirname(os.path.abspath(output_path)), "--output")  # now, not after training
     files = find_input_files(paths)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = hf_normalizer(do_lower_case)

@@ -126,3 +126,27 @@ def test_existing_output_is_refused_without_overwrite(corpus, tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
     assert run_cli(argv + ["--overwrite"]) == 0
     assert len(load_vocab(out)) == 300
+
+
+def test_unwritable_output_is_found_before_training(corpus, tmp_path, capsys, monkeypatch):
+    # Issue 8 defect 10: a non-writable place for the output was only found after the whole training.
+    import errno
+
+    import data.build_vocab as bv
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("training started before the output location was checked")
+
+    monkeypatch.setattr(bv, "continuation_alphabet", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert run_cli(["--input", str(corpus[0]), "--output", str(blocker / "vocab.txt")]) == 2
+    assert f"--output: cannot write into this directory" in capsys.readouterr().err
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("utils.fs.tempfile.mkstemp", read_only)
+    assert run_cli(["--input", str(corpus[0]), "--output", str(tmp_path / "ro" / "vocab.txt")]) == 3
+    err = capsys.readouterr().err
+    assert f"writing '{tmp_path / 'ro'}' failed: the filesystem is read-only" in err and "--output" in err

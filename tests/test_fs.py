@@ -120,3 +120,12 @@ def test_rerun_of_a_killed_preprocessing_cleans_its_temp_dir(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"removed {stale[0]}" in rerun.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sink", "source"]
+
+
+def test_output_dir_that_cannot_be_created_fails_before_the_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot create output directory") as err:
+        with atomic_output_dir(blocker / "out"):
+            raise AssertionError("the block ran")
+    assert err.value.filename is not None

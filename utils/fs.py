@@ -202,7 +202,7 @@ def clean_stale_temp_dirs(path):
     unmarked = re.compile(rf"^{re.escape(base)}\.tmp-{_RANDOM_PART}$")
     try:
         names = sorted(os.listdir(parent))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing can be next to `path`; the caller reports why
         return []
     removed = []
     for name in names:
@@ -265,8 +265,9 @@ def atomic_output_dir(path, overwrite=False):
     clean_stale_temp_dirs(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"output directory '{path}' already exists; remove it or pass --overwrite")
-    parent, base = _sibling_tmp(path, f".tmp-{_owner_tag()}-")
+    parent = os.path.dirname(path)
     try:
+        parent, base = _sibling_tmp(path, f".tmp-{_owner_tag()}-")
         tmp = tempfile.mkdtemp(prefix=base, dir=parent)
     except OSError as err:  # found now, before the caller's work, not when its results are written
         raise type(err)(err.errno, f"cannot create output directory '{path}': {err.strerror or err} in "
