@@ -558,8 +558,9 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
     logger.info("%d input files -> %d blocks; vocab %s (%d tokens)", len(files), len(blocks),
                 settings.vocab_file, tok.vocab_size)
     counts, documents, text_chars, tokens, unk = {}, 0, 0, 0, 0
-    with _dask_client(schedule, scheduler, num_workers, threads_per_worker) as client, \
-            atomic_output_dir(sink, overwrite=overwrite) as tmp:
+    # The output location first: an unwritable --sink is reported before a cluster is started.
+    with atomic_output_dir(sink, overwrite=overwrite) as tmp, \
+            _dask_client(schedule, scheduler, num_workers, threads_per_worker) as client:
         for stats in _run_blocks(client, blocks, settings, tmp):
             counts.update(stats["files"])
             documents += stats["documents"]
