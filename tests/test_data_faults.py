@@ -60,6 +60,6 @@ def test_pretraining_on_a_deleted_shard_is_one_error_line(damaged_copy, tmp_path
                  "--bert-model", "bert-tiny", "--max-seq-length", "128",
                  "--max-predictions-per-seq", "20", "--batch-size", "4", "--num-steps-per-checkpoint", "2",
                  "--device", "cpu", "--num-workers", "0", "--max-steps", "2",
-                 "--output-dir", str(tmp_path / "out")])
+                 "--output-dir", str(tmp_path / "out"), "--report-file", str(tmp_path / "report.json")])
     line = _one_error_line(proc)
     assert str(damaged_copy) in line and "shard-2.parquet_1" in line and "missing" in line
