@@ -219,7 +219,8 @@ class ProgramBundle:
       main_program: the training program (forward, backward, optimizer), or the forward-only
         program of a predict-only SQuAD bundle.
       startup_program: parameter (and optimizer state) initialisation.
-      eval_program: `clone(for_test=True)` of the forward taken before `minimize` (dropout off).
+      eval_program: `clone(for_test=True)` of the forward taken before `minimize` (dropout off), in
+        the training precision under AMP (fp16/bf16 ops; O2: the fp16 parameters `amp_init` leaves).
       feed_names / eval_feed_names: feed variable names of main_program / eval_program.
       fetches / eval_fetches: name -> Variable of each program (e.g. "loss", "lr").
       lr_scheduler: PolyWarmupLR or None; the loop calls `step()` once per optimizer update.
@@ -346,6 +347,26 @@ def _loss_var_names(program, loss_vars):
     return names
 
 
+def _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_var_names):
+    """Rewrite a for_test clone (taken before `minimize`, so fp32) to the training program's AMP level.
+
+    Why: under O2 the scope holds fp16 parameters after `amp_init`, which an fp32 eval program cannot
+    read; and `flash_attn` (the `--fuse-mha` choice under AMP) has no fp32 GPU kernel at all. The same
+    op lists as training, so the eval program expects exactly the parameter dtypes training leaves.
+    Paddle's `amp_init(test_program=..., use_fp16_test=True)` does the same rewrite at run time.
+    """
+    from paddle.static.amp.fp16_utils import cast_model_to_fp16
+    from paddle.static.amp.fp16_lists import get_low_precision_vartype
+
+    white, black = _amp_op_lists(train_cfg, attention_impl)
+    # A fresh lists object: cast_model_to_fp16 edits the black list of the one it is given at O2.
+    lists = paddle.static.amp.AutoMixedPrecisionLists(white, black, set(fp32_var_names),
+                                                      dtype=train_cfg.amp_dtype)
+    cast_model_to_fp16(eval_program, lists, use_fp16_guard=False,
+                       dest_type=get_low_precision_vartype(train_cfg.amp_dtype),
+                       level="O2" if train_cfg.use_pure_fp16 else "O1")
+
+
 def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
     """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
     amp_opt = None
@@ -373,8 +394,9 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
     return opt, amp_opt
 
 
-def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=()):
+def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(), eval_program=None):
     """Add backward + optimizer ops. `fetched_losses`: more loss variables AMP keeps fp32 (the parts).
+    Under AMP, `eval_program` (the for_test clone) is rewritten to the training precision.
 
     Returns:
       (lr_scheduler, outermost optimizer, AMP optimizer or None, extra fetches {"lr",
@@ -395,6 +417,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=())
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
+        if eval_program is not None:
+            _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_names)
     return lr, outer, amp_opt, extra, _build_strategy(train_cfg, attention_impl)
 
 
@@ -484,7 +508,8 @@ def build_pretraining(model_cfg, train_cfg):
             mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
         eval_program = main.clone(for_test=True)
         lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
-                                          fetched_losses=list(losses.values()))
+                                                   fetched_losses=list(losses.values()),
+                                                   eval_program=eval_program)
     names = tuple(feeds)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=names, eval_feed_names=names, fetches={**losses, **extra},
@@ -530,7 +555,8 @@ def build_squad(model_cfg, train_cfg, is_training=True):
                                  attention_impl=impl, build_strategy=None)
         span_loss = loss_lib.squad_span_loss(start, end, feeds["start_positions"],
                                              feeds["end_positions"])
-        lr, opt, amp_opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup)
+        lr, opt, amp_opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup,
+                                                   eval_program=eval_program)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=tuple(feeds), eval_feed_names=eval_names,
                          fetches={"loss": span_loss, **logits, **extra},

@@ -461,6 +461,9 @@ def train_and_predict(args, plan, rt):
     rt.exe.run(bundle.startup_program)
     init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=plan.require_qa_head,
                     vocab_size=plan.model_cfg.vocab_size)
+    if plan.amp.get("use_pure_fp16"):  # O2: parameters to fp16, master weights from the loaded values
+        from utils.amp_state import init_pure_fp16
+        init_pure_fp16(bundle, rt.place)
     results = {}
     metrics = build_metric_logger(rt.dist.rank, args.report_file, logger=logger)
     try:

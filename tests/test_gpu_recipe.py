@@ -159,3 +159,63 @@ def test_distributed_fused_lamb_is_refused_on_the_command_line(script, tmp_path)
     assert len(errors) == 1 and "argument --optimizer: DistributedFusedLamb is not supported" in errors[0]
     assert "use --optimizer Lamb" in errors[0]
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- item 3: SQuAD prediction under AMP
+def param_dtypes(program, names):
+    return {n: block_dtype(program, n) for n in names}
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_squad_eval_program_matches_the_training_precision(gpu_op_support, pure):
+    bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=pure, optimizer="AdamW"))
+    eval_params = [p.name for p in bundle.eval_program.all_parameters()]
+    assert len(eval_params) == len(bundle.main_program.all_parameters())
+    # The eval program reads the parameters in the dtype training leaves in the scope (fp16 under O2
+    # after amp_init) and computes in fp16 as training does: an fp32 flash_attn has no GPU kernel.
+    assert param_dtypes(bundle.eval_program, eval_params) == param_dtypes(bundle.main_program, eval_params)
+    block = bundle.eval_program.global_block()
+    matmuls = {block.var(n).dtype for op in block.ops if op.type == "matmul_v2" for n in op.output_arg_names}
+    assert matmuls == {paddle.float16}
+    assert not any(t.endswith("_grad") for t in op_types(bundle.eval_program))
+    if pure:
+        assert param_dtypes(bundle.eval_program, ["qa_outputs.weight"]) == {"qa_outputs.weight": paddle.float16}
+
+
+def test_flash_attention_is_on_the_eval_rewrite_white_list():
+    # flash_attn cannot be built on a CPU wheel; the eval rewrite uses the training lists, which have it.
+    white, _ = P._amp_op_lists(train_cfg(amp="fp16", device="gpu"), "flash")
+    assert "flash_attn" in white
+
+
+def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, monkeypatch, tmp_path):
+    """run_squad under O2 calls amp_init (through init_pure_fp16) after loading, as pretraining does."""
+    from types import SimpleNamespace
+    import run_squad
+    import utils.squad_runner as runner
+    from utils.amp_state import MASTER_SUFFIX
+    bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, optimizer="AdamW"))
+    place, scope = paddle.CPUPlace(), paddle.static.Scope()
+    loaded = {}
+
+    def fake_init(exe, program, path, **kwargs):  # what load_pretrained leaves: fp32 values in the scope
+        var = scope.find_var("qa_outputs.weight")
+        loaded["value"] = np.full(np.array(var.get_tensor()).shape, 0.5, np.float32)
+        var.get_tensor().set(loaded["value"], place)
+        return {}
+
+    monkeypatch.setattr(run_squad, "_features", lambda *a: (None, "features"))
+    monkeypatch.setattr(run_squad, "_build", lambda *a: (bundle, None))
+    monkeypatch.setattr(runner, "init_parameters", fake_init)
+    plan = SimpleNamespace(do_train=True, do_predict=False, init_path="ckpt", require_qa_head=False,
+                           model_cfg=TINY, amp={"amp": "fp16", "use_pure_fp16": True}, out_dir=str(tmp_path))
+    args = SimpleNamespace(train_file="train.json", report_file=str(tmp_path / "report.json"),
+                           show_config=False, benchmark=False, model_prefix="m")
+    rt = SimpleNamespace(exe=paddle.static.Executor(place), place=place, device="gpu", uses_fleet=False,
+                         dist=SimpleNamespace(rank=0, world_size=1, is_main=True))
+    with paddle.static.scope_guard(scope):
+        run_squad.train_and_predict(args, plan, rt)
+    weight = np.array(scope.find_var("qa_outputs.weight").get_tensor())
+    assert weight.dtype == np.float16
+    np.testing.assert_array_equal(np.array(scope.find_var("qa_outputs.weight" + MASTER_SUFFIX).get_tensor()),
+                                  loaded["value"])
