@@ -96,3 +96,50 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
                 "multi_precision=%s", name, weight_decay, beta1, beta2, epsilon, grad_clip_norm,
                 multi_precision)
     return opt
+
+
+# Optimizer ops whose `SkipUpdate` input leaves parameter, moments and beta powers untouched.
+UPDATE_OPS = ("lamb", "adamw", "adam")
+
+
+def skip_nonfinite_updates(program):
+    """Make every optimizer update of `program` a no-op when any of its gradients holds NaN or inf.
+
+    Why: without a loss scaler (fp32 and bf16 training) nothing checks the gradients, so a single bad
+    batch writes NaN into every parameter and moment, and the run is lost. This adds, in each block that
+    holds optimizer ops (the gradient-merge update lives in a conditional sub-block), one
+    `check_finite_and_unscale` over the gradients those ops read (divided by 1: exact) and feeds its
+    flag to their `SkipUpdate` input, as Paddle's fp16 loss scaler does. Run after `minimize`, so it
+    composes with every wrapper (gradient merge, fleet, the CPU all-reduce) without knowing them.
+
+    Args:
+      program: a training program after `minimize`.
+
+    Returns:
+      int, the number of optimizer ops guarded (0 when the program already has a finite check, i.e. it
+      was built with fp16 loss scaling).
+    """
+    blocks = program.blocks
+    if any(op.type == "check_finite_and_unscale" for block in blocks for op in block.ops):
+        return 0
+    guarded = 0
+    for block in blocks:
+        ops = [op for op in block.ops if op.type in UPDATE_OPS and not op.input("SkipUpdate")]
+        if not ops:
+            continue
+        grads = [block._var_recursive(op.input("Grad")[0]) for op in ops]
+        first = min(block.ops.index(op) for op in ops)
+        role = ops[0].attr("op_role")
+        one = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_check_one"),
+                               shape=[1], dtype="float32")
+        found = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_found"),
+                                 shape=[1], dtype="bool")
+        block._insert_op(first, type="fill_constant", outputs={"Out": [one]},
+                         attrs={"shape": [1], "dtype": one.dtype, "value": 1.0, "op_role": role})
+        block._insert_op(first + 1, type="check_finite_and_unscale", inputs={"X": grads, "Scale": [one]},
+                         outputs={"Out": grads, "FoundInfinite": [found]}, attrs={"op_role": role})
+        for op in ops:
+            op.desc.set_input("SkipUpdate", [found.name])
+        guarded += len(ops)
+    program._sync_with_cpp()
+    return guarded

@@ -410,6 +410,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
     fp32_names = _loss_var_names(main, [loss, *fetched_losses]) if train_cfg.amp != "off" else set()
     outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, fp32_names)
     outer.minimize(loss, startup_program=startup)
+    # fp32 and bf16 have no loss scaler checking the gradients: skip non-finite updates in the program.
+    optimizer_lib.skip_nonfinite_updates(main)
     extra = {"lr": _learning_rate_var(main)}
     world = _data_parallel_world(train_cfg)
     if world > 1:

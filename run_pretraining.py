@@ -53,6 +53,9 @@ def build_parser():
                       help="None, auto (latest complete checkpoint; none yet = start fresh) or a step > 0")
     glob.add_argument("--from-phase1-final-params", default=None,
                       help="phase 2: phase 1's final step dir; used only when phase 2 has no checkpoint")
+    glob.add_argument("--max-nonfinite-steps", type=int, default=25,
+                      help="updates with NaN/inf loss or gradients are skipped (parameters untouched); "
+                           "this many in a row stop the run with exit status 4")
     glob.add_argument("--replace-checkpoints", action="store_true",
                       help="start over although the phase directory holds another run's checkpoints: they "
                            "are moved aside to <phase dir>/superseded-<time>/ (without this flag such a "
@@ -100,7 +103,7 @@ def validate_args(args):
     if args.from_phase1_final_params and args.phase == 1:
         raise ValueError("--from-phase1-final-params is for --phase2")
     args.last_step_of_checkpoint = parse_last_step(args.last_step_of_checkpoint)
-    common.require_positive(args, "max_steps", "log_freq", "num_steps_per_checkpoint", "batch_size",
+    common.require_positive(args, "max_steps", "max_nonfinite_steps", "log_freq", "num_steps_per_checkpoint", "batch_size",
                             "max_seq_length", "max_predictions_per_seq", "gradient_merge_steps",
                             "learning_rate", "sequence_length_alignment", "benchmark_steps")
     common.require_positive(args, "num_workers", "benchmark_warmup_steps", "warmup_start_lr",

@@ -28,6 +28,7 @@ from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir)
 from utils.logger import progress as progress_bar
+from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
 from utils.run_lock import RunLock
 from utils.runtime import init_runtime
@@ -66,6 +67,7 @@ class PretrainSession:
                                          keep_last=args.keep_checkpoints, rank=self.rank,
                                          model_prefix=args.model_prefix)
         self.lock, self.metrics = None, None
+        self.guard = NonFiniteGuard(args.max_nonfinite_steps)
         self.source = self._resume_source()
         # Data first (bad shards are refused before anything is written), then the output directory
         # (a second run is refused before the slow build), then the program.
@@ -270,6 +272,7 @@ class PretrainSession:
         """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
         a = self.args
         self._check_overflow(step, window)
+        self.guard.update(step, window.take_nonfinite(), window.latest.get("loss"))
         if step % a.log_freq == 0 or step == self.total_steps:
             last = window.summary(a.gradient_merge_steps)
             self.metrics.log(last, step=step)
@@ -322,13 +325,20 @@ class _Window:
 
     def __init__(self):
         self.previous_scale = None
+        self.nonfinite = False
         self.reset()
+
+    def take_nonfinite(self):
+        """Whether a micro-batch since the last call had a non-finite loss (then the flag is cleared)."""
+        seen, self.nonfinite = self.nonfinite, False
+        return seen
 
     def reset(self):
         self.sums, self.count, self.sequences, self.started, self.latest = {}, 0, 0, time.time(), {}
 
     def add(self, sequences, values):
         self.latest = {n: float(np.asarray(v).reshape(-1)[0]) for n, v in values.items()}
+        self.nonfinite |= not np.isfinite(self.latest.get("global_loss", self.latest["loss"]))
         for name, value in self.latest.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.count += 1

@@ -1,0 +1,98 @@
+"""Non-finite loss in fp32: the update is skipped inside the program, counted on the host, and a run that
+keeps producing NaN stops with a clear error (optimizer.skip_nonfinite_updates, utils.nonfinite)."""
+import numpy as np
+import paddle
+import pytest
+
+import optimizer as optimizer_lib
+from utils.nonfinite import NonFiniteGuard, TrainingDiverged
+
+
+def _program(name, k_steps, guard):
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    main.random_seed = startup.random_seed = 3
+    with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [None, 4], "float32")
+        out = paddle.static.nn.fc(x, 3, weight_attr=paddle.ParamAttr(name="w"),
+                                  bias_attr=paddle.ParamAttr(name="b"))
+        loss = paddle.mean(out * out)
+        opt = optimizer_lib.build_optimizer(name, 0.1, weight_decay=0.01, beta1=0.9, beta2=0.999,
+                                            epsilon=1e-6)
+        if k_steps > 1:
+            opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
+        opt.minimize(loss)
+        guarded = optimizer_lib.skip_nonfinite_updates(main) if guard else 0
+    return main, startup, loss, guarded
+
+
+def _persistables(main, scope):
+    return {v.name: np.array(scope.find_var(v.name).get_tensor()) for v in main.list_vars()
+            if v.persistable and scope.find_var(v.name) is not None
+            and scope.find_var(v.name).get_tensor()._is_initialized()}
+
+
+def _run(main, startup, loss, feeds):
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    scope = paddle.static.Scope()
+    states, losses = [], []
+    with paddle.static.scope_guard(scope):
+        exe.run(startup)
+        for feed in feeds:
+            losses.append(float(exe.run(main, feed={"x": feed}, fetch_list=[loss])[0]))
+            states.append(_persistables(main, scope))
+    return states, losses
+
+
+GOOD = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
+BAD = GOOD.copy()
+BAD[0, 1] = np.nan
+
+
+@pytest.mark.parametrize("name", ["Lamb", "AdamW"])
+@pytest.mark.parametrize("k_steps", [1, 2])
+def test_a_nan_batch_leaves_parameters_and_moments_untouched(static_graph, name, k_steps):
+    main, startup, loss, guarded = _program(name, k_steps, guard=True)
+    assert guarded == 2  # w and b
+    feeds = [GOOD] * k_steps + [BAD] * k_steps + [GOOD] * k_steps
+    states, losses = _run(main, startup, loss, feeds)
+    before, after_bad, after_good = states[k_steps - 1], states[2 * k_steps - 1], states[-1]
+    assert np.isnan(losses[k_steps])
+    for name_ in before:  # the whole update (parameters, moments, beta powers) was skipped
+        assert np.array_equal(before[name_], after_bad[name_], equal_nan=False), name_
+    assert not np.array_equal(after_good["w"], after_bad["w"]) and np.isfinite(after_good["w"]).all()
+
+
+def test_without_the_guard_a_nan_batch_destroys_the_parameters(static_graph):
+    """The baseline the guard exists for (Paddle's optimizers do not check by themselves)."""
+    main, startup, loss, _ = _program("Lamb", 1, guard=False)
+    states, _ = _run(main, startup, loss, [GOOD, BAD])
+    assert np.isnan(states[-1]["w"]).all()
+
+
+def test_the_guard_changes_nothing_on_finite_batches(static_graph):
+    feeds = [GOOD, GOOD * 0.5, GOOD * 2.0]
+    guarded = _run(*_program("Lamb", 1, guard=True)[:3], feeds)
+    plain = _run(*_program("Lamb", 1, guard=False)[:3], feeds)
+    assert guarded[1] == plain[1]
+    for name in plain[0][-1]:
+        assert np.array_equal(guarded[0][-1][name], plain[0][-1][name]), name
+
+
+def test_programs_with_a_loss_scaler_are_left_alone(static_graph):
+    from paddle.static.amp.amp_nn import check_finite_and_unscale
+    main, startup, loss, _ = _program("Lamb", 1, guard=False)
+    with paddle.static.program_guard(main, startup):
+        check_finite_and_unscale([paddle.full([2], 1.0)], paddle.full([1], 1.0))  # what fp16 AMP adds
+    assert optimizer_lib.skip_nonfinite_updates(main) == 0
+    assert not [op for op in main.global_block().ops if op.type == "lamb" and op.input("SkipUpdate")]
+
+
+def test_guard_counts_consecutive_nonfinite_updates_only():
+    guard = NonFiniteGuard(3)
+    for step, bad in enumerate([True, True, False, True, True], start=1):
+        guard.update(step, bad)
+    assert guard.consecutive == 2 and guard.total == 4
+    with pytest.raises(TrainingDiverged, match="3 consecutive updates up to step 6"):
+        guard.update(6, True, loss=float("nan"))
+    with pytest.raises(ValueError, match="--max-nonfinite-steps"):
+        NonFiniteGuard(0)
