@@ -157,3 +157,17 @@ def test_nan_parameters_stop_the_run_without_a_checkpoint(shards, six_steps, tmp
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "parameters hold NaN/inf at step 8" in proc.stderr and "latest good one is step 6" in proc.stderr
     assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
+
+
+def test_a_diverging_run_skips_nonfinite_updates_then_stops_with_exit_4(shards, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    args = _pretrain_args(shards, out, "--max-nonfinite-steps", "3", steps=40)
+    args[args.index("--learning-rate") + 1] = "1e30"  # LAMB steps of ~1e30 * |w|: overflow within a few
+    proc = _run(args, check=False)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    (line,) = _errors(proc)
+    assert "training diverged: 3 consecutive updates" in line and "--learning-rate" in line
+    assert proc.stderr.count("update skipped") == 3
+    for step_dir in (out / "bert-tiny" / "phase1").iterdir():
+        if step_dir.name.isdigit():
+            assert all(np.isfinite(v).all() for v in _params(step_dir).values())
