@@ -307,7 +307,9 @@ class BertAttention(nn.Layer):
         self.hidden_dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, hidden, mask_bias):
-        """hidden float [B, L, H], mask_bias float [B, 1, 1, L] -> float [B, L, H].
+        """hidden float [B, L, H], mask_bias float -> float [B, L, H].
+
+        mask_bias is `BertModel.attention_bias`'s: [B, 1, 1, L], or the dense [B, 1, L, L] for "flash".
 
         Raises:
           RuntimeError: "fused" / "flash" on a Paddle build without those GPU ops (e.g. CPU wheels).
@@ -343,11 +345,11 @@ class BertAttention(nn.Layer):
 
     def _flash_context(self, hidden, mask_bias):
         q, k, v = (self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
-        # flash_attn takes a dense [B, 1, Lq, Lk] mask of the activation dtype.
-        seq_len = paddle.shape(hidden)[1]
-        mask = paddle.expand(mask_bias, [-1, -1, seq_len, -1]).astype(q.dtype)
+        # mask_bias is already the dense [B, 1, L, L] mask flash_attn takes (BertModel builds it once);
+        # AMP casts it to the activation dtype once, for all layers.
         context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.cfg.attention_probs_dropout_prob, training=True)
+            q, k, v, attn_mask=mask_bias, dropout_p=self.cfg.attention_probs_dropout_prob,
+            training=True)
         return paddle.reshape(context, [0, 0, self.cfg.hidden_size])
 
     def _fused(self, hidden, mask_bias):
@@ -383,7 +385,7 @@ class BertLayer(nn.Layer):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, hidden, mask_bias):
-        """hidden float [B, L, H], mask_bias float [B, 1, 1, L] -> float [B, L, H]."""
+        """hidden float [B, L, H], mask_bias from `BertModel.attention_bias` -> float [B, L, H]."""
         attn = self.attention(hidden, mask_bias)
         ffn = self.output_dense(_activation(self.intermediate(attn), self.cfg.hidden_act))
         return self.output_layer_norm(paddle.add(self.dropout(ffn), attn))
@@ -400,6 +402,7 @@ class BertModel(nn.Layer):
     def __init__(self, cfg, attention_impl="plain"):
         super().__init__()
         self.cfg = cfg
+        self.attention_impl = attention_impl
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = nn.LayerList([BertLayer(cfg, i, attention_impl)
                                      for i in range(cfg.num_hidden_layers)])
@@ -416,12 +419,29 @@ class BertModel(nn.Layer):
         Returns:
           (sequence_output float [B, L, H], pooled_output float [B, H]).
         """
-        mask_bias = attention_mask_bias(attention_mask)
+        mask_bias = self.attention_bias(attention_mask, paddle.shape(input_ids)[1])
         hidden = self.embeddings(input_ids, token_type_ids)
         for layer in self.encoder:
             hidden = layer(hidden, mask_bias)
         pooled = paddle.tanh(self.pooler(hidden[:, 0]))
         return hidden, pooled
+
+    def attention_bias(self, attention_mask, seq_len):
+        """The additive mask every layer's attention takes, built once per forward.
+
+        Args:
+          attention_mask: int64 [B, 1, 1, L], 1 = real token, 0 = padding.
+          seq_len: int or int Tensor, L.
+
+        Returns:
+          float32 [B, 1, 1, L] (broadcast over queries by the attention ops), or for "flash" the dense
+          [B, 1, L, L] that flash_attn requires. Built here rather than in each layer, so a 24-layer model
+          holds one [B, 1, L, L] copy (kept for backward) instead of 24.
+        """
+        bias = attention_mask_bias(attention_mask)
+        if self.attention_impl == "flash":
+            bias = paddle.expand(bias, [-1, -1, seq_len, -1])
+        return bias
 
 
 class BertPretrainingHeads(nn.Layer):

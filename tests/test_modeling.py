@@ -383,3 +383,38 @@ def test_cudnn_fused_keeps_plain_ops_and_same_parameters():
 def test_unknown_impl_rejected():
     with pytest.raises(ValueError, match="attention impl 'xformers'"):
         build(TINY, "xformers")
+
+
+# ---------------------------------------------------------------- attention mask built once (issue 15 item 14)
+def sdpa_stand_in(q, k, v, attn_mask=None, dropout_p=0.0, training=True):
+    """Plain ops with scaled_dot_product_attention's contract ([B, L, heads, hd] in and out, additive
+    dense mask): the CPU wheel has no flash_attn kernel, and the mask handling around it is what is tested."""
+    perm = [0, 2, 1, 3]
+    q, k, v = (paddle.transpose(x, perm) for x in (q, k, v))
+    scores = paddle.matmul(q, k, transpose_y=True) * (q.shape[-1] ** -0.5) + attn_mask
+    return paddle.transpose(paddle.matmul(paddle.nn.functional.softmax(scores, axis=-1), v), perm)
+
+
+def mask_op_count(main):
+    """expand/cast ops of the forward: the int mask's one cast plus whatever the attention adds."""
+    return sum(op.type in ("expand_v2", "expand", "cast") for op in main.global_block().ops)
+
+
+def test_flash_attention_mask_is_built_once_for_all_layers(monkeypatch):
+    monkeypatch.setattr(paddle.nn.functional, "scaled_dot_product_attention", sdpa_stand_in)
+    counts = {layers: mask_op_count(build(dataclasses.replace(TINY, num_hidden_layers=layers), "flash")[0])
+              for layers in (2, 4)}
+    assert counts[2] == counts[4], counts
+    main, _, _ = build(dataclasses.replace(TINY, num_hidden_layers=4), "flash")
+    expands = [op for op in main.global_block().ops if op.type in ("expand_v2", "expand")]
+    assert len(expands) == 1  # one dense [B, 1, L, L] mask shared by the 4 layers
+
+
+def test_flash_attention_with_the_shared_mask_matches_numpy(monkeypatch):
+    monkeypatch.setattr(paddle.nn.functional, "scaled_dot_product_attention", sdpa_stand_in)
+    cfg = dataclasses.replace(TINY, num_hidden_layers=4)
+    feed = random_batch(np.random.default_rng(4), cfg)
+    got, params = run_eval(*build(cfg, "flash"), feed)
+    seq, pooled = np_bert(params, cfg, feed)
+    np.testing.assert_allclose(got["seq"], seq, atol=1e-4)
+    np.testing.assert_allclose(got["pooled"], pooled, atol=1e-4)
