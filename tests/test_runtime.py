@@ -88,16 +88,98 @@ def test_resolve_bert_config_takes_vocab_size_from_the_vocab(tmp_path):
         common.resolve_bert_config("bert-tiny", None, str(tmp_path / "missing.txt"))
 
 
-def test_pin_cpu_cores_gives_each_local_process_its_own_block(monkeypatch):
+# A DGX A100 as sysfs shows it: 2 sockets x 4 NUMA nodes (NPS4) of 16 cores, SMT siblings numbered +128,
+# and GPUs attached to nodes 3, 3, 1, 1, 7, 7, 5, 5 (not monotonic).
+DGX_GPU_NODES = [3, 3, 1, 1, 7, 7, 5, 5]
+
+
+def fake_dgx_sysfs(root):
+    for node in range(8):
+        cores = range(16 * node, 16 * node + 16)
+        (root / f"devices/system/node/node{node}").mkdir(parents=True)
+        (root / f"devices/system/node/node{node}/cpulist").write_text(
+            f"{16 * node}-{16 * node + 15},{128 + 16 * node}-{128 + 16 * node + 15}\n")
+        for core in cores:
+            for cpu in (core, core + 128):
+                topo = root / f"devices/system/cpu/cpu{cpu}/topology"
+                topo.mkdir(parents=True)
+                topo.joinpath("thread_siblings_list").write_text(f"{core},{core + 128}\n")
+    bus_ids = {}
+    for gpu, node in enumerate(DGX_GPU_NODES):
+        bus = f"0000:{0x07 + 0x10 * gpu:02x}:00.0"
+        (root / f"bus/pci/devices/{bus}").mkdir(parents=True)
+        (root / f"bus/pci/devices/{bus}/numa_node").write_text(f"{node}\n")
+        bus_ids[str(gpu)] = bus
+    return bus_ids
+
+
+@pytest.fixture
+def affinity_calls(monkeypatch):
     import os
-    from utils import runtime
     calls = []
-    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: calls.append(list(cores)))
-    assert runtime.pin_cpu_cores(1, 4, cores=range(16)) == [4, 5, 6, 7]
-    assert runtime.pin_cpu_cores(3, 4, cores=range(16)) == [12, 13, 14, 15]
-    assert calls == [[4, 5, 6, 7], [12, 13, 14, 15]]
-    assert runtime.pin_cpu_cores(0, 8, cores=[0, 1]) == [0, 1]  # fewer cores than processes: unchanged
-    assert len(calls) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)))
+    monkeypatch.setattr(os, "sched_setaffinity", lambda tid, cpus: calls.append((tid, sorted(cpus))))
+    return calls
+
+
+def test_pin_by_numa_node_on_a_dgx_a100_topology(tmp_path, affinity_calls):
+    from utils import runtime
+    bus_ids = fake_dgx_sysfs(tmp_path / "sys")
+    tasks = tmp_path / "task"
+    for tid in (4242, 4243, 4250):  # the main thread and two started by paddle/fleet
+        (tasks / str(tid)).mkdir(parents=True)
+    pinned = {rank: runtime.pin_cpu_cores(rank, 8, rank, environ={}, sysfs=str(tmp_path / "sys"),
+                                          bus_ids=bus_ids, task_dir=str(tasks)) for rank in range(8)}
+    # Ranks 0 and 1 share node 3 (cores 48-63): 8 cores each, with their own SMT siblings.
+    assert pinned[0] == list(range(48, 56)) + list(range(176, 184))
+    assert pinned[1] == list(range(56, 64)) + list(range(184, 192))
+    assert pinned[4] == list(range(112, 120)) + list(range(240, 248))  # node 7
+    assert pinned[7] == list(range(88, 96)) + list(range(216, 224))    # node 5
+    every = [cpu for cpus in pinned.values() for cpu in cpus]
+    assert len(every) == len(set(every)) == 8 * 16  # disjoint, no rank on another's siblings
+    # The whole process: every thread of it, not just the calling one.
+    assert len(affinity_calls) == 8 * 3
+    assert {tid for tid, _ in affinity_calls[:3]} == {4242, 4243, 4250}
+    assert all(cpus == pinned[0] for _, cpus in affinity_calls[:3])
+
+
+def test_pin_follows_cuda_visible_devices(tmp_path, affinity_calls):
+    from utils import runtime
+    bus_ids = fake_dgx_sysfs(tmp_path / "sys")
+    # Two processes on physical GPUs 4 and 2 (nodes 7 and 1): each has a node to itself.
+    environ = {"CUDA_VISIBLE_DEVICES": "4,2"}
+    first = runtime.pin_cpu_cores(0, 2, 0, environ, sysfs=str(tmp_path / "sys"), bus_ids=bus_ids,
+                                  task_dir=str(tmp_path / "none"))
+    second = runtime.pin_cpu_cores(1, 2, 1, environ, sysfs=str(tmp_path / "sys"), bus_ids=bus_ids,
+                                   task_dir=str(tmp_path / "none"))
+    assert first == list(range(112, 128)) + list(range(240, 256))
+    assert second == list(range(16, 32)) + list(range(144, 160))
+
+
+def test_unknown_topology_leaves_the_process_alone_with_one_line(tmp_path, affinity_calls, caplog):
+    import logging
+    from utils import runtime
+    bus_ids = fake_dgx_sysfs(tmp_path / "sys")
+    (tmp_path / "sys/bus/pci/devices" / bus_ids["0"] / "numa_node").write_text("-1\n")
+    with caplog.at_level(logging.INFO, logger="utils.runtime"):
+        assert runtime.pin_cpu_cores(0, 8, 0, {}, sysfs=str(tmp_path / "sys"), bus_ids=bus_ids) is None
+        assert runtime.pin_cpu_cores(0, 1, 0, {}, sysfs=str(tmp_path / "sys"), bus_ids={}) is None
+    assert affinity_calls == []
+    lines = [r.getMessage() for r in caplog.records if "CPU affinity" in r.getMessage()]
+    assert len(lines) == 2 and all("not set" in line for line in lines)
+
+
+def test_gpu_bus_ids_from_nvidia_smi():
+    from utils import runtime
+    out = ("0, GPU-aaaa, 00000000:07:00.0\n"
+           "1, GPU-bbbb, 00000000:0F:00.0\n")
+    assert runtime.gpu_bus_ids(run=lambda argv: out) == {
+        "0": "0000:07:00.0", "GPU-aaaa": "0000:07:00.0", "1": "0000:0f:00.0", "GPU-bbbb": "0000:0f:00.0"}
+
+    def missing(argv):
+        raise FileNotFoundError("nvidia-smi")
+    assert runtime.gpu_bus_ids(run=missing) == {}
+
 
 
 # ------------------------------------------------------------------------------------- bf16 capability

@@ -195,29 +195,166 @@ class Runtime:
         return {"use_fleet": self.uses_fleet, "allreduce_world_size": cpu_world}
 
 
-def pin_cpu_cores(local_rank, local_size, cores=None):
-    """Restrict this process to its share of the node's cores (contiguous blocks, one per GPU process).
+def _parse_cpulist(text):
+    """Linux cpulist text ("0-15,128-143") -> sorted list of ints."""
+    cpus = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return sorted(cpus)
+
+
+def _read(path):
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _sysfs_bus_id(bus_id):
+    """nvidia-smi's "00000000:07:00.0" -> sysfs's "0000:07:00.0" (4-digit domain, lower case)."""
+    domain, _, rest = bus_id.strip().lower().partition(":")
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+def gpu_bus_ids(run=None):
+    """PCI bus id (sysfs form) of every GPU, keyed by nvidia-smi index and by UUID; {} if unknown.
+
+    Args:
+      run: callable(argv) -> stdout text (default: subprocess, 10 s timeout); for tests.
+    """
+    import subprocess
+
+    if run is None:
+        def run(argv):
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+    try:
+        text = run(["nvidia-smi", "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"])
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    ids = {}
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 3:
+            ids[fields[0]] = ids[fields[1]] = _sysfs_bus_id(fields[2])
+    return ids
+
+
+def numa_cpu_share(local_rank, gpu_of_rank, bus_ids, allowed, sysfs="/sys"):
+    """The CPUs local rank `local_rank` should run on: its share of its GPU's NUMA node.
+
+    The local ranks whose GPUs sit on the same NUMA node split that node's physical cores in contiguous
+    blocks, in local-rank order; each rank also gets the SMT siblings of its cores (on a DGX A100 they are
+    numbered +128, so "contiguous CPU numbers" would hand ranks 4-7 the siblings of ranks 0-3).
+
+    Args:
+      local_rank: int, this process's index on the node.
+      gpu_of_rank: list, the physical GPU (nvidia-smi index or UUID, as str) of every local rank.
+      bus_ids: {physical GPU: sysfs PCI bus id} (`gpu_bus_ids`).
+      allowed: set of CPUs this process may use (its current affinity).
+      sysfs: root of the sysfs tree (a fake one in tests).
+
+    Returns:
+      (sorted list of CPUs, NUMA node), or (None, reason) when the topology is unknown.
+    """
+    def node_of(gpu):
+        bus = bus_ids.get(gpu)
+        text = _read(f"{sysfs}/bus/pci/devices/{bus}/numa_node") if bus else None
+        return int(text) if text not in (None, "") and int(text) >= 0 else None
+
+    mine = node_of(gpu_of_rank[local_rank])
+    if mine is None:
+        return None, f"no NUMA node known for GPU {gpu_of_rank[local_rank]}"
+    cpulist = _read(f"{sysfs}/devices/system/node/node{mine}/cpulist")
+    node_cpus = [c for c in _parse_cpulist(cpulist or "") if c in allowed]
+    if not node_cpus:
+        return None, f"NUMA node {mine} has no CPU this process may use"
+    cores = {}  # physical core (its sibling list) -> its CPUs of this node
+    for cpu in node_cpus:
+        siblings = _read(f"{sysfs}/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        key = tuple(_parse_cpulist(siblings)) if siblings else (cpu,)
+        cores.setdefault(key, []).append(cpu)
+    cores = [cores[key] for key in sorted(cores)]
+    sharing = [r for r, gpu in enumerate(gpu_of_rank) if r == local_rank or node_of(gpu) == mine]
+    per = len(cores) // len(sharing)
+    if per < 1:  # more ranks than cores on the node: share the whole node
+        return node_cpus, mine
+    index = sharing.index(local_rank)
+    return sorted(c for core in cores[index * per:(index + 1) * per] for c in core), mine
+
+
+def _set_process_affinity(cpus, task_dir="/proc/self/task"):
+    """Pin every thread of this process (os.sched_setaffinity(0) pins only the calling thread on Linux;
+    threads created later inherit the affinity of their creator)."""
+    try:
+        tids = [int(t) for t in os.listdir(task_dir)]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # the thread has exited meanwhile
+            pass
+
+
+def _physical_gpus(local_size, gpu_id, local_rank, environ):
+    """The physical GPU of every local rank: CUDA_VISIBLE_DEVICES entry of its device index.
+
+    Assumes rank r uses visible device r (paddle.distributed.launch's `--gpus 0,...,g-1`), except for this
+    process, whose device is `gpu_id` (FLAGS_selected_gpus).
+    """
+    visible = [v.strip() for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    devices = list(range(local_size))
+    devices[local_rank] = gpu_id
+    return [visible[d] if d < len(visible) else str(d) for d in devices]
+
+
+def pin_cpu_cores(local_rank, local_size, gpu_id, environ=None, sysfs="/sys", bus_ids=None,
+                  task_dir="/proc/self/task"):
+    """Pin this whole process to its share of the CPUs of its GPU's NUMA node (`numa_cpu_share`).
 
     GPU data loading and host-side work run on these cores; without pinning, 8 processes of a DGX contend
-    for the same cores and migrate between NUMA nodes. Contiguous blocks follow the usual numbering in
-    which neighbouring cores share a NUMA node.
+    for the same cores and migrate between NUMA nodes. The topology comes from nvidia-smi (PCI bus id) and
+    sysfs (/sys/bus/pci/devices/<bus id>/numa_node, /sys/devices/system/node/node<N>/cpulist), as the
+    NVIDIA reference does. When it is unknown (no nvidia-smi, numa_node -1), the process is left unpinned
+    and one log line says why.
 
     Args:
       local_rank: int, index of this process on its node.
       local_size: int >= 1, processes on this node.
-      cores: the cores to share (default: those this process may use now).
+      gpu_id: int, this process's visible GPU index.
+      environ: mapping with CUDA_VISIBLE_DEVICES (default os.environ).
+      sysfs, bus_ids, task_dir: for tests (default: the real sysfs, nvidia-smi, /proc/self/task).
 
     Returns:
-      The list of cores this process is now pinned to (unchanged if there are fewer cores than processes).
+      The sorted list of CPUs this process is now pinned to, or None when it was left alone.
     """
-    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
-    per = len(cores) // max(local_size, 1)
-    if per < 1:
-        return cores
-    mine = cores[local_rank * per:(local_rank + 1) * per]
-    os.sched_setaffinity(0, mine)
-    logger.info("CPU affinity: cores %d-%d for local rank %d", mine[0], mine[-1], local_rank)
-    return mine
+    environ = os.environ if environ is None else environ
+    bus_ids = gpu_bus_ids() if bus_ids is None else bus_ids
+    gpus = _physical_gpus(max(local_size, local_rank + 1), gpu_id, local_rank, environ)
+    cpus, node = numa_cpu_share(local_rank, gpus, bus_ids, set(os.sched_getaffinity(0)), sysfs)
+    if cpus is None:
+        logger.info("CPU affinity: not set for local rank %d (%s)", local_rank, node)
+        return None
+    _set_process_affinity(cpus, task_dir)
+    logger.info("CPU affinity: local rank %d (GPU %s, NUMA node %d) on CPUs %s", local_rank,
+                gpus[local_rank], node, _format_cpulist(cpus))
+    return cpus
+
+
+def _format_cpulist(cpus):
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    ranges, start = [], None
+    for i, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if i + 1 == len(cpus) or cpus[i + 1] != cpu + 1:
+            ranges.append(f"{start}-{cpu}" if cpu != start else f"{cpu}")
+            start = None
+    return ",".join(ranges)
 
 
 def seed_process(seed, rank):
@@ -238,7 +375,7 @@ def init_runtime(device="auto", seed=42, environ=None, cpu_affinity=False):
       device: `--device` value.
       seed: int, base seed; the process seeds its global generator with seed + rank.
       environ: mapping to read the rank layout from (default os.environ).
-      cpu_affinity: on GPUs, pin each process to its block of cores (`pin_cpu_cores`); CPU runs are
+      cpu_affinity: on GPUs, pin each process to CPUs of its GPU's NUMA node (`pin_cpu_cores`); CPU runs are
         left alone (their OpenMP threads already share the cores, see utils.preflight).
 
     Returns:
@@ -269,6 +406,7 @@ def init_runtime(device="auto", seed=42, environ=None, cpu_affinity=False):
     place = paddle.CUDAPlace(gpu_id) if resolved == "gpu" else paddle.CPUPlace()
     if cpu_affinity and resolved == "gpu" and hasattr(os, "sched_setaffinity"):
         env = os.environ if environ is None else environ
-        pin_cpu_cores(dist_env.local_rank, _env_int(env, "PADDLE_LOCAL_SIZE", dist_env.world_size))
+        pin_cpu_cores(dist_env.local_rank, _env_int(env, "PADDLE_LOCAL_SIZE", dist_env.world_size),
+                      gpu_id, env)
     seed_process(seed, dist_env.rank)
     return Runtime(device=resolved, dist=dist_env, place=place, exe=paddle.static.Executor(place))
