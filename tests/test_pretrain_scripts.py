@@ -389,6 +389,68 @@ def test_run_sub_phase2_in_container_builds_missing_shards(tmp_path):
     assert "0,1" in train and f"--from-phase1-final-params={tmp_path}/res/bert-large-uncased/phase1/7038" in train
 
 
+def _srun_options(cmd):
+    """The options of a printed `srun ...` command (up to the program it starts)."""
+    assert cmd[0] == "srun"
+    options = []
+    for word in cmd[1:]:
+        if not word.startswith("--"):
+            break
+        options.append(word)
+    return options
+
+
+def _mounts(options):
+    (value,) = [o.split("=", 1)[1] for o in options if o.startswith("--container-mounts=")]
+    return dict(m.split(":") for m in value.split(","))
+
+
+def test_run_sub_requests_gpus_and_every_step_runs_in_the_code_dir(tmp_path):
+    assert "#SBATCH --gpus-per-node=8\n" in (REPO / "run.sub").read_text()  # the job's own request
+    data = tmp_path / "data"
+    env = _slurm_env(tmp_path, PHASE=2, GPUS_PER_NODE=4, DRY_RUN=1, CODEDIR=tmp_path / "code")
+    proc = _bash(REPO / "run.sub", **env)
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.splitlines()]
+    assert len(commands) == 3 and str(data) in " ".join(commands[0])  # prep, balance, train
+    for cmd in commands:
+        options = _srun_options(cmd)
+        assert f"--chdir={tmp_path}/code" in options and "--kill-on-bad-exit=1" in options
+    assert "--gpus-per-node=4" in _srun_options(commands[2])
+
+
+def test_run_sub_mounts_inputs_outside_the_container_mounts(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    env = _slurm_env(tmp_path, PHASE=2, CONT="bert:latest", GPUS_PER_NODE=8, DRY_RUN=1,
+                     VOCAB_FILE=elsewhere / "vocab" / "v.txt", CONFIG_FILE=elsewhere / "cfg" / "c.json",
+                     INPUT_DIR=elsewhere / "shards" / "p2", PHASE1_FINAL=elsewhere / "p1" / "7038")
+    proc = _bash(REPO / "run.sub", **env)
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.splitlines()]
+    for cmd in commands:
+        mounts = _mounts(_srun_options(cmd))
+        assert mounts[str(tmp_path / "data")] == str(tmp_path / "data")
+        assert mounts[str(tmp_path / "res")] == str(tmp_path / "res")
+        for inside in ("vocab", "cfg", "shards", "p1"):
+            assert mounts[str(elsewhere / inside)] == str(elsewhere / inside), (inside, mounts)
+    train = commands[-1]
+    assert f"--vocab-file={elsewhere}/vocab/v.txt" in train
+    assert f"--from-phase1-final-params={elsewhere}/p1/7038" in train
+    # The defaults (inside the code and data mounts) add no mount.
+    proc = _bash(REPO / "run.sub", **_slurm_env(tmp_path, CONT="bert:latest", DRY_RUN=1))
+    (train,) = [shlex.split(line) for line in proc.stdout.splitlines()]
+    assert len(_mounts(_srun_options(train))) == 3
+
+
+def test_run_sub_refuses_a_relative_path_it_would_have_to_mount(tmp_path):
+    proc = _bash(REPO / "run.sub", **_slurm_env(tmp_path, CONT="bert:latest", DRY_RUN=1,
+                                                  VOCAB_FILE="vocab/v.txt"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run.sub: error: VOCAB_FILE must be an absolute path when CONT is set (it is mounted into the "
+        "container), got 'vocab/v.txt'")
+
+
 @pytest.mark.parametrize("extra, word", [({"PHASE": "3"}, "PHASE"), ({"PRECISION": "fp8"}, "PRECISION"),
                                          ({"SLURM_JOB_ID": ""}, "sbatch")])
 def test_run_sub_rejects_bad_settings(extra, word, tmp_path):
