@@ -320,9 +320,9 @@ class BertAttention(nn.Layer):
                     return self._fused(hidden, mask_bias)
                 context = self._flash_context(hidden, mask_bias)
             except (ValueError, RuntimeError) as err:
-                raise RuntimeError(f"attention impl {self.impl!r} cannot be built with this Paddle "
-                                   f"build ({_short_error(err)}); it needs paddlepaddle-gpu, or use "
-                                   f"'plain'") from err
+                raise RuntimeError(f"attention impl {self.impl!r} (--fuse-mha) cannot be built with "
+                                   f"this Paddle build ({_short_error(err)}); it needs "
+                                   f"paddlepaddle-gpu, or run without --fuse-mha") from err
         else:  # "plain" and "cudnn_fused" (fused later by NGC's build pass)
             context = self._plain_context(hidden, mask_bias)
         out = self.hidden_dropout(self.output_dense(context))

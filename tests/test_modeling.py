@@ -369,8 +369,8 @@ def test_gpu_attention_impls_build_or_fail_clearly(impl, op_type):
         ops = [op.type for op in main.global_block().ops]
         assert ops.count(op_type) == TINY.num_hidden_layers and "softmax" not in ops
     else:  # CPU wheels: a clear error, not a silent fallback
-        with pytest.raises(RuntimeError, match=rf"attention impl '{impl}' cannot be built.*"
-                                               rf"paddlepaddle-gpu"):
+        with pytest.raises(RuntimeError, match=rf"attention impl '{impl}' \(--fuse-mha\) cannot be built.*"
+                                               rf"paddlepaddle-gpu, or run without --fuse-mha"):
             build(TINY, impl)
 
 
