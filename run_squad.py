@@ -442,15 +442,6 @@ def _build(args, plan, rt, train_features):
     return program.build_squad(plan.model_cfg, _train_config(args, plan, rt, updates)), opts
 
 
-def _runnable(bundle, rt):
-    """The training program to run: compiled with the bundle's build strategy on one GPU."""
-    import paddle
-
-    if rt.device == "gpu" and not rt.uses_fleet:
-        return paddle.static.CompiledProgram(bundle.main_program, build_strategy=bundle.build_strategy)
-    return bundle.main_program
-
-
 def train_and_predict(args, plan, rt):
     """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
     from utils.report import build_metric_logger
@@ -471,7 +462,7 @@ def train_and_predict(args, plan, rt):
             metrics.log_parameters({k: v for k, v in vars(args).items()})
         if opts is not None:
             results.update(train(rt.exe, bundle, train_features, opts, rt.dist.rank, rt.dist.world_size,
-                                 metrics, _runnable(bundle, rt)))
+                                 metrics, rt.runnable(bundle.main_program, bundle.build_strategy)))
             metrics.log_summary({k: results[k] for k in ("e2e_train_time", "training_sequences_per_second",
                                                          "final_loss") if k in results})
             if rt.dist.is_main and not args.benchmark:

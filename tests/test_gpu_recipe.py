@@ -212,6 +212,7 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
     args = SimpleNamespace(train_file="train.json", report_file=str(tmp_path / "report.json"),
                            show_config=False, benchmark=False, model_prefix="m")
     rt = SimpleNamespace(exe=paddle.static.Executor(place), place=place, device="gpu", uses_fleet=False,
+                         runnable=lambda program, build_strategy: program,
                          dist=SimpleNamespace(rank=0, world_size=1, is_main=True))
     with paddle.static.scope_guard(scope):
         run_squad.train_and_predict(args, plan, rt)

@@ -223,3 +223,22 @@ def test_cpu_bf16_support_defaults_agree_with_paddle():
     from utils.runtime import cpu_bf16_support
 
     assert cpu_bf16_support().usable == bool(paddle.base.core.supports_bfloat16())
+
+
+def test_single_gpu_runs_the_compiled_program_with_the_build_strategy(static_graph):
+    """Issue 15 item 12: single-GPU pretraining ran the plain Program, so the fusions never applied."""
+    import paddle
+    from utils.runtime import DistEnv, Runtime
+    program, strategy = paddle.static.Program(), paddle.static.BuildStrategy()
+    strategy.fuse_gemm_epilogue = True
+
+    def runtime(device, world):
+        return Runtime(device=device, dist=DistEnv(rank=0, world_size=world, local_rank=0),
+                       place=paddle.CPUPlace(), exe=None)
+
+    compiled = runtime("gpu", 1).runnable(program, strategy)
+    assert isinstance(compiled, paddle.static.CompiledProgram)
+    assert compiled._build_strategy is strategy and compiled._program is program
+    assert runtime("gpu", 8).runnable(program, strategy) is program  # fleet applied the strategy itself
+    assert runtime("cpu", 1).runnable(program, strategy) is program
+    assert runtime("gpu", 1).runnable(program, None) is program

@@ -238,13 +238,14 @@ class PretrainSession:
                            disable=None if self.rank == 0 else True)
         bar.update(step)
         batches = iter(self.loader)
+        runnable = self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy)
         while step < self.total_steps:
             feed = self._next_batch(batches)
             if feed is None:
                 batches = iter(self.loader)
                 continue
             paddle.seed(micro_batch_seed(a.seed, self.rank, micro))
-            values = self.rt.exe.run(self.bundle.main_program, feed=feed, fetch_list=fetch_list)
+            values = self.rt.exe.run(runnable, feed=feed, fetch_list=fetch_list)
             micro += 1
             window.add(len(feed["input_ids"]) * self.world, dict(zip(names, values)))
             if micro % k:

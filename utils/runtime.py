@@ -194,6 +194,18 @@ class Runtime:
         cpu_world = self.dist.world_size if self.device == "cpu" else 1
         return {"use_fleet": self.uses_fleet, "allreduce_world_size": cpu_world}
 
+    def runnable(self, program, build_strategy):
+        """What to pass to `exe.run` for a training program.
+
+        On one GPU the build strategy's graph fusions (GEMM epilogue, fused attention, addto) only take
+        effect through a CompiledProgram; under fleet, fleet applied them already; on CPU the plain
+        program is what the exact-resume and gloo tests measure, and the fusions are GPU-only.
+        """
+        if self.device == "gpu" and not self.uses_fleet and build_strategy is not None:
+            import paddle
+            return paddle.static.CompiledProgram(program, build_strategy=build_strategy)
+        return program
+
 
 def _parse_cpulist(text):
     """Linux cpulist text ("0-15,128-143") -> sorted list of ints."""
