@@ -251,3 +251,20 @@ def test_load_pretrained_prefers_fp32_masters_then_upcasts_fp16(tmp_path, exe):
         now = _snapshot(fresh)
     assert now["l1.w"].dtype == np.float32 and np.array_equal(now["l1.w"], master)
     assert np.array_equal(now["l2.w"], params["l2.w"].astype(np.float32))
+
+
+def test_resolve_step_verifies_without_loading_and_falls_back(tmp_path, exe, caplog):
+    """What rank 0 runs for a multi-process resume: the step every rank will then restore."""
+    _three_checkpoints(tmp_path, exe)
+    manager = CheckpointManager(tmp_path)
+    assert manager.resolve_step() == 3
+    data = bytearray((tmp_path / "3" / "bert_paddle.pdopt").read_bytes())
+    data[-3] ^= 0x10
+    (tmp_path / "3" / "bert_paddle.pdopt").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="utils.checkpoint"):
+        assert manager.resolve_step() == 2
+    assert "SHA-256" in caplog.text
+    with pytest.raises(DamagedCheckpoint):
+        manager.resolve_step(3)
+    assert manager.resolve_step(1) == 1
+    assert CheckpointManager(tmp_path / "none").resolve_step() is None

@@ -171,3 +171,25 @@ def test_a_diverging_run_skips_nonfinite_updates_then_stops_with_exit_4(shards, 
     for step_dir in (out / "bert-tiny" / "phase1").iterdir():
         if step_dir.name.isdigit():
             assert all(np.isfinite(v).all() for v in _params(step_dir).values())
+
+
+def test_two_ranks_resume_the_step_rank_0_chose(shards, tmp_path):  # noqa: F811
+    """Issue 15 item 9, over the launcher's real key-value store: both processes resume the same step."""
+    out = tmp_path / "out"
+    root = out / "bert-tiny" / "phase1"
+
+    def launch(steps, log):
+        script = _pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint",
+                                "auto", steps=steps, batch=2)
+        script[0] = os.path.join(REPO, "run_pretraining.py")
+        proc = _run(["-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                     str(tmp_path / log), *script], check=False, cwd=tmp_path)
+        logs = [p.read_text() for p in sorted((tmp_path / log).glob("workerlog.*"))]
+        assert proc.returncode == 0, logs[0][-3000:]
+        return logs
+
+    first = launch(2, "log1")
+    assert "all 2 processes resume nothing (fresh start)" in first[0]  # rank 1 logs warnings only
+    second = launch(4, "log2")
+    assert "all 2 processes resume step 2" in second[0] and "restored step 2" in second[0]
+    assert json.loads((root / "4" / "progress.json").read_text())["world_size"] == 2

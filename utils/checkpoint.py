@@ -358,7 +358,7 @@ class CheckpointManager:
         files = data.get("files")
         return checkpoint_io.size_problem(path, files) if isinstance(files, dict) else None
 
-    def _scan(self):
+    def scan(self):
         """(complete steps ascending, {step: why incomplete}) of the step directories on disk."""
         if not os.path.isdir(self.root_dir):
             return [], {}
@@ -379,7 +379,7 @@ class CheckpointManager:
           `.pdparams` file exists and every recorded file has its recorded size. Temporary and
           partial directories are ignored.
         """
-        return self._scan()[0]
+        return self.scan()[0]
 
     def latest_complete_step(self):
         """The highest complete step on disk, or None when there is none."""
@@ -459,7 +459,7 @@ class CheckpointManager:
         fsync_path(self.root_dir)
 
     def _purge(self, keep):
-        complete, problems = self._scan()
+        complete, problems = self.scan()
         newer = [s for s in complete if s > keep]
         if newer:  # callers move another run's newer checkpoints aside first; this is a safety net
             logger.warning("checkpoints newer than step %d exist in %s (%s); they come from another run "
@@ -534,10 +534,47 @@ class CheckpointManager:
             raise DamagedCheckpoint(f"{path} is not valid JSON ({err})") from err
 
     def _load_verified(self, step):
-        """(Progress, tensors) of `step` after checking every recorded file. Raises DamagedCheckpoint."""
+        """(Progress, tensors) of `step`, every recorded file checked as it is read. Raises DamagedCheckpoint."""
         progress = self.read_progress(step)
-        checkpoint_io.verify_files(self.step_dir(step), progress.files)
-        return progress, checkpoint_io.read_state(os.path.join(self.step_dir(step), self.model_prefix))
+        prefix = os.path.join(self.step_dir(step), self.model_prefix)
+        if progress.files:
+            return progress, checkpoint_io.read_verified_state(prefix, progress.files)
+        return progress, checkpoint_io.read_state(prefix)
+
+    def resolve_step(self, step="auto"):
+        """The step `restore(step)` would load, with every file of it verified, without loading anything.
+
+        Multi-process runs let rank 0 resolve "auto" and every rank then restores that exact step (see
+        `utils.resume_agreement`): ranks choosing alone can pick different steps.
+
+        Returns:
+          int, or None when step == "auto" and there is no checkpoint at all.
+
+        Raises:
+          DamagedCheckpoint / ValueError: as `restore`.
+        """
+        steps, problems = self.scan()
+        for bad_step, reason in problems.items():
+            logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
+        if step != "auto":
+            if not _is_int(step) or step not in steps:
+                raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}; "
+                                 f"available steps: {steps if steps else 'none'}")
+            checkpoint_io.verify_files(self.step_dir(step), self.read_progress(step).files)
+            return step
+        damaged = []
+        for candidate in steps[::-1]:
+            try:
+                checkpoint_io.verify_files(self.step_dir(candidate), self.read_progress(candidate).files)
+                return candidate
+            except DamagedCheckpoint as err:
+                damaged.append(str(err))
+                logger.warning("checkpoint of step %d is damaged: %s; falling back to the previous one",
+                               candidate, err)
+        if damaged or problems:
+            raise DamagedCheckpoint(f"no usable checkpoint in {self.root_dir}: "
+                                    + "; ".join(damaged + list(problems.values())))
+        return None
 
     def restore(self, exe, program, step="auto", validate=None):
         """Load every persistable of `program` from a checkpoint and return its Progress.
@@ -562,7 +599,7 @@ class CheckpointManager:
             progress.json schema, `validate`'s refusal, or (DamagedCheckpoint) the requested step, or
             with "auto" every checkpoint, is damaged.
         """
-        steps, problems = self._scan()
+        steps, problems = self.scan()
         for bad_step, reason in problems.items():
             logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
         if step == "auto":

@@ -14,6 +14,7 @@ Why write the files ourselves instead of calling `paddle.static.save`:
   * every file is fsynced before the caller renames the directory into place, so a power cut cannot
     leave a checkpoint whose progress file exists but whose tensors were never flushed.
 """
+import contextlib
 import hashlib
 import os
 import pickle
@@ -27,6 +28,8 @@ MODEL_SUFFIX = ".pdmodel"
 GRADIENT_MERGE_SUFFIX = "@GRAD@GradientMerge"
 _PICKLE_PROTOCOL = 4  # what paddle.static.save uses by default; handles arrays over 4 GB
 _CHUNK = 8 << 20
+_CHECKSUM_MISMATCH = ("{path} does not match the SHA-256 recorded when it was saved (the file was altered or "
+                      "corrupted on disk)")
 
 
 class DamagedCheckpoint(ValueError):
@@ -134,12 +137,83 @@ def verify_files(directory, files):
     for name, expected in sorted(files.items()):
         path = os.path.join(directory, name)
         if file_digest(path)["sha256"] != expected["sha256"]:
-            raise DamagedCheckpoint(f"{path} does not match the SHA-256 recorded when it was saved "
-                                    "(the file was altered or corrupted on disk)")
+            raise DamagedCheckpoint(_CHECKSUM_MISMATCH.format(path=path))
+
+
+class _DigestingReader:
+    """A binary file that hashes what `pickle.load` reads from it (verify and load in one pass)."""
+
+    def __init__(self, f):
+        self._f, self.sha256 = f, hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self._f.read(size)
+        self.sha256.update(data)
+        return data
+
+    def readinto(self, buffer):
+        count = self._f.readinto(buffer)
+        self.sha256.update(memoryview(buffer)[:count])
+        return count
+
+    def readline(self):
+        data = self._f.readline()
+        self.sha256.update(data)
+        return data
+
+
+def _load_digested(path, expected):
+    """Unpickle `path` while hashing it; raises DamagedCheckpoint unless it is all read and matches."""
+    try:
+        with open(path, "rb") as f:
+            reader = _DigestingReader(f)
+            value = pickle.load(reader)
+            reader.sha256.update(f.read())  # nothing should follow the pickle, but hash it if it does
+    except Exception as err:  # pickle, EOF and OS errors all mean the file cannot be used
+        # An altered byte usually breaks the pickle first; the checksum says what really happened.
+        with contextlib.suppress(OSError):
+            if file_digest(path)["sha256"] != expected["sha256"]:
+                raise DamagedCheckpoint(_CHECKSUM_MISMATCH.format(path=path)) from err
+        raise DamagedCheckpoint(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    if reader.sha256.hexdigest() != expected["sha256"]:
+        raise DamagedCheckpoint(_CHECKSUM_MISMATCH.format(path=path))
+    if not isinstance(value, dict):
+        raise DamagedCheckpoint(f"{path} does not hold a dict of name -> array")
+    return value
+
+
+def read_verified_state(prefix, files):
+    """All tensors of a checkpoint whose files were recorded, each file checked as it is read.
+
+    One pass over the bytes (a checkpoint of BERT-large with LAMB state is several GB: reading it once
+    to hash and again to load would double the resume time on a shared filesystem).
+
+    Args:
+      prefix: path prefix of the tensor files.
+      files: `Progress.files`, non-empty.
+
+    Returns:
+      dict name -> ndarray (parameters and the rest together).
+
+    Raises:
+      DamagedCheckpoint: a file missing, of the wrong size or checksum, or unreadable.
+    """
+    directory, base = os.path.dirname(prefix), os.path.basename(prefix)
+    problem = size_problem(directory, files)
+    if problem:
+        raise DamagedCheckpoint(problem)
+    state = {}
+    for suffix in (PARAMS_SUFFIX, OPT_SUFFIX):
+        name = base + suffix
+        if name not in files:
+            raise DamagedCheckpoint(f"{os.path.join(directory, 'progress.json')} records no {name}")
+        state.update(_load_digested(os.path.join(directory, name), files[name]))
+    verify_files(directory, {n: d for n, d in files.items() if n.endswith(MODEL_SUFFIX)})
+    return state
 
 
 def read_state(prefix):
-    """All tensors of a checkpoint: dict name -> ndarray (parameters and the rest together).
+    """All tensors of a checkpoint without recorded checksums (schema 1): dict name -> ndarray.
 
     Raises:
       DamagedCheckpoint: the files cannot be unpickled (e.g. a truncated checkpoint saved before

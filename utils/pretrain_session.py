@@ -30,6 +30,7 @@ from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_
 from utils.logger import progress as progress_bar
 from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
+from utils import resume_agreement
 from utils.run_lock import RunLock
 from utils.runtime import init_runtime
 
@@ -110,10 +111,8 @@ class PretrainSession:
             if step not in (None, "auto") and step != int(name):
                 raise ValueError(f"--last-step-of-checkpoint {step} contradicts --from-checkpoint '{path}'")
             return CheckpointManager(os.path.dirname(os.path.normpath(path)), **kwargs), int(name)
-        if not os.path.isdir(path):
-            logger.info("no checkpoint directory '%s' yet: starting phase %d from step 0", path,
-                        self.args.phase)
-            return None
+        # A directory that does not exist yet (validate_args allows that for "auto") is still the source:
+        # with several processes, whether there is anything to resume is agreed on, not decided per node.
         return CheckpointManager(path, **kwargs), ("auto" if step is None else step)
 
     def _claim_output(self, source):
@@ -165,14 +164,10 @@ class PretrainSession:
         pretrained or phase-1 parameters are fp32 values, so they are loaded first and `amp_init`
         then copies them into the master weights.
         """
-        exe, main, source = self.rt.exe, self.bundle.main_program, self.source
-        exe.run(self.bundle.startup_program)
-        will_restore = source is not None and (source[1] != "auto" or bool(source[0].available_steps()))
-        restored = None
-        if will_restore:
-            self._amp_init()
-            restored = source[0].restore(exe, main, source[1], validate=self._check_resumable)
-        elif source:
+        source = self.source
+        self.rt.exe.run(self.bundle.startup_program)
+        restored = self._restore(*source) if source is not None else None
+        if source is not None and restored is None:
             logger.info("no complete checkpoint in '%s' yet: starting phase %d from step 0",
                         source[0].root_dir, self.args.phase)
         if restored is not None:
@@ -180,6 +175,38 @@ class PretrainSession:
         else:
             self._load_initial_weights()
             self._amp_init()
+        return restored
+
+    def _restore(self, manager, requested):
+        """Restore `requested` ("auto" or a step) from `manager`, or None when there is nothing to resume.
+
+        A directory holding only damaged checkpoints is an error, not a fresh start. With several
+        processes, rank 0 chooses the step and every process restores exactly that one
+        (`utils.resume_agreement`).
+        """
+        if self.world > 1:
+            return self._restore_agreed(manager, requested)
+        steps, problems = manager.scan()
+        if requested == "auto" and not steps and not problems:
+            return None
+        self._amp_init()
+        return manager.restore(self.rt.exe, self.bundle.main_program, requested,
+                               validate=self._check_resumable)
+
+    def _restore_agreed(self, manager, requested):
+        store = resume_agreement.global_store()
+        step = resume_agreement.agree_on_step(store, self.rank, self.world, manager.root_dir,
+                                              manager.available_steps(), lambda: manager.resolve_step(requested))
+        if step is None:
+            return None
+        self._amp_init()
+        restored, error = None, None
+        try:
+            restored = manager.restore(self.rt.exe, self.bundle.main_program, step,
+                                       validate=self._check_resumable)
+        except ValueError as err:
+            error = str(err)
+        resume_agreement.agree_loaded(store, self.rank, self.world, error)
         return restored
 
     def _continue_from(self, restored, source_manager):
@@ -273,7 +300,7 @@ class PretrainSession:
         """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
         a = self.args
         self._check_overflow(step, window)
-        self.guard.update(step, window.take_nonfinite(), window.latest.get("loss"))
+        self.guard.update(step, window.take_nonfinite(), window.loss)
         if step % a.log_freq == 0 or step == self.total_steps:
             last = window.summary(a.gradient_merge_steps)
             self.metrics.log(last, step=step)
@@ -329,6 +356,11 @@ class _Window:
         self.nonfinite = False
         self.reset()
 
+    @property
+    def loss(self):
+        """The latest micro-batch's loss (averaged over the ranks when there are several)."""
+        return self.latest["global_loss"] if "global_loss" in self.latest else self.latest["loss"]
+
     def take_nonfinite(self):
         """Whether a micro-batch since the last call had a non-finite loss (then the flag is cleared)."""
         seen, self.nonfinite = self.nonfinite, False
@@ -339,7 +371,7 @@ class _Window:
 
     def add(self, sequences, values):
         self.latest = {n: float(np.asarray(v).reshape(-1)[0]) for n, v in values.items()}
-        self.nonfinite |= not np.isfinite(self.latest.get("global_loss", self.latest["loss"]))
+        self.nonfinite |= not np.isfinite(self.loss)
         for name, value in self.latest.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.count += 1
