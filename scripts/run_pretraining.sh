@@ -256,13 +256,21 @@ bench_flags=()
   bench_flags=(--benchmark --benchmark-steps="$benchmark_steps" --benchmark-warmup-steps="$benchmark_warmup_steps")
 
 phase1_ckpt=$RESULTS_DIR/$bert_model/phase1
-[[ $init_checkpoint == None ]] || phase1_ckpt=$init_checkpoint
+# <init_checkpoint> seeds phase 1 only until phase 1 has checkpoints of its own: a re-run after a crash
+# resumes those (resuming another directory into one that holds checkpoints is refused, runs never mix).
+if [[ $init_checkpoint != None ]] && ! compgen -G "$phase1_ckpt/[0-9]*/progress.json" > /dev/null; then
+  phase1_ckpt=$init_checkpoint
+fi
 resume1=(--from-checkpoint="$phase1_ckpt" --last-step-of-checkpoint=auto)
 resume2=(--from-checkpoint="$RESULTS_DIR/$bert_model/phase2" --last-step-of-checkpoint=auto
          --from-phase1-final-params="$RESULTS_DIR/$bert_model/phase1/$train_steps")
 if [[ $enable_benchmark == true ]]; then resume1=(); resume2=(); fi
 
-[[ $DRY_RUN == 1 ]] || mkdir -p "$RESULTS_DIR"
+if [[ $DRY_RUN != 1 ]]; then
+  need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" \
+    'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo) (or DEVICE=cpu)'
+  mkdir -p "$RESULTS_DIR"
+fi
 cd "$code_dir"
 ensure_sample_corpus
 

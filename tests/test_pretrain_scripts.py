@@ -67,10 +67,12 @@ def _write_executable(path, text):
 
 @pytest.fixture
 def fake_bin(tmp_path):
-    """A bin dir whose `recorder` appends its argv (one shell-quoted line) to $RECORD, then exits $FAKE_RC."""
+    """A bin dir whose `recorder` appends its argv (one shell-quoted line) to $RECORD, then exits $FAKE_RC;
+    asked how many GPUs paddle sees (`-c <code>`, the scripts' pre-launch check) it answers 8."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     _write_executable(bindir / "recorder", '#!/usr/bin/env bash\n'
+                      'if [[ $1 == -c ]]; then echo 8; exit 0; fi\n'
                       'printf "%q " "$@" >> "$RECORD"; printf "\\n" >> "$RECORD"\n'
                       'echo "recorder ran: $*"\nexit "${FAKE_RC:-0}"\n')
     return bindir
@@ -489,3 +491,28 @@ def test_dockerfile_keeps_the_gpu_paddle_and_the_other_pins():
     assert "paddlepaddle" in original and kept == [name for name in original if name != "paddlepaddle"]
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", "results", "demo_output", "data/download"} <= set(ignored)
+
+
+def test_8_gpu_preset_on_a_cpu_machine_fails_in_one_line_before_any_work(tmp_path):
+    import paddle
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("a CUDA build of paddle: this test is about CPU-only machines")
+    results, vocab = tmp_path / "results", tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n")
+    proc = _bash(RUN, _dgx_args(tmp_path), PYTHON=REPO / ".venv" / "bin" / "python", RESULTS_DIR=results,
+                 VOCAB_FILE=vocab)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("run_pretraining.sh: error: <num_gpus> (argument 4) asks for 8 GPU process(es) but no "
+                           "GPU is usable") and "cpu_demo" in line
+    assert not results.exists() and not (tmp_path / "wikipedia" / "phase1").exists()  # no data prepared
+
+
+def test_init_checkpoint_seeds_phase1_only_until_phase1_has_checkpoints(tmp_path):
+    args = _dgx_args(tmp_path)
+    args[19] = str(tmp_path / "ckpt")
+    step = tmp_path / "results" / "bert-large-uncased" / "phase1" / "200"
+    step.mkdir(parents=True)
+    (step / "progress.json").write_text("{}")
+    train1 = _dry_run(args, tmp_path)[2]
+    assert f"--from-checkpoint={tmp_path}/results/bert-large-uncased/phase1" in train1  # resume own run

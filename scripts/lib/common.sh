@@ -60,6 +60,7 @@ need_gpus() {  # <python> <processes> <device> <label> <hint>: die before launch
     nocuda) die "$label asks for $wanted GPU process(es) but no GPU is usable: paddlepaddle-gpu is not" \
                 "installed (install paddlepaddle-gpu==2.6.2); on a CPU machine use $hint" ;;
   esac
+  [[ $seen =~ ^[0-9]+$ ]] || die "cannot tell how many GPUs $python sees (it printed '$seen')"
   (( seen >= wanted )) ||
     die "$label asks for $wanted GPU process(es) but $seen GPU(s) are visible; give at most $seen, or on a" \
         "CPU machine use $hint"
