@@ -268,3 +268,14 @@ def test_resolve_step_verifies_without_loading_and_falls_back(tmp_path, exe, cap
         manager.resolve_step(3)
     assert manager.resolve_step(1) == 1
     assert CheckpointManager(tmp_path / "none").resolve_step() is None
+
+
+def test_a_mismatch_of_many_parameters_is_one_readable_line(tmp_path, exe):
+    from utils.checkpoint import assign_to_scope
+    prog = _build(exe)
+    arrays = {f"p{i}": np.zeros((2,), np.float32) for i in range(30)}
+    arrays["l1.w"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError) as err:
+        assign_to_scope(exe, arrays, "x.pdparams")
+    assert str(err.value).count("not initialised") == 20 and err.value.args[0].endswith("and 11 more")
+    del prog

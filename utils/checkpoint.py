@@ -287,7 +287,9 @@ def assign_to_scope(exe, arrays, source):
                             f"'{source}' has {value.dtype}{list(value.shape)}")
         tensors[name] = (tensor, value)
     if problems:
-        raise ValueError(f"cannot load '{source}': " + "; ".join(problems))
+        shown = "; ".join(problems[:_PREVIEW])
+        more = f"; ... and {len(problems) - _PREVIEW} more" if len(problems) > _PREVIEW else ""
+        raise ValueError(f"cannot load '{source}': {shown}{more}")
     for tensor, value in tensors.values():
         tensor.set(value, exe.place)
 
