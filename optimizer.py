@@ -143,3 +143,57 @@ def skip_nonfinite_updates(program):
         guarded += len(ops)
     program._sync_with_cpp()
     return guarded
+
+
+def count_nonfinite_updates(program, startup, prefix="train_metrics"):
+    """Count skipped updates on the device: `<prefix>.nonfinite_total` and `<prefix>.nonfinite_consecutive`.
+
+    Why on the device: reading a flag after every update would cost a host synchronisation per update on
+    a GPU; these two persistable counters are read only when the run logs. Both are updated where the
+    optimizer ops read their `SkipUpdate` flag (set by `skip_nonfinite_updates`, or by Paddle's fp16 loss
+    scaler, which skips overflowing steps the same way), so they count the updates that were really
+    skipped, identically on every rank (the flag is computed from the all-reduced gradients).
+
+    Args:
+      program: a training program after `minimize` and `skip_nonfinite_updates`.
+      startup: its startup program (the counters start at 0).
+      prefix: name prefix of the two float32 [1] counters.
+
+    Returns:
+      (total name, consecutive name), or None when no optimizer op has a `SkipUpdate` flag.
+    """
+    found = [(block, op) for block in program.blocks for op in block.ops
+             if op.type in UPDATE_OPS and op.input("SkipUpdate")]
+    if not found:
+        return None
+    block, first = found[0]
+    flag = block._var_recursive(first.input("SkipUpdate")[0])
+    names = (f"{prefix}.nonfinite_total", f"{prefix}.nonfinite_consecutive")
+    counters = []
+    for name in names:
+        counters.append(program.global_block().create_var(name=name, shape=[1], dtype="float32",
+                                                          persistable=True))
+        startup.global_block().append_op(
+            type="fill_constant", outputs={"Out": [startup.global_block().create_var(
+                name=name, shape=[1], dtype="float32", persistable=True)]},
+            attrs={"shape": [1], "dtype": counters[-1].dtype, "value": 0.0})
+    total, consecutive = counters
+    index, role = block.ops.index(first), first.attr("op_role")
+
+    def tmp(stem):
+        return block.create_var(name=paddle.utils.unique_name.generate(f"{prefix}.{stem}"), shape=[1],
+                                dtype="float32")
+
+    skipped, kept, grown = tmp("skipped"), tmp("kept"), tmp("grown")
+    ops = [("cast", {"X": [flag]}, {"Out": [skipped]},
+            {"in_dtype": flag.dtype, "out_dtype": skipped.dtype}),
+           ("elementwise_add", {"X": [total], "Y": [skipped]}, {"Out": [total]}, {"axis": -1}),
+           # consecutive = (consecutive + 1) * skipped: grows on a skipped update, 0 after a good one
+           ("scale", {"X": [consecutive]}, {"Out": [kept]}, {"scale": 1.0, "bias": 1.0}),
+           ("elementwise_mul", {"X": [kept], "Y": [skipped]}, {"Out": [grown]}, {"axis": -1}),
+           ("assign", {"X": [grown]}, {"Out": [consecutive]}, {})]
+    for offset, (op_type, inputs, outputs, attrs) in enumerate(ops):
+        block._insert_op(index + offset, type=op_type, inputs=inputs, outputs=outputs,
+                         attrs=dict(attrs, op_role=role))
+    program._sync_with_cpp()
+    return names

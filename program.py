@@ -212,6 +212,36 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainMetrics:
+    """The metrics a pretraining program keeps on the device, read only when the run logs.
+
+    Why: fetching the losses after every micro-batch costs a host synchronisation each time (32 per
+    update at the recipe's gradient merge), and averaging them over ranks an all-reduce each time. The
+    program instead adds each micro-batch's values into a persistable window; `program` reads the window
+    (averaged over ranks) when the run logs, and the runner then zeroes it.
+
+    Fields:
+      names: the metrics summed per micro-batch, in the order of the window (WINDOW_METRICS).
+      sums_var: name of the persistable float32 [len(names) + 1] window: the sums, then the micro-batch
+        count.
+      program: a Program whose fetch `mean_sums` is the window averaged over the data-parallel ranks
+        (the count stays the per-rank count).
+      mean_sums: the Variable of `program` to fetch.
+      nonfinite: (total, consecutive) names of the float32 [1] skipped-update counters
+        (`optimizer.count_nonfinite_updates`), or None.
+    """
+    names: Tuple[str, ...]
+    sums_var: str
+    program: paddle.static.Program
+    mean_sums: object
+    nonfinite: Optional[Tuple[str, str]]
+
+
+WINDOW_METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
+METRICS_PREFIX = "train_metrics"
+
+
+@dataclasses.dataclass(frozen=True)
 class ProgramBundle:
     """Everything a run needs from a build.
 
@@ -228,6 +258,7 @@ class ProgramBundle:
       amp_optimizer: the object with `amp_init` (Paddle's AMP decorator, or fleet when fleet applies
         AMP) or None without AMP; under pure fp16 `utils.amp_state.init_pure_fp16` calls its `amp_init`.
         Not always `optimizer`: a gradient-merge wrapper outside AMP has no `amp_init`.
+      metrics: TrainMetrics of a pretraining program (what its loop logs without fetching), else None.
       attention_impl: the attention implementation that was built.
       build_strategy: paddle.static.BuildStrategy with the graph fusions for this build (NGC's
         fused attention pass, GEMM epilogue fusion under AMP). Without fleet, a GPU runner applies
@@ -246,6 +277,7 @@ class ProgramBundle:
     attention_impl: str
     build_strategy: Optional[object]
     amp_optimizer: Optional[object] = None
+    metrics: Optional[TrainMetrics] = None
 
 
 def build_dist_strategy(train_cfg, attention_impl="plain", fp32_var_names=()):
@@ -413,9 +445,6 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
     # fp32 and bf16 have no loss scaler checking the gradients: skip non-finite updates in the program.
     optimizer_lib.skip_nonfinite_updates(main)
     extra = {"lr": _learning_rate_var(main)}
-    world = _data_parallel_world(train_cfg)
-    if world > 1:
-        extra["global_loss"] = _mean_over_ranks(loss, world)
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
@@ -431,11 +460,30 @@ def _data_parallel_world(train_cfg):
     return train_cfg.allreduce_world_size
 
 
-def _mean_over_ranks(loss, world):
-    """A copy of `loss` averaged over all ranks (what the logs report; the gradients do not use it)."""
-    total = paddle.assign(loss)
-    paddle.distributed.all_reduce(total)
-    return paddle.scale(total, 1.0 / world)
+def _train_metrics(main, startup, values, world):
+    """Accumulate `values` (dict name -> scalar Variable) per micro-batch; see TrainMetrics."""
+    names = tuple(n for n in WINDOW_METRICS if n in values)
+    sums_name, width = f"{METRICS_PREFIX}.window_sums", len(names) + 1
+    with paddle.static.program_guard(main, startup):
+        sums = main.global_block().create_var(name=sums_name, shape=[width], dtype="float32", persistable=True)
+        startup.global_block().append_op(
+            type="fill_constant", attrs={"shape": [width], "dtype": sums.dtype, "value": 0.0},
+            outputs={"Out": [startup.global_block().create_var(name=sums_name, shape=[width],
+                                                                 dtype="float32", persistable=True)]})
+        row = paddle.concat([paddle.cast(paddle.reshape(values[n], [1]), "float32") for n in names]
+                            + [paddle.ones([1], "float32")])
+        paddle.assign(paddle.add(sums, row), output=sums)
+    nonfinite = optimizer_lib.count_nonfinite_updates(main, startup, prefix=METRICS_PREFIX)
+    program, unused_startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(program, unused_startup):
+        window = program.global_block().create_var(name=sums_name, shape=[width], dtype="float32",
+                                                   persistable=True)
+        mean = paddle.assign(window)
+        if world > 1:  # one all-reduce per log line, instead of one per micro-batch
+            paddle.distributed.all_reduce(mean)
+            mean = paddle.scale(mean, 1.0 / world)
+    return TrainMetrics(names=names, sums_var=sums_name, program=program, mean_sums=mean,
+                        nonfinite=nonfinite)
 
 
 def _learning_rate_var(program):
@@ -491,9 +539,9 @@ def build_pretraining(model_cfg, train_cfg):
 
     Returns:
       ProgramBundle. feed_names == eval_feed_names == FEED_SPECS["pretraining"] names. fetches:
-      loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc (float32 scalars), lr (float32 [1]) and, with AMP,
-      loss_scaling (float32 [1]), and with more than one rank global_loss (the loss averaged over
-      ranks); eval_fetches: the five loss/accuracy values.
+      loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc (float32 scalars, this rank's), lr (float32 [1]) and,
+      with AMP, loss_scaling (float32 [1]); eval_fetches: the five loss/accuracy values; metrics: the
+      on-device window of those values (TrainMetrics), what a training loop logs without fetching.
 
     Raises:
       RuntimeError: AMP requested but this Paddle build cannot produce low-precision ops, or a
@@ -512,12 +560,13 @@ def build_pretraining(model_cfg, train_cfg):
         lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
                                                    fetched_losses=list(losses.values()),
                                                    eval_program=eval_program)
+        metrics = _train_metrics(main, startup, losses, _data_parallel_world(train_cfg))
     names = tuple(feeds)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=names, eval_feed_names=names, fetches={**losses, **extra},
                          eval_fetches=_vars_of(eval_program, losses), lr_scheduler=lr,
                          optimizer=opt, attention_impl=impl, build_strategy=build,
-                         amp_optimizer=amp_opt)
+                         amp_optimizer=amp_opt, metrics=metrics)
 
 
 def build_squad(model_cfg, train_cfg, is_training=True):

@@ -87,12 +87,46 @@ def test_programs_with_a_loss_scaler_are_left_alone(static_graph):
     assert not [op for op in main.global_block().ops if op.type == "lamb" and op.input("SkipUpdate")]
 
 
-def test_guard_counts_consecutive_nonfinite_updates_only():
+def test_guard_warns_about_new_skips_and_stops_at_the_consecutive_limit(caplog):
+    import logging
     guard = NonFiniteGuard(3)
-    for step, bad in enumerate([True, True, False, True, True], start=1):
-        guard.update(step, bad)
-    assert guard.consecutive == 2 and guard.total == 4
-    with pytest.raises(TrainingDiverged, match="3 consecutive updates up to step 6"):
-        guard.update(6, True, loss=float("nan"))
+    with caplog.at_level(logging.WARNING, logger="utils.nonfinite"):
+        guard.observe(10, total=0, consecutive=0)
+        assert caplog.text == ""
+        guard.observe(20, total=2, consecutive=0)  # two skipped, recovered since
+        assert "step 20: 2 update(s) skipped" in caplog.text and "0 in a row" in caplog.text
+        caplog.clear()
+        guard.observe(25, total=2, consecutive=0)  # nothing new: no warning
+        assert caplog.text == ""
+        with pytest.raises(TrainingDiverged, match="3 consecutive updates up to step 30"):
+            guard.observe(30, total=5, consecutive=3)
     with pytest.raises(ValueError, match="--max-nonfinite-steps"):
         NonFiniteGuard(0)
+
+
+def _counted(name, k_steps, feeds):
+    """Run the guarded program with skipped-update counters; returns (total, consecutive) after each update."""
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [None, 4], "float32")
+        loss = paddle.mean(paddle.static.nn.fc(x, 3) ** 2)
+        opt = optimizer_lib.build_optimizer(name, 0.1, weight_decay=0.0, beta1=0.9, beta2=0.999, epsilon=1e-6)
+        if k_steps > 1:
+            opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
+        opt.minimize(loss)
+        optimizer_lib.skip_nonfinite_updates(main)
+        names = optimizer_lib.count_nonfinite_updates(main, startup)
+    exe, scope, seen = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope(), []
+    with paddle.static.scope_guard(scope):
+        exe.run(startup)
+        for feed in feeds:
+            for _ in range(k_steps):
+                exe.run(main, feed={"x": feed}, fetch_list=[])
+            seen.append(tuple(int(np.array(scope.find_var(n).get_tensor())[0]) for n in names))
+    return seen
+
+
+@pytest.mark.parametrize("k_steps", [1, 2])
+def test_skipped_updates_are_counted_on_the_device(static_graph, k_steps):
+    seen = _counted("AdamW", k_steps, [GOOD, BAD, BAD, GOOD, BAD])
+    assert seen == [(0, 0), (1, 1), (2, 2), (2, 0), (3, 1)]

@@ -512,11 +512,20 @@ class CheckpointManager:
         Raises:
           ValueError: `every_n_steps` is not a positive int; anything `save` raises.
         """
-        if not _is_int(every_n_steps) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
-        if progress.global_step % every_n_steps == 0 or is_last:
+        if self.is_save_step(progress.global_step, every_n_steps, is_last):
             return self.save(exe, program, progress)
         return None
+
+    @staticmethod
+    def is_save_step(step, every_n_steps, is_last=False):
+        """Whether `maybe_save` saves at global `step` (a pure rule, so resumed runs save on the same steps).
+
+        Raises:
+          ValueError: `every_n_steps` is not a positive int.
+        """
+        if not _is_int(every_n_steps) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        return step % every_n_steps == 0 or is_last
 
     def read_progress(self, step):
         """The Progress of a complete step.
@@ -644,8 +653,8 @@ class CheckpointManager:
         for name in names:
             if name in state:
                 arrays[name] = state[name]
-            elif name.endswith(checkpoint_io.GRADIENT_MERGE_SUFFIX) and _scope_tensor(name) is not None:
-                arrays[name] = np.zeros_like(np.array(_scope_tensor(name)))  # left out because all zero
+            elif checkpoint_io.zero_if_absent(name) and _scope_tensor(name) is not None:
+                arrays[name] = np.zeros_like(np.array(_scope_tensor(name)))  # left out: starts at zero
         missing = [n for n in names if n not in arrays]
         if missing:
             raise ValueError(f"checkpoint {path} lacks {len(missing)} persistable(s) of the program: "

@@ -78,6 +78,18 @@ def file_digest(path):
     return {"size": size, "sha256": sha.hexdigest()}
 
 
+# Persistables that start at zero and may be absent from a checkpoint, restored as zeros: gradient-merge
+# buffers (left out when all zero, see `skippable`) and the training-metric window and skipped-update
+# counters of `program.TrainMetrics` (named "train_metrics.*"; checkpoints written before they existed
+# lack them, and a metric window restarting at zero changes no parameter).
+_ZERO_IF_ABSENT_PREFIXES = ("train_metrics.",)
+
+
+def zero_if_absent(name):
+    """True for a persistable a checkpoint may lack, which then starts from zeros."""
+    return name.endswith(GRADIENT_MERGE_SUFFIX) or name.startswith(_ZERO_IF_ABSENT_PREFIXES)
+
+
 def skippable(name, value):
     """True for a tensor that is not written because restoring it as zeros is exact."""
     return name.endswith(GRADIENT_MERGE_SUFFIX) and not value.any()

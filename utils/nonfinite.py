@@ -1,10 +1,10 @@
 """What a careful trainer does when the loss or the gradients stop being finite numbers.
 
-Owns: `NonFiniteGuard`, the host-side count of consecutive updates whose gradients held NaN/inf (those
-updates were skipped inside the program: see `optimizer.SkipNonFiniteUpdates`), and `TrainingDiverged`,
-the error that stops a run. Does not own detecting non-finite gradients in the graph (the optimizer
-wrapper, or the AMP loss scaler under fp16) nor refusing to checkpoint NaN parameters
-(`utils.checkpoint`).
+Owns: `NonFiniteGuard`, which reads the device's count of skipped updates (updates whose gradients held
+NaN/inf are skipped inside the program: `optimizer.skip_nonfinite_updates` for fp32/bf16, Paddle's loss
+scaler for fp16; `optimizer.count_nonfinite_updates` counts them), warns about them and stops a run that
+keeps producing them; and `TrainingDiverged`, the error that stops it. Does not own detecting non-finite
+values in the graph nor refusing to checkpoint NaN parameters (`utils.checkpoint`).
 
 Why skip and count rather than stop at once: one bad batch (an overflow in a long warm-up, a corrupt
 sample) should cost one update, not the run; but a model that has diverged produces nothing but
@@ -21,10 +21,14 @@ class TrainingDiverged(RuntimeError):
 
 
 class NonFiniteGuard:
-    """Counts consecutive skipped (non-finite) updates; raises after `max_consecutive` of them.
+    """Watches the device's skipped-update counters; raises once `max_consecutive` updates in a row were skipped.
+
+    The counters (`optimizer.count_nonfinite_updates`) are read when the run logs and before it saves,
+    not after every update (that would cost a host synchronisation per update on a GPU), so a run stops
+    at the first such read after the limit is reached.
 
     Args:
-      max_consecutive: int >= 1, the run stops at this many non-finite updates in a row.
+      max_consecutive: int >= 1.
 
     Raises:
       ValueError: `max_consecutive` < 1.
@@ -34,24 +38,26 @@ class NonFiniteGuard:
         if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
             raise ValueError(f"--max-nonfinite-steps must be an integer >= 1, got {max_consecutive!r}")
         self.max_consecutive = max_consecutive
-        self.consecutive = 0
         self.total = 0
 
-    def update(self, step, nonfinite, loss=None):
-        """Record whether update `step` was skipped for non-finite gradients.
+    def observe(self, step, total, consecutive):
+        """Warn about updates skipped since the last observation; stop a run that keeps skipping.
+
+        Args:
+          step: the global step just completed.
+          total: skipped updates since the program started (the device counter).
+          consecutive: skipped updates in a row up to `step`.
 
         Raises:
-          TrainingDiverged: the `max_consecutive`-th skipped update in a row.
+          TrainingDiverged: `consecutive` >= max_consecutive.
         """
-        if not nonfinite:
-            self.consecutive = 0
-            return
-        self.consecutive += 1
-        self.total += 1
-        logger.warning("step %d: non-finite loss or gradients (loss %s); update skipped (%d in a row, "
-                       "stopping at %d)", step, loss, self.consecutive, self.max_consecutive)
-        if self.consecutive >= self.max_consecutive:
+        new, self.total = total - self.total, total
+        if new > 0:
+            logger.warning("step %d: %d update(s) skipped since the last check for non-finite loss or "
+                           "gradients (fp16 overflow or NaN/inf), %d in a row now, stopping at %d", step, new,
+                           consecutive, self.max_consecutive)
+        if consecutive >= self.max_consecutive:
             raise TrainingDiverged(
-                f"training diverged: {self.consecutive} consecutive updates up to step {step} had non-finite "
-                f"loss or gradients. Resume from the last checkpoint with a lower --learning-rate or "
-                f"longer warm-up (--warmup-proportion), or raise --max-nonfinite-steps")
+                f"training diverged: {consecutive} consecutive updates up to step {step} had non-finite "
+                f"loss or gradients and were skipped. Resume from the last checkpoint with a lower "
+                f"--learning-rate or longer warm-up (--warmup-proportion), or raise --max-nonfinite-steps")

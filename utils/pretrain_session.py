@@ -18,7 +18,6 @@ import logging
 import os
 import time
 
-import numpy as np
 import paddle
 
 import program as program_lib
@@ -28,6 +27,7 @@ from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir)
 from utils.logger import progress as progress_bar
+from utils.metric_window import MetricWindow
 from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
 from utils import resume_agreement
@@ -250,16 +250,14 @@ class PretrainSession:
             return
         self._train(step)
 
-    def _fetch_names(self):
-        names = ["global_loss" if "global_loss" in self.bundle.fetches else "loss",
-                 "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr"]
-        return names + (["loss_scaling"] if "loss_scaling" in self.bundle.fetches else [])
-
     def _train(self, step):
+        """The loop. Micro-batches run without fetching anything: the metrics accumulate on the device
+        and are read every --log-freq updates (`utils.metric_window`), so a GPU is never made to wait."""
         a, k = self.args, self.args.gradient_merge_steps
-        names = self._fetch_names()
-        fetch_list = [self.bundle.fetches[n] for n in names]
-        micro, window, last = step * k, _Window(), {}
+        micro, last = step * k, {}
+        window = MetricWindow(self.rt.exe, self.bundle.metrics, self.rt.place, self.bundle.fetches["lr"].name,
+                              getattr(self.bundle.fetches.get("loss_scaling"), "name", None), k)
+        self.guard.total = window.counters()[0]  # a resumed run restored the counters with the checkpoint
         raw_start, bench_start = time.time(), None
         bar = progress_bar(total=self.total_steps, desc=f"phase {a.phase}", unit="step",
                            disable=None if self.rank == 0 else True)
@@ -272,9 +270,9 @@ class PretrainSession:
                 batches = iter(self.loader)
                 continue
             paddle.seed(micro_batch_seed(a.seed, self.rank, micro))
-            values = self.rt.exe.run(runnable, feed=feed, fetch_list=fetch_list)
+            self.rt.exe.run(runnable, feed=feed, fetch_list=[])
             micro += 1
-            window.add(len(feed["input_ids"]) * self.world, dict(zip(names, values)))
+            window.add_sequences(len(feed["input_ids"]) * self.world)
             if micro % k:
                 continue
             step += 1
@@ -299,23 +297,15 @@ class PretrainSession:
     def _after_update(self, step, window, last):
         """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
         a = self.args
-        self._check_overflow(step, window)
-        self.guard.update(step, window.take_nonfinite(), window.loss)
-        if step % a.log_freq == 0 or step == self.total_steps:
-            last = window.summary(a.gradient_merge_steps)
+        is_last = step == self.total_steps
+        if step % a.log_freq == 0 or is_last:
+            last = window.read() or last
             self.metrics.log(last, step=step)
-            window.reset()
-        if not a.benchmark:
-            self.manager.maybe_save(self.rt.exe, self.bundle.main_program, self._progress(step, last),
-                                    a.num_steps_per_checkpoint, is_last=step == self.total_steps)
+            self.guard.observe(step, *window.counters())
+        if not a.benchmark and self.manager.is_save_step(step, a.num_steps_per_checkpoint, is_last):
+            self.guard.observe(step, *window.counters())  # never checkpoint a run that has diverged
+            self.manager.save(self.rt.exe, self.bundle.main_program, self._progress(step, last))
         return last
-
-    def _check_overflow(self, step, window):
-        scale = window.latest.get("loss_scaling")
-        if scale is not None and window.previous_scale is not None and scale < window.previous_scale:
-            logger.warning("step %d: fp16 overflow, update skipped; loss scale %g -> %g", step,
-                           window.previous_scale, scale)
-        window.previous_scale = scale
 
     def _progress(self, step, last):
         return Progress(phase=self.args.phase, global_step=step, epoch=self.loader.epoch,
@@ -346,47 +336,3 @@ class PretrainSession:
             self.metrics.close()
         if self.lock is not None:
             self.lock.release()
-
-
-class _Window:
-    """Metrics of the updates since the last log line."""
-
-    def __init__(self):
-        self.previous_scale = None
-        self.nonfinite = False
-        self.reset()
-
-    @property
-    def loss(self):
-        """The latest micro-batch's loss (averaged over the ranks when there are several)."""
-        return self.latest["global_loss"] if "global_loss" in self.latest else self.latest["loss"]
-
-    def take_nonfinite(self):
-        """Whether a micro-batch since the last call had a non-finite loss (then the flag is cleared)."""
-        seen, self.nonfinite = self.nonfinite, False
-        return seen
-
-    def reset(self):
-        self.sums, self.count, self.sequences, self.started, self.latest = {}, 0, 0, time.time(), {}
-
-    def add(self, sequences, values):
-        self.latest = {n: float(np.asarray(v).reshape(-1)[0]) for n, v in values.items()}
-        self.nonfinite |= not np.isfinite(self.loss)
-        for name, value in self.latest.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count += 1
-        self.sequences += sequences
-
-    def summary(self, merge_steps):
-        """Means over the window; step_time is per optimizer update (merge_steps micro-batches)."""
-        elapsed = max(time.time() - self.started, 1e-9)
-        means = {n: s / max(self.count, 1) for n, s in self.sums.items()}
-        updates = max(self.count / merge_steps, 1e-9)
-        out = {"loss": means["global_loss"] if "global_loss" in means else means["loss"],
-               "mlm_loss": means["mlm_loss"], "nsp_loss": means["nsp_loss"],
-               "mlm_acc": means["mlm_acc"], "nsp_acc": means["nsp_acc"],
-               "learning_rate": self.latest["lr"], "step_time": elapsed / updates,
-               "seqs_per_sec": self.sequences / elapsed}
-        if "loss_scaling" in self.latest:
-            out["loss_scale"] = self.latest["loss_scaling"]
-        return out
