@@ -11,28 +11,10 @@ import numpy as np
 import paddle
 import pytest
 
-from test_checkpoint import _build, _progress, _snapshot, _train
+from test_checkpoint import _build, _progress, _snapshot, _train, exe, fresh_scope, static_mode  # noqa: F401
 from utils import checkpoint_io
 from utils.checkpoint import CheckpointManager, NonFiniteParameters, load_pretrained
 from utils.checkpoint_io import DamagedCheckpoint
-
-
-@pytest.fixture(scope="module", autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
-
-
-@pytest.fixture(autouse=True)
-def fresh_scope():
-    with paddle.static.scope_guard(paddle.static.Scope()):
-        yield
-
-
-@pytest.fixture
-def exe():
-    return paddle.static.Executor(paddle.CPUPlace())
 
 
 def _three_checkpoints(tmp_path, exe):

@@ -143,13 +143,9 @@ def _owner_tag():
     return f"{os.getpid()}@{host}"
 
 
-def _owner_alive(pid, host):
-    """True if process `pid` runs (on this host), False if it is gone, None when it is on another host.
-
-    A recycled pid reads as alive, which only keeps a stale directory longer: the safe direction.
-    """
-    if host != _owner_tag().split("@", 1)[1]:
-        return None
+def pid_running(pid):
+    """True if process `pid` exists on this host (a recycled pid reads as alive: the safe direction for
+    everything that asks, which only keeps a stale lock or directory longer)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -157,6 +153,13 @@ def _owner_alive(pid, host):
     except PermissionError:  # exists, owned by another user
         return True
     return True
+
+
+def _owner_alive(pid, host):
+    """True if process `pid` runs (on this host), False if it is gone, None when it is on another host."""
+    if host != _owner_tag().split("@", 1)[1]:
+        return None
+    return pid_running(pid)
 
 
 def _tree_size(path):

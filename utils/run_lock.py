@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from utils.fs import pid_running
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
@@ -36,16 +38,6 @@ STALE_AFTER_S = 300.0
 
 class LockedError(ValueError):
     """The directory is locked by a live run (the message names it)."""
-
-
-def _pid_running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_holder(path):
@@ -106,7 +98,7 @@ class RunLock:
         except FileNotFoundError:
             return "it was just released"
         pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_running(pid):
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_running(pid):
             return f"process {pid} is not running"
         if age > self.stale_after_s:
             return f"its heartbeat is {age:.0f} s old (holder presumed dead)"
