@@ -12,7 +12,7 @@ Mixed precision routes (Paddle 2.6.2 legacy static):
   * amp="bf16", or AMP without fleet: `paddle.static.amp.decorate(dtype=...)`; with fleet the
     decorated optimizer is then handed to `fleet.distributed_optimizer` (fleet 2.6's AMP is fp16-only).
   * Mixed-precision *training* is a GPU path: on a CPU build Paddle's AMP pass keeps every op fp32
-    (fp16) and bf16 training crashes in oneDNN (NOTES). So `TrainConfig` rejects amp on device "cpu",
+    (fp16) and bf16 training crashes in oneDNN (`MatmulGradKernel<bfloat16>`, measured on Paddle 2.6.2). So `TrainConfig` rejects amp on device "cpu",
     and the builders raise if the AMP pass left no low-precision matmul instead of training in fp32
     while the logs say fp16.
   * bf16 *inference* works on CPU: `to_bf16_inference(eval_program)`.
@@ -620,7 +620,7 @@ def to_bf16_inference(eval_program):
     """A bf16 copy of an inference program for CPUs with bf16 support (oneDNN).
 
     LayerNorm stays fp32 (its mean/variance keep full precision; this is the setting measured to work,
-    2.7x faster than fp32 on this project's CPU, see NOTES); matmuls and the other ops on Paddle's
+    2.7x faster than fp32 on an AVX-512 bf16 CPU, 4-layer bert-base forward); matmuls and the other ops on Paddle's
     bf16 list run in bf16, with casts inserted at the boundaries. Parameters stay fp32 in the scope,
     so one checkpoint serves both programs.
 

@@ -21,7 +21,7 @@ Usage (from the repo root):
   python -m benchmarks.bench_loader --vocab-file vocab/bert-base-uncased-vocab.txt \
       [--rows 200000] [--batch-size 128] [--baseline-samples 20000] [--workers 2]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import io
 import itertools

@@ -17,7 +17,7 @@ Usage (from the repo root):
   python -m benchmarks.bench_preprocess --vocab-file vocab/bert-base-uncased-vocab.txt [--repeat 8]
       [--corpus DIR] [--num-workers 2] [--target-seq-length 128]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import logging

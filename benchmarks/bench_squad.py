@@ -14,7 +14,7 @@ Usage (from the repo root):
   python -m benchmarks.bench_squad --dev-file data/download/squad/v1.1/dev-v1.1.json \
       --vocab-file vocab/bert-base-uncased-vocab.txt [--limit 2000] [--check-training 1000]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import collections
 import json

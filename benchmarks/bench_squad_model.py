@@ -4,14 +4,14 @@ Owns: timing `program.build_squad`'s programs with random weights and random ful
 worst case: every window is `--seq-length` tokens, so batch trimming cannot help), after warm-up runs.
 Does not own: the model, the programs or the loops (run_squad.py / utils.squad_runner).
 
-Comparable figures (../shared/NOTES.md, 2 threads, bert-base, QA forward at seq 384, batch 8): the NVIDIA
+Comparable figures (measured on the project's development machine, 2 threads, bert-base, QA forward at seq 384, batch 8): the NVIDIA
 reference Paddle program 0.90 seq/s fp32 and 1.79 seq/s bf16; HF transformers on torch 2.74 / 8.25 seq/s.
 
 Usage (from the repo root):
   OMP_NUM_THREADS=2 python -m benchmarks.bench_squad_model [--bert-model bert-base-uncased] \
       [--seq-length 384] [--batch-size 8] [--steps 3] [--warmup 1] [--skip-train]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import json
 import logging

@@ -19,7 +19,7 @@ Usage (from the repo root):
   python -m benchmarks.bench_train [--layers 12] [--steps 5] [--warmup 2] [--threads 2]
   python -m benchmarks.bench_train --quick      # 2 layers, 2 steps: under a minute
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import dataclasses

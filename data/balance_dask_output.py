@@ -23,7 +23,7 @@ forever), needs no MPI, and refuses a bin with fewer rows than shards (it would 
 a loader cannot split evenly). LDDL's `--bin-ids` and `--keep-orig` are not offered: every bin is
 balanced, and originals are kept exactly when `--outdir` is given.
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import logging

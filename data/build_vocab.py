@@ -12,7 +12,7 @@ Usage:
   python -m data.build_vocab --input data_out/sample_source --output vocab/my-vocab.txt \
       --vocab-size 8192 [--do-lower-case | --no-lower-case] [--min-frequency 2] [--plain-text] [--overwrite]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import logging

@@ -19,7 +19,7 @@ Usage (from the repo root):
     python -m data.corpus --input books/ extra.txt.gz --format auto --output-dir data/download/books/source \
         --num-files 8
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import bz2
 import collections

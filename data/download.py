@@ -19,7 +19,7 @@ Usage (from the repo root):
     python -m data.download all --output-dir data/download --vocab-dir vocab --wiki-dump-date 20261101
     python -m data.download squad --output-dir data/download
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import datetime
 import hashlib

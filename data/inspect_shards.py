@@ -23,7 +23,7 @@ the format (`data.lddl_format`), the checks a reader makes (`data.lddl_loader`, 
 the loader. Bad directory, empty directory, corrupt shard or vocab mismatch: one `error:` line naming the
 file, exit status 2 (see `utils.cli`).
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import itertools

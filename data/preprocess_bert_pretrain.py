@@ -31,7 +31,7 @@ its output is not deterministic, and it needs `nltk` punkt (a download). We writ
 no `_metadata`/`_common_metadata` (LDDL's loaders do not read them). `--schedule` defaults to `local`.
 With `--scheduler ADDR` the sink must be on a filesystem every worker can write.
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import contextlib

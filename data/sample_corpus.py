@@ -17,7 +17,7 @@ Usage:
   python -m data.sample_corpus --output-dir data_out/sample_source [--num-files 4] \
       [--max-documents 500] [--max-bytes 1000000] [--overwrite]
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import ast

@@ -14,7 +14,7 @@ Usage (from the repo root):
     python -m data.wikipedia --dump data/download/wikipedia/enwiki-20261101-pages-articles.xml.bz2 \
         --output-dir data/download/wikipedia/source --num-files 16 --num-workers 8
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
 import collections
 import contextlib

@@ -1,7 +1,7 @@
 """Tests for program.py: feeds, bundle contents, parameter count, fp32 training on CPU, gradient
 merge, AMP program structure, fleet on one CPU process, SQuAD bundles and bf16 inference.
 
-Mixed-precision *training* cannot run on this CPU (NOTES), so AMP programs are checked by their ops.
+Mixed-precision *training* cannot run on the CPU wheel (fp16 ops stay fp32, bf16 training crashes in oneDNN), so AMP programs are checked by their ops.
 A CPU wheel's AMP pass also refuses to emit fp16/bf16 ops (it asks the op registry whether the GPU
 kernels exist); `gpu_op_support` stands in for a CUDA build's registry so we can inspect the
 program a GPU run would get.

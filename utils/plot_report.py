@@ -21,7 +21,7 @@ Rules:
   - Errors (missing or empty report, no step records, nothing to plot, output not .png): one line on
     stderr and exit status 2. The PNG is written atomically.
 """
-import zlib  # noqa: F401 -- must precede paddle, see NOTES
+import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
 import argparse
 import io

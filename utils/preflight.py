@@ -1,6 +1,6 @@
 """Process set-up that must happen before `import paddle`; every entry point imports this module first.
 
-Owns two facts about this stack (measured, see ../shared/NOTES.md in the development tree):
+Owns two facts about this stack (measured on Paddle 2.6.2):
   * libpaddle carries its own zlib symbols: when paddle is imported before the system zlib is loaded, later
     zlib users (gzip, h5py, pyarrow's Parquet codecs) crash. Importing `zlib` first avoids it.
   * Paddle sets OMP_NUM_THREADS=1 when the variable is unset, so a CPU run silently uses one core. We
