@@ -3,7 +3,7 @@
 Owns the command line: every flag of the NVIDIA reference's run_pretraining.py with the same names and
 meanings, plus `--device`, `--amp-dtype`, `--keep-checkpoints`, `--num-workers`,
 `--sequence-length-alignment`, and the one function (`validate_args`) that rejects bad combinations up front.
-The work itself is `utils.pretrain_session.PretrainSession`: init (resume / phase-1 final params /
+The work itself is `tasks.pretraining.PretrainSession`: init (resume / phase-1 final params /
 pretrained params), the training loop, checkpoints and the report.
 
 Multi-process: `python -m paddle.distributed.launch --gpus 0,1,... run_pretraining.py ...` (Fleet on GPUs);
@@ -24,7 +24,7 @@ import argparse
 import logging
 import sys
 
-from utils import args as common
+from tasks import flags as common
 
 logger = logging.getLogger("run_pretraining")
 
@@ -129,7 +129,7 @@ def validate_args(args):
 def run(argv=None):
     """Parse, validate and train. Raises ValueError for bad flags, files or checkpoints."""
     args = validate_args(build_parser().parse_args(argv))
-    from utils.pretrain_session import PretrainSession
+    from tasks.pretraining import PretrainSession
 
     session = PretrainSession(args)
     try:

@@ -12,7 +12,7 @@ Owns the command line: the NVIDIA reference's run_squad.py flags with the same n
 (`--do-train/--do-predict/--do-eval`, `--train-batch-size/--predict-batch-size`, ...), plus `--mode`
 (run_squad.sh's mode word), `--batch-size` (both batch sizes), `--device`, `--infer-dtype`,
 `--features-cache-dir`, `--question/--context/--context-file`; and `validate_args`, the one place that
-rejects bad flags before any file is written. The loops live in `utils.squad_runner`.
+rejects bad flags before any file is written. The loops live in `tasks.squad`.
 
 Outputs, as the reference: `<output-dir>/<bert-model>/squad/` gets `<model-prefix>.pdparams` (+
 `bert_config.json`) after training and predictions.json, nbest_predictions.json (null_odds.json for v2);
@@ -34,7 +34,7 @@ import os
 import re
 import sys
 
-from utils import args as common
+from tasks import flags as common
 
 logger = logging.getLogger("run_squad")
 
@@ -177,7 +177,7 @@ def _init_path(args, do_train):
                          "(a fine-tuned SQuAD model); random initialisation is not supported")
     if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
         raise ValueError(f"{flag} '{path}' does not exist")
-    from utils.squad_runner import resolve_init_path
+    from tasks.squad import resolve_init_path
 
     path = resolve_init_path(path, args.model_prefix)
     if args.last_step_of_checkpoint is not None:
@@ -191,7 +191,7 @@ def _model_config(args, init_path):
     from modeling import BertConfig
     from tokenizer import load_vocab
     from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
-    from utils.squad_runner import saved_config_next_to
+    from tasks.squad import saved_config_next_to
 
     vocab_size = len(load_vocab(args.vocab_file))
     found = None
@@ -421,7 +421,7 @@ def _features(args, plan, path, is_training):
 
 
 def _train_options(args, plan):
-    from utils.squad_runner import TrainOptions
+    from tasks.squad import TrainOptions
 
     return TrainOptions(epochs=args.epochs, max_steps=plan.max_steps, batch_size=plan.train_batch_size,
                         gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
@@ -432,7 +432,7 @@ def _train_options(args, plan):
 def _build(args, plan, rt, train_features):
     """(bundle, TrainOptions or None): the training bundle when training, else a predict-only one."""
     import program
-    from utils.squad_runner import plan_updates
+    from tasks.squad import plan_updates
 
     if train_features is None:
         cfg = program.TrainConfig(fuse_mha=args.fuse_mha, seed=args.seed, device=rt.device)
@@ -445,7 +445,7 @@ def _build(args, plan, rt, train_features):
 def train_and_predict(args, plan, rt):
     """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
     from utils.report import build_metric_logger
-    from utils.squad_runner import init_parameters, save_params, train
+    from tasks.squad import init_parameters, save_params, train
 
     train_features = _features(args, plan, args.train_file, True)[1] if plan.do_train else None
     bundle, opts = _build(args, plan, rt, train_features)
@@ -478,7 +478,7 @@ def train_and_predict(args, plan, rt):
 def _predict_and_score(args, plan, rt, bundle, metrics):
     import program
     from utils.squad_postprocess import postprocess_predictions
-    from utils.squad_runner import predict_logits
+    from tasks.squad import predict_logits
 
     examples, features = _features(args, plan, args.predict_file, False)
     infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
@@ -520,7 +520,7 @@ def answer_question(args, plan, rt):
     from data.squad import examples_to_features
     from tokenizer import BertTokenizer
     from utils.squad_postprocess import postprocess_predictions
-    from utils.squad_runner import (describe_answer, init_parameters, predict_logits,
+    from tasks.squad import (describe_answer, init_parameters, predict_logits,
                                     single_question_example)
 
     example = single_question_example(args.question, plan.context)

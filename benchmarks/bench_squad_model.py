@@ -2,7 +2,7 @@
 
 Owns: timing `program.build_squad`'s programs with random weights and random full-length batches (the
 worst case: every window is `--seq-length` tokens, so batch trimming cannot help), after warm-up runs.
-Does not own: the model, the programs or the loops (run_squad.py / utils.squad_runner).
+Does not own: the model, the programs or the loops (run_squad.py / tasks.squad).
 
 Comparable figures (measured on the project's development machine, 2 threads, bert-base, QA forward at seq 384, batch 8): the NVIDIA
 reference Paddle program 0.90 seq/s fp32 and 1.79 seq/s bf16; HF transformers on torch 2.74 / 8.25 seq/s.
@@ -74,7 +74,7 @@ def run(cfg, seq_length, batch_size, steps, warmup, train=True):
 
 
 def main(argv=None):
-    from utils.args import CONFIG_DIR
+    from tasks.flags import CONFIG_DIR
     from modeling import BertConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -14,7 +14,7 @@ import pytest
 import program as P
 from test_program import (TINY, all_ops, fleet_initialised, gpu_op_support,  # noqa: F401 (fixtures)
                           op_types, pretraining_batch, train_cfg)
-from utils import args as common
+from tasks import flags as common
 
 pytestmark = pytest.mark.usefixtures("static_graph")
 
@@ -192,7 +192,7 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
     """run_squad under O2 calls amp_init (through init_pure_fp16) after loading, as pretraining does."""
     from types import SimpleNamespace
     import run_squad
-    import utils.squad_runner as runner
+    import tasks.squad as runner
     from utils.amp_state import MASTER_SUFFIX
     bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, optimizer="AdamW"))
     place, scope = paddle.CPUPlace(), paddle.static.Scope()

@@ -2,7 +2,7 @@
 
 An O2 checkpoint holds fp16 parameters and their fp32 master weights; after the startup program the scope
 holds fp32 parameters. Resume must therefore run `amp_init` before restoring (the order
-`utils.pretrain_session` uses), and `load_pretrained` must take the fp32 masters for an fp32 program.
+`tasks.pretraining` uses), and `load_pretrained` must take the fp32 masters for an fp32 program.
 The O2 program is built as for a GPU (`gpu_op_support`) and run on the CPU wheel.
 """
 import numpy as np
@@ -54,7 +54,7 @@ class _Loader:
 def _session(bundle, exe, place, root):
     """A PretrainSession reduced to what `_initialise` reads (building a real one needs a GPU build)."""
     from types import SimpleNamespace
-    from utils.pretrain_session import PretrainSession
+    from tasks.pretraining import PretrainSession
     session = object.__new__(PretrainSession)
     session.args = SimpleNamespace(phase=1, from_phase1_final_params=None, from_pretrained_params=None,
                                    benchmark=False)

@@ -377,9 +377,9 @@ def test_reference_checkpoint_with_auto_generated_names_is_explained(data, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------ utils.squad_runner pieces
+# ------------------------------------------------------------------------------ tasks.squad pieces
 def test_plan_updates_hand_computed():
-    from utils.squad_runner import TrainOptions, plan_updates
+    from tasks.squad import TrainOptions, plan_updates
 
     opts = TrainOptions(epochs=2, batch_size=3, gradient_merge_steps=2)
     assert plan_updates(10, opts) == (4, 4)  # ceil(10 / 3) = 4 micro-batches per epoch, 8 in all, / 2
@@ -393,7 +393,7 @@ def test_plan_updates_hand_computed():
 
 def test_rank_batches_split_every_row_once_per_epoch():
     from data.squad import SquadFeatures
-    from utils.squad_runner import rank_batches
+    from tasks.squad import rank_batches
 
     n, length = 11, 16
     seq = np.arange(3, 3 + n) % length + 1
@@ -418,7 +418,7 @@ def test_rank_batches_split_every_row_once_per_epoch():
 def test_trimmed_batches_give_the_same_logits(data):
     import program as P
     from modeling import BertConfig
-    from utils.squad_runner import trim_batch
+    from tasks.squad import trim_batch
 
     paddle.enable_static()
     bundle = P.build_squad(BertConfig.from_json_file(data / "tiny.json"), P.TrainConfig(), is_training=False)

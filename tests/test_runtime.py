@@ -1,9 +1,9 @@
-"""utils.runtime / utils.preflight / utils.args: rank layout, device choice, thread defaults, shared flags."""
+"""utils.runtime / utils.preflight / tasks.flags: rank layout, device choice, thread defaults, shared flags."""
 import argparse
 
 import pytest
 
-from utils import args as common
+from tasks import flags as common
 from utils.preflight import default_threads, usable_cores
 from utils.runtime import DistEnv, resolve_device
 

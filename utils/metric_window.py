@@ -4,7 +4,7 @@ Owns: `MetricWindow`, which, when a run logs, fetches the window's sums (average
 window program), turns them into means, reads the learning rate, loss scale and skipped-update counters
 from the scope, and zeroes the window for the next log interval. Also the host-side timing of the
 interval (step time, sequences/s). Does not own building the window (`program.py`), deciding when to log
-or what a skipped update means for the run (`utils.pretrain_session`, `utils.nonfinite`).
+or what a skipped update means for the run (`tasks.pretraining`, `utils.nonfinite`).
 
 The training loop runs its micro-batches with an empty fetch list, so on a GPU the host waits for the
 device only here, once per `--log-freq` updates.
