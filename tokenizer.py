@@ -2,7 +2,7 @@
 
 Owns: reading vocabulary files, the basic (clean / CJK / case / accent / punctuation) tokenizer, the
 greedy longest-match-first WordPiece tokenizer, the vocab-vs-`do_lower_case` consistency check, and the
-HF `tokenizers` pipeline that reproduces them quickly (also used by `data.build_vocab` to train vocabs).
+HF `tokenizers` pipeline that reproduces them quickly (also used by `data.prep.build_vocab` to train vocabs).
 Does not own: special-token insertion, truncation or ids for model feeds (the data and SQuAD code build
 `[CLS] A [SEP] B [SEP]` themselves). Never imports paddle.
 
@@ -392,7 +392,7 @@ def _hashable_in(item, table):
 
 def hf_normalizer(do_lower_case):
     """HF `BertNormalizer` configured like `BasicTokenizer(do_lower_case)` (see module docstring for the
-    characters where the two differ). Also used by `data.build_vocab`, so a trained vocab sees the same
+    characters where the two differ). Also used by `data.prep.build_vocab`, so a trained vocab sees the same
     text the tokenizer will."""
     from tokenizers import normalizers
 

@@ -3,7 +3,7 @@
 Owns: building benchmark shards from real text, the baseline reader (written here as a second implementation
 of the collate: `str.split` and a dict lookup per token, `np.zeros` per batch, `np.load` per row for the
 masked positions, the same `data.masking.mask_batch` for dynamic masking), the check that both give
-identical feeds, and the timing table. Does not own the loader under test (`data.lddl_loader`).
+identical feeds, and the timing table. Does not own the loader under test (`data.loader.lddl_loader`).
 
 Fairness: the baseline reader runs behind the SAME sampling plan as ours (`SamplingPlan`,
 `BertPretrainLoader`), so both build exactly the same batches from the same rows in the same order and both
@@ -12,8 +12,8 @@ array by array ("identical"). Ours is timed over a whole epoch by default (file 
 happen when a shuffle window first needs a file, so short runs overstate their share); the baseline over
 its first `--baseline-samples` samples (its reads are a few percent of its time).
 
-Data: by default the embedded stdlib-docstring corpus (`data.sample_corpus`) is preprocessed with
-`data.preprocess_bert_pretrain` at each sequence length (static and dynamic masking, bins of 64) and its
+Data: by default the embedded stdlib-docstring corpus (`data.prep.sample_corpus`) is preprocessed with
+`data.prep.preprocess_bert_pretrain` at each sequence length (static and dynamic masking, bins of 64) and its
 rows are replicated into 4 balanced shards of `--rows` rows in total, so lengths, bins and tokens are real.
 `--data DIR` replicates an existing LDDL directory instead.
 
@@ -35,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import lddl_format, lddl_loader
-from data.lddl_loader import get_bert_pretrain_data_loader
+from data import lddl_format
+from data.loader import lddl_loader
+from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from data.masking import mask_batch
 from tokenizer import load_vocab, special_token_ids
 from utils.logger import init_logging
@@ -49,7 +50,7 @@ NUM_SHARDS = 4
 # ------------------------------------------------------------------------------------------ data
 def build_source_datasets(workdir, vocab_file, seq_lengths):
     """Preprocess the sample corpus once per (sequence length, masking). Returns {(seq, masking): dir}."""
-    from data import preprocess_bert_pretrain, sample_corpus
+    from data.prep import preprocess_bert_pretrain, sample_corpus
 
     source = os.path.join(workdir, "source")
     sample_corpus.build_sample_corpus(source, num_files=4, max_bytes=1_500_000)

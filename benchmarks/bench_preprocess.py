@@ -3,14 +3,14 @@
 Owns: the baseline -- the same algorithm written the straightforward way, as Google's
 create_pretraining_data.py does it (pure-Python `tokenizer.FullTokenizer` per sentence, token lists,
 `create_instances_from_document` on lists, a per-instance masking loop with `random.Random`), writing the
-same LDDL rows to one Parquet file -- and timing it against `data.preprocess_bert_pretrain` on the same
+same LDDL rows to one Parquet file -- and timing it against `data.prep.preprocess_bert_pretrain` on the same
 corpus in the same run. Does not own the implementation under test.
 
 Both do: read `<doc_id> <text>` lines, blingfire sentences, WordPiece, pairs x duplicate factor, static
 masking (max predictions honoured), Parquet output. Instances differ (different RNG streams; ours draws
 random B's within a block) but counts agree to within a few percent.
 
-Default corpus: the embedded stdlib-docstring corpus (`data.sample_corpus`), repeated `--repeat` times
+Default corpus: the embedded stdlib-docstring corpus (`data.prep.sample_corpus`), repeated `--repeat` times
 with fresh doc ids so the run is long enough to amortise Dask's start-up (which is included in our time).
 
 Usage (from the repo root):
@@ -28,10 +28,10 @@ import time
 
 import pyarrow as pa
 
-from data import corpus
+from data.prep import corpus
 from data import lddl_format as fmt
-from data import preprocess_bert_pretrain as pre
-from data.pretraining_pairs import split_sentences
+from data.prep import preprocess_bert_pretrain as pre
+from data.prep.pretraining_pairs import split_sentences
 from tokenizer import FullTokenizer
 from utils.logger import init_logging
 
@@ -163,7 +163,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_preprocess.") as tmp:
         src = args.corpus
         if src is None:
-            from data.sample_corpus import build_sample_corpus
+            from data.prep.sample_corpus import build_sample_corpus
 
             src = os.path.join(tmp, "sample")
             build_sample_corpus(src, num_files=4)

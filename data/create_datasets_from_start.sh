@@ -2,7 +2,7 @@
 # Download what pretraining and SQuAD fine-tuning need, then extract Wikipedia into LDDL source text.
 #
 # Usage (from anywhere):  bash data/create_datasets_from_start.sh [wiki_dump_date]
-#   wiki_dump_date   YYYYMMDD of the English Wikipedia dump (default: DEFAULT_WIKI_DUMP_DATE in data/download.py).
+#   wiki_dump_date   YYYYMMDD of the English Wikipedia dump (default: DEFAULT_WIKI_DUMP_DATE in data/prep/download.py).
 #                    dumps.wikimedia.org keeps only recent dates; for older ones set
 #                    WIKI_MIRROR=https://archive.org/download/enwiki-{date}/
 # Environment:
@@ -23,8 +23,8 @@ if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python; fi
 OUT=data/download
 SOURCE=$OUT/wikipedia/source
 
-"$PY" -m data.download vocab --output-dir "$OUT" --vocab-dir vocab
-"$PY" -m data.download squad --output-dir "$OUT"
+"$PY" -m data.prep.download vocab --output-dir "$OUT" --vocab-dir vocab
+"$PY" -m data.prep.download squad --output-dir "$OUT"
 
 wiki_args=()
 if [[ -n "${WIKI_DUMP:-}" ]]; then
@@ -38,20 +38,20 @@ else
   if [[ -n "${WIKI_MIRROR:-}" ]]; then wiki_args+=(--wiki-mirror "$WIKI_MIRROR"); fi
 fi
 # The download CLI prints the path of the dump on stdout (logs go to stderr).
-DUMP=$("$PY" -m data.download wikipedia --output-dir "$OUT" "${wiki_args[@]}")
+DUMP=$("$PY" -m data.prep.download wikipedia --output-dir "$OUT" "${wiki_args[@]}")
 
 if [[ -d "$SOURCE" && -n "$(ls -A "$SOURCE")" ]]; then
   echo "$SOURCE already exists; skipping the extraction (delete it to extract again)"
 else
   extract_args=(--dump "$DUMP" --output-dir "$SOURCE" --num-files "${NUM_FILES:-256}")
   if [[ -n "${NUM_WORKERS:-}" ]]; then extract_args+=(--num-workers "$NUM_WORKERS"); fi
-  "$PY" -m data.wikipedia "${extract_args[@]}"
+  "$PY" -m data.prep.wikipedia "${extract_args[@]}"
 fi
 
 echo "Datasets ready: vocab/, $OUT/squad/, $SOURCE/"
 echo "Next step: build the LDDL Parquet shards from the extracted text, e.g."
-echo "  $PY -m data.preprocess_bert_pretrain --source $SOURCE --sink data/pretrain/phase1 \\"
+echo "  $PY -m data.prep.preprocess_bert_pretrain --source $SOURCE --sink data/pretrain/phase1 \\"
 echo "      --vocab-file vocab/bert-large-uncased-vocab.txt --target-seq-length 128   (see --help)"
 echo "then balance and look at the result:"
-echo "  $PY -m data.balance_dask_output --indir data/pretrain/phase1 --num-shards 256"
-echo "  $PY -m data.inspect_shards data/pretrain/phase1 --vocab-file vocab/bert-large-uncased-vocab.txt"
+echo "  $PY -m data.prep.balance_dask_output --indir data/pretrain/phase1 --num-shards 256"
+echo "  $PY -m data.prep.inspect_shards data/pretrain/phase1 --vocab-file vocab/bert-large-uncased-vocab.txt"

@@ -1,7 +1,7 @@
 """The LDDL on-disk format for BERT pretraining samples: schema, file names, bins, row counts.
 
-Owns everything that must agree between the writer (`data.preprocess_bert_pretrain`), the balancer
-(`data.balance_dask_output`) and the reader (`data.lddl_loader`):
+Owns everything that must agree between the writer (`data.prep.preprocess_bert_pretrain`), the balancer
+(`data.prep.balance_dask_output`) and the reader (`data.loader.lddl_loader`):
 
   * columns and Arrow types (`make_schema`), matching files written by real LDDL 0.1.0:
       A, B             string  space-separated WordPiece tokens (already masked under static masking)
@@ -17,7 +17,7 @@ Owns everything that must agree between the writer (`data.preprocess_bert_pretra
   * `.num_samples.json` = {basename: rows}, the row-count cache LDDL's loader reads;
   * listing a dataset directory (`list_shards`) with bin ids and row counts, checked against the cache.
 
-Does not own: how samples are built (`data.pretraining_pairs`), masking (`data.masking`), Dask, balancing
+Does not own: how samples are built (`data.prep.pretraining_pairs`), masking (`data.masking`), Dask, balancing
 policy, or batching. No `_metadata`/`_common_metadata` files: LDDL's loaders never read them (they list
 `*.parquet*` files and use `.num_samples.json` or the files themselves), and in LDDL's binned output they
 describe the pre-binning files anyway.
@@ -108,7 +108,7 @@ def check_layout(path, schema, binned):
     missing = [n for n in wanted if n not in names]
     if missing:
         raise ValueError(f"'{path}' is not an LDDL shard: missing column(s) {missing} (it has "
-                         f"{sorted(names)}); only data written by data.preprocess_bert_pretrain or LDDL can be "
+                         f"{sorted(names)}); only data written by data.prep.preprocess_bert_pretrain or LDDL can be "
                          "balanced")
     if schema.names != wanted:
         raise ValueError(f"'{path}': columns {schema.names} are not an LDDL BERT layout (expected {wanted})")
@@ -370,7 +370,7 @@ def check_listing(directory, names, cache):
     if problems:
         raise ValueError(f"dataset directory '{directory}' is damaged: " + "; ".join(problems)
                          + ". Restore the files from the original, or rebuild the dataset (re-run "
-                         "data.preprocess_bert_pretrain / data.balance_dask_output)")
+                         "data.prep.preprocess_bert_pretrain / data.prep.balance_dask_output)")
 
 
 def list_shards(directory):

@@ -1,8 +1,8 @@
 """BERT masked-LM masking, vectorised over a batch of token ids.
 
 Owns: choosing which positions are predicted and what replaces them. Used twice with the same code:
-static masking at preprocessing time (`data.preprocess_bert_pretrain`) and dynamic masking at load time
-(`data.lddl_loader`), so both produce the same statistics.
+static masking at preprocessing time (`data.prep.preprocess_bert_pretrain`) and dynamic masking at load time
+(`data.loader.lddl_loader`), so both produce the same statistics.
 
 Semantics follow Google BERT's `create_masked_lm_predictions`:
   * candidates are all real tokens except [CLS] and [SEP] (and padding);

@@ -10,7 +10,7 @@
 #   2. a plot of both reports: results/pretraining.png
 #   3. SQuAD fine-tuning of the phase-2 model, then EM/F1 on the dev file:
 #        bash scripts/run_squad.sh $(source configs/squad_config.sh && cpu_demo)
-#      on data/download/squad/v1.1 when you downloaded SQuAD (python -m data.download squad), else on the
+#      on data/download/squad/v1.1 when you downloaded SQuAD (python -m data.prep.download squad), else on the
 #      small embedded sample data/samples/squad (27 training / 13 dev questions: a smoke test of the
 #      pipeline; its scores say nothing about model quality).
 set -euo pipefail

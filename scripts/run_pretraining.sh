@@ -24,8 +24,8 @@
 #   20 init_checkpoint [None]            phase-1 checkpoint folder to resume from, default
 #                                        <results>/<model>/phase1 (see below)
 #   21 wikipedia_source [$BERT_PREP_WORKING_DIR/wikipedia/source]
-#                                        a directory of `<doc_id> <text>` files (what data.wikipedia
-#                                        and data.sample_corpus write), or `sample:DIR`: the offline
+#                                        a directory of `<doc_id> <text>` files (what data.prep.wikipedia
+#                                        and data.prep.sample_corpus write), or `sample:DIR`: the offline
 #                                        embedded corpus, created in DIR (and a vocab DIR/../vocab.txt)
 #                                        when missing
 #   22 num_dask_workers [nproc]          23 num_shards_per_worker [128]    24 num_workers [4] (loader)
@@ -48,9 +48,9 @@
 #   KEEP_CHECKPOINTS, SEQUENCE_LENGTH_ALIGNMENT   passed on as --keep-checkpoints / --sequence-length-
 #                         alignment when set (run_pretraining.py's defaults otherwise)
 #
-# Data preparation (only for a phase whose dataset dir is missing or empty): data.preprocess_bert_pretrain
+# Data preparation (only for a phase whose dataset dir is missing or empty): data.prep.preprocess_bert_pretrain
 # (phase 1 unbinned at 128 tokens, 20 predictions; phase 2 at 512 tokens, 80 predictions, binned by
-# phase2_bin_size) with num_dask_workers local Dask workers, then data.balance_dask_output into
+# phase2_bin_size) with num_dask_workers local Dask workers, then data.prep.balance_dask_output into
 # num_shards_per_worker * max(num_workers, 1) * num_gpus shards.
 #
 # Resuming: each phase runs with --from-checkpoint <phase dir> --last-step-of-checkpoint auto, so running
@@ -218,11 +218,11 @@ ensure_sample_corpus() {
   [[ -n $sample_dir ]] || return 0
   if dir_is_empty "$sample_dir"; then
     local overwrite=(); [[ -d $sample_dir ]] && overwrite=(--overwrite)
-    run "$PYTHON" -m data.sample_corpus --output-dir "$sample_dir" "${overwrite[@]}" --num-files 4 \
+    run "$PYTHON" -m data.prep.sample_corpus --output-dir "$sample_dir" "${overwrite[@]}" --num-files 4 \
       --max-bytes 3000000
   fi
   if [[ ! -f $VOCAB_FILE ]]; then
-    run "$PYTHON" -m data.build_vocab --input "$sample_dir" --output "$VOCAB_FILE" --vocab-size 8192 \
+    run "$PYTHON" -m data.prep.build_vocab --input "$sample_dir" --output "$VOCAB_FILE" --vocab-size 8192 \
       --do-lower-case
   fi
 }
@@ -231,10 +231,10 @@ prepare() {  # <dataset dir> <preprocess options>...: build and balance the shar
   local sink=$1
   shift
   local overwrite=(); [[ -d $sink ]] && overwrite=(--overwrite)  # an empty dir: replace it
-  run "$PYTHON" -m data.preprocess_bert_pretrain --wikipedia "$wikipedia_source" --sink "$sink" \
+  run "$PYTHON" -m data.prep.preprocess_bert_pretrain --wikipedia "$wikipedia_source" --sink "$sink" \
     "${overwrite[@]}" --vocab-file "$VOCAB_FILE" "$@" "${masking_flag[@]}" --sample-ratio "$sample_ratio" \
     --seed "$seed" --num-workers "$num_dask_workers"
-  run "$PYTHON" -m data.balance_dask_output --indir "$sink" --num-shards "$num_blocks"
+  run "$PYTHON" -m data.prep.balance_dask_output --indir "$sink" --num-shards "$num_blocks"
 }
 
 launcher_for "$PYTHON" "$num_gpus" "$DEVICE"

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import shared_path
-from data import balance_dask_output as bal
+from data.prep import balance_dask_output as bal
 from data import lddl_format as fmt
 from utils.cli import run_cli
 

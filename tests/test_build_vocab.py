@@ -1,9 +1,9 @@
-"""Tests for data/build_vocab.py: a vocab trained on the embedded sample corpus loads in both tokenizers,
+"""Tests for data/prep/build_vocab.py: a vocab trained on the embedded sample corpus loads in both tokenizers,
 covers its training text, is reproducible, ignores document ids; bad input fails with exit code 2."""
 import pytest
 
-from data.build_vocab import continuation_alphabet, find_input_files, main, train_wordpiece_vocab
-from data.sample_corpus import build_sample_corpus
+from data.prep.build_vocab import continuation_alphabet, find_input_files, main, train_wordpiece_vocab
+from data.prep.sample_corpus import build_sample_corpus
 from utils import cli
 from tokenizer import (SPECIAL_TOKENS, BertTokenizer, FullTokenizer, hf_normalizer, hf_pre_tokenizer,
                        load_vocab)
@@ -132,7 +132,7 @@ def test_unwritable_output_is_found_before_training(corpus, tmp_path, capsys, mo
     # Issue 8 defect 10: a non-writable place for the output was only found after the whole training.
     import errno
 
-    import data.build_vocab as bv
+    import data.prep.build_vocab as bv
 
     def no_work(*args, **kwargs):
         raise AssertionError("training started before the output location was checked")

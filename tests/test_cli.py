@@ -158,7 +158,7 @@ def test_atomic_output_names_the_output_when_the_writer_does_not(tmp_path):
 _FULL_DISK_SCRIPT = """
 import zlib, sys
 import pyarrow.parquet as pq
-from data import balance_dask_output as bal
+from data.prep import balance_dask_output as bal
 from utils.cli import run_cli
 
 def full(self, *args, **kwargs):  # what Arrow raises when the disk fills up under a ParquetWriter

@@ -1,4 +1,4 @@
-"""Tests for data.corpus: both plain-text formats, sniffing, edge cases, compression, streaming, the CLI."""
+"""Tests for data.prep.corpus: both plain-text formats, sniffing, edge cases, compression, streaming, the CLI."""
 import bz2
 import gzip
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from data import corpus
-from data.corpus import convert, iter_documents, list_corpus_files, sniff_format
+from data.prep import corpus
+from data.prep.corpus import convert, iter_documents, list_corpus_files, sniff_format
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_convert_errors_leave_nothing(tmp_path):
 
 def test_cli(tmp_path):
     src = _write(tmp_path / "in.txt", "A one.\nA two.\n\nB one.\n")
-    proc = subprocess.run([sys.executable, "-m", "data.corpus", "--input", str(src), "--format", "bert",
+    proc = subprocess.run([sys.executable, "-m", "data.prep.corpus", "--input", str(src), "--format", "bert",
                            "--output-dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr

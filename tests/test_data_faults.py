@@ -2,7 +2,7 @@
 status and their one `error:` line (no traceback).
 
 Covers: a shard directory with a deleted shard (defect 4) for `run_pretraining.py` and
-`data.inspect_shards`.
+`data.prep.inspect_shards`.
 """
 import os
 import shutil
@@ -49,7 +49,7 @@ def damaged_copy(tmp_path):
 
 
 def test_inspect_shards_reports_a_deleted_shard(damaged_copy):
-    line = _one_error_line(_run(["-m", "data.inspect_shards", str(damaged_copy)]))
+    line = _one_error_line(_run(["-m", "data.prep.inspect_shards", str(damaged_copy)]))
     assert str(damaged_copy) in line and "damaged" in line and "shard-2.parquet_1" in line
     assert "balanced" not in line
 

@@ -1,9 +1,9 @@
-"""The data pipeline end to end, run as a user runs it: `python -m data.<tool>` in a fresh process.
+"""The data pipeline end to end, run as a user runs it: `python -m data.prep.<tool>` in a fresh process.
 
-Real input: the enwiki dump excerpt in ../shared (skipped when absent). Chain: data.wikipedia ->
-data.build_vocab (a small vocab) -> data.preprocess_bert_pretrain (static masking, binned, seq 128, with
-the small vocab; and dynamic masking, unbinned, with bert-base-uncased) -> data.balance_dask_output ->
-data.inspect_shards. Checked against the files themselves, read with pyarrow: rows conserved through
+Real input: the enwiki dump excerpt in ../shared (skipped when absent). Chain: data.prep.wikipedia ->
+data.prep.build_vocab (a small vocab) -> data.prep.preprocess_bert_pretrain (static masking, binned, seq 128,
+with the small vocab; and dynamic masking, unbinned, with bert-base-uncased) -> data.prep.balance_dask_output
+-> data.prep.inspect_shards. Checked against the files themselves, read with pyarrow: rows conserved through
 balancing (the same multiset of rows), every bin's rows per shard within one of each other, the loader's
 batch shapes. Then bad input through the same commands: exit status 2, the last stderr line
 `error: ...` naming the file, no traceback, and no output directory (or temporary one) left behind.
@@ -32,10 +32,10 @@ pytestmark = pytest.mark.skipif(not (DUMP.exists() and UNCASED.exists()),
 
 
 def cli(module, *args, expect=0):
-    """Run `python -m data.<module> args...` from the repo root in a fresh environment."""
+    """Run `python -m data.prep.<module> args...` from the repo root in a fresh environment."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "OMP_NUM_THREADS": "1", "LC_ALL": "C.UTF-8"}
-    proc = subprocess.run([sys.executable, "-m", f"data.{module}", *map(str, args)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", f"data.prep.{module}", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == expect, f"{module} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc

@@ -1,4 +1,4 @@
-"""Tests for data.download against a local HTTP server on 127.0.0.1 (never a real host).
+"""Tests for data.prep.download against a local HTTP server on 127.0.0.1 (never a real host).
 
 The server is a tiny handler written here because http.server.SimpleHTTPRequestHandler does not honour
 Range requests. It can also ignore Range, cut a response short, or fail with 5xx, to test resume paths.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from data import download as dl
-from data.download import DownloadError, download
+from data.prep import download as dl
+from data.prep.download import DownloadError, download
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -257,4 +257,4 @@ def test_create_datasets_script_is_valid_bash():
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     text = script.read_text()
-    assert "data.preprocess_bert_pretrain" in text and "data.wikipedia" in text
+    assert "data.prep.preprocess_bert_pretrain" in text and "data.prep.wikipedia" in text

@@ -99,12 +99,12 @@ def test_output_moved_aside_by_a_killed_run_is_restored(tmp_path):
 
 def test_rerun_of_a_killed_preprocessing_cleans_its_temp_dir(tmp_path):
     vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
-    from data.sample_corpus import build_sample_corpus
+    from data.prep.sample_corpus import build_sample_corpus
 
     source = tmp_path / "source"
     build_sample_corpus(str(source), num_files=2, max_documents=60)
     sink = tmp_path / "sink"
-    argv = [sys.executable, "-m", "data.preprocess_bert_pretrain", "--source", str(source), "--sink", str(sink),
+    argv = [sys.executable, "-m", "data.prep.preprocess_bert_pretrain", "--source", str(source), "--sink", str(sink),
             "--vocab-file", str(vocab), "--num-workers", "0", "--block-size-mb", "0.01", "--duplicate-factor", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""data.hdf5_loader: legacy NVIDIA/Google HDF5 shards through get_bert_pretrain_data_loader.
+"""data.loader.hdf5_loader: legacy NVIDIA/Google HDF5 shards through get_bert_pretrain_data_loader.
 
 Shards are written here with h5py from hand-made samples, so every expected feed value is known.
 """
@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data.lddl_loader import get_bert_pretrain_data_loader
+from data.loader.lddl_loader import get_bert_pretrain_data_loader
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]

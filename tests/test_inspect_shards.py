@@ -1,4 +1,4 @@
-"""data.inspect_shards: the report of a shard directory, checked against the files read directly.
+"""data.prep.inspect_shards: the report of a shard directory, checked against the files read directly.
 
 Datasets: tiny ones made by the project's own preprocessor and balancer (a word-level vocab written here,
 so every token is known), hand-written HDF5 shards, and real LDDL 0.1.0 output from ../shared (skipped
@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data import balance_dask_output as bal
-from data import inspect_shards as ins
+from data.prep import balance_dask_output as bal
+from data.prep import inspect_shards as ins
 from data import lddl_format as fmt
-from data import preprocess_bert_pretrain as pre
+from data.prep import preprocess_bert_pretrain as pre
 from utils.cli import run_cli
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import shared_path
 from data import lddl_format as fmt
-from data import preprocess_bert_pretrain as pre
+from data.prep import preprocess_bert_pretrain as pre
 
 FIXTURE_DIRS = ["bin_dyn", "bin_masked", "unbin_dyn", "unbin_masked",
                 "bal_p9_bin_dyn", "bal_p9_bin_masked", "bal_p9_unbin_dyn", "bal_p9_unbin_masked"]

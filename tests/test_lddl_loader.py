@@ -1,4 +1,4 @@
-"""data.lddl_loader: feeds from LDDL shards, rank split, shuffling, workers, exact resume and errors.
+"""data.loader.lddl_loader: feeds from LDDL shards, rank split, shuffling, workers, exact resume and errors.
 
 Expected values come from hand-built rows, from reading the same Parquet files directly with pyarrow (every
 row must come out exactly once per epoch, decoded back to its tokens), and from the real LDDL 0.1.0
@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data import lddl_format
-from data import lddl_loader
-from data.lddl_loader import LddlReader, get_bert_pretrain_data_loader
+from data.loader import lddl_loader
+from data.loader.lddl_loader import LddlReader, get_bert_pretrain_data_loader
 from data.masking import num_to_predict
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import shared_path
-from data import corpus
+from data.prep import corpus
 from data import lddl_format as fmt
-from data import preprocess_bert_pretrain as pre
+from data.prep import preprocess_bert_pretrain as pre
 from utils.cli import run_cli
 
 
@@ -59,7 +59,7 @@ def test_lines_blocks_read_every_document_once(tmp_path, block_size):
                 ["Long one."] * 40, ["Last without newline."]]
     got = _docs_over_blocks(str(path), block_size, "lines")
     assert [[_norm(s) for s in d] for d in got] == expected
-    # Same documents as the whole-file reader of data.corpus.
+    # Same documents as the whole-file reader of data.prep.corpus.
     assert [_norm(" ".join(d)) for d in got] == [t for _, t in corpus.iter_documents([path], "lines")]
 
 
@@ -119,7 +119,7 @@ def vocab():
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from data.sample_corpus import build_sample_corpus
+    from data.prep.sample_corpus import build_sample_corpus
 
     directory = tmp_path_factory.mktemp("src") / "source"
     build_sample_corpus(str(directory), num_files=2, max_documents=30)
@@ -281,7 +281,7 @@ def test_unreachable_scheduler_is_one_line_naming_it(tmp_path, vocab, source):
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "data.preprocess_bert_pretrain", "--source", source, "--sink",
+    proc = subprocess.run([sys.executable, "-m", "data.prep.preprocess_bert_pretrain", "--source", source, "--sink",
                            str(tmp_path / "out"), "--vocab-file", vocab, "--scheduler", address],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -173,17 +173,17 @@ def test_dgxa100_amp_dry_run_prepares_data_then_runs_both_phases(tmp_path):
     vocab = f"{REPO}/vocab/bert-large-uncased-vocab.txt"
     source = f"{tmp_path}/wikipedia/source"
     p1, p2 = f"{tmp_path}/pretrain/phase1/unbinned/parquet", f"{tmp_path}/pretrain/phase2/bin_size_64/parquet"
-    assert prep1 == [PY, "-m", "data.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p1,
+    assert prep1 == [PY, "-m", "data.prep.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p1,
                      "--vocab-file", vocab, "--target-seq-length", "128", "--no-bin",
                      "--max-predictions-per-seq", "20", "--masking", "--sample-ratio", "0.9", "--seed", "42",
                      "--num-workers", "128"]
-    assert prep2 == [PY, "-m", "data.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p2,
+    assert prep2 == [PY, "-m", "data.prep.preprocess_bert_pretrain", "--wikipedia", source, "--sink", p2,
                      "--vocab-file", vocab, "--target-seq-length", "512", "--bin-size", "64",
                      "--max-predictions-per-seq", "80", "--masking", "--sample-ratio", "0.9", "--seed", "42",
                      "--num-workers", "128"]
     # 128 shards per loader worker x 4 workers x 8 GPUs
-    assert balance1 == [PY, "-m", "data.balance_dask_output", "--indir", p1, "--num-shards", "4096"]
-    assert balance2 == [PY, "-m", "data.balance_dask_output", "--indir", p2, "--num-shards", "4096"]
+    assert balance1 == [PY, "-m", "data.prep.balance_dask_output", "--indir", p1, "--num-shards", "4096"]
+    assert balance2 == [PY, "-m", "data.prep.balance_dask_output", "--indir", p2, "--num-shards", "4096"]
 
 
 def test_existing_shards_skip_data_preparation(tmp_path):
@@ -203,7 +203,7 @@ def test_only_the_missing_phase_is_prepared(tmp_path):
     Path(args[17]).mkdir(parents=True)  # empty: counts as missing, replaced with --overwrite
     cmds = _dry_run(args, tmp_path)
     assert [c[2] if c[1] == "-m" else None for c in cmds] == [
-        "paddle.distributed.launch", "data.preprocess_bert_pretrain", "data.balance_dask_output",
+        "paddle.distributed.launch", "data.prep.preprocess_bert_pretrain", "data.prep.balance_dask_output",
         "paddle.distributed.launch"]
     assert "--phase1" in cmds[0] and "--overwrite" in cmds[1] and "--phase2" in cmds[3]
 
@@ -220,9 +220,11 @@ def test_cpu_demo_dry_run_single_process_on_the_sample_corpus(tmp_path):
     args = [v.replace(demo, str(tmp_path / "demo")) for v in _preset("cpu_demo")]
     cmds = _dry_run(args, tmp_path, DEVICE="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
-    assert modules == ["data.sample_corpus", "data.build_vocab", "data.preprocess_bert_pretrain",
-                       "data.balance_dask_output", f"{REPO}/run_pretraining.py", "data.preprocess_bert_pretrain",
-                       "data.balance_dask_output", f"{REPO}/run_pretraining.py"]
+    assert modules == ["data.prep.sample_corpus", "data.prep.build_vocab",
+                       "data.prep.preprocess_bert_pretrain", "data.prep.balance_dask_output",
+                       f"{REPO}/run_pretraining.py",
+                       "data.prep.preprocess_bert_pretrain", "data.prep.balance_dask_output",
+                       f"{REPO}/run_pretraining.py"]
     vocab = f"{tmp_path}/demo/vocab.txt"
     assert cmds[1][cmds[1].index("--output") + 1] == vocab
     train1, train2 = cmds[4], cmds[7]
@@ -385,7 +387,8 @@ def test_run_sub_phase2_in_container_builds_missing_shards(tmp_path):
     proc = _bash(REPO / "run.sub", **env)
     assert proc.returncode == 0, proc.stderr
     prep, balance, train = [shlex.split(line) for line in proc.stdout.splitlines()]
-    assert "--container-image=bert:latest" in prep and prep[prep.index("python") + 2] == "data.preprocess_bert_pretrain"
+    assert "--container-image=bert:latest" in prep
+    assert prep[prep.index("python") + 2] == "data.prep.preprocess_bert_pretrain"
     assert balance[-2:] == ["--num-shards", str(128 * 4 * 4 * 2)]
     assert "--phase2" in train and "--gpus=0,1" not in train  # the GPU list is an argument of the task
     assert "0,1" in train and f"--from-phase1-final-params={tmp_path}/res/bert-large-uncased/phase1/7038" in train

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from data import pretraining_pairs as pp
+from data.prep import pretraining_pairs as pp
 
 
 class ScriptedRandom:

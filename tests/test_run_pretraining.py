@@ -40,15 +40,15 @@ def _run(args, check=True, cwd=REPO):
 def shards(tmp_path_factory):
     """(shard dir, vocab file): 2 balanced shards of seq-128 statically masked pairs."""
     root = tmp_path_factory.mktemp("pretrain_data")
-    _run(["-m", "data.sample_corpus", "--output-dir", str(root / "source"), "--num-files", "2",
+    _run(["-m", "data.prep.sample_corpus", "--output-dir", str(root / "source"), "--num-files", "2",
           "--max-bytes", "400000"])
-    _run(["-m", "data.build_vocab", "--input", str(root / "source"), "--output", str(root / "vocab.txt"),
+    _run(["-m", "data.prep.build_vocab", "--input", str(root / "source"), "--output", str(root / "vocab.txt"),
           "--vocab-size", "2000", "--do-lower-case"])
-    _run(["-m", "data.preprocess_bert_pretrain", "--source", str(root / "source"), "--sink",
+    _run(["-m", "data.prep.preprocess_bert_pretrain", "--source", str(root / "source"), "--sink",
           str(root / "p128"), "--vocab-file", str(root / "vocab.txt"), "--do-lower-case",
           "--target-seq-length", "128", "--bin-size", "64", "--masking", "--max-predictions-per-seq", "20",
           "--num-workers", "1", "--seed", "3"])
-    _run(["-m", "data.balance_dask_output", "--indir", str(root / "p128"), "--num-shards", "2"])
+    _run(["-m", "data.prep.balance_dask_output", "--indir", str(root / "p128"), "--num-shards", "2"])
     return str(root / "p128"), str(root / "vocab.txt")
 
 

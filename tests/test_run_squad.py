@@ -392,7 +392,7 @@ def test_plan_updates_hand_computed():
 
 
 def test_rank_batches_split_every_row_once_per_epoch():
-    from data.squad import SquadFeatures
+    from data.features.squad import SquadFeatures
     from tasks.squad import rank_batches
 
     n, length = 11, 16

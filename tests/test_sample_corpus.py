@@ -1,4 +1,4 @@
-"""Tests for data/sample_corpus.py: docstring cleaning on a hand-made fake stdlib (exact expected text,
+"""Tests for data/prep/sample_corpus.py: docstring cleaning on a hand-made fake stdlib (exact expected text,
 never importing it), and the real stdlib build (format, determinism, limits, atomic output)."""
 import re
 import textwrap
@@ -6,8 +6,8 @@ import textwrap
 import blingfire
 import pytest
 
-from data import sample_corpus
-from data.sample_corpus import build_sample_corpus, clean_docstring, iter_documents, main
+from data.prep import sample_corpus
+from data.prep.sample_corpus import build_sample_corpus, clean_docstring, iter_documents, main
 from utils.cli import run_cli
 
 ALPHA = '''\

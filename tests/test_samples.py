@@ -5,7 +5,7 @@ import os
 import pytest
 
 from conftest import REPO
-from data.squad import read_examples
+from data.features.squad import read_examples
 from utils.squad_metrics import evaluate_v1
 
 SAMPLE = os.path.join(REPO, "data", "samples", "squad")

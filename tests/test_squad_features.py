@@ -1,4 +1,5 @@
-"""data.squad: reading, windowing (hand-computed windows), equality with a per-token baseline, cache, batches."""
+"""data.features.squad: reading, windowing (hand-computed windows), equality with a per-token baseline, cache,
+batches."""
 import json
 import logging
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from data.squad import (FeatureParams, doc_spans, examples_to_features, improve_answer_span,
+from data.features.squad import (FeatureParams, doc_spans, examples_to_features, improve_answer_span,
                         iterate_batches, load_or_build_features, max_context_owner, num_batches, read_examples,
                         split_on_whitespace)
 from tokenizer import BertTokenizer, FullTokenizer
@@ -204,7 +205,7 @@ def test_cache_hit_miss_and_invalidation(tmp_path, caplog):
 
     def load(p=params, lower=True):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="data.squad"):
+        with caplog.at_level(logging.INFO, logger="data.features.squad"):
             out = load_or_build_features(path, vocab, lower, p, cache, is_training=True)
         return out, ("cache hit" in caplog.text), ("cache miss" in caplog.text)
 

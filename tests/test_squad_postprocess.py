@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from data.squad import examples_to_features, read_examples
+from data.features.squad import examples_to_features, read_examples
 from tokenizer import BertTokenizer, FullTokenizer
 from utils.squad_postprocess import NO_SPAN_NULL_ODDS, get_final_text, postprocess_predictions
 
@@ -184,7 +184,7 @@ def test_input_errors(tmp_path):
 def test_matches_google_style_loop_on_real_dev():
     """Random logits on real questions: same predictions and n-best lists as a plain per-candidate loop."""
     from benchmarks.bench_squad import baseline_features, baseline_postprocess
-    from data.squad import FeatureParams
+    from data.features.squad import FeatureParams
 
     dev, vocab = shared_path("data", "squad", "dev-v1.1.json"), shared_path("vocab", "bert-base-uncased-vocab.txt")
     ex = read_examples(str(dev), is_training=False)[:300]

@@ -243,7 +243,7 @@ def test_fast_path_rejects_non_str(tiny_vocab):
 @pytest.fixture(scope="module")
 def english_texts():
     """Real English: ~300 stdlib docstring documents and, if present, 300 SQuAD paragraphs + questions."""
-    from data.sample_corpus import iter_documents
+    from data.prep.sample_corpus import iter_documents
 
     texts = [text for _, text in itertools.islice(iter_documents(), 300)]
     squad = SHARED / "data" / "squad" / "dev-v1.1.json"

@@ -1,4 +1,4 @@
-"""Tests for data.wikipedia: page selection, wikitext cleaning, output layout, determinism, bad dumps."""
+"""Tests for data.prep.wikipedia: page selection, wikitext cleaning, output layout, determinism, bad dumps."""
 import bz2
 import contextlib
 import faulthandler
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data import wikipedia
-from data.wikipedia import clean_wikitext, extract, iter_pages, ordered_clean
+from data.prep import wikipedia
+from data.prep.wikipedia import clean_wikitext, extract, iter_pages, ordered_clean
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "wiki" / "enwiki-sample-pages-articles.xml.bz2"
@@ -251,7 +251,7 @@ def test_output_dir_rules(tmp_path):
 def test_cli_as_a_user_runs_it(tmp_path):
     good = tmp_path / "d.xml"
     good.write_text(_xml([_page(1, "A", "'''A''' is a letter.")]), encoding="utf-8")
-    run = [sys.executable, "-m", "data.wikipedia", "--dump", str(good), "--output-dir", str(tmp_path / "o"),
+    run = [sys.executable, "-m", "data.prep.wikipedia", "--dump", str(good), "--output-dir", str(tmp_path / "o"),
            "--num-files", "1", "--num-workers", "2"]
     proc = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -282,7 +282,7 @@ def test_dead_worker_raises_instead_of_hanging():
 def test_ampersands_safe_under_debug_allocator():
     # mwparserfromhell 0.7.2 frees entity buffers with the wrong allocator (upstream issue #352); the
     # debug allocator turns that into a crash, so this fails if '&' ever reaches the parser again.
-    code = ("from data.wikipedia import clean_wikitext as c; "
+    code = ("from data.prep.wikipedia import clean_wikitext as c; "
             "print(c('{{T|p=a & b}} [[AT&T]] &amp; x&nbsp;y &#38; [http://a.org/?p=1&q=2 site] &bogus;'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONMALLOC": "debug"})
@@ -299,7 +299,7 @@ def test_workers_exit_when_the_cli_is_killed(tmp_path, sig):
     dump = tmp_path / "big.xml"
     heavy = heavy.replace("<", "&lt;").replace(">", "&gt;")  # wikitext inside XML text
     dump.write_text(_xml([_page(i, f"P{i}", heavy) for i in range(1, 400)], None), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "data.wikipedia", "--dump", str(dump), "--output-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "data.prep.wikipedia", "--dump", str(dump), "--output-dir",
                              str(tmp_path / "out"), "--num-workers", "2", "--num-files", "2"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     descendants = []
@@ -329,6 +329,6 @@ def test_workers_exit_when_the_cli_is_killed(tmp_path, sig):
 
 def test_worker_whose_parent_is_already_gone_exits_at_once():
     # The race prctl cannot cover: the parent died between the worker's start and its initializer.
-    code = "import os; from data.wikipedia import _exit_with_parent as e; e(os.getppid() + 1); print('ran on')"
+    code = "import os; from data.prep.wikipedia import _exit_with_parent as e; e(os.getppid() + 1); print('ran on')"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout == ""

@@ -3,7 +3,7 @@
 Owns: choosing answer spans from logits and recovering their original text (Google BERT `run_squad.py`
 `write_predictions` / `get_final_text` semantics, reimplemented from the algorithm), plus writing
 predictions.json / nbest_predictions.json / null_odds.json when asked. Plain numpy: arrays in, dicts out.
-Does not own: running the model, building windows (`data.squad`) or scoring (`utils.squad_metrics`).
+Does not own: running the model, building windows (`data.features.squad`) or scoring (`utils.squad_metrics`).
 
 Per example, over all of its windows:
   * candidates are the n_best highest start logits x the n_best highest end logits of each window (ties
@@ -254,8 +254,8 @@ def postprocess_predictions(examples, features, all_start_logits, all_end_logits
     """Turn per-window logits into one answer per question.
 
     Args:
-      examples: list of data.squad.SquadExample (the list the features were built from).
-      features: data.squad.SquadFeatures, N windows of length L.
+      examples: list of data.features.squad.SquadExample (the list the features were built from).
+      features: data.features.squad.SquadFeatures, N windows of length L.
       all_start_logits, all_end_logits: float array [N, L] (float32 or float64), row i = features row i.
       n_best_size: int, candidates per end and size of the n-best list.
       max_answer_length: int, longest answer in WordPiece tokens.

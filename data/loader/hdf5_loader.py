@@ -2,10 +2,10 @@
 
 Owns: listing a directory of `*.hdf5` / `*.h5` shards, reading and checking one shard, and turning its rows
 into the same feed dict the LDDL loader yields. Does not own: sampling, rank split, epochs, workers or the
-loader position; those come from `data.lddl_loader` (`SamplingPlan`, `BertPretrainLoader`), so an HDF5
+loader position; those come from `data.loader.lddl_loader` (`SamplingPlan`, `BertPretrainLoader`), so an HDF5
 directory behaves exactly like an unbinned LDDL directory with one file per shard: file k goes to rank
 k % world_size, batches per epoch are equal on all ranks, and `state_dict()` resumes exactly.
-`data.lddl_loader.get_bert_pretrain_data_loader` dispatches here when the directory holds HDF5 files.
+`data.loader.lddl_loader.get_bert_pretrain_data_loader` dispatches here when the directory holds HDF5 files.
 
 Shard layout (what NVIDIA's and Google's `create_pretraining_data.py` write), N samples of length L0:
   input_ids, input_mask, segment_ids   int [N, L0]   input_mask is 1 on real tokens then 0s
@@ -18,7 +18,8 @@ import os
 import numpy as np
 
 from data.lddl_format import natural_key
-from data.lddl_loader import DataFile, padded_length
+from data.loader.lddl_reader import padded_length
+from data.loader.loader_plan import DataFile
 
 KEYS_2D = ("input_ids", "input_mask", "segment_ids")
 KEYS_MASKED = ("masked_lm_positions", "masked_lm_ids")

@@ -3,7 +3,7 @@
 Owns: turning a directory of LDDL-format Parquet shards (see `data.lddl_format`) into numpy feed dicts for
 the pretraining program; the split of shards over ranks; the per-epoch shuffle; dynamic masking at load time;
 multi-process workers; and the loader position (`state_dict` / `load_state_dict`). The deterministic plan,
-the worker pool and the loader class are shared with the legacy HDF5 loader (`data.hdf5_loader`), which
+the worker pool and the loader class are shared with the legacy HDF5 loader (`data.loader.hdf5_loader`), which
 `get_bert_pretrain_data_loader` dispatches to when a directory holds `*.hdf5` / `*.h5` files.
 Does not own: the on-disk format (file naming, schema, `.num_samples.json`: `data.lddl_format`), the masking
 algorithm (`data.masking`), vocabulary reading (`tokenizer`), feed names (`program.create_feeds`).
@@ -17,9 +17,9 @@ Usage (names follow LDDL's `lddl.paddle.get_bert_pretrain_data_loader`, so LDDL 
             exe.run(program, feed=feed, fetch_list=...)
     progress.loader_state = loader.state_dict()   # later: loader.load_state_dict(state) and iterate on
 
-The parts: `data.loader_plan` (sampling design: rank split, per-epoch shuffle, bin order, exact resume by
-arithmetic), `data.lddl_reader` (reading, tokenising and collating Parquet rows; measured throughput),
-`data.loader_workers` (worker processes). This module holds the loader object, its position and the entry
+The parts: `data.loader.loader_plan` (sampling design: rank split, per-epoch shuffle, bin order, exact resume by
+arithmetic), `data.loader.lddl_reader` (reading, tokenising and collating Parquet rows; measured throughput),
+`data.loader.loader_workers` (worker processes). This module holds the loader object, its position and the entry
 point, and re-exports the names callers used before the split (`DataFile`, `SamplingPlan`, `LddlReader`,
 `padded_length`, `decode_npy_positions`, ...).
 """
@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import lddl_format
-from data.lddl_reader import LddlReader, decode_npy_positions, padded_length  # noqa: F401 -- re-exported
-from data.loader_plan import BatchProducer, DataFile, SamplingPlan, dataset_fingerprint
-from data.loader_workers import WorkerPool
+from data.loader import hdf5_loader
+from data.loader.lddl_reader import LddlReader, decode_npy_positions, padded_length  # noqa: F401 -- re-exported
+from data.loader.loader_plan import BatchProducer, DataFile, SamplingPlan, dataset_fingerprint
+from data.loader.loader_workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class BertPretrainLoader:
 
     Args:
       plan: SamplingPlan.
-      reader: the reader of the files (LddlReader or data.hdf5_loader.Hdf5Reader).
+      reader: the reader of the files (LddlReader or data.loader.hdf5_loader.Hdf5Reader).
       fingerprint: dict from `dataset_fingerprint`.
       kind: str, 'lddl' or 'hdf5' (recorded in the state).
       num_workers: int >= 0.
@@ -221,7 +222,7 @@ def open_dataset(path, *, vocab_file, sequence_length_alignment=64, max_seq_leng
                  masked_lm_ratio=0.15, max_predictions_per_seq=None):
     """The files of a shard directory and the reader that turns them into feeds (no sampling plan).
 
-    `get_bert_pretrain_data_loader` builds on this; tools that check every file (`data.inspect_shards`) call
+    `get_bert_pretrain_data_loader` builds on this; tools that check every file (`data.prep.inspect_shards`) call
     `reader.read(f)` for each file, which validates every row exactly as training would.
 
     Args:
@@ -230,7 +231,7 @@ def open_dataset(path, *, vocab_file, sequence_length_alignment=64, max_seq_leng
         max_predictions_per_seq: as for `get_bert_pretrain_data_loader` (not re-checked here).
 
     Returns:
-      (list of DataFile, reader (LddlReader or data.hdf5_loader.Hdf5Reader), kind str 'lddl' or 'hdf5').
+      (list of DataFile, reader (LddlReader or data.loader.hdf5_loader.Hdf5Reader), kind str 'lddl' or 'hdf5').
 
     Raises:
       ValueError: missing directory, no/empty/corrupt shards, a vocab that does not fit the first rows.
@@ -239,8 +240,6 @@ def open_dataset(path, *, vocab_file, sequence_length_alignment=64, max_seq_leng
     if not os.path.isdir(path):
         raise ValueError(f"data directory '{path}' does not exist or is not a directory")
     if is_hdf5_dir(path):
-        from data import hdf5_loader
-
         files, reader = hdf5_loader.build_reader(path, vocab_file=vocab_file, ignore_index=ignore_index,
                                                  sequence_length_alignment=sequence_length_alignment,
                                                  max_seq_length=max_seq_length)
@@ -289,7 +288,7 @@ def list_data_files(path):
         empty = sorted({os.path.basename(lddl_format.shard_stem(f.path)) for f in files if rows[f.shard] == 0},
                        key=lddl_format.natural_key)
         raise ValueError(f"{path}: shard(s) {empty[:5]} have no rows; rebalance with "
-                         f"`python -m data.balance_dask_output` or remove them")
+                         f"`python -m data.prep.balance_dask_output` or remove them")
     return files
 
 

@@ -3,8 +3,8 @@
 Owns: `VocabIndex` (vectorised token -> id lookup), `LddlRows` / `Ragged` (tokenised rows), `LddlReader`
 (read + validate one file, `make_batch`, `collate` with static or dynamic masking), `padded_length` and the
 vectorised decoding of `masked_lm_positions` blobs. Does not own the file format (`data.lddl_format`), the
-masking algorithm (`data.masking`), which rows form a batch (`data.loader_plan`) or the loader
-(`data.lddl_loader`).
+masking algorithm (`data.masking`), which rows form a batch (`data.loader.loader_plan`) or the loader
+(`data.loader.lddl_loader`).
 
 Reading: a file is read and tokenised (vectorised, see `VocabIndex`) when a batch first needs it and kept
 while its bin's shuffle window needs it; batches are then gathered and padded with numpy offset arithmetic.

@@ -3,9 +3,9 @@
 Owns: `DataFile` (one file as the plan sees it), `dataset_fingerprint`, `SamplingPlan` / `EpochPlan` (rank
 split, epoch shuffle, bin order, shuffle windows) and `BatchProducer` (builds batch i with a reader, keeping
 the files of the current windows in memory). Computed from row counts only, never from file contents, so
-resuming at batch N costs integer arithmetic. Does not own reading files (`data.lddl_reader`,
-`data.hdf5_loader`), worker processes (`data.loader_workers`) or the loader and its position
-(`data.lddl_loader`).
+resuming at batch N costs integer arithmetic. Does not own reading files (`data.loader.lddl_reader`,
+`data.loader.hdf5_loader`), worker processes (`data.loader.loader_workers`) or the loader and its position
+(`data.loader.lddl_loader`).
 
 Sampling design (a block permutation instead of LDDL's row-by-row shuffle buffer, chosen so that resuming at
 batch N costs only integer arithmetic, never a replay of N batches of reading, tokenising or masking):
@@ -88,7 +88,7 @@ class SamplingPlan:
         if len(shards) % world_size:
             raise ValueError(
                 f"{where}: {len(shards)} shards cannot be split evenly over {world_size} ranks; rebalance with "
-                f"`python -m data.balance_dask_output --indir {where} --num-shards N` for N a multiple of "
+                f"`python -m data.prep.balance_dask_output --indir {where} --num-shards N` for N a multiple of "
                 f"{world_size}")
         self.bins = sorted({f.bin_id for f in files})
         by_key = {(f.shard, f.bin_id): f for f in files}
@@ -209,7 +209,7 @@ class _BinStream:
 class BatchProducer:
     """Builds batch i of an epoch plan with a `reader`, keeping each needed file in memory once per window.
 
-    A reader (see `LddlReader`, `data.hdf5_loader.Hdf5Reader`) offers `read(DataFile)` and
+    A reader (see `LddlReader`, `data.loader.hdf5_loader.Hdf5Reader`) offers `read(DataFile)` and
     `make_batch(parts, order, mask_seed)` where parts is a list of (DataFile, loaded data, rows).
     """
 

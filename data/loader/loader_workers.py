@@ -1,7 +1,7 @@
 """Worker processes for the pretraining loader: one epoch's batches built in parallel, yielded in order.
 
 Owns: `WorkerPool` (start, collect in index order, report worker failures, stop). Does not own what a batch
-holds (`data.loader_plan.BatchProducer` with a reader) or the loader (`data.lddl_loader`).
+holds (`data.loader.loader_plan.BatchProducer` with a reader) or the loader (`data.loader.lddl_loader`).
 
 Workers (num_workers > 0): started from a `forkserver` context (forking a process that has imported paddle
 and started OpenMP threads is unsafe); worker w builds batches i = w (mod W) of the same plan and the parent
@@ -19,7 +19,7 @@ import queue as queue_lib
 import signal
 import weakref
 
-from data.loader_plan import BatchProducer
+from data.loader.loader_plan import BatchProducer
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Load balancing: redistribute an LDDL dataset's rows into K shards of equal size (per bin, +-1 row).
 
 Usage (from the repo root):
-  python -m data.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
-  python -m data.balance_dask_output --indir raw/ --outdir balanced/ --num-shards 8
+  python -m data.prep.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
+  python -m data.prep.balance_dask_output --indir raw/ --outdir balanced/ --num-shards 8
 
 Why: LDDL's loader gives every rank whole files and needs every rank to see the same number of samples,
 so the preprocessor's uneven `part.*` files are rebalanced into `shard-<k>.parquet[_<bin>]`, with
@@ -227,9 +227,9 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.balance_dask_output",
+    parser = argparse.ArgumentParser(prog="python -m data.prep.balance_dask_output",
                                      description="Balance LDDL Parquet files into equal shards.")
-    parser.add_argument("--indir", required=True, help="dataset written by data.preprocess_bert_pretrain")
+    parser.add_argument("--indir", required=True, help="dataset written by data.prep.preprocess_bert_pretrain")
     parser.add_argument("--outdir", default=None, help="output directory (default: replace --indir)")
     parser.add_argument("--num-shards", type=int, required=True, help="shards per bin")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --outdir")

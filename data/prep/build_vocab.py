@@ -9,7 +9,7 @@ Output layout: `[PAD] [UNK] [CLS] [SEP] [MASK]` at ids 0..4, then the learned to
 order (single characters and their '##' forms first, then merged pieces). No `[unusedN]` slots.
 
 Usage:
-  python -m data.build_vocab --input data_out/sample_source --output vocab/my-vocab.txt \
+  python -m data.prep.build_vocab --input data_out/sample_source --output vocab/my-vocab.txt \
       --vocab-size 8192 [--do-lower-case | --no-lower-case] [--min-frequency 2] [--plain-text] [--overwrite]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
@@ -197,7 +197,7 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.build_vocab",
+    parser = argparse.ArgumentParser(prog="python -m data.prep.build_vocab",
                                      description="Train a BERT WordPiece vocab from text files.")
     parser.add_argument("--input", nargs="+", required=True,
                         help="LDDL source files or directories (searched for *.txt)")

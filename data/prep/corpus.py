@@ -3,11 +3,11 @@
 Owns: finding corpus files (files or directories, recursively, in a deterministic order), opening them
 (plain, .gz, .bz2; UTF-8), reading documents from the two plain-text layouts in use, and the CLI that
 rewrites any of them as LDDL source text (one document per line: `<doc_id> <text>`).
-Does not own: Wikipedia markup (`data.wikipedia`), sentence splitting or tokenization
-(`data.preprocess_bert_pretrain`).
+Does not own: Wikipedia markup (`data.prep.wikipedia`), sentence splitting or tokenization
+(`data.prep.preprocess_bert_pretrain`).
 
 Formats:
-  lines  one document per line, `<doc_id> <text>` (LDDL source format, what data.wikipedia writes).
+  lines  one document per line, `<doc_id> <text>` (LDDL source format, what data.prep.wikipedia writes).
   bert   Google BERT's `create_pretraining_data.py` input: one sentence per line, a blank line between
          documents. doc_id = `<file stem>-<index>`; sentences are joined with a space.
   auto   per file: `bert` if a blank line separates two non-blank lines within the first 1 MB, else
@@ -16,7 +16,7 @@ Formats:
 Nothing is ever read whole: files are streamed line by line, so corpora of any size work.
 
 Usage (from the repo root):
-    python -m data.corpus --input books/ extra.txt.gz --format auto --output-dir data/download/books/source \
+    python -m data.prep.corpus --input books/ extra.txt.gz --format auto --output-dir data/download/books/source \
         --num-files 8
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
@@ -81,8 +81,8 @@ def list_corpus_files(paths):
 def open_binary(path):
     """Open a file for reading bytes, decompressing `.gz` and `.bz2` (also multi-stream bz2) on the fly.
 
-    Shared by every reader of corpora and dumps (`open_text`, `data.preprocess_bert_pretrain`,
-    `data.wikipedia`), so they all accept the same compressions.
+    Shared by every reader of corpora and dumps (`open_text`, `data.prep.preprocess_bert_pretrain`,
+    `data.prep.wikipedia`), so they all accept the same compressions.
 
     Returns:
       A binary file object. Raises OSError as `open` does.
@@ -264,7 +264,7 @@ def convert(paths, output_dir, fmt="auto", num_files=1, prefix="corpus", overwri
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.corpus", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.prep.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="corpus files and/or directories")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input layout (see module doc)")
     parser.add_argument("--output-dir", required=True, help="directory to create (atomically)")

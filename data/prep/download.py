@@ -2,8 +2,8 @@
 
 Owns: `download()` (HTTP(S) GET with Range resume into `<dest>.part`, retries, md5/sha256 check, atomic
 rename), the dataset registry (SQuAD v1.1/v2.0, the four BERT vocabularies, English Wikipedia dumps) and the
-`python -m data.download` CLI. Does not own: extracting or preprocessing anything (`data.wikipedia`,
-`data.corpus`, the preprocessor).
+`python -m data.prep.download` CLI. Does not own: extracting or preprocessing anything (`data.prep.wikipedia`,
+`data.prep.corpus`, the preprocessor).
 
 Wikipedia dumps are pinned by date (`--wiki-dump-date YYYYMMDD`), never "latest", which moves and breaks
 reproducibility. dumps.wikimedia.org keeps only the most recent few months of dumps; older dates are
@@ -16,8 +16,8 @@ wikipedia/enwiki-<date>-pages-articles.xml.bz2, and vocab/bert-*-vocab.txt (or -
 of the resulting files are printed on stdout, one per line.
 
 Usage (from the repo root):
-    python -m data.download all --output-dir data/download --vocab-dir vocab --wiki-dump-date 20261101
-    python -m data.download squad --output-dir data/download
+    python -m data.prep.download all --output-dir data/download --vocab-dir vocab --wiki-dump-date 20261101
+    python -m data.prep.download squad --output-dir data/download
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import argparse
@@ -304,7 +304,7 @@ def download_wikipedia(output_dir, date=DEFAULT_WIKI_DUMP_DATE, mirror=WIKI_MIRR
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.download", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.prep.download", description=__doc__.split("\n")[0])
     parser.add_argument("target", choices=TARGETS, help="what to download")
     parser.add_argument("--output-dir", default="data/download", help="root for squad/ and wikipedia/")
     parser.add_argument("--vocab-dir", default=None, help="where vocab files go (default <output-dir>/vocab)")
@@ -360,7 +360,7 @@ def main(argv=None):
 
 
 def _main_printing(argv):
-    # The CLI's result, for scripts: DUMP=$(python -m data.download wikipedia ...); logs go to stderr.
+    # The CLI's result, for scripts: DUMP=$(python -m data.prep.download wikipedia ...); logs go to stderr.
     for path in main(argv):
         sys.stdout.write(path + "\n")
 

@@ -1,7 +1,7 @@
 """See what a pretraining shard directory holds, and run a few batches of it through the real loader.
 
 Usage (from the repo root):
-  python -m data.inspect_shards data/pretrain/phase1 --vocab-file vocab/bert-large-uncased-vocab.txt \\
+  python -m data.prep.inspect_shards data/pretrain/phase1 --vocab-file vocab/bert-large-uncased-vocab.txt \\
       [--batch-size 8] [--num-batches 3] [--quick] [--json]
 
 Works on our preprocessor's and balancer's output, on directories written by real LDDL, and on NVIDIA /
@@ -14,12 +14,12 @@ token-length statistics; one sample decoded, with masked positions shown as `<sh
 With `--vocab-file`: every file is read with the loader's own reader, which checks every row (tokens in
 the vocab, lengths, masked positions) exactly as training will (`--quick` skips this full pass; the
 loader still checks the files its batches read); then `--num-batches` batches go through
-`data.lddl_loader.get_bert_pretrain_data_loader` (rank 0 of 1, drop_last=False so a tiny directory still
+`data.loader.lddl_loader.get_bert_pretrain_data_loader` (rank 0 of 1, drop_last=False so a tiny directory still
 gives batches) and each batch's feed shapes and the loader's samples/s are reported, with the first row
 of the first batch decoded (for dynamic masking this shows the loader's masking).
 
 Owns: reading and summarising a directory for a person (or, with `--json`, for a script). Does not own
-the format (`data.lddl_format`), the checks a reader makes (`data.lddl_loader`, `data.hdf5_loader`) or
+the format (`data.lddl_format`), the checks a reader makes (`data.loader.lddl_loader`, `data.loader.hdf5_loader`) or
 the loader. Bad directory, empty directory, corrupt shard or vocab mismatch: one `error:` line naming the
 file, exit status 2 (see `utils.cli`).
 """
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import lddl_format as fmt
-from data import lddl_loader
+from data.loader import lddl_loader
 from utils.cli import run_cli
 from utils.logger import progress
 
@@ -183,11 +183,11 @@ def describe_hdf5(directory, inv_vocab=None):
       inv_vocab: list[str] id -> token for the decoded sample, or None to show ids.
 
     Raises:
-      ValueError naming the file (see `data.hdf5_loader.list_hdf5_files`).
+      ValueError naming the file (see `data.loader.hdf5_loader.list_hdf5_files`).
     """
     import h5py
 
-    from data import hdf5_loader
+    from data.loader import hdf5_loader
 
     files = hdf5_loader.list_hdf5_files(directory)
     lengths = []
@@ -373,7 +373,7 @@ def format_report(report):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.inspect_shards", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.prep.inspect_shards", description=__doc__.split("\n")[0])
     parser.add_argument("directory", help="shard directory (LDDL Parquet, or *.hdf5 / *.h5)")
     parser.add_argument("--vocab-file", default=None, help="check tokens against it and run loader batches")
     parser.add_argument("--batch-size", type=int, default=8, help="loader batch size (default 8)")

@@ -1,14 +1,14 @@
 """Dask preprocessing: text corpora -> (optionally masked, binned) LDDL-format Parquet for BERT pretraining.
 
 Usage (from the repo root):
-  python -m data.preprocess_bert_pretrain --wikipedia data/download/wikipedia/source \\
+  python -m data.prep.preprocess_bert_pretrain --wikipedia data/download/wikipedia/source \\
       --sink data/pretrain/phase1 --vocab-file vocab/bert-large-uncased-vocab.txt \\
       --target-seq-length 128 --bin-size 64 --masking --num-workers 8
-  then: python -m data.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
+  then: python -m data.prep.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
 
 Owns: finding input files, cutting them into blocks, the per-block pipeline (read -> sentences ->
 tokens -> pairs x duplicate_factor -> static masking -> per-bin Parquet files) and running blocks on Dask.
-Pair semantics live in `data.pretraining_pairs`, masking in `data.masking`, the file format in
+Pair semantics live in `data.prep.pretraining_pairs`, masking in `data.masking`, the file format in
 `data.lddl_format`.
 
 Determinism: a block is a byte range of one input file (`--block-size-mb`, cut at record boundaries: a
@@ -22,7 +22,7 @@ dropped independently of blocks. The output is therefore byte-identical for any 
 Input formats (`--input-format`): `lines` = LDDL's source format, one document per line `<doc_id> <text>`,
 split into sentences with blingfire; `bert` = Google's format, one sentence per line, blank line between
 documents, each line taken as one sentence (as Google does); `auto` decides per file
-(`data.corpus.sniff_format`). Files are found by `data.corpus.list_corpus_files` (`*.txt[.gz|.bz2]` under
+(`data.prep.corpus.sniff_format`). Files are found by `data.prep.corpus.list_corpus_files` (`*.txt[.gz|.bz2]` under
 directories, recursively); `.gz`/`.bz2` files are one block each (a compressed stream cannot be entered
 at an offset).
 
@@ -51,10 +51,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data import corpus
+from data.prep import corpus
 from data import lddl_format as fmt
 from data.masking import mask_batch
-from data.pretraining_pairs import create_instances, split_sentences, tokenize_documents
+from data.prep.pretraining_pairs import create_instances, split_sentences, tokenize_documents
 from utils.cli import run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
@@ -141,7 +141,7 @@ def plan_blocks(files, block_size, input_format):
     """Cut input files into blocks of about `block_size` bytes; block ids are global and in file order.
 
     Args:
-      files: list of paths from `data.corpus.list_corpus_files`.
+      files: list of paths from `data.prep.corpus.list_corpus_files`.
       block_size: int bytes > 0.
       input_format: 'auto', 'lines' or 'bert'.
 
@@ -511,7 +511,7 @@ def _check_unknown(tokens, unk, settings):
 def _run_blocks(client, blocks, settings, out_dir):
     # Submit the task by its importable name: under `python -m` this file is `__main__`, which workers
     # cannot import, so pickling `process_block` from here would fail or copy it by value.
-    task = importlib.import_module("data.preprocess_bert_pretrain").process_block
+    task = importlib.import_module("data.prep.preprocess_bert_pretrain").process_block
     if client is None:
         yield from (task(b, settings, out_dir) for b in progress(blocks, desc="blocks", unit="block"))
         return
@@ -580,7 +580,7 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m data.preprocess_bert_pretrain",
+    p = argparse.ArgumentParser(prog="python -m data.prep.preprocess_bert_pretrain",
                                 description="Text corpora -> LDDL-format Parquet for BERT pretraining.")
     p.add_argument("--wikipedia", action="append", default=[], help="LDDL Wikipedia 'source' directory")
     p.add_argument("--books", action="append", default=[], help="books 'source' directory")

@@ -14,7 +14,7 @@ source order. Test suites, IDLE, `site-packages` and caches are skipped; files a
 order, so two builds on one Python installation are byte-identical.
 
 Usage:
-  python -m data.sample_corpus --output-dir data_out/sample_source [--num-files 4] \
+  python -m data.prep.sample_corpus --output-dir data_out/sample_source [--num-files 4] \
       [--max-documents 500] [--max-bytes 1000000] [--overwrite]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
@@ -269,7 +269,7 @@ def build_sample_corpus(output_dir, num_files=4, max_documents=None, max_bytes=N
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m data.sample_corpus",
+        prog="python -m data.prep.sample_corpus",
         description="Write the offline demo corpus (stdlib docstrings) in LDDL source format.")
     parser.add_argument("--output-dir", required=True, help="directory to create (must not exist)")
     parser.add_argument("--num-files", type=int, default=4, help="number of part-*.txt files (default 4)")

@@ -4,14 +4,14 @@ Owns: stream-parsing a MediaWiki XML export (`pages-articles.xml[.bz2|.gz]`, any
 choosing which pages are articles (namespace 0, not a redirect, non-empty after cleaning), turning
 wikitext into plain prose, and writing the documents into `--num-files` text files atomically.
 Does not own: sentence splitting, tokenization or anything later in the pipeline (that is
-`data.preprocess_bert_pretrain`), nor downloading the dump (`data.download`).
+`data.prep.preprocess_bert_pretrain`), nor downloading the dump (`data.prep.download`).
 
 Cleaning follows the BERT recipe ("extract only the text passages and ignore headers, lists, and
 tables"): templates, tables, <ref>s, files/images/categories, interlanguage links, HTML comments,
 headings and list items are dropped; link text is kept; whitespace is collapsed so a document is one line.
 
 Usage (from the repo root):
-    python -m data.wikipedia --dump data/download/wikipedia/enwiki-20261101-pages-articles.xml.bz2 \
+    python -m data.prep.wikipedia --dump data/download/wikipedia/enwiki-20261101-pages-articles.xml.bz2 \
         --output-dir data/download/wikipedia/source --num-files 16 --num-workers 8
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
@@ -36,7 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 import mwparserfromhell
 from mwparserfromhell import nodes as mwnodes
 
-from data.corpus import open_binary
+from data.prep.corpus import open_binary
 from utils.cli import run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
@@ -498,7 +498,7 @@ def extract(dump_path, output_dir, num_files=16, num_workers=None, min_chars=1, 
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.wikipedia", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.prep.wikipedia", description=__doc__.split("\n")[0])
     parser.add_argument("--dump", required=True, help="enwiki-YYYYMMDD-pages-articles.xml(.bz2|.gz)")
     parser.add_argument("--output-dir", required=True, help="directory to create with wiki-<k>.txt files")
     parser.add_argument("--num-files", type=int, default=16, help="number of output text files")
