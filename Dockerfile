@@ -35,3 +35,6 @@ RUN set -eux; \
 assert paddle.is_compiled_with_cuda(), 'the GPU build of paddle was replaced'"
 
 COPY . .
+# The project itself, editable and without dependencies (installed above): LDDL's command names
+# (preprocess_bert_pretrain, balance_dask_output, download_wikipedia, ...) become commands in the image.
+RUN python -m pip install --no-cache-dir --no-deps -e .

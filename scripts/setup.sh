@@ -3,6 +3,9 @@
 #   bash scripts/setup.sh          # CPU (paddlepaddle==2.6.2)
 #   bash scripts/setup.sh --gpu    # GPU (paddlepaddle-gpu==2.6.2, CUDA 11.8 build from PyPI)
 #   bash scripts/setup.sh --test   # plus the test runner
+# Then the project itself, editable and without dependencies (`pip install --no-deps -e .`), so LDDL's command
+# names exist in .venv/bin: preprocess_bert_pretrain, balance_dask_output, download_wikipedia, inspect_shards,
+# build_vocab (`python -m data.prep.<tool>` works with or without this).
 # Re-running is cheap: pip skips what is already installed. PYTHON selects the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,20 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version 2>&1)"
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)-$req-$gpu"
+# The project's console scripts, from pyproject.toml. Editable: the scripts import the working tree, so
+# editing the code needs no re-install. The venv's own setuptools builds it when it is new enough for
+# editable installs (>= 64) and `wheel` is installed, so no download is needed; otherwise pip fetches
+# setuptools into an isolated build environment.
+install_project() {
+  local isolation=()
+  if .venv/bin/python -c "import setuptools, sys, wheel; sys.exit(int(setuptools.__version__.split('.')[0]) < 64)" \
+      2>/dev/null; then
+    isolation=(--no-build-isolation)
+  fi
+  echo "[setup] installing the project (editable, no dependencies): console scripts in .venv/bin"
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps "${isolation[@]}" -e .
+}
+stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt pyproject.toml | cksum | cut -d' ' -f1)-$req-$gpu"
 if [ -f "$stamp" ]; then
   echo "[setup] .venv is up to date"
   exit 0
@@ -32,6 +48,7 @@ if [ "$gpu" = 1 ]; then
 else
   .venv/bin/pip install --disable-pip-version-check -q -r "$req"
 fi
+install_project
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "[setup] done"

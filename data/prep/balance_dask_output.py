@@ -245,5 +245,11 @@ def main(argv=None):
     return balance(args.indir, args.num_shards, args.outdir, args.overwrite, args.buffer_mb)
 
 
+def cli(argv=None):
+    """`main` as a command (`utils.cli.run_cli`), also the `balance_dask_output` console script: returns the exit
+    status, 0 ok or 2 bad input."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -223,5 +223,11 @@ def main(argv=None):
                                  overwrite=args.overwrite)
 
 
+def cli(argv=None):
+    """`main` as a command (`utils.cli.run_cli`), also the `build_vocab` console script: returns the exit
+    status, 0 ok or 2 bad input."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -303,9 +303,14 @@ def download_wikipedia(output_dir, date=DEFAULT_WIKI_DUMP_DATE, mirror=WIKI_MIRR
 # CLI
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.download", description=__doc__.split("\n")[0])
-    parser.add_argument("target", choices=TARGETS, help="what to download")
+def _parse_args(argv, target=None):
+    """Parse and check the flags; `target` fixed by the caller (a one-target command) drops the argument."""
+    prog = "python -m data.prep.download" if target is None else f"download_{target}"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    if target is None:
+        parser.add_argument("target", choices=TARGETS, help="what to download")
+    else:
+        parser.set_defaults(target=target)
     parser.add_argument("--output-dir", default="data/download", help="root for squad/ and wikipedia/")
     parser.add_argument("--vocab-dir", default=None, help="where vocab files go (default <output-dir>/vocab)")
     parser.add_argument("--wiki-dump-date", default=None,
@@ -340,9 +345,14 @@ def _check_args(args):
         raise ValueError("--timeout must be > 0 and --retries >= 0")
 
 
-def main(argv=None):
-    """Run the download CLI. Returns list[str] of the resulting files. Raises ValueError / DownloadError."""
-    args = _parse_args(argv)
+def main(argv=None, target=None):
+    """Run the download CLI. Returns list[str] of the resulting files. Raises ValueError / DownloadError.
+
+    Args:
+      argv: the arguments (None: sys.argv[1:]).
+      target: one of TARGETS for a one-target command (`download_wikipedia`): argv then has no target.
+    """
+    args = _parse_args(argv, target)
     opts = {"timeout": args.timeout, "retries": args.retries}
     paths = []
     if args.target in ("vocab", "all"):
@@ -359,15 +369,30 @@ def main(argv=None):
     return paths
 
 
-def _main_printing(argv):
+def _main_printing(argv, target=None):
     # The CLI's result, for scripts: DUMP=$(python -m data.prep.download wikipedia ...); logs go to stderr.
-    for path in main(argv):
+    for path in main(argv, target):
         sys.stdout.write(path + "\n")
 
 
 def cli(argv=None):
     """`main` as a command printing the result paths on stdout: 0 ok, 2 bad input, 1 a download failed."""
     return run_cli(_main_printing, argv, exit_codes={DownloadError: 1})
+
+
+def download_wikipedia_cli(argv=None):
+    """The `download_wikipedia` console script (LDDL's command name): `python -m data.prep.download wikipedia`.
+
+    Downloads the pinned, checksummed dump only (LDDL's command also extracts it; here that is
+    `python -m data.prep.wikipedia`). Same flags and exit statuses as `cli` without the target argument.
+
+    Args:
+      argv: the arguments after the command name (None: sys.argv[1:]).
+
+    Returns:
+      int exit status: 0 ok (the dump's path on stdout), 2 bad input, 1 the download failed.
+    """
+    return run_cli(lambda args: _main_printing(args, target="wikipedia"), argv, exit_codes={DownloadError: 1})
 
 
 if __name__ == "__main__":

@@ -394,5 +394,11 @@ def main(argv=None):
     return report
 
 
+def cli(argv=None):
+    """`main` as a command (`utils.cli.run_cli`), also the `inspect_shards` console script: returns the exit
+    status, 0 ok or 2 bad input."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -631,5 +631,11 @@ def main(argv=None):
                scheduler=args.scheduler, overwrite=args.overwrite)
 
 
+def cli(argv=None):
+    """`main` as a command (`utils.cli.run_cli`), also the `preprocess_bert_pretrain` console script: returns the exit
+    status, 0 ok or 2 bad input."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())
