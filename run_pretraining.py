@@ -25,6 +25,8 @@ import logging
 import sys
 
 from tasks import flags as common
+from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, RunSettings,
+                          section, train_config)
 
 logger = logging.getLogger("run_pretraining")
 
@@ -93,18 +95,25 @@ def parse_last_step(value):
 
 
 def validate_args(args):
-    """Check flag combinations and paths; normalise a few values in place. Raises ValueError."""
+    """Check every flag, file and cross-flag rule, before any runtime is initialised or anything is read.
+
+    Returns:
+      tasks.config.PretrainConfig (the parsed Namespace is left as it was).
+
+    Raises:
+      ValueError: naming the flag (and file) and the fix.
+    """
     if args.phase1 == args.phase2:
         raise ValueError("give exactly one of --phase1 and --phase2")
-    args.phase = 1 if args.phase1 else 2
+    phase = 1 if args.phase1 else 2
     if args.from_checkpoint and args.from_pretrained_params:
         raise ValueError("--from-checkpoint and --from-pretrained-params are exclusive: a checkpoint "
                          "already holds the parameters")
-    if args.from_phase1_final_params and args.phase == 1:
+    if args.from_phase1_final_params and phase == 1:
         raise ValueError("--from-phase1-final-params is for --phase2")
-    args.last_step_of_checkpoint = parse_last_step(args.last_step_of_checkpoint)
-    common.require_positive(args, "max_steps", "max_nonfinite_steps", "log_freq", "num_steps_per_checkpoint", "batch_size",
-                            "max_seq_length", "max_predictions_per_seq", "gradient_merge_steps",
+    last_step = parse_last_step(args.last_step_of_checkpoint)
+    common.require_positive(args, "max_steps", "max_nonfinite_steps", "log_freq", "num_steps_per_checkpoint",
+                            "batch_size", "max_seq_length", "max_predictions_per_seq", "gradient_merge_steps",
                             "learning_rate", "sequence_length_alignment", "benchmark_steps")
     common.require_positive(args, "num_workers", "benchmark_warmup_steps", "warmup_start_lr",
                             allow_zero=("num_workers", "benchmark_warmup_steps", "warmup_start_lr"))
@@ -115,25 +124,38 @@ def validate_args(args):
     for flag in ("from_pretrained_params", "from_phase1_final_params"):
         if getattr(args, flag):
             common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
-    if args.from_checkpoint and args.last_step_of_checkpoint != "auto":
+    if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
-    args.amp_fields = common.amp_fields(args)
-    args.model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file,
-                                                                args.vocab_file)
-    if args.max_seq_length > args.model_cfg.max_position_embeddings:
+    precision, optim = PrecisionConfig.from_args(args), OptimConfig.from_args(args)
+    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)
+    if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds max_position_embeddings "
-                         f"{args.model_cfg.max_position_embeddings} of {config_path}")
-    return args
+                         f"{model_cfg.max_position_embeddings} of {config_path}")
+    from utils.runtime import resolve_device
+    train_config(optim, precision, total_steps=1, seed=args.seed, device=resolve_device(args.device))
+    return PretrainConfig(
+        phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
+        optim=optim, precision=precision, data=section(PretrainData, args),
+        checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step),
+        run=section(RunSettings, args), flags=dict(sorted({**vars(args), "phase": phase}.items())))
 
 
-def run(argv=None):
-    """Parse, validate and train. Raises ValueError for bad flags, files or checkpoints."""
-    args = validate_args(build_parser().parse_args(argv))
+def main(argv=None):
+    """Parse, validate and train one phase.
+
+    Returns:
+      dict of final metrics (see `tasks.pretraining.PretrainSession.run`).
+
+    Raises:
+      ValueError: bad flags, files or checkpoints (as a command: one `error:` line, exit status 2);
+      utils.nonfinite.TrainingDiverged: training produced non-finite values (exit status 4).
+    """
+    cfg = validate_args(build_parser().parse_args(argv))
     from tasks.pretraining import PretrainSession
 
-    session = PretrainSession(args)
+    session = PretrainSession(cfg)
     try:
-        session.run()
+        return session.run()
     finally:
         session.close()
 
@@ -141,8 +163,8 @@ def run(argv=None):
 EXIT_DIVERGED = 4
 
 
-def main(argv=None):
-    """Entry point: returns the exit status.
+def cli(argv=None):
+    """`main` as a command; returns the exit status.
 
     0 done; 2 bad input (one `error:` line on stderr); 3 disk full or read-only; 4 training diverged
     (non-finite loss or parameters; one `error:` line, no checkpoint of the bad state written).
@@ -151,8 +173,8 @@ def main(argv=None):
     from utils.nonfinite import TrainingDiverged
     from utils.runtime import DistEnv
 
-    return run_cli(run, argv, rank=DistEnv.from_env().rank, exit_codes={TrainingDiverged: EXIT_DIVERGED})
+    return run_cli(main, argv, rank=DistEnv.from_env().rank, exit_codes={TrainingDiverged: EXIT_DIVERGED})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

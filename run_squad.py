@@ -31,10 +31,10 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import sys
 
 from tasks import flags as common
+from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
 
 logger = logging.getLogger("run_squad")
 
@@ -114,9 +114,10 @@ class Plan:
     """What validate_args resolved from the flags (nothing here is read from args again).
 
     Fields: do_train / do_predict / do_eval; train_batch_size / predict_batch_size (per process);
-    max_steps (None = --epochs decide); feature_params (data.squad.FeatureParams); model_cfg
+    max_steps (None = --epochs decide); feature_params (data.features.squad.FeatureParams); model_cfg
     (modeling.BertConfig); init_path (weights to load); require_qa_head (False only when fine-tuning a
-    pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); out_dir
+    pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); optim
+    (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig); out_dir
     (<output-dir>/<bert-model>/squad); context (the --question's text, else None).
     """
     do_train: bool
@@ -131,6 +132,8 @@ class Plan:
     require_qa_head: bool
     device: str
     amp: dict
+    optim: object
+    precision: object
     out_dir: str
     context: object = None
 
@@ -225,22 +228,8 @@ def _check_vocab(args):
                          f"{'set' if args.do_lower_case else 'not set'}: {fix}") from None
 
 
-# program.TrainConfig / optimizer / data.squad.FeatureParams field names -> the flags that set them, for
-# their error messages.
-_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
-    "learning_rate", "weight_decay", "beta1", "beta2", "epsilon", "gradient_merge_steps", "scale_loss",
-    "use_dynamic_loss_scaling", "use_pure_fp16", "warmup_start_lr", "max_seq_length", "doc_stride",
-    "max_query_length")}
-_FIELD_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
-
-
-def _in_flag_terms(message):
-    """`message` with the training-config field names it mentions replaced by their flags."""
-    return re.sub(r"\b(" + "|".join(_FIELD_FLAGS) + r")\b", lambda m: _FIELD_FLAGS[m.group(1)], message)
-
-
 def _check_numbers(args):
-    from data.squad import FeatureParams
+    from data.features.squad import FeatureParams
 
     common.require_positive(args, "epochs", "max_seq_length", "doc_stride", "max_query_length", "n_best_size",
                             "max_answer_length", "gradient_merge_steps", "learning_rate", "log_freq",
@@ -257,7 +246,7 @@ def _check_numbers(args):
     try:
         return FeatureParams(args.max_seq_length, args.doc_stride, args.max_query_length)
     except ValueError as err:
-        raise ValueError(_in_flag_terms(str(err))) from None
+        raise ValueError(in_flag_terms(str(err))) from None
 
 
 def _check_writable(flag, value, directory):
@@ -332,7 +321,6 @@ def validate_args(args):
     Raises:
       ValueError: naming the flag (and file) and the fix.
     """
-    from program import TrainConfig
     from utils.runtime import resolve_device
 
     do_train, do_predict, do_eval = _modes(args)
@@ -356,21 +344,17 @@ def validate_args(args):
     device = resolve_device(args.device)
     if args.infer_dtype == "bfloat16" and (do_predict or args.question is not None) and device == "cpu":
         _check_bf16_cpu()
-    amp = common.amp_fields(args) if do_train else {"amp": "off"}
-    if do_train:  # the optimizer, schedule and AMP values, checked now rather than after feature building
-        try:
-            TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, device=device,
-                        weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
-                        epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps, **amp)
-        except ValueError as err:
-            raise ValueError(_in_flag_terms(str(err))) from None
+    precision = PrecisionConfig.from_args(args, training=do_train)
+    optim = OptimConfig.from_args(args) if do_train else None
+    # the optimizer, schedule and AMP values, checked now rather than after feature building
+    train_config(optim, precision, total_steps=1, seed=args.seed, device=device)
     batch = args.batch_size
     return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
                 train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
                 predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH,
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
                 model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
-                amp=amp, out_dir=os.path.join(args.output_dir, args.bert_model, "squad"), context=context)
+                amp=precision.amp, optim=optim, precision=precision, out_dir=os.path.join(args.output_dir, args.bert_model, "squad"), context=context)
 
 
 def main(argv=None):
@@ -386,7 +370,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     plan = validate_args(args)
     if args.verbose_logging:  # the reference's meaning: show every data-processing detail
-        for name in ("data.squad", "utils.squad_postprocess"):
+        for name in ("data.features.squad", "utils.squad_postprocess"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     import paddle
     from utils.runtime import init_runtime
@@ -399,21 +383,8 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------- phases
-def _train_config(args, plan, rt, updates):
-    from lr_scheduler import warmup_steps_from_proportion
-    from program import TrainConfig
-
-    return TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
-                       warmup_start_lr=args.warmup_start_lr,
-                       warmup_steps=warmup_steps_from_proportion(updates, args.warmup_proportion),
-                       total_steps=updates, weight_decay=args.weight_decay, beta1=args.beta1,
-                       beta2=args.beta2, epsilon=args.epsilon, gradient_merge_steps=args.gradient_merge_steps,
-                       fuse_mha=args.fuse_mha, seed=args.seed, device=rt.device, **plan.amp,
-                       **rt.train_config_kwargs())
-
-
 def _features(args, plan, path, is_training):
-    from data.squad import load_or_build_features
+    from data.features.squad import load_or_build_features
 
     return load_or_build_features(path, args.vocab_file, args.do_lower_case, plan.feature_params,
                                   args.features_cache_dir, is_training=is_training,
@@ -435,11 +406,13 @@ def _build(args, plan, rt, train_features):
     from tasks.squad import plan_updates
 
     if train_features is None:
-        cfg = program.TrainConfig(fuse_mha=args.fuse_mha, seed=args.seed, device=rt.device)
+        cfg = train_config(None, plan.precision, total_steps=1, seed=args.seed, device=rt.device)
         return program.build_squad(plan.model_cfg, cfg, is_training=False), None
     opts = _train_options(args, plan)
     _, updates = plan_updates(len(train_features), opts, rt.dist.world_size)
-    return program.build_squad(plan.model_cfg, _train_config(args, plan, rt, updates)), opts
+    cfg = train_config(plan.optim, plan.precision, total_steps=updates, seed=args.seed, device=rt.device,
+                       dist_kwargs=rt.train_config_kwargs())
+    return program.build_squad(plan.model_cfg, cfg), opts
 
 
 def train_and_predict(args, plan, rt):
@@ -517,7 +490,7 @@ def _score(args, preds, null_odds):
 def answer_question(args, plan, rt):
     """--question: the best answer (printed with its probability) from a fine-tuned model."""
     import program
-    from data.squad import examples_to_features
+    from data.features.squad import examples_to_features
     from tokenizer import BertTokenizer
     from utils.squad_postprocess import postprocess_predictions
     from tasks.squad import (describe_answer, init_parameters, predict_logits,
@@ -546,8 +519,13 @@ def answer_question(args, plan, rt):
     return {"answer": answer, "probability": chosen["probability"], "nbest": entries}
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """`main` as a command; returns the exit status (0, or 2 with one `error:` line for bad input)."""
     from utils.cli import run_cli
     from utils.runtime import DistEnv
 
-    sys.exit(run_cli(main, rank=DistEnv.from_env().rank))
+    return run_cli(main, argv, rank=DistEnv.from_env().rank)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

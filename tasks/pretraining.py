@@ -5,7 +5,7 @@ the initial weights come from (a checkpoint of this phase, phase 1's final param
 parameters: never silently random when a path was given), the training loop with gradient merge, the
 per-micro-batch dropout seeding that makes a resumed run equal an uninterrupted one, and the DLLogger
 records. Does not own: flags (`run_pretraining.py`), building the program (`program.py`), the data loader
-(`data.lddl_loader`), the checkpoint format (`utils.checkpoint`), the report format (`utils.report`).
+(`data.loader.lddl_loader`), the checkpoint format (`utils.checkpoint`), the report format (`utils.report`).
 
 Exact resume. A checkpoint (written only at update boundaries) holds every persistable (parameters,
 optimizer moments, LR variable, loss scale, gradient-merge counter) plus `progress.json` with the step, the
@@ -21,12 +21,13 @@ import time
 import paddle
 
 import program as program_lib
-from data.lddl_loader import get_bert_pretrain_data_loader
-from lr_scheduler import warmup_steps_from_proportion
+from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir)
 from utils.logger import progress as progress_bar
+from tasks.config import train_config
+from tasks.engine import run_updates
 from utils.metric_window import MetricWindow
 from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
@@ -48,62 +49,55 @@ class PretrainSession:
     """A configured pre-training run. `run()` trains; `close()` releases loader workers and the report.
 
     Args:
-      args: argparse.Namespace validated by `run_pretraining.validate_args`.
+      cfg: tasks.config.PretrainConfig (built by `run_pretraining.validate_args`).
 
     Raises:
       ValueError: a config/vocab problem, a sequence length the model cannot hold, bad shards.
     """
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, cfg):
+        self.cfg = cfg
         self.start_time = time.time()
-        self.rt = init_runtime(args.device, seed=args.seed, cpu_affinity=args.enable_cpu_affinity)
+        self.rt = init_runtime(cfg.run.device, seed=cfg.run.seed, cpu_affinity=cfg.run.enable_cpu_affinity)
         self.rank, self.world = self.rt.dist.rank, self.rt.dist.world_size
-        self.model_cfg = args.model_cfg
-        self.total_steps = (args.benchmark_warmup_steps + args.benchmark_steps if args.benchmark
-                            else args.max_steps)
-        self.global_batch = args.batch_size * args.gradient_merge_steps * self.world
-        self.fingerprint = fingerprint_config(self.model_cfg.to_dict())
-        self.manager = CheckpointManager(phase_dir(args.output_dir, args.bert_model, args.phase),
-                                         keep_last=args.keep_checkpoints, rank=self.rank,
-                                         model_prefix=args.model_prefix)
+        self.total_steps = cfg.total_steps
+        self.global_batch = cfg.data.batch_size * cfg.optim.gradient_merge_steps * self.world
+        self.fingerprint = fingerprint_config(cfg.model.to_dict())
+        ckpt = cfg.checkpointing
+        self.manager = CheckpointManager(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase),
+                                         keep_last=ckpt.keep_checkpoints, rank=self.rank,
+                                         model_prefix=ckpt.model_prefix)
         self.lock, self.metrics = None, None
-        self.guard = NonFiniteGuard(args.max_nonfinite_steps)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.source = self._resume_source()
         # Data first (bad shards are refused before anything is written), then the output directory
         # (a second run is refused before the slow build), then the program.
+        data = cfg.data
         self.loader = get_bert_pretrain_data_loader(
-            args.input_dir, vocab_file=args.vocab_file, batch_size=args.batch_size, rank=self.rank,
-            world_size=self.world, seed=args.seed, num_workers=args.num_workers,
-            sequence_length_alignment=args.sequence_length_alignment,
-            max_predictions_per_seq=args.max_predictions_per_seq, max_seq_length=args.max_seq_length)
+            data.input_dir, vocab_file=data.vocab_file, batch_size=data.batch_size, rank=self.rank,
+            world_size=self.world, seed=cfg.run.seed, num_workers=data.num_workers,
+            sequence_length_alignment=data.sequence_length_alignment,
+            max_predictions_per_seq=data.max_predictions_per_seq, max_seq_length=data.max_seq_length)
         try:
             self._claim_output(self.source)
-            self.train_cfg = self._train_config()
-            self.bundle = program_lib.build_pretraining(self.model_cfg, self.train_cfg)
+            self.train_cfg = train_config(cfg.optim, cfg.precision, total_steps=self.total_steps,
+                                          seed=cfg.run.seed, device=self.rt.device,
+                                          dist_kwargs=self.rt.train_config_kwargs())
+            self.bundle = program_lib.build_pretraining(cfg.model, self.train_cfg)
         except BaseException:
             self.close()
             raise
-
-    def _train_config(self):
-        a = self.args
-        return program_lib.TrainConfig(
-            optimizer=a.optimizer, learning_rate=a.learning_rate, warmup_start_lr=a.warmup_start_lr,
-            warmup_steps=warmup_steps_from_proportion(self.total_steps, a.warmup_proportion),
-            total_steps=self.total_steps, weight_decay=a.weight_decay, beta1=a.beta1, beta2=a.beta2,
-            epsilon=a.epsilon, gradient_merge_steps=a.gradient_merge_steps, fuse_mha=a.fuse_mha,
-            seed=a.seed, device=self.rt.device, **a.amp_fields, **self.rt.train_config_kwargs())
 
     # ------------------------------------------------------------------------------------------------
     # Initialisation
 
     def _resume_source(self):
         """(CheckpointManager, step) to resume from, or None. Raises ValueError for a bad path/step."""
-        path, step = self.args.from_checkpoint, self.args.last_step_of_checkpoint
+        path, step = self.cfg.checkpointing.from_checkpoint, self.cfg.checkpointing.last_step_of_checkpoint
         if not path:
             return None
-        kwargs = dict(keep_last=self.args.keep_checkpoints, rank=self.rank,
-                      model_prefix=self.args.model_prefix)
+        kwargs = dict(keep_last=self.cfg.checkpointing.keep_checkpoints, rank=self.rank,
+                      model_prefix=self.cfg.checkpointing.model_prefix)
         if os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # a step directory itself
             name = os.path.basename(os.path.normpath(path))
             if not name.isdigit():
@@ -126,7 +120,7 @@ class PretrainSession:
         Raises:
           ValueError: the directory is locked by a live run, or holds another run's checkpoints.
         """
-        if self.args.benchmark:
+        if self.cfg.run.benchmark:
             return  # writes no checkpoint
         if self.rank == 0:
             try:
@@ -137,7 +131,7 @@ class PretrainSession:
         existing = self.manager.available_steps()
         if not existing or (source is not None and source[0].root_dir == self.manager.root_dir):
             return
-        if not self.args.replace_checkpoints:
+        if not self.cfg.checkpointing.replace_checkpoints:
             raise ValueError(
                 f"--output-dir: {self.manager.root_dir} already holds checkpoints of another run (steps "
                 f"{', '.join(map(str, existing))}). Resume it with --from-checkpoint {self.manager.root_dir} "
@@ -147,10 +141,10 @@ class PretrainSession:
 
     def _check_resumable(self, progress, step_dir):
         """Refuse a checkpoint of the other phase or of other settings, before anything is loaded."""
-        if progress.phase != self.args.phase:
+        if progress.phase != self.cfg.phase:
             raise ValueError(
                 f"--from-checkpoint: {step_dir} is a phase {progress.phase} checkpoint but this run is "
-                f"--phase{self.args.phase}. To start phase 2 from phase 1's final parameters, pass "
+                f"--phase{self.cfg.phase}. To start phase 2 from phase 1's final parameters, pass "
                 f"--from-phase1-final-params {step_dir}, and give --from-checkpoint the phase 2 directory "
                 f"(or leave it out)")
         check_compatible(progress, config_fingerprint=self.fingerprint, world_size=self.world,
@@ -169,7 +163,7 @@ class PretrainSession:
         restored = self._restore(*source) if source is not None else None
         if source is not None and restored is None:
             logger.info("no complete checkpoint in '%s' yet: starting phase %d from step 0",
-                        source[0].root_dir, self.args.phase)
+                        source[0].root_dir, self.cfg.phase)
         if restored is not None:
             self._continue_from(restored, source[0])
         else:
@@ -217,12 +211,12 @@ class PretrainSession:
             later = [s for s in self.manager.available_steps() if s > restored.global_step]
             self.manager.supersede(later, f"resuming from step {restored.global_step}: this run replays "
                                           f"those steps, and 'auto' must not pick the old ones")
-        if self.args.from_phase1_final_params:
+        if self.cfg.checkpointing.from_phase1_final_params:
             logger.info("resuming phase 2 at step %d: --from-phase1-final-params is not used",
                         restored.global_step)
 
     def _load_initial_weights(self):
-        path = self.args.from_phase1_final_params or self.args.from_pretrained_params
+        path = self.cfg.checkpointing.from_phase1_final_params or self.cfg.checkpointing.from_pretrained_params
         if path:
             load_pretrained(self.rt.exe, self.bundle.main_program, path)
 
@@ -235,99 +229,97 @@ class PretrainSession:
     # Training
 
     def run(self):
-        """Initialise, train to `total_steps` updates, save the final checkpoint, write the summary."""
+        """Initialise, train to `total_steps` updates, save the final checkpoint, write the summary.
+
+        Returns:
+          dict of final metrics: global_step, e2e_train_time, raw_train_time,
+          training_sequences_per_second, final_loss and the last logged interval's values; for a phase
+          that was already finished, global_step and already_finished=True.
+        """
         restored = self._initialise()
         step = restored.global_step if restored is not None else 0
-        append = restored is not None and os.path.exists(self.args.report_file)
-        self.metrics = build_metric_logger(self.rank, self.args.report_file, append=append,
+        append = restored is not None and os.path.exists(self.cfg.run.report_file)
+        self.metrics = build_metric_logger(self.rank, self.cfg.run.report_file, append=append,
                                            total_steps=self.total_steps)
-        if self.args.show_config:
-            self.metrics.log_parameters({k: v for k, v in sorted(vars(self.args).items())
-                                         if k not in ("amp_fields", "model_cfg")})
+        if self.cfg.run.show_config:
+            self.metrics.log_parameters(self.cfg.flags)
         if step >= self.total_steps:
-            logger.info("phase %d already finished (step %d of %d)", self.args.phase, step,
+            logger.info("phase %d already finished (step %d of %d)", self.cfg.phase, step,
                         self.total_steps)
-            return
-        self._train(step)
+            return {"global_step": step, "already_finished": True}
+        return self._train(step)
 
     def _train(self, step):
-        """The loop. Micro-batches run without fetching anything: the metrics accumulate on the device
-        and are read every --log-freq updates (`utils.metric_window`), so a GPU is never made to wait."""
-        a, k = self.args, self.args.gradient_merge_steps
-        micro, last = step * k, {}
+        """The loop (`tasks.engine.run_updates`). Micro-batches run without fetching anything: the metrics
+        accumulate on the device and are read every --log-freq updates (`utils.metric_window`), so a GPU
+        is never made to wait. Dropout is re-seeded before every micro-batch from its global index, which
+        is what makes a resumed run equal an uninterrupted one."""
+        c = self.cfg
         window = MetricWindow(self.rt.exe, self.bundle.metrics, self.rt.place, self.bundle.fetches["lr"].name,
-                              getattr(self.bundle.fetches.get("loss_scaling"), "name", None), k)
+                              getattr(self.bundle.fetches.get("loss_scaling"), "name", None),
+                              c.optim.gradient_merge_steps)
         self.guard.total = window.counters()[0]  # a resumed run restored the counters with the checkpoint
-        raw_start, bench_start = time.time(), None
-        bar = progress_bar(total=self.total_steps, desc=f"phase {a.phase}", unit="step",
+        bar = progress_bar(total=self.total_steps, desc=f"phase {c.phase}", unit="step",
                            disable=None if self.rank == 0 else True)
         bar.update(step)
-        batches = iter(self.loader)
-        runnable = self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy)
-        while step < self.total_steps:
-            feed = self._next_batch(batches)
-            if feed is None:
-                batches = iter(self.loader)
-                continue
-            paddle.seed(micro_batch_seed(a.seed, self.rank, micro))
-            self.rt.exe.run(runnable, feed=feed, fetch_list=[])
-            micro += 1
-            window.add_sequences(len(feed["input_ids"]) * self.world)
-            if micro % k:
-                continue
-            step += 1
-            self.bundle.lr_scheduler.step()
-            bar.update(1)
-            last = self._after_update(step, window, last)
-            if a.benchmark and step == a.benchmark_warmup_steps:
-                bench_start = time.time()
-        bar.close()
-        self._finish(step, raw_start, bench_start, last)
+        last = {}
 
-    def _next_batch(self, batches):
-        """The next feed dict, or None at the end of an epoch (raises if an epoch is empty)."""
-        try:
-            return next(batches)
-        except StopIteration:
-            if len(self.loader) == 0:
-                raise ValueError(f"--input-dir '{self.args.input_dir}' gives no full batch of "
-                                 f"{self.args.batch_size} on each of {self.world} process(es)") from None
-            return None
+        def after_update(new_step, _fetched, _lr):
+            nonlocal last
+            window.add_sequences(c.data.batch_size * c.optim.gradient_merge_steps * self.world)
+            bar.update(1)
+            last = self._after_update(new_step, window, last)
+
+        result = run_updates(
+            self.rt.exe, self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy),
+            self._batches(), start_step=step, total_steps=self.total_steps,
+            merge_steps=c.optim.gradient_merge_steps, lr_scheduler=self.bundle.lr_scheduler, world_size=self.world,
+            before_micro_batch=lambda micro: paddle.seed(micro_batch_seed(c.run.seed, self.rank, micro)),
+            after_update=after_update, benchmark_warmup_steps=c.run.benchmark_warmup_steps if c.run.benchmark else None)
+        bar.close()
+        return self._finish(result, last)
+
+    def _batches(self):
+        """The loader's batches, epoch after epoch (it advances its own epoch and shuffle)."""
+        while True:
+            empty = True
+            for feed in self.loader:
+                empty = False
+                yield feed
+            if empty and len(self.loader) == 0:
+                raise ValueError(f"--input-dir '{self.cfg.data.input_dir}' gives no full batch of "
+                                 f"{self.cfg.data.batch_size} on each of {self.world} process(es)")
 
     def _after_update(self, step, window, last):
         """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
-        a = self.args
+        c = self.cfg
         is_last = step == self.total_steps
-        if step % a.log_freq == 0 or is_last:
+        if step % c.run.log_freq == 0 or is_last:
             last = window.read() or last
             self.metrics.log(last, step=step)
             self.guard.observe(step, *window.counters())
-        if not a.benchmark and self.manager.is_save_step(step, a.num_steps_per_checkpoint, is_last):
+        if not c.run.benchmark and self.manager.is_save_step(step, c.checkpointing.num_steps_per_checkpoint, is_last):
             self.guard.observe(step, *window.counters())  # never checkpoint a run that has diverged
             self.manager.save(self.rt.exe, self.bundle.main_program, self._progress(step, last))
         return last
 
     def _progress(self, step, last):
-        return Progress(phase=self.args.phase, global_step=step, epoch=self.loader.epoch,
+        return Progress(phase=self.cfg.phase, global_step=step, epoch=self.loader.epoch,
                         loader_state=self.loader.state_dict(),
                         lr_state=self.bundle.lr_scheduler.state_dict(),
-                        seeds={"base": self.args.seed}, config_fingerprint=self.fingerprint,
+                        seeds={"base": self.cfg.run.seed}, config_fingerprint=self.fingerprint,
                         world_size=self.world, global_batch_size=self.global_batch,
-                        extra={"config": self.model_cfg.to_dict(),
+                        extra={"config": self.cfg.model.to_dict(),
                                "loss": last.get("loss") if last else None})
 
-    def _finish(self, step, raw_start, bench_start, last):
-        now = time.time()
-        if self.args.benchmark and bench_start is not None:
-            measured, steps = now - bench_start, self.args.benchmark_steps
-        else:
-            measured, steps = now - raw_start, step
-        summary = {"e2e_train_time": now - self.start_time, "raw_train_time": measured,
-                   "training_sequences_per_second": steps * self.global_batch / max(measured, 1e-9),
+    def _finish(self, result, last):
+        summary = {"e2e_train_time": time.time() - self.start_time, "raw_train_time": result.elapsed,
+                   "training_sequences_per_second": result.sequences_per_second,
                    "final_loss": last.get("loss") if last else None}
         self.metrics.log_summary({k: v for k, v in summary.items() if v is not None})
-        logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s", self.args.phase, step,
+        logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s", self.cfg.phase, result.step,
                     summary["final_loss"], summary["training_sequences_per_second"])
+        return {**(last or {}), **summary, "global_step": result.step}
 
     def close(self):
         """Stop loader workers, close the report, release the output lock (safe to call twice)."""

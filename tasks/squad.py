@@ -5,7 +5,7 @@ to their longest row, initialising a program from our `.pdparams` or an HF check
 the training loop (`train`), the prediction loop (`predict_logits`), saving fine-tuned parameters
 atomically (`save_params`) and answering one question (`single_question_example`).
 Does not own: flags and their validation (run_squad.py), building programs (`program.build_squad`), features
-(`data.squad`), turning logits into answers (`utils.squad_postprocess`) or scoring (`utils.squad_metrics`).
+(`data.features.squad`), turning logits into answers (`utils.squad_postprocess`) or scoring (`utils.squad_metrics`).
 
 Steps are the reference's: one pass over this rank's windows is `ceil(rows / batch_size)` micro-batches;
 `epochs` passes, `gradient_merge_steps` micro-batches per optimizer update, and `max_steps > 0` caps the
@@ -23,7 +23,8 @@ import time
 import numpy as np
 import paddle
 
-from data.squad import PREDICT_ONLY_KEYS, SquadExample, split_on_whitespace
+from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, split_on_whitespace
+from tasks.engine import run_updates
 from utils.checkpoint import latest_step_dir, load_pretrained
 from utils.fs import atomic_write_bytes, atomic_write_json
 from utils.hf_import import is_hf_checkpoint, load_hf_pretrained
@@ -87,7 +88,7 @@ def trim_batch(batch, multiple=SEQ_ALIGN):
     the longest row instead of max_seq_length.
 
     Args:
-      batch: dict from `data.squad.iterate_batches` (int64 [B, L] / [B, 1, 1, L] arrays).
+      batch: dict from `data.features.squad.iterate_batches` (int64 [B, L] / [B, 1, 1, L] arrays).
 
     Returns:
       (new dict with [B, L'] arrays, L').
@@ -106,7 +107,7 @@ def rank_batches(features, batch_size, rank, world_size, rng):
     """One epoch of training feeds for one rank: a shared permutation, every world_size-th row.
 
     Args:
-      features: data.squad.SquadFeatures.
+      features: data.features.squad.SquadFeatures.
       batch_size: int, rows per micro-batch.
       rank, world_size: ints; every rank draws the same permutation (same rng state) and takes its slice.
       rng: numpy.random.Generator, advanced by one permutation.
@@ -214,38 +215,29 @@ def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, progr
     """
     per_epoch, updates = plan_updates(len(features), opts, world_size)
     rng, k = np.random.default_rng(opts.seed), opts.gradient_merge_steps
-    fetch = [bundle.fetches["loss"]]
     logger.info("training: %d windows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
                 len(features), per_epoch, updates, opts.batch_size, k, world_size)
-    losses, pending, micro, sequences, epoch = [], [], 0, 0, 0
-    start = bench_start = time.time()
-    bench_seqs = 0
-    for epoch in itertools.count():
-        for batch in rank_batches(features, opts.batch_size, rank, world_size, rng):
-            (loss,) = exe.run(program or bundle.main_program, feed=batch, fetch_list=fetch)
-            pending.append(float(loss))
-            micro, sequences = micro + 1, sequences + len(batch["input_ids"]) * world_size
-            if micro % k:
-                continue
-            lr = bundle.lr_scheduler.get_lr()
-            bundle.lr_scheduler.step()
-            losses.append(float(np.mean(pending)))
-            pending = []
-            if opts.benchmark and len(losses) == opts.benchmark_warmup_steps:
-                bench_start, bench_seqs = time.time(), sequences
-            if metrics is not None:
-                _log_update(metrics, epoch, len(losses), losses[-1], lr, opts, updates)
-            if len(losses) >= updates:
-                break
-        if len(losses) >= updates or (not opts.benchmark and epoch + 1 >= opts.epochs):
-            break
-    elapsed = time.time() - start
-    result = {"updates": len(losses), "micro_batches": micro, "sequences": sequences, "losses": losses,
-              "e2e_train_time": elapsed, "training_sequences_per_second": sequences / elapsed,
-              "final_loss": losses[-1]}
-    if opts.benchmark:
-        result["training_sequences_per_second"] = (sequences - bench_seqs) / (time.time() - bench_start)
-    return result
+    losses, epoch = [], [0]
+
+    def epochs():  # --epochs passes (a benchmark runs on until its updates are done)
+        for index in itertools.count():
+            if index >= opts.epochs and not opts.benchmark:
+                return
+            epoch[0] = index
+            yield from rank_batches(features, opts.batch_size, rank, world_size, rng)
+
+    def after_update(step, fetched, lr):
+        losses.append(float(np.mean([float(np.asarray(values[0]).reshape(-1)[0]) for values in fetched])))
+        if metrics is not None:
+            _log_update(metrics, epoch[0], step, losses[-1], lr, opts, updates)
+
+    result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
+                         merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
+                         fetch_list=[bundle.fetches["loss"]], after_update=after_update,
+                         benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
+    return {"updates": len(losses), "micro_batches": result.micro_batches, "sequences": result.sequences,
+            "losses": losses, "e2e_train_time": result.elapsed,
+            "training_sequences_per_second": result.sequences_per_second, "final_loss": losses[-1]}
 
 
 def predict_logits(exe, program, fetches, features, batch_size, benchmark=None):
@@ -263,7 +255,7 @@ def predict_logits(exe, program, fetches, features, batch_size, benchmark=None):
       (start float32 [N, L], end float32 [N, L], stats dict with e2e_inference_time and
       inference_sequences_per_second). With benchmark, the logit arrays cover only the batches run.
     """
-    from data.squad import iterate_batches
+    from data.features.squad import iterate_batches
 
     n, length = len(features), features.max_seq_length
     start_all = np.full((n, length), PAD_LOGIT, np.float32)

@@ -56,8 +56,9 @@ def _session(bundle, exe, place, root):
     from types import SimpleNamespace
     from tasks.pretraining import PretrainSession
     session = object.__new__(PretrainSession)
-    session.args = SimpleNamespace(phase=1, from_phase1_final_params=None, from_pretrained_params=None,
-                                   benchmark=False)
+    session.cfg = SimpleNamespace(phase=1, run=SimpleNamespace(benchmark=False),
+                                  checkpointing=SimpleNamespace(from_phase1_final_params=None,
+                                                                from_pretrained_params=None))
     session.rt = SimpleNamespace(exe=exe, place=place)
     session.bundle, session.train_cfg = bundle, SimpleNamespace(use_pure_fp16=True)
     session.manager = CheckpointManager(root)

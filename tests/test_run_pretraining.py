@@ -103,7 +103,7 @@ def test_bad_flags_exit_2_with_one_line(shards, tmp_path, extra, message):
     args = ["--input-dir", data, "--vocab-file", vocab, "--output-dir", str(out), "--max-steps", "2",
             "--device", "cpu", *extra]
     import run_pretraining
-    proc_code = run_pretraining.main(args)
+    proc_code = run_pretraining.cli(args)
     assert proc_code == 2
     assert not out.exists()
 

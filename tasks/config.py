@@ -1,0 +1,171 @@
+"""Typed run-config sections shared by the tasks, and the one place a `program.TrainConfig` is made.
+
+Owns: `OptimConfig` (optimizer and schedule flags) and `PrecisionConfig` (AMP flags), each built from the
+parsed flags by field name and frozen; `train_config`, which turns them plus what the run decided (the
+number of updates, device, data-parallel world) into a `program.TrainConfig`; and `in_flag_terms`, which
+rewrites the knob names in a builder's error message into the flags a user typed. Does not own flag
+definitions (`tasks.flags`) nor a task's own sections (`tasks.pretraining`, run_squad.py).
+
+Why one place: a TrainConfig built from flags in three places was validated three ways; here the entry
+points call `train_config` once with `total_steps=1` while validating, before any runtime is initialised
+(so a bad beta or `--amp` on a CPU is reported before `fleet.init` or a loader starts), and once more
+with the real numbers. Adding an optimizer flag means: the flag in `tasks.flags`, its field here (named
+as the flag and as the TrainConfig knob), and the knob in `program.TrainConfig`.
+"""
+import dataclasses
+import re
+from typing import Optional
+
+from lr_scheduler import warmup_steps_from_proportion
+from program import TrainConfig
+from tasks import flags
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer and LR-schedule flags (same names as the flags and as `program.TrainConfig`'s knobs,
+    except `warmup_proportion`, which becomes TrainConfig's `warmup_steps`)."""
+    optimizer: str
+    learning_rate: float
+    warmup_start_lr: float
+    warmup_proportion: float
+    beta1: float
+    beta2: float
+    epsilon: float
+    weight_decay: float
+    gradient_merge_steps: int
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionConfig:
+    """AMP and attention flags, resolved: `amp` holds TrainConfig's AMP fields (see `tasks.flags.amp_fields`)."""
+    amp: dict
+    fuse_mha: bool
+
+    @classmethod
+    def from_args(cls, args, training=True):
+        """Raises ValueError for contradictory AMP flags. Without training, no AMP is built."""
+        return cls(amp=flags.amp_fields(args) if training else {"amp": "off"}, fuse_mha=args.fuse_mha)
+
+
+# TrainConfig / optimizer knob names -> the flags that set them (the builders' errors name knobs).
+_KNOB_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "learning_rate", "warmup_start_lr", "weight_decay", "beta1", "beta2", "epsilon", "gradient_merge_steps",
+    "scale_loss", "use_dynamic_loss_scaling", "use_pure_fp16", "max_seq_length", "doc_stride",
+    "max_query_length")}
+_KNOB_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
+_KNOB_FLAGS["warmup proportion"] = "--warmup-proportion"
+
+
+def in_flag_terms(message):
+    """`message` with the knob names it mentions (e.g. `beta1`) replaced by their flags (`--beta1`)."""
+    return re.sub(r"(?<![-\w])(" + "|".join(_KNOB_FLAGS) + r")\b", lambda m: _KNOB_FLAGS[m.group(1)], message)
+
+
+def train_config(optim: Optional[OptimConfig], precision: PrecisionConfig, *, total_steps, seed, device,
+                 dist_kwargs=None):
+    """The `program.TrainConfig` of a run.
+
+    Args:
+      optim: OptimConfig, or None for a predict-only build (TrainConfig's defaults, never used).
+      precision: PrecisionConfig.
+      total_steps: optimizer updates the LR schedule spans (1 while only validating).
+      seed: startup program seed (parameter init).
+      device: "cpu" | "gpu", resolved.
+      dist_kwargs: the data-parallel fields from `utils.runtime.Runtime.train_config_kwargs()`, or None.
+
+    Raises:
+      ValueError: an inconsistent or out-of-range value, worded in flags.
+    """
+    try:
+        knobs = {}
+        if optim is not None:
+            knobs = {k: v for k, v in dataclasses.asdict(optim).items() if k != "warmup_proportion"}
+            knobs["warmup_steps"] = warmup_steps_from_proportion(total_steps, optim.warmup_proportion)
+        return TrainConfig(total_steps=total_steps, seed=seed, device=device, fuse_mha=precision.fuse_mha,
+                           **knobs, **precision.amp, **(dist_kwargs or {}))
+    except ValueError as err:
+        raise ValueError(in_flag_terms(str(err))) from None
+
+
+def section(cls, args, **resolved):
+    """A section dataclass from the parsed flags, by field name; `resolved` overrides normalised values."""
+    return cls(**{f.name: resolved[f.name] if f.name in resolved else getattr(args, f.name)
+                  for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Where and how a run runs and reports: `--device` (as given: auto/cpu/gpu), `--seed`,
+    `--enable-cpu-affinity`, `--report-file`, `--show-config`, `--log-freq` and the benchmark flags."""
+    device: str
+    seed: int
+    enable_cpu_affinity: bool
+    report_file: str
+    show_config: bool
+    log_freq: int
+    benchmark: bool
+    benchmark_steps: int
+    benchmark_warmup_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainData:
+    """What the pretraining loader reads and how it batches (its flags, validated)."""
+    input_dir: str
+    vocab_file: str
+    batch_size: int
+    max_seq_length: int
+    max_predictions_per_seq: int
+    num_workers: int
+    sequence_length_alignment: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """Where pretraining checkpoints go and where a run starts from.
+
+    `last_step_of_checkpoint` is resolved: None, "auto" or an int step.
+    """
+    output_dir: str
+    bert_model: str
+    model_prefix: str
+    keep_checkpoints: int
+    num_steps_per_checkpoint: int
+    from_checkpoint: Optional[str]
+    last_step_of_checkpoint: object
+    from_phase1_final_params: Optional[str]
+    from_pretrained_params: Optional[str]
+    replace_checkpoints: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining phase, validated (run_pretraining.validate_args builds it; nothing reads the flags
+    again).
+
+    Fields: phase (1 | 2); max_steps (updates of the phase); max_nonfinite_steps; model
+    (modeling.BertConfig, vocab size from the vocab file); optim, precision, data, checkpointing, run
+    (the sections); flags (every parsed flag as given, for the report's PARAMETER record).
+    """
+    phase: int
+    max_steps: int
+    max_nonfinite_steps: int
+    model: object
+    optim: OptimConfig
+    precision: PrecisionConfig
+    data: PretrainData
+    checkpointing: Checkpointing
+    run: RunSettings
+    flags: dict
+
+    @property
+    def total_steps(self):
+        """Updates this run trains: --max-steps, or the benchmark's warm-up + measured steps."""
+        if self.run.benchmark:
+            return self.run.benchmark_warmup_steps + self.run.benchmark_steps
+        return self.max_steps
