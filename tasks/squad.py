@@ -23,7 +23,7 @@ import time
 import numpy as np
 import paddle
 
-from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, split_on_whitespace
+from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, split_on_whitespace
 from tasks.engine import run_updates
 from utils.checkpoint import latest_step_dir, load_pretrained
 from utils.fs import atomic_write_bytes, atomic_write_json
@@ -116,16 +116,9 @@ def rank_batches(features, batch_size, rank, world_size, rng):
       feed dicts (int64 arrays, trimmed with `trim_batch`) with the SQuAD training feeds.
     """
     order = rng.permutation(len(features))[rank::world_size][:rows_per_rank(len(features), world_size)]
-    positions = np.arange(features.max_seq_length)
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start:start + batch_size])
-        mask = (positions[None, :] < features.seq_lengths[rows][:, None]).astype(np.int64)
-        batch = {"input_ids": features.input_ids[rows].astype(np.int64),
-                 "token_type_ids": features.token_type_ids[rows].astype(np.int64),
-                 "attention_mask": mask[:, None, None, :],
-                 "start_positions": features.start_positions[rows].astype(np.int64)[:, None],
-                 "end_positions": features.end_positions[rows].astype(np.int64)[:, None]}
-        yield trim_batch(batch)[0]
+        yield trim_batch(batch_of_rows(features, rows, is_training=True))[0]
 
 
 def resolve_init_path(path, model_prefix="bert_paddle"):

@@ -617,16 +617,20 @@ def iterate_batches(features, batch_size, *, is_training, shuffle=False, rng=Non
 
 
 def _batches(features, order, batch_size, total, is_training):
-    positions = np.arange(features.max_seq_length)
     for b in range(total):
-        rows = order[b * batch_size:(b + 1) * batch_size]
-        mask = (positions[None, :] < features.seq_lengths[rows][:, None]).astype(np.int64)
-        batch = {"input_ids": features.input_ids[rows].astype(np.int64),
-                 "token_type_ids": features.token_type_ids[rows].astype(np.int64),
-                 "attention_mask": mask[:, None, None, :]}
-        if is_training:
-            batch["start_positions"] = features.start_positions[rows].astype(np.int64)[:, None]
-            batch["end_positions"] = features.end_positions[rows].astype(np.int64)[:, None]
-        else:
-            batch["unique_ids"] = features.unique_ids[rows]
-        yield batch
+        yield batch_of_rows(features, order[b * batch_size:(b + 1) * batch_size], is_training=is_training)
+
+
+def batch_of_rows(features, rows, *, is_training):
+    """The feed dict of the windows `rows` (int array of row indices), as `iterate_batches` yields them."""
+    positions = np.arange(features.max_seq_length)
+    mask = (positions[None, :] < features.seq_lengths[rows][:, None]).astype(np.int64)
+    batch = {"input_ids": features.input_ids[rows].astype(np.int64),
+             "token_type_ids": features.token_type_ids[rows].astype(np.int64),
+             "attention_mask": mask[:, None, None, :]}
+    if is_training:
+        batch["start_positions"] = features.start_positions[rows].astype(np.int64)[:, None]
+        batch["end_positions"] = features.end_positions[rows].astype(np.int64)[:, None]
+    else:
+        batch["unique_ids"] = features.unique_ids[rows]
+    return batch
