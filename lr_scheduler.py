@@ -16,12 +16,14 @@ import math
 
 import paddle
 
+from utils.checks import is_int
+
 logger = logging.getLogger(__name__)
 
 
 def _check_schedule(base_lr, warmup_start_lr, warmup_steps, total_steps, power, end_lr):
     for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -55,7 +57,7 @@ def lr_at(step, *, base_lr, warmup_start_lr, warmup_steps, total_steps, power=1.
       ValueError: negative step or an invalid schedule.
     """
     _check_schedule(base_lr, warmup_start_lr, warmup_steps, total_steps, power, end_lr)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not is_int(step) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
     if step < warmup_steps:
         return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
@@ -74,7 +76,7 @@ def warmup_steps_from_proportion(total_steps, proportion):
     Raises:
       ValueError: total_steps < 1 or proportion outside [0, 1].
     """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+    if not is_int(total_steps) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
     if not isinstance(proportion, (int, float)) or not 0.0 <= proportion <= 1.0:
         raise ValueError(f"warmup proportion must be in [0, 1], got {proportion!r}")
@@ -107,7 +109,7 @@ class PolyWarmupLR(paddle.optimizer.lr.LRScheduler):
           ValueError: `last_epoch` missing or not a non-negative integer.
         """
         step = state_dict.get("last_epoch")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise ValueError(f"LR scheduler state needs a non-negative integer 'last_epoch', "
                              f"got {step!r}")
         self.last_epoch = step
@@ -134,7 +136,7 @@ def build_lr_scheduler(*, base_lr, warmup_start_lr=0.0, warmup_steps=0, total_st
     Raises:
       ValueError: invalid schedule or negative last_step.
     """
-    if isinstance(last_step, bool) or not isinstance(last_step, int) or last_step < 0:
+    if not is_int(last_step) or last_step < 0:
         raise ValueError(f"last_step must be a non-negative integer, got {last_step!r}")
     return PolyWarmupLR(base_lr=base_lr, warmup_start_lr=warmup_start_lr, warmup_steps=warmup_steps,
                         total_steps=total_steps, power=power, end_lr=end_lr, last_step=last_step)

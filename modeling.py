@@ -33,6 +33,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from utils.checks import is_int, is_number
+
 logger = logging.getLogger(__name__)
 
 ATTENTION_IMPLS = ("plain", "fused", "flash", "cudnn_fused")
@@ -70,7 +72,7 @@ class BertConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be a multiple of "
@@ -80,14 +82,14 @@ class BertConfig:
                              f"use one of {_SUPPORTED_ACTS}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            if not is_number(value) or not 0 <= value < 1:
                 raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
         value = self.initializer_range
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if not is_number(value) or not value > 0:
             raise ValueError(f"BertConfig.initializer_range must be a positive number, got {value!r}")
         value = self.layer_norm_eps
         # Paddle's layer_norm op accepts epsilon in [0, 1e-3] only.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e-3:
+        if not is_number(value) or not 0 < value <= 1e-3:
             raise ValueError(f"BertConfig.layer_norm_eps must be in (0, 0.001] (Paddle's LayerNorm "
                              f"limit), got {value!r}")
 

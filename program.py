@@ -30,6 +30,7 @@ import loss as loss_lib
 import modeling
 import optimizer as optimizer_lib
 from lr_scheduler import build_lr_scheduler, lr_at
+from utils.checks import is_int
 from utils.gloo_data_parallel import AllReduceGradients
 
 logger = logging.getLogger(__name__)
@@ -159,8 +160,7 @@ class TrainConfig:
             raise ValueError("--amp-dtype bfloat16 needs no loss scaling: drop --use-dynamic-loss-scaling")
         if self.scale_loss is not None and not self.scale_loss > 0:
             raise ValueError(f"--scale-loss must be > 0, got {self.scale_loss!r}")
-        if isinstance(self.gradient_merge_steps, bool) or not isinstance(
-                self.gradient_merge_steps, int) or self.gradient_merge_steps < 1:
+        if not is_int(self.gradient_merge_steps) or self.gradient_merge_steps < 1:
             raise ValueError(f"--gradient-merge-steps must be an integer >= 1, "
                              f"got {self.gradient_merge_steps!r}")
         if self.use_pure_fp16 and self.gradient_merge_steps > 1:
@@ -174,14 +174,13 @@ class TrainConfig:
         if self.attention_impl is not None and self.attention_impl not in modeling.ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be None or one of {modeling.ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
-        if isinstance(self.allreduce_world_size, bool) or not isinstance(
-                self.allreduce_world_size, int) or self.allreduce_world_size < 1:
+        if not is_int(self.allreduce_world_size) or self.allreduce_world_size < 1:
             raise ValueError(f"allreduce_world_size must be an integer >= 1, "
                              f"got {self.allreduce_world_size!r}")
         if self.allreduce_world_size > 1 and self.use_fleet:
             raise ValueError("allreduce_world_size > 1 is the CPU replacement for use_fleet; "
                              "set only one of them")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")
         # Schedule and optimizer values are checked by the functions that own them, now rather than
         # halfway through a build.

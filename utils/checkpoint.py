@@ -52,6 +52,7 @@ import paddle
 
 from utils import checkpoint_io
 from utils.checkpoint_io import DamagedCheckpoint, fsync_path
+from utils.checks import is_int
 from utils.fs import atomic_write_text
 from utils.nonfinite import TrainingDiverged
 
@@ -69,10 +70,6 @@ _TMP_DIR = re.compile(r"^\d+\.tmp-")
 SUPERSEDED_PREFIX = "superseded-"
 MASTER_SUFFIX = "_fp32_master_0"  # Paddle's name for the fp32 copy of a parameter under pure fp16
 _PREVIEW = 20  # names listed in an error message before "... and N more"
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _preview(names):
@@ -119,7 +116,7 @@ def phase_dir(output_dir, model_name, phase):
     """
     if not output_dir or not model_name or os.sep in model_name:
         raise ValueError(f"bad checkpoint location: output_dir={output_dir!r}, model_name={model_name!r}")
-    if not _is_int(phase) or phase < 1:
+    if not is_int(phase) or phase < 1:
         raise ValueError(f"phase must be a positive int, got {phase!r}")
     return os.path.join(output_dir, model_name, f"phase{phase}")
 
@@ -167,7 +164,7 @@ class Progress:
         for name, low in (("phase", 1), ("global_step", 0), ("epoch", 0), ("world_size", 1),
                           ("global_batch_size", 1)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"progress.{name} must be an int >= {low}, got {value!r}")
         for name in ("loader_state", "lr_state", "seeds", "extra", "files"):
             if not isinstance(getattr(self, name), dict):
@@ -324,10 +321,10 @@ class CheckpointManager:
     def __init__(self, root_dir, *, keep_last=3, rank=0, model_prefix="bert_paddle"):
         if not root_dir:
             raise ValueError("checkpoint root_dir must be a non-empty path")
-        if not _is_int(keep_last) or keep_last < 2:
+        if not is_int(keep_last) or keep_last < 2:
             raise ValueError(f"keep_last must be an int >= 2 (a single kept checkpoint can be lost while it "
                              f"is being replaced), got {keep_last!r}")
-        if not _is_int(rank) or rank < 0:
+        if not is_int(rank) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
         if not model_prefix or os.sep in model_prefix or model_prefix == PROGRESS_FILE:
             raise ValueError(f"model_prefix must be a plain file name prefix, got {model_prefix!r}")
@@ -523,7 +520,7 @@ class CheckpointManager:
         Raises:
           ValueError: `every_n_steps` is not a positive int.
         """
-        if not _is_int(every_n_steps) or every_n_steps < 1:
+        if not is_int(every_n_steps) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
         return step % every_n_steps == 0 or is_last
 
@@ -568,7 +565,7 @@ class CheckpointManager:
         for bad_step, reason in problems.items():
             logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
         if step != "auto":
-            if not _is_int(step) or step not in steps:
+            if not is_int(step) or step not in steps:
                 raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}; "
                                  f"available steps: {steps if steps else 'none'}")
             checkpoint_io.verify_files(self.step_dir(step), self.read_progress(step).files)
@@ -620,7 +617,7 @@ class CheckpointManager:
                                             + "; ".join(problems.values()))
                 return None
             candidates = steps[::-1]
-        elif not _is_int(step):
+        elif not is_int(step):
             raise ValueError(f"restore step must be 'auto' or an int, got {step!r}")
         elif step not in steps:
             raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}"

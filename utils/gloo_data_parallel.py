@@ -16,6 +16,8 @@ only on the k-th micro-batch with the merged gradients, so the all-reduce runs o
 import paddle
 import paddle.distributed as dist
 
+from utils.checks import is_int
+
 
 class AllReduceGradients:
     """Wrap a static-graph optimizer so that gradients are averaged over all ranks before the update.
@@ -31,7 +33,7 @@ class AllReduceGradients:
     """
 
     def __init__(self, inner, world_size):
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        if not is_int(world_size) or world_size < 1:
             raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
         self.inner = inner
         self.world_size = world_size

@@ -13,6 +13,8 @@ overwrite good checkpoints. So: skip, warn, and stop with a clear error after `m
 """
 import logging
 
+from utils.checks import is_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ class NonFiniteGuard:
     """
 
     def __init__(self, max_consecutive):
-        if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
+        if not is_int(max_consecutive) or max_consecutive < 1:
             raise ValueError(f"--max-nonfinite-steps must be an integer >= 1, got {max_consecutive!r}")
         self.max_consecutive = max_consecutive
         self.total = 0

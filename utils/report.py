@@ -33,6 +33,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from utils.checks import is_int
+
 log = logging.getLogger(__name__)
 
 PREFIX = "DLLL "
@@ -326,7 +328,7 @@ class StdoutSink:
     """
 
     def __init__(self, logger=None, total_steps=None, level=logging.INFO):
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+        if total_steps is not None and (not is_int(total_steps)
                                         or total_steps <= 0):
             raise ValueError(f"StdoutSink total_steps must be a positive int or None, got {total_steps!r}")
         self._logger = logger or log
@@ -367,7 +369,7 @@ class MetricLogger:
     """
 
     def __init__(self, sinks, rank=0):
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        if not is_int(rank) or rank < 0:
             raise ValueError(f"MetricLogger rank must be a non-negative int, got {rank!r}")
         sinks = list(sinks)
         for sink in sinks:
@@ -426,7 +428,7 @@ def build_metric_logger(rank, report_file=None, append=False, total_steps=None, 
     Raises:
       ValueError: bad rank or total_steps. OSError: the report cannot be opened.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+    if not is_int(rank) or rank < 0:
         raise ValueError(f"rank must be a non-negative int, got {rank!r}")
     sinks = []
     if rank == 0:

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from utils.checks import is_int
 from utils.fs import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def _predict_example(example, rows, features, start_logits, end_logits, opts, wo
 # ------------------------------------------------------------------------------------------------ public
 def _check_inputs(examples, features, all_start_logits, all_end_logits, n_best_size, max_answer_length):
     for name, value in (("n_best_size", n_best_size), ("max_answer_length", max_answer_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     want = (len(features), features.max_seq_length)
     arrays = []

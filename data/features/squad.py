@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from utils.checks import is_int
 from utils.fs import atomic_write_bytes
 from utils.logger import progress
 
@@ -76,7 +77,7 @@ class FeatureParams:
     def __post_init__(self):
         for name in ("max_seq_length", "doc_stride", "max_query_length"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_seq_length <= self.max_query_length + 3:
             raise ValueError(

@@ -35,6 +35,7 @@ from data.loader import hdf5_loader
 from data.loader.lddl_reader import LddlReader, decode_npy_positions, padded_length  # noqa: F401 -- re-exported
 from data.loader.loader_plan import BatchProducer, DataFile, SamplingPlan, dataset_fingerprint
 from data.loader.loader_workers import WorkerPool
+from utils.checks import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def _check_args(*, batch_size, num_workers, shuffle_buffer_size, sequence_length
     def need_int(name, value, low, allow_none=False):
         if value is None and allow_none:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
 
     need_int("batch_size", batch_size, 1)
@@ -348,7 +349,7 @@ def _check_args(*, batch_size, num_workers, shuffle_buffer_size, sequence_length
     need_int("max_seq_length", max_seq_length, 5, allow_none=True)
     need_int("start_epoch", start_epoch, 0)
     need_int("seed", seed, 0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+    if not is_int(ignore_index):
         raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
     if not isinstance(masked_lm_ratio, (int, float)) or not 0.0 < masked_lm_ratio <= 1.0:
         raise ValueError(f"masked_lm_ratio must be in (0, 1], got {masked_lm_ratio!r}")
