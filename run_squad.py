@@ -33,8 +33,24 @@ import logging
 import os
 import sys
 
+import paddle
+
+import program
+from data.features.squad import FeatureParams, examples_to_features, load_or_build_features
+from modeling import BertConfig
 from tasks import flags as common
 from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
+from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
+                         resolve_init_path, save_params, saved_config_next_to, single_question_example, train)
+from tokenizer import BertTokenizer, check_vocab_case, load_vocab, special_token_ids
+from utils import runtime, squad_metrics
+from utils.amp_state import init_pure_fp16
+from utils.cli import run_cli
+from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
+from utils.report import build_metric_logger
+from utils.runtime import DistEnv, init_runtime, resolve_device
+from utils.squad_metrics import check_v1_answerable
+from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger("run_squad")
 
@@ -180,7 +196,6 @@ def _init_path(args, do_train):
                          "(a fine-tuned SQuAD model); random initialisation is not supported")
     if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
         raise ValueError(f"{flag} '{path}' does not exist")
-    from tasks.squad import resolve_init_path
 
     path = resolve_init_path(path, args.model_prefix)
     if args.last_step_of_checkpoint is not None:
@@ -191,10 +206,6 @@ def _init_path(args, do_train):
 
 def _model_config(args, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
-    from modeling import BertConfig
-    from tokenizer import load_vocab
-    from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
-    from tasks.squad import saved_config_next_to
 
     vocab_size = len(load_vocab(args.vocab_file))
     found = None
@@ -215,7 +226,6 @@ def _model_config(args, init_path):
 
 def _check_vocab(args):
     """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case."""
-    from tokenizer import check_vocab_case, load_vocab, special_token_ids
 
     vocab = load_vocab(args.vocab_file)  # its errors (empty, not UTF-8, ...) name the file
     special_token_ids(vocab, args.vocab_file)
@@ -229,7 +239,6 @@ def _check_vocab(args):
 
 
 def _check_numbers(args):
-    from data.features.squad import FeatureParams
 
     common.require_positive(args, "epochs", "max_seq_length", "doc_stride", "max_query_length", "n_best_size",
                             "max_answer_length", "gradient_merge_steps", "learning_rate", "log_freq",
@@ -305,7 +314,6 @@ def _context(args):
 
 def _check_bf16_cpu():
     """Refuse --infer-dtype bfloat16 where oneDNN has no bf16 kernels (it would fail in the first matmul)."""
-    from utils import runtime
 
     support = runtime.cpu_bf16_support()
     if not support.usable:
@@ -321,12 +329,10 @@ def validate_args(args):
     Raises:
       ValueError: naming the flag (and file) and the fix.
     """
-    from utils.runtime import resolve_device
 
     do_train, do_predict, do_eval = _modes(args)
     _check_files(args, do_train, do_predict)
     if do_eval and not args.version_2_with_negative:  # found now, not after training and prediction
-        from utils.squad_metrics import check_v1_answerable
 
         check_v1_answerable(args.predict_file, name=f"--predict-file {args.predict_file}")
     params = _check_numbers(args)
@@ -372,8 +378,6 @@ def main(argv=None):
     if args.verbose_logging:  # the reference's meaning: show every data-processing detail
         for name in ("data.features.squad", "utils.squad_postprocess"):
             logging.getLogger(name).setLevel(logging.DEBUG)
-    import paddle
-    from utils.runtime import init_runtime
 
     rt = init_runtime(plan.device, seed=args.seed)
     with paddle.static.scope_guard(paddle.static.Scope()):
@@ -384,7 +388,6 @@ def main(argv=None):
 
 # ------------------------------------------------------------------------------------------------- phases
 def _features(args, plan, path, is_training):
-    from data.features.squad import load_or_build_features
 
     return load_or_build_features(path, args.vocab_file, args.do_lower_case, plan.feature_params,
                                   args.features_cache_dir, is_training=is_training,
@@ -392,7 +395,6 @@ def _features(args, plan, path, is_training):
 
 
 def _train_options(args, plan):
-    from tasks.squad import TrainOptions
 
     return TrainOptions(epochs=args.epochs, max_steps=plan.max_steps, batch_size=plan.train_batch_size,
                         gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
@@ -402,8 +404,6 @@ def _train_options(args, plan):
 
 def _build(args, plan, rt, train_features):
     """(bundle, TrainOptions or None): the training bundle when training, else a predict-only one."""
-    import program
-    from tasks.squad import plan_updates
 
     if train_features is None:
         cfg = train_config(None, plan.precision, total_steps=1, seed=args.seed, device=rt.device)
@@ -417,8 +417,6 @@ def _build(args, plan, rt, train_features):
 
 def train_and_predict(args, plan, rt):
     """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
-    from utils.report import build_metric_logger
-    from tasks.squad import init_parameters, save_params, train
 
     train_features = _features(args, plan, args.train_file, True)[1] if plan.do_train else None
     bundle, opts = _build(args, plan, rt, train_features)
@@ -426,7 +424,6 @@ def train_and_predict(args, plan, rt):
     init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=plan.require_qa_head,
                     vocab_size=plan.model_cfg.vocab_size)
     if plan.amp.get("use_pure_fp16"):  # O2: parameters to fp16, master weights from the loaded values
-        from utils.amp_state import init_pure_fp16
         init_pure_fp16(bundle, rt.place)
     results = {}
     metrics = build_metric_logger(rt.dist.rank, args.report_file, logger=logger)
@@ -449,9 +446,6 @@ def train_and_predict(args, plan, rt):
 
 
 def _predict_and_score(args, plan, rt, bundle, metrics):
-    import program
-    from utils.squad_postprocess import postprocess_predictions
-    from tasks.squad import predict_logits
 
     examples, features = _features(args, plan, args.predict_file, False)
     infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
@@ -477,7 +471,6 @@ def _predict_and_score(args, plan, rt, bundle, metrics):
 
 def _score(args, preds, null_odds):
     """{"exact_match", "F1"} (+ the v2 breakdown), in percent."""
-    from utils import squad_metrics
 
     if not args.version_2_with_negative:
         scores = squad_metrics.evaluate_v1(args.predict_file, preds)
@@ -489,12 +482,6 @@ def _score(args, preds, null_odds):
 
 def answer_question(args, plan, rt):
     """--question: the best answer (printed with its probability) from a fine-tuned model."""
-    import program
-    from data.features.squad import examples_to_features
-    from tokenizer import BertTokenizer
-    from utils.squad_postprocess import postprocess_predictions
-    from tasks.squad import (describe_answer, init_parameters, predict_logits,
-                                    single_question_example)
 
     example = single_question_example(args.question, plan.context)
     fp = plan.feature_params
@@ -521,8 +508,6 @@ def answer_question(args, plan, rt):
 
 def cli(argv=None):
     """`main` as a command; returns the exit status (0, or 2 with one `error:` line for bad input)."""
-    from utils.cli import run_cli
-    from utils.runtime import DistEnv
 
     return run_cli(main, argv, rank=DistEnv.from_env().rank)
 

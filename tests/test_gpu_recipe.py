@@ -192,7 +192,6 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
     """run_squad under O2 calls amp_init (through init_pure_fp16) after loading, as pretraining does."""
     from types import SimpleNamespace
     import run_squad
-    import tasks.squad as runner
     from utils.amp_state import MASTER_SUFFIX
     bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, optimizer="AdamW"))
     place, scope = paddle.CPUPlace(), paddle.static.Scope()
@@ -206,7 +205,7 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
 
     monkeypatch.setattr(run_squad, "_features", lambda *a: (None, "features"))
     monkeypatch.setattr(run_squad, "_build", lambda *a: (bundle, None))
-    monkeypatch.setattr(runner, "init_parameters", fake_init)
+    monkeypatch.setattr(run_squad, "init_parameters", fake_init)
     plan = SimpleNamespace(do_train=True, do_predict=False, init_path="ckpt", require_qa_head=False,
                            model_cfg=TINY, amp={"amp": "fp16", "use_pure_fp16": True}, out_dir=str(tmp_path))
     args = SimpleNamespace(train_file="train.json", report_file=str(tmp_path / "report.json"),
