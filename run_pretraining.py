@@ -113,8 +113,7 @@ def validate_args(args):
         raise ValueError("--from-phase1-final-params is for --phase2")
     last_step = parse_last_step(args.last_step_of_checkpoint)
     common.require_positive(args, "max_steps", "max_nonfinite_steps", "log_freq", "num_steps_per_checkpoint",
-                            "batch_size", "max_seq_length", "max_predictions_per_seq", "gradient_merge_steps",
-                            "learning_rate", "sequence_length_alignment", "benchmark_steps")
+                            "batch_size", "max_seq_length", "max_predictions_per_seq", "learning_rate", "sequence_length_alignment", "benchmark_steps")
     common.require_positive(args, "num_workers", "benchmark_warmup_steps", "warmup_start_lr",
                             allow_zero=("num_workers", "benchmark_warmup_steps", "warmup_start_lr"))
     if args.keep_checkpoints < 2:

@@ -240,8 +240,8 @@ def _check_vocab(args):
 
 def _check_numbers(args):
 
-    common.require_positive(args, "epochs", "max_seq_length", "doc_stride", "max_query_length", "n_best_size",
-                            "max_answer_length", "gradient_merge_steps", "learning_rate", "log_freq",
+    # The window lengths are checked by FeatureParams, the gradient merge by TrainConfig: once each.
+    common.require_positive(args, "epochs", "n_best_size", "max_answer_length", "learning_rate", "log_freq",
                             "benchmark_steps")
     common.require_positive(args, "benchmark_warmup_steps", "warmup_start_lr",
                             allow_zero=("benchmark_warmup_steps", "warmup_start_lr"))

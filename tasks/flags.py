@@ -126,17 +126,13 @@ def amp_fields(args):
     scale X, as in the reference; `--use-dynamic-loss-scaling` with it starts the dynamic scale at X;
     `--use-dynamic-loss-scaling false` fixes the scale at `--scale-loss` (default 2^15).
 
-    Raises:
-      ValueError: --use-pure-fp16 without --amp, or with --amp-dtype bfloat16.
+    A pure mapping: contradictions (e.g. --use-pure-fp16 without --amp float16) are refused by
+    `program.TrainConfig`, the one place the AMP rules live, in the flags' words.
     """
-    if args.use_pure_fp16 and not args.amp:
-        raise ValueError("--use-pure-fp16 needs --amp")
     if not args.amp:
-        return {"amp": "off"}
+        return {"amp": "off", "use_pure_fp16": args.use_pure_fp16}
     if args.amp_dtype == "bfloat16":
-        if args.use_pure_fp16:
-            raise ValueError("--use-pure-fp16 is for --amp-dtype float16")
-        return {"amp": "bf16"}
+        return {"amp": "bf16", "use_pure_fp16": args.use_pure_fp16}
     dynamic = args.use_dynamic_loss_scaling
     if dynamic is None:
         dynamic = args.scale_loss is None

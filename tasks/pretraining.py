@@ -46,7 +46,7 @@ def micro_batch_seed(seed, rank, micro_index):
 
 
 class PretrainSession:
-    """A configured pre-training run. `run()` trains; `close()` releases loader workers and the report.
+    """A configured pre-training run. `run()` trains; `close()` releases loader workers and the lock.
 
     Args:
       cfg: tasks.config.PretrainConfig (built by `run_pretraining.validate_args`).
@@ -67,7 +67,7 @@ class PretrainSession:
         self.manager = CheckpointManager(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase),
                                          keep_last=ckpt.keep_checkpoints, rank=self.rank,
                                          model_prefix=ckpt.model_prefix)
-        self.lock, self.metrics = None, None
+        self.lock = None
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.source = self._resume_source()
         # Data first (bad shards are refused before anything is written), then the output directory
@@ -239,17 +239,20 @@ class PretrainSession:
         restored = self._initialise()
         step = restored.global_step if restored is not None else 0
         append = restored is not None and os.path.exists(self.cfg.run.report_file)
-        self.metrics = build_metric_logger(self.rank, self.cfg.run.report_file, append=append,
-                                           total_steps=self.total_steps)
-        if self.cfg.run.show_config:
-            self.metrics.log_parameters(self.cfg.flags)
-        if step >= self.total_steps:
-            logger.info("phase %d already finished (step %d of %d)", self.cfg.phase, step,
-                        self.total_steps)
-            return {"global_step": step, "already_finished": True}
-        return self._train(step)
+        metrics = build_metric_logger(self.rank, self.cfg.run.report_file, append=append,
+                                      total_steps=self.total_steps)
+        try:
+            if self.cfg.run.show_config:
+                metrics.log_parameters(self.cfg.flags)
+            if step >= self.total_steps:
+                logger.info("phase %d already finished (step %d of %d)", self.cfg.phase, step,
+                            self.total_steps)
+                return {"global_step": step, "already_finished": True}
+            return self._train(step, metrics)
+        finally:
+            metrics.close()
 
-    def _train(self, step):
+    def _train(self, step, metrics):
         """The loop (`tasks.engine.run_updates`). Micro-batches run without fetching anything: the metrics
         accumulate on the device and are read every --log-freq updates (`utils.metric_window`), so a GPU
         is never made to wait. Dropout is re-seeded before every micro-batch from its global index, which
@@ -268,7 +271,7 @@ class PretrainSession:
             nonlocal last
             window.add_sequences(c.data.batch_size * c.optim.gradient_merge_steps * self.world)
             bar.update(1)
-            last = self._after_update(new_step, window, last)
+            last = self._after_update(new_step, window, last, metrics)
 
         result = run_updates(
             self.rt.exe, self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy),
@@ -277,7 +280,7 @@ class PretrainSession:
             before_micro_batch=lambda micro: paddle.seed(micro_batch_seed(c.run.seed, self.rank, micro)),
             after_update=after_update, benchmark_warmup_steps=c.run.benchmark_warmup_steps if c.run.benchmark else None)
         bar.close()
-        return self._finish(result, last)
+        return self._finish(result, last, metrics)
 
     def _batches(self):
         """The loader's batches, epoch after epoch (it advances its own epoch and shuffle)."""
@@ -290,13 +293,13 @@ class PretrainSession:
                 raise ValueError(f"--input-dir '{self.cfg.data.input_dir}' gives no full batch of "
                                  f"{self.cfg.data.batch_size} on each of {self.world} process(es)")
 
-    def _after_update(self, step, window, last):
+    def _after_update(self, step, window, last, metrics):
         """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
         c = self.cfg
         is_last = step == self.total_steps
         if step % c.run.log_freq == 0 or is_last:
             last = window.read() or last
-            self.metrics.log(last, step=step)
+            metrics.log(last, step=step)
             self.guard.observe(step, *window.counters())
         if not c.run.benchmark and self.manager.is_save_step(step, c.checkpointing.num_steps_per_checkpoint, is_last):
             self.guard.observe(step, *window.counters())  # never checkpoint a run that has diverged
@@ -312,19 +315,17 @@ class PretrainSession:
                         extra={"config": self.cfg.model.to_dict(),
                                "loss": last.get("loss") if last else None})
 
-    def _finish(self, result, last):
+    def _finish(self, result, last, metrics):
         summary = {"e2e_train_time": time.time() - self.start_time, "raw_train_time": result.elapsed,
                    "training_sequences_per_second": result.sequences_per_second,
                    "final_loss": last.get("loss") if last else None}
-        self.metrics.log_summary({k: v for k, v in summary.items() if v is not None})
+        metrics.log_summary({k: v for k, v in summary.items() if v is not None})
         logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s", self.cfg.phase, result.step,
                     summary["final_loss"], summary["training_sequences_per_second"])
         return {**(last or {}), **summary, "global_step": result.step}
 
     def close(self):
-        """Stop loader workers, close the report, release the output lock (safe to call twice)."""
+        """Stop loader workers and release the output lock (safe to call twice)."""
         self.loader.close()
-        if self.metrics is not None:
-            self.metrics.close()
         if self.lock is not None:
             self.lock.release()

@@ -64,16 +64,18 @@ def _amp(**kw):
 
 
 def test_amp_fields():
-    assert common.amp_fields(_amp()) == {"amp": "off"}
-    assert common.amp_fields(_amp(amp=True, amp_dtype="bfloat16")) == {"amp": "bf16"}
+    assert common.amp_fields(_amp()) == {"amp": "off", "use_pure_fp16": False}
+    assert common.amp_fields(_amp(amp=True, amp_dtype="bfloat16")) == {"amp": "bf16", "use_pure_fp16": False}
     assert common.amp_fields(_amp(amp=True, scale_loss=2.0 ** 20, use_dynamic_loss_scaling=True)) == {
         "amp": "fp16", "use_pure_fp16": False, "scale_loss": 2.0 ** 20, "use_dynamic_loss_scaling": True}
     assert common.amp_fields(_amp(amp=True)) == {  # --amp alone: dynamic from TrainConfig's 2^15
         "amp": "fp16", "use_pure_fp16": False, "scale_loss": None, "use_dynamic_loss_scaling": True}
-    with pytest.raises(ValueError, match="needs --amp"):
-        common.amp_fields(_amp(use_pure_fp16=True))
-    with pytest.raises(ValueError, match="float16"):
-        common.amp_fields(_amp(amp=True, amp_dtype="bfloat16", use_pure_fp16=True))
+    # Contradictions are refused where the AMP rules live (program.TrainConfig), in the flags' words.
+    from tasks.config import PrecisionConfig, train_config
+    for flags in (_amp(use_pure_fp16=True), _amp(amp=True, amp_dtype="bfloat16", use_pure_fp16=True)):
+        precision = PrecisionConfig(amp=common.amp_fields(flags), fuse_mha=False)
+        with pytest.raises(ValueError, match="--use-pure-fp16 needs --amp with --amp-dtype float16"):
+            train_config(None, precision, total_steps=1, seed=0, device="gpu")
 
 
 def test_resolve_bert_config_takes_vocab_size_from_the_vocab(tmp_path):
