@@ -22,6 +22,7 @@ import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
 
 import argparse
 import logging
+import os
 import sys
 
 from tasks import flags as common
@@ -132,11 +133,13 @@ def validate_args(args):
                          f"{model_cfg.max_position_embeddings} of {config_path}")
     from utils.runtime import resolve_device
     train_config(optim, precision, total_steps=1, seed=args.seed, device=resolve_device(args.device))
+    report_file = args.report_file or os.path.join(args.output_dir, args.bert_model, f"phase{phase}", "report.json")
     return PretrainConfig(
         phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
         optim=optim, precision=precision, data=section(PretrainData, args),
         checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step),
-        run=section(RunSettings, args), flags=dict(sorted({**vars(args), "phase": phase}.items())))
+        run=section(RunSettings, args, report_file=report_file),
+        flags=dict(sorted({**vars(args), "phase": phase, "report_file": report_file}.items())))
 
 
 def main(argv=None):

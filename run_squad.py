@@ -134,7 +134,8 @@ class Plan:
     (modeling.BertConfig); init_path (weights to load); require_qa_head (False only when fine-tuning a
     pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); optim
     (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig); out_dir
-    (<output-dir>/<bert-model>/squad); context (the --question's text, else None).
+    (<output-dir>/<bert-model>/squad); report_file (--report-file, default <out_dir>/report.json); context
+    (the --question's text, else None).
     """
     do_train: bool
     do_predict: bool
@@ -151,6 +152,7 @@ class Plan:
     optim: object
     precision: object
     out_dir: str
+    report_file: str
     context: object = None
 
 
@@ -281,7 +283,7 @@ def _check_writable(flag, value, directory):
 def _check_outputs(args):
     """--output-dir, the --report-file's directory and --features-cache-dir must be writable."""
     _check_writable("--output-dir", args.output_dir, os.path.join(args.output_dir, args.bert_model, "squad"))
-    if args.report_file:
+    if args.report_file:  # the default lies under --output-dir, checked above
         _check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
     if args.features_cache_dir:
         _check_writable("--features-cache-dir", args.features_cache_dir, args.features_cache_dir)
@@ -354,13 +356,14 @@ def validate_args(args):
     optim = OptimConfig.from_args(args) if do_train else None
     # the optimizer, schedule and AMP values, checked now rather than after feature building
     train_config(optim, precision, total_steps=1, seed=args.seed, device=device)
-    batch = args.batch_size
+    batch, out_dir = args.batch_size, os.path.join(args.output_dir, args.bert_model, "squad")
     return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
                 train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
                 predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH,
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
                 model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
-                amp=precision.amp, optim=optim, precision=precision, out_dir=os.path.join(args.output_dir, args.bert_model, "squad"), context=context)
+                amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir,
+                report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context)
 
 
 def main(argv=None):
@@ -426,7 +429,7 @@ def train_and_predict(args, plan, rt):
     if plan.amp.get("use_pure_fp16"):  # O2: parameters to fp16, master weights from the loaded values
         init_pure_fp16(bundle, rt.place)
     results = {}
-    metrics = build_metric_logger(rt.dist.rank, args.report_file, logger=logger)
+    metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
     try:
         if args.show_config:
             metrics.log_parameters({k: v for k, v in vars(args).items()})

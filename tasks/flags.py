@@ -62,8 +62,10 @@ def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
     group.add_argument("--device", default="auto", choices=("auto", "gpu", "cpu"),
                        help="where to run; auto = GPU when usable, else CPU (default: %(default)s)")
     group.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    group.add_argument("--report-file", default="./report.json",
-                       help="DLLogger JSON-lines report, written by rank 0 (default: %(default)s)")
+    group.add_argument("--report-file", default=None,
+                       help="DLLogger JSON-lines report, written by rank 0 (default: report.json beside the "
+                            "run's outputs: <output-dir>/<bert-model>/phase<N>/ when pretraining, "
+                            "<output-dir>/<bert-model>/squad/ for SQuAD)")
     group.add_argument("--show-config", type=str2bool, default=True,
                        help="log every argument at start (default: %(default)s)")
     group.add_argument("--enable-cpu-affinity", type=str2bool, default=True,

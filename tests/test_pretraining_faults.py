@@ -193,3 +193,16 @@ def test_two_ranks_resume_the_step_rank_0_chose(shards, tmp_path):  # noqa: F811
     second = launch(4, "log2")
     assert "all 2 processes resume step 2" in second[0] and "restored step 2" in second[0]
     assert json.loads((root / "4" / "progress.json").read_text())["world_size"] == 2
+
+
+def test_reports_go_beside_the_run_outputs_by_default(shards, tmp_path):  # noqa: F811
+    """Issue 14 item 5: without --report-file the report went to ./report.json of wherever the user stood."""
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    args = _pretrain_args(shards, out, steps=2)
+    del args[args.index("--report-file"):args.index("--report-file") + 2]
+    args[0] = os.path.join(REPO, "run_pretraining.py")
+    _run(args, cwd=cwd)
+    from utils.report import read_dllogger_report
+    records = read_dllogger_report(out / "bert-tiny" / "phase1" / "report.json")
+    assert any(r.get("step") == "PARAMETER" for r in records) and list(cwd.iterdir()) == []

@@ -154,6 +154,20 @@ def test_eval_from_the_fine_tuned_checkpoint_reproduces_predictions(trained, dat
     assert not (tmp_path / "custom" / "squad" / "bert_paddle.pdparams").exists()
 
 
+def test_report_defaults_to_the_squad_output_dir(trained, data, tmp_path, monkeypatch):
+    """Issue 14 item 5: without --report-file the report went to ./report.json of the current directory."""
+    out, _ = trained
+    monkeypatch.chdir(tmp_path)
+    args = base_args(data, tmp_path / "o", "--mode", "eval", "--from-checkpoint", str(out / "custom" / "squad"),
+                     "--predict-file", str(data / "train.json"))
+    del args[args.index("--report-file"):args.index("--report-file") + 2]
+    results = run_squad.main(args)
+    from utils.report import read_dllogger_report
+    records = read_dllogger_report(tmp_path / "o" / "custom" / "squad" / "report.json")
+    assert any(r.get("data", {}).get("exact_match") == results["exact_match"] for r in records)
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_bf16_inference_gives_the_same_answers(trained, data, tmp_path):
     if not paddle.base.core.supports_bfloat16():
         pytest.skip("this CPU has no bf16 support")
