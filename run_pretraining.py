@@ -34,7 +34,7 @@ logger = logging.getLogger("run_pretraining")
 
 def build_parser():
     """The argparse parser (groups as in the reference's --help)."""
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         description="BERT pre-training on LDDL-format Parquet shards (or NVIDIA HDF5 shards).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     glob = parser.add_argument_group("Global")

@@ -61,7 +61,7 @@ DEFAULT_TRAIN_BATCH, DEFAULT_PREDICT_BATCH = 32, 8
 
 def build_parser():
     """The argparse parser (reference groups, then ours)."""
-    parser = argparse.ArgumentParser(description="BERT fine-tuning and prediction on SQuAD.",
+    parser = common.Parser(description="BERT fine-tuning and prediction on SQuAD.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("Global")
     g.add_argument("--train-file", help="SQuAD JSON for training, e.g. train-v1.1.json")

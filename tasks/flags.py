@@ -10,6 +10,7 @@ Errors are `ValueError`s naming the flag; the run scripts print them as one line
 """
 import argparse
 import os
+import sys
 
 from modeling import BertConfig
 from optimizer import OPTIMIZERS, REMOVED_OPTIMIZERS
@@ -17,6 +18,27 @@ from tokenizer import load_vocab
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "bert_configs")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that also accepts the underscore spellings of its long options (`--do_train` for
+    `--do-train`), as the NVIDIA reference's and Hugging Face's scripts spell them: their users type them."""
+
+    def _long_option(self, token):
+        name, sep, value = token.partition("=")
+        if not name.startswith("--") or "_" not in name:
+            return token
+        dashed = "--" + name[2:].replace("_", "-")
+        return dashed + sep + value if dashed in self._option_string_actions else token
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        if "--" in args:  # nothing after a bare "--" is an option
+            cut = args.index("--")
+            args = [self._long_option(a) for a in args[:cut]] + args[cut:]
+        else:
+            args = [self._long_option(a) for a in args]
+        return super().parse_known_args(args, namespace)
 
 
 def str2bool(value):
