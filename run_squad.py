@@ -25,7 +25,8 @@ an error, never a random initialisation; `--from-checkpoint` with `--from-pretra
 `--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
 `config.json`]); the v2 null score is per example.
 """
-import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
+import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse
 import dataclasses
