@@ -18,7 +18,7 @@ a fresh run into a directory holding checkpoints is refused unless `--replace-ch
 from an older step moves the later checkpoints aside; `auto` verifies checksums and falls back past a
 damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused.
 """
-import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse

@@ -25,7 +25,7 @@ an error, never a random initialisation; `--from-checkpoint` with `--from-pretra
 `--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
 `config.json`]); the v2 null score is per example.
 """
-import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse
@@ -47,6 +47,7 @@ from tokenizer import BertTokenizer, check_vocab_case, load_vocab, special_token
 from utils import runtime, squad_metrics
 from utils.amp_state import init_pure_fp16
 from utils.cli import run_cli
+from utils.fs import probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 from utils.report import build_metric_logger
 from utils.runtime import DistEnv, init_runtime, resolve_device
@@ -262,23 +263,21 @@ def _check_numbers(args):
 
 
 def _check_writable(flag, value, directory):
-    """Refuse an output `directory` that could not be created or written, before any work.
-
-    Looks at the nearest existing ancestor of `directory` (creating nothing, so a refused run leaves no
-    trace). `value` is what the user gave for `flag`, quoted in the message.
+    """Refuse an output `directory` that could not be created or written, before any work
+    (`utils.fs.probe_writable`: nothing is created). `value` is what the user gave for `flag`.
 
     Raises:
       ValueError: naming the flag, its value and what blocks it (a file in the way, or no write
         permission / a read-only file system).
     """
-    probe = os.path.abspath(directory)
-    while not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{flag} '{value}' cannot be written: '{probe}' is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} '{value}' cannot be written: no write permission in '{probe}' (or a "
-                         f"read-only file system); give a {flag} you can write to")
+    try:
+        probe_writable(directory)
+    except NotADirectoryError as err:
+        raise ValueError(f"{flag} '{value}' cannot be written: '{err.filename}' is a file, "
+                         "not a directory") from None
+    except OSError as err:
+        raise ValueError(f"{flag} '{value}' cannot be written: no write permission in '{err.filename}' (or a "
+                         f"read-only file system); give a {flag} you can write to") from None
 
 
 def _check_outputs(args):

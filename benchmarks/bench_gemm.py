@@ -13,7 +13,7 @@ settings in fresh processes, e.g. on an AMD CPU (where utils.preflight sets MKL_
 Usage (from the repo root):
   python -m benchmarks.bench_gemm [--threads 2] [--chain 2] [--runs 5] [--warmup 1]
 """
-import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse

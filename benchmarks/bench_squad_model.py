@@ -11,7 +11,7 @@ Usage (from the repo root):
   OMP_NUM_THREADS=2 python -m benchmarks.bench_squad_model [--bert-model bert-base-uncased] \
       [--seq-length 384] [--batch-size 8] [--steps 3] [--warmup 1] [--skip-train]
 """
-import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 import argparse
 import json

@@ -19,7 +19,7 @@ Usage (from the repo root):
   python -m benchmarks.bench_train [--layers 12] [--steps 5] [--warmup 2] [--threads 2]
   python -m benchmarks.bench_train --quick      # 2 layers, 2 steps: under a minute
 """
-import zlib  # noqa: F401  -- before paddle, in this file itself: libpaddle's own zlib symbols crash later zlib users
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse

@@ -71,28 +71,41 @@ def _naming(err, path, what):
     return named
 
 
-def check_writable_dir(directory, flag):
-    """Make `directory` if needed and prove that a file can be created in it, before any long work.
+def probe_writable(directory):
+    """Prove that files can be created in `directory` (or, while it does not exist, in its nearest existing
+    ancestor) before any long work, leaving nothing behind: a probe file is made and removed.
 
-    Why: `os.access` says yes to root on a read-only mount and knows nothing of quotas; creating (and
-    removing) a probe file is the only honest test.
-
-    Args:
-      directory: str, where an output will be written.
-      flag: str, the command-line flag that chose it (for the message).
+    Why a probe: `os.access` says yes to root on a read-only mount and knows nothing of quotas.
 
     Raises:
-      PermissionError / OSError (naming `directory`): it cannot be created or written.
+      NotADirectoryError: a file stands where a directory would be (its path is the error's filename).
+      OSError: the probe could not be created (permission, read-only filesystem, full disk); the error
+        keeps its errno and names the directory that refused it.
     """
-    directory = os.path.abspath(directory or ".")
+    place = os.path.abspath(directory or ".")
+    while not os.path.lexists(place):
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", place)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=place)
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror or str(err), place) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable_dir(directory, flag):
+    """`probe_writable(directory)`, with the error saying which command-line flag chose the directory.
+
+    Raises:
+      OSError (naming `directory`, errno kept so a full or read-only disk keeps its exit status).
+    """
+    try:
+        probe_writable(directory)
     except OSError as err:
         raise type(err)(err.errno, f"{flag}: cannot write into this directory ({err.strerror or err})",
-                        directory) from None
+                        os.path.abspath(directory or ".")) from None
 
 
 def _current_umask():
