@@ -549,6 +549,42 @@ class CheckpointManager:
             return progress, checkpoint_io.read_verified_state(prefix, progress.files)
         return progress, checkpoint_io.read_state(prefix)
 
+    def _first_usable(self, step, open_step):
+        """(step, open_step(step)) for the requested step, or with "auto" for the newest whose
+        `open_step` does not raise DamagedCheckpoint (each damaged one is reported in a warning naming
+        the file and why). None when "auto" finds no checkpoint directory at all.
+
+        Raises:
+          ValueError: an unknown `step`; DamagedCheckpoint: the requested step, or every one, is damaged.
+        """
+        steps, problems = self.scan()
+        for bad_step, reason in problems.items():
+            logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
+        if step == "auto":
+            if not steps and problems:
+                raise DamagedCheckpoint(f"no usable checkpoint in {self.root_dir}: "
+                                        + "; ".join(problems.values()))
+            candidates = steps[::-1]
+        elif not is_int(step):
+            raise ValueError(f"restore step must be 'auto' or an int, got {step!r}")
+        elif step not in steps:
+            raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}"
+                             + (f" ({problems[step]})" if step in problems else "")
+                             + f"; available steps: {steps if steps else 'none'}")
+        else:
+            return step, open_step(step)  # a damaged requested step is an error, not a fallback
+        damaged = []
+        for candidate in candidates:
+            try:
+                return candidate, open_step(candidate)
+            except DamagedCheckpoint as err:
+                damaged.append(str(err))
+                logger.warning("checkpoint of step %d is damaged: %s; falling back to the previous one",
+                               candidate, err)
+        if damaged:
+            raise DamagedCheckpoint(f"every checkpoint in {self.root_dir} is damaged: " + "; ".join(damaged))
+        return None
+
     def resolve_step(self, step="auto"):
         """The step `restore(step)` would load, with every file of it verified, without loading anything.
 
@@ -561,28 +597,9 @@ class CheckpointManager:
         Raises:
           DamagedCheckpoint / ValueError: as `restore`.
         """
-        steps, problems = self.scan()
-        for bad_step, reason in problems.items():
-            logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
-        if step != "auto":
-            if not is_int(step) or step not in steps:
-                raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}; "
-                                 f"available steps: {steps if steps else 'none'}")
-            checkpoint_io.verify_files(self.step_dir(step), self.read_progress(step).files)
-            return step
-        damaged = []
-        for candidate in steps[::-1]:
-            try:
-                checkpoint_io.verify_files(self.step_dir(candidate), self.read_progress(candidate).files)
-                return candidate
-            except DamagedCheckpoint as err:
-                damaged.append(str(err))
-                logger.warning("checkpoint of step %d is damaged: %s; falling back to the previous one",
-                               candidate, err)
-        if damaged or problems:
-            raise DamagedCheckpoint(f"no usable checkpoint in {self.root_dir}: "
-                                    + "; ".join(damaged + list(problems.values())))
-        return None
+        found = self._first_usable(step, lambda s: checkpoint_io.verify_files(
+            self.step_dir(s), self.read_progress(s).files))
+        return None if found is None else found[0]
 
     def restore(self, exe, program, step="auto", validate=None):
         """Load every persistable of `program` from a checkpoint and return its Progress.
@@ -607,41 +624,15 @@ class CheckpointManager:
             progress.json schema, `validate`'s refusal, or (DamagedCheckpoint) the requested step, or
             with "auto" every checkpoint, is damaged.
         """
-        steps, problems = self.scan()
-        for bad_step, reason in problems.items():
-            logger.warning("ignoring checkpoint directory %s: %s", self.step_dir(bad_step), reason)
-        if step == "auto":
-            if not steps:
-                if problems:
-                    raise DamagedCheckpoint(f"no usable checkpoint in {self.root_dir}: "
-                                            + "; ".join(problems.values()))
-                return None
-            candidates = steps[::-1]
-        elif not is_int(step):
-            raise ValueError(f"restore step must be 'auto' or an int, got {step!r}")
-        elif step not in steps:
-            raise ValueError(f"no complete checkpoint for step {step} in {self.root_dir}"
-                             + (f" ({problems[step]})" if step in problems else "")
-                             + f"; available steps: {steps if steps else 'none'}")
-        else:
-            candidates = [step]
-        damaged = []
-        for candidate in candidates:
-            try:
-                progress, state = self._load_verified(candidate)
-            except DamagedCheckpoint as err:
-                if step != "auto":
-                    raise
-                damaged.append(str(err))
-                logger.warning("checkpoint of step %d is damaged: %s; falling back to the previous one",
-                               candidate, err)
-                continue
-            if validate is not None:
-                validate(progress, self.step_dir(candidate))
-            self._assign(exe, program, state, self.step_dir(candidate))
-            logger.info("restored step %d from %s", candidate, self.step_dir(candidate))
-            return progress
-        raise DamagedCheckpoint(f"every checkpoint in {self.root_dir} is damaged: " + "; ".join(damaged))
+        found = self._first_usable(step, self._load_verified)
+        if found is None:
+            return None
+        chosen, (progress, state) = found
+        if validate is not None:
+            validate(progress, self.step_dir(chosen))
+        self._assign(exe, program, state, self.step_dir(chosen))
+        logger.info("restored step %d from %s", chosen, self.step_dir(chosen))
+        return progress
 
     @staticmethod
     def _assign(exe, program, state, path):
