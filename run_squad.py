@@ -59,6 +59,7 @@ logger = logging.getLogger("run_squad")
 MODES = ("train", "eval", "prediction", "train_eval")
 INFER_DTYPES = ("float32", "bfloat16")
 DEFAULT_TRAIN_BATCH, DEFAULT_PREDICT_BATCH = 32, 8
+DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model default
 
 
 def build_parser():
@@ -87,7 +88,9 @@ def build_parser():
                    help="accepted for compatibility; SQuAD has no resume (as the reference)")
     g.add_argument("--features-cache-dir", default=None,
                    help="cache windowed features here, keyed by file, vocab and lengths")
-    common.add_model_args(parser)
+    common.add_model_args(parser, default_model=None,
+                          default_help=f"the architecture's name when it comes from the checkpoint's "
+                                       f"bert_config.json or --config-file, else {DEFAULT_BERT_MODEL}")
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser, optimizer="AdamW")
     _add_squad_args(parser)
@@ -135,8 +138,9 @@ class Plan:
     max_steps (None = --epochs decide); feature_params (data.features.squad.FeatureParams); model_cfg
     (modeling.BertConfig); init_path (weights to load); require_qa_head (False only when fine-tuning a
     pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); optim
-    (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig); out_dir
-    (<output-dir>/<bert-model>/squad); report_file (--report-file, default <out_dir>/report.json); context
+    (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig);
+    model_name (--bert-model, or the name of the architecture in use); out_dir
+    (<output-dir>/<model_name>/squad); report_file (--report-file, default <out_dir>/report.json); context
     (the --question's text, else None).
     """
     do_train: bool
@@ -155,6 +159,7 @@ class Plan:
     precision: object
     out_dir: str
     report_file: str
+    model_name: str = DEFAULT_BERT_MODEL
     context: object = None
 
 
@@ -220,12 +225,25 @@ def _model_config(args, init_path):
         found = saved_config_next_to(init_path)
         cfg = BertConfig.from_json_file(found)
     if found is None:
-        return common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)[0]
+        return common.resolve_bert_config(args.bert_model or DEFAULT_BERT_MODEL, args.config_file,
+                                          args.vocab_file)[0]
     if cfg.vocab_size != vocab_size:
         raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{args.vocab_file}' "
                          f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
     logger.info("model config from the checkpoint: %s", found)
     return cfg
+
+
+def _model_name(args, model_cfg):
+    """--bert-model, else the bert_configs/ name of the architecture in use when it came from a file (the
+    checkpoint's own config or --config-file; "custom" when it matches none), else the reference's default.
+    It names the output directory <output-dir>/<name>/squad/."""
+    if args.bert_model:
+        return args.bert_model
+    if args.config_file is None and model_cfg == common.resolve_bert_config(
+            DEFAULT_BERT_MODEL, None, args.vocab_file)[0]:
+        return DEFAULT_BERT_MODEL
+    return common.known_model_name(model_cfg.to_dict())
 
 
 def _check_vocab(args):
@@ -280,9 +298,10 @@ def _check_writable(flag, value, directory):
                          f"read-only file system); give a {flag} you can write to") from None
 
 
-def _check_outputs(args):
-    """--output-dir, the --report-file's directory and --features-cache-dir must be writable."""
-    _check_writable("--output-dir", args.output_dir, os.path.join(args.output_dir, args.bert_model, "squad"))
+def _check_outputs(args, out_dir):
+    """--output-dir (its `out_dir` below), the --report-file's directory and --features-cache-dir must be
+    writable."""
+    _check_writable("--output-dir", args.output_dir, out_dir)
     if args.report_file:  # the default lies under --output-dir, checked above
         _check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
     if args.features_cache_dir:
@@ -339,11 +358,13 @@ def validate_args(args):
         check_v1_answerable(args.predict_file, name=f"--predict-file {args.predict_file}")
     params = _check_numbers(args)
     context = _context(args)
-    if do_train or do_predict:  # a single --question writes nothing
-        _check_outputs(args)
     init_path, require_qa_head = _init_path(args, do_train)
     _check_vocab(args)
     model_cfg = _model_config(args, init_path)
+    model_name = _model_name(args, model_cfg)
+    out_dir = os.path.join(args.output_dir, model_name, "squad")
+    if do_train or do_predict:  # a single --question writes nothing
+        _check_outputs(args, out_dir)
     if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({model_cfg.max_position_embeddings})")
@@ -356,13 +377,13 @@ def validate_args(args):
     optim = OptimConfig.from_args(args) if do_train else None
     # the optimizer, schedule and AMP values, checked now rather than after feature building
     train_config(optim, precision, total_steps=1, seed=args.seed, device=device)
-    batch, out_dir = args.batch_size, os.path.join(args.output_dir, args.bert_model, "squad")
+    batch = args.batch_size
     return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
                 train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
                 predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH,
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
                 model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
-                amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir,
+                amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir, model_name=model_name,
                 report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context)
 
 
@@ -432,7 +453,7 @@ def train_and_predict(args, plan, rt):
     metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
     try:
         if args.show_config:
-            metrics.log_parameters({k: v for k, v in vars(args).items()})
+            metrics.log_parameters({**vars(args), "bert_model": plan.model_name})
         if opts is not None:
             results.update(train(rt.exe, bundle, train_features, opts, rt.dist.rank, rt.dist.world_size,
                                  metrics, rt.runnable(bundle.main_program, bundle.build_strategy)))

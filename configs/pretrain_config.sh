@@ -62,11 +62,12 @@ dgxa100-80g_8gpu_tf32() {
 
 # A few minutes on a 2-core CPU, offline: bert-tiny, fp32, one process, on the embedded sample corpus
 # (stdlib docstrings, built with its own 8192-token vocab in demo_output/ on first use, as
-# scripts/demo.sh does). Checkpoints and reports go to results/bert-tiny/.
+# scripts/demo.sh does). Checkpoints and reports go to results/bert-tiny/ (run_pretraining.sh's
+# RESULTS_DIR moves them; DEMO_DIR moves demo_output/).
 cpu_demo() {
   local repo
   repo=$(_pretrain_config_repo)
-  local demo=$repo/demo_output
+  local demo=${DEMO_DIR:-$repo/demo_output}
   local train_batch_size=32 learning_rate=1e-2 precision=fp32 num_gpus=1 warmup_proportion=0.1
   local train_steps=120 save_checkpoint_steps=40 create_logfile=false gradient_accumulation_steps=1
   local seed=42 job_name=bert_cpu_demo

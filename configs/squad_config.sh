@@ -41,16 +41,23 @@ dgxa100-80g_8gpu_tf32() {
 }
 
 # A CPU run of a few minutes: fine-tunes bert-tiny from the CPU pre-training demo (configs/pretrain_config.sh
-# cpu_demo: results/bert-tiny/phase2/30, vocab demo_output/vocab.txt) for 100 updates of 8 windows of 384
-# tokens, one process, fp32, then predicts and scores the dev set.
+# cpu_demo: results/bert-tiny/phase2/30, vocab demo_output/vocab.txt) for up to 100 updates of 8 windows of
+# 384 tokens, one process, fp32, then predicts and scores the dev set. On the downloaded SQuAD v1.1 when it
+# is in $BERT_PREP_WORKING_DIR/squad/v1.1, else on the embedded sample data/samples/squad (10 epochs).
+# RESULTS_DIR and DEMO_DIR move results/ and demo_output/ (scripts/demo.sh OUTPUT_DIR sets both).
 cpu_demo() {
   local repo prep
   repo=$(_squad_config_repo)
   prep=${BERT_PREP_WORKING_DIR:-$repo/data/download}
-  local init_checkpoint=$repo/results/bert-tiny/phase2/30 epochs=1 batch_size=8
+  local results=${RESULTS_DIR:-$repo/results} demo=${DEMO_DIR:-$repo/demo_output}
+  local init_checkpoint=$results/bert-tiny/phase2/30 epochs=1 batch_size=8
   local learning_rate=5e-4 warmup_proportion=0.1 precision=fp32 num_gpus=1 seed=1
-  local squad_dir=$prep/squad/v1.1 vocab_file=$repo/demo_output/vocab.txt
-  local out_dir=$repo/results mode=train_eval config_file=$repo/bert_configs/bert-tiny.json
+  local squad_dir=$prep/squad/v1.1 vocab_file=$demo/vocab.txt
+  if [[ ! -f $squad_dir/train-v1.1.json ]]; then
+    # No downloaded SQuAD: the embedded sample (27 training questions make 4 updates per epoch).
+    squad_dir=$repo/data/samples/squad epochs=10
+  fi
+  local out_dir=$results mode=train_eval config_file=$repo/bert_configs/bert-tiny.json
   local max_steps=100 enable_benchmark=false benchmark_steps=100 benchmark_warmup_steps=100 fuse_mha=false
   echo "$init_checkpoint" "$epochs" "$batch_size" "$learning_rate" "$warmup_proportion" "$precision" \
        "$num_gpus" "$seed" "$squad_dir" "$vocab_file" "$out_dir" "$mode" "$config_file" "$max_steps" \

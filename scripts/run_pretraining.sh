@@ -39,7 +39,8 @@
 #   DEVICE=auto|cpu|gpu   passed as --device (default auto). With cpu and num_gpus > 1, the processes are
 #                         started with `launch --nproc_per_node` (gloo) instead of `launch --gpus`.
 #   PYTHON                interpreter (default: <code_dir>/.venv/bin/python if present, else python3)
-#   DRY_RUN=1             print each command (one per line, shell-quoted) on stdout; run nothing
+#   DRY_RUN=1             print each command (one per line, shell-quoted) on stdout; run nothing; then
+#                         list on stderr (`missing:` lines) what a real run would need that is absent
 #   BERT_PREP_WORKING_DIR where the default data paths live (default: <repo>/data/download)
 #   RESULTS_DIR           checkpoints, reports and log files (default: <code_dir>/results)
 #   VOCAB_FILE            default <code_dir>/vocab/bert-large-uncased-vocab.txt (sample: DIR/../vocab.txt)
@@ -189,14 +190,12 @@ needs_prep1=false; needs_prep2=false
 dir_is_empty "$data_dir_phase1" && needs_prep1=true
 dir_is_empty "$data_dir_phase2" && needs_prep2=true
 if [[ -z $sample_dir ]] && { $needs_prep1 || $needs_prep2; } && dir_is_empty "$wikipedia_source"; then
-  die "<wikipedia_source> (argument 21) '$wikipedia_source' is missing or empty, and the shards must be" \
+  need "<wikipedia_source> (argument 21) '$wikipedia_source' is missing or empty, and the shards must be" \
       "built because a dataset dir is missing or empty (phase 1: '$data_dir_phase1'," \
       "phase 2: '$data_dir_phase2'); run data/create_datasets_from_start.sh or give sample:DIR"
 fi
-if [[ $DRY_RUN != 1 ]]; then
-  [[ -f $VOCAB_FILE || -n $sample_dir ]] || die "vocab file '$VOCAB_FILE' does not exist (set VOCAB_FILE" \
-    "or run data/create_datasets_from_start.sh)"
-fi
+[[ -f $VOCAB_FILE || -n $sample_dir ]] || need "vocab file '$VOCAB_FILE' does not exist (set VOCAB_FILE" \
+  "or run data/create_datasets_from_start.sh)"
 
 # ------------------------------------------------------------------------------------------ commands
 
@@ -300,3 +299,4 @@ run_logged 2 $(( train_batch_size_phase2 * num_gpus * gradient_accumulation_step
   --learning-rate="$learning_rate_phase2" --gradient-merge-steps="$gradient_accumulation_steps_phase2" \
   "${resume2[@]}" "${bench_flags[@]}" --report-file="$RESULTS_DIR/dllogger_p2.json"
 [[ $DRY_RUN == 1 ]] || printf '%s: finished phase 2\n' "$PROG" >&2
+report_missing

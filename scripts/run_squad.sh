@@ -10,14 +10,14 @@
 #   DRY_RUN=1 bash scripts/run_squad.sh ...       # print the command instead of running it
 #
 # Positional arguments (defaults in brackets):
-#    1 init_checkpoint [checkpoints/squad]  --from-pretrained-params: our .pdparams / step dir, or a Hugging
+#    1 init_checkpoint [<repo>/checkpoints/squad]  --from-pretrained-params: our .pdparams / step dir, or a Hugging
 #                                           Face model.safetensors (dir); for eval/prediction a fine-tuned one
 #    2 epochs [2]                           3 batch_size [32]: per process, training and prediction
 #    4 learning_rate [4.6e-5]               5 warmup_proportion [0.2]
 #    6 precision [amp]: amp (fp16 + dynamic loss scaling) | bf16 | fp32 | tf32 (= fp32 ops)
 #    7 num_gpus [8]: processes (> 1: paddle.distributed.launch)
 #    8 seed [1]                             9 squad_dir [$BERT_PREP_WORKING_DIR/squad/v1.1]
-#   10 vocab_file [vocab/bert-large-uncased-vocab.txt]
+#   10 vocab_file [<repo>/vocab/bert-large-uncased-vocab.txt] (relative paths: from the current directory)
 #   11 out_dir [<repo>/results]: results go to <out_dir>/<bert_model>/squad/
 #   12 mode [train_eval]: train | eval | prediction | train_eval
 #   13 config_file [None = bert_configs/<bert_model>.json, or the init checkpoint's own config]
@@ -29,7 +29,8 @@
 #   DEVICE=auto|cpu|gpu   --device (default auto); cpu with num_gpus > 1 uses launch --nproc_per_node (gloo)
 #   PYTHON                interpreter (default: <repo>/.venv/bin/python if present, else python3)
 #   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing (the GPU
-#                         check below is skipped: a dry run describes the command, not this machine)
+#                         check below is skipped: a dry run describes the command, not this machine); then
+#                         list on stderr (`missing:` lines) the inputs a real run needs that are absent
 #   BERT_PREP_WORKING_DIR where squad/v1.1 lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else
 #                         custom; bert-large-uncased without a config file)
@@ -49,7 +50,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 (( $# <= 18 )) || die "expected at most 18 positional arguments, got $#"
 
-init_checkpoint=${1:-checkpoints/squad}
+init_checkpoint=${1:-$REPO_ROOT/checkpoints/squad}
 epochs=${2:-2}
 batch_size=${3:-32}
 learning_rate=${4:-4.6e-5}
@@ -58,7 +59,7 @@ precision=${6:-amp}
 num_gpus=${7:-8}
 seed=${8:-1}
 squad_dir=${9:-$PREP_DIR/squad/v1.1}
-vocab_file=${10:-vocab/bert-large-uncased-vocab.txt}
+vocab_file=${10:-$REPO_ROOT/vocab/bert-large-uncased-vocab.txt}
 out_dir=${11:-$REPO_ROOT/results}
 mode=${12:-train_eval}
 config_file=${13:-None}
@@ -129,6 +130,20 @@ cmd+=("--report-file=$out_dir/dllogger_${num_gpus}_${precision}.json")
 
 if [[ $DRY_RUN == 1 ]]; then
   print_command "${cmd[@]}"
+  # A real run leaves these checks to run_squad.py (its errors name the flag); a dry run lists them all.
+  [[ -e $init_checkpoint ]] || need "<init_checkpoint> (argument 1) '$init_checkpoint' does not exist" \
+    "(a phase-2 step dir such as results/<model>/phase2/<step>, or a fine-tuned SQuAD dir)"
+  if [[ $mode == train || $mode == train_eval ]]; then
+    [[ -f $train_file ]] || need "training file '$train_file' does not exist (python -m data.prep.download squad," \
+      "or <squad_dir> (argument 9) data/samples/squad for the embedded sample)"
+  fi
+  if [[ $mode != train ]]; then
+    [[ -f $predict_file ]] || need "dev file '$predict_file' does not exist (python -m data.prep.download squad)"
+  fi
+  [[ -f $vocab_file ]] || need "<vocab_file> (argument 10) '$vocab_file' does not exist" \
+    "(python -m data.prep.download vocab --vocab-dir vocab)"
+  [[ $config_file == None || -f $config_file ]] || need "<config_file> (argument 13) '$config_file' does not exist"
+  report_missing
   exit 0
 fi
 need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 7)" \

@@ -9,6 +9,7 @@ program (each run script validates its own in one function), building or running
 Errors are `ValueError`s naming the flag; the run scripts print them as one line and exit 2.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -64,11 +65,31 @@ def bert_model_choices():
     return names + ["custom"]
 
 
-def add_model_args(parser, default_model="bert-large-uncased"):
-    """--bert-model, --config-file, --vocab-file, --model-prefix."""
+def known_model_name(config_dict):
+    """The bert_configs/ name whose JSON equals `config_dict` (vocab_size included), else "custom".
+
+    Why: a checkpoint records its architecture (bert_config.json), not the name it was trained under;
+    outputs go to <output-dir>/<bert-model>/, so a run that reads the architecture from the checkpoint
+    must not file it under a default name that describes another model.
+    """
+    for name in bert_model_choices()[:-1]:
+        with open(os.path.join(CONFIG_DIR, f"{name}.json"), encoding="utf-8") as f:
+            known = json.load(f)
+        if all(config_dict.get(k) == v for k, v in known.items()):
+            return name
+    return "custom"
+
+
+def add_model_args(parser, default_model="bert-large-uncased", default_help=None):
+    """--bert-model, --config-file, --vocab-file, --model-prefix.
+
+    `default_model=None` lets the caller tell "not given" from the default; `default_help` then says in
+    --help what the default is.
+    """
     group = parser.add_argument_group("Model")
     group.add_argument("--bert-model", default=default_model, choices=bert_model_choices(),
-                       help="BERT architecture; 'custom' needs --config-file (default: %(default)s)")
+                       help="BERT architecture; 'custom' needs --config-file (default: "
+                            f"{default_help or '%(default)s'})")
     group.add_argument("--config-file", default=None,
                        help="BERT config JSON; default bert_configs/<--bert-model>.json")
     group.add_argument("--vocab-file", default=None, required=True,

@@ -217,6 +217,22 @@ def test_incomplete_step_dirs_are_removed_by_purge_with_their_reason(tmp_path, e
     assert not (tmp_path / "9").exists() and "has no progress.json" in caplog.text
 
 
+def test_a_reference_checkpoint_dir_is_explained_and_never_removed(tmp_path, exe, caplog):
+    """Issue 14 item 10: NVIDIA's reference writes <prefix>_progress.json; such a step dir looked like an
+    interrupted save of ours, and retention deleted it."""
+    prog, manager, _ = _three_checkpoints(tmp_path, exe)
+    ref = tmp_path / "9"
+    ref.mkdir()
+    (ref / "bert_paddle.pdparams").write_bytes(b"reference tensors")
+    (ref / "bert_paddle_progress.json").write_text('{"epoch": 1, "step": 9}')
+    with caplog.at_level(logging.WARNING, logger="utils.checkpoint"):
+        manager.save(exe, prog.main, _progress(4, prog))
+    assert (ref / "bert_paddle.pdparams").read_bytes() == b"reference tensors"
+    assert "leaving" in caplog.text and "NVIDIA's reference" in caplog.text
+    with pytest.raises(Exception, match="NVIDIA's reference run_pretraining.py"):
+        manager.resolve_step(9)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pure fp16 (O2) checkpoints into fp32 programs
 

@@ -210,9 +210,28 @@ def test_only_the_missing_phase_is_prepared(tmp_path):
 
 def test_missing_corpus_is_an_early_error(tmp_path):
     args = _preset("dgxa100-80g_8gpu_amp", BERT_PREP_WORKING_DIR=tmp_path)  # no wikipedia/source
-    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY)
+    proc = _bash(RUN, args, PYTHON=PY, RESULTS_DIR=tmp_path / "results")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "wikipedia_source" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("preset", ["dgxa100-80g_8gpu_amp", "dgxa100-80g_8gpu_tf32"])
+def test_dry_run_on_a_fresh_clone_prints_the_plan_and_what_is_missing(tmp_path, preset):
+    """Issue 14 item 1: the dry run exited 2 at the missing corpus and never looked at the vocab."""
+    args = _preset(preset, BERT_PREP_WORKING_DIR=tmp_path)
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY, RESULTS_DIR=tmp_path / "results",
+                 VOCAB_FILE=tmp_path / "no-vocab.txt")
+    assert proc.returncode == 0, proc.stderr
+    cmds = [shlex.split(line) for line in proc.stdout.splitlines()]
+    modules = [c[2] for c in cmds]
+    assert modules == ["data.prep.preprocess_bert_pretrain", "data.prep.balance_dask_output",
+                       "paddle.distributed.launch"] * 2
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_pretraining.sh: missing: ")]
+    assert len(missing) == 3 and "2 thing(s)" in missing[0]
+    assert "wikipedia_source" in missing[1] and str(tmp_path / "wikipedia" / "source") in missing[1]
+    assert str(tmp_path / "no-vocab.txt") in missing[2]
+    assert not (tmp_path / "results").exists()
 
 
 def test_cpu_demo_dry_run_single_process_on_the_sample_corpus(tmp_path):

@@ -154,6 +154,34 @@ def test_eval_from_the_fine_tuned_checkpoint_reproduces_predictions(trained, dat
     assert not (tmp_path / "custom" / "squad" / "bert_paddle.pdparams").exists()
 
 
+def test_model_name_comes_from_the_checkpoint_config_without_bert_model(trained, data, tmp_path):
+    """Issue 14 item 6: a custom fine-tuned model evaluated without --bert-model was filed under (and logged
+    as) bert-large-uncased although its own bert_config.json was read."""
+    out, results = trained
+    argv = base_args(data, tmp_path, "--mode", "eval", "--from-checkpoint", str(out / "custom" / "squad"),
+                     "--predict-file", str(data / "train.json"))
+    i = argv.index("--bert-model")
+    del argv[i:i + 2]
+    argv[argv.index("--show-config") + 1] = "true"
+    again = run_squad.main(argv)
+    assert again["exact_match"] == results["exact_match"]
+    assert (tmp_path / "custom" / "squad" / "predictions.json").is_file()
+    assert not (tmp_path / "bert-large-uncased").exists()
+    params = [r["data"] for r in read_dllogger_report(tmp_path / "report.json") if r.get("step") == "PARAMETER"]
+    assert params and params[0]["bert_model"] == "custom"
+
+
+def test_known_model_name_matches_bert_configs_exactly():
+    from tasks.flags import CONFIG_DIR, known_model_name
+    tiny = json.loads((Path(CONFIG_DIR) / "bert-tiny.json").read_text())
+    assert known_model_name(tiny) == "bert-tiny"
+    assert known_model_name(dict(tiny, layer_norm_eps=1e-12, extra="ignored")) == "bert-tiny"
+    assert known_model_name(dict(tiny, num_hidden_layers=3)) == "custom"
+    base = json.loads((Path(CONFIG_DIR) / "bert-base-cased.json").read_text())
+    assert known_model_name(base) == "bert-base-cased"
+    assert known_model_name(dict(base, vocab_size=30522)) == "bert-base-uncased"
+
+
 def test_report_defaults_to_the_squad_output_dir(trained, data, tmp_path, monkeypatch):
     """Issue 14 item 5: without --report-file the report went to ./report.json of the current directory."""
     out, _ = trained

@@ -45,7 +45,7 @@ def test_defaults_are_the_reference_ones():
                  "train-batch-size": "32", "predict-batch-size": "32", "do-lower-case": True,
                  "bert-model": "bert-large-uncased", "learning-rate": "4.6e-5", "warmup-proportion": "0.2",
                  "seed": "1", "epochs": "2", "max-seq-length": "384", "doc-stride": "128", "max-query-length": "64",
-                 "output-dir": str(REPO / "results"), "vocab-file": "vocab/bert-large-uncased-vocab.txt",
+                 "output-dir": str(REPO / "results"), "vocab-file": str(REPO / "vocab" / "bert-large-uncased-vocab.txt"),
                  "max-steps": "-1", "optimizer": "AdamW", "log-freq": "100", "device": "auto", "amp": True,
                  "use-dynamic-loss-scaling": True, "scale-loss": "128.0", "fuse-mha": True,
                  "report-file": str(REPO / "results" / "dllogger_8_amp.json")}
@@ -117,6 +117,42 @@ def test_presets_drive_the_script():
         assert "amp" not in f
     f = flags(shlex.split(dry_run(*preset("cpu_demo")).stdout))
     assert f["bert-model"] == "bert-tiny" and f["max-steps"] == "100" and f["do-lower-case"] is True
+
+
+def test_dry_run_lists_what_a_real_run_needs(tmp_path):
+    """Issue 14 item 1: the dry run printed its command with nothing present and said nothing."""
+    proc = dry_run(str(tmp_path / "ckpt"), "2", "32", "4.6e-5", "0.2", "fp32", "1", "1", str(tmp_path / "squad"),
+                   str(tmp_path / "vocab.txt"))
+    assert proc.returncode == 0 and "run_squad.py" in proc.stdout
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_squad.sh: missing: ")]
+    assert len(missing) == 5 and "4 thing(s)" in missing[0]
+    for path in ("ckpt", "squad/train-v1.1.json", "squad/dev-v1.1.json", "vocab.txt"):
+        assert sum(str(tmp_path / path) in line for line in missing) == 1, path
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    proc = dry_run(str(tmp_path / "ckpt"), "2", "32", "4.6e-5", "0.2", "fp32", "1", "1", "data/samples/squad",
+                   str(tmp_path / "vocab.txt"))
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_default_vocab_is_the_repos_wherever_the_script_runs(tmp_path):
+    """Issue 14 item 7: "run from anywhere", yet the default vocab path was relative to the current dir."""
+    proc = subprocess.run(["bash", str(SCRIPT), "ckpt"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "PYTHON": "py"})
+    assert flags(shlex.split(proc.stdout))["vocab-file"] == str(REPO / "vocab" / "bert-large-uncased-vocab.txt")
+
+
+def test_cpu_demo_preset_runs_on_the_embedded_sample_without_a_download(tmp_path):
+    """Issue 14 item 2: the README's cpu_demo command pointed at data/download/squad (absent on a fresh clone)."""
+    env = {"PATH": "/usr/bin:/bin", "BERT_PREP_WORKING_DIR": str(tmp_path)}
+    out = subprocess.run(["bash", "-c", f'source "{CONFIG}" && cpu_demo'], capture_output=True, text=True,
+                         timeout=60, env=env).stdout.split()
+    assert out[8] == str(REPO / "data" / "samples" / "squad") and out[1] == "10"
+    (tmp_path / "squad" / "v1.1").mkdir(parents=True)
+    (tmp_path / "squad" / "v1.1" / "train-v1.1.json").write_text("{}")
+    out = subprocess.run(["bash", "-c", f'source "{CONFIG}" && cpu_demo'], capture_output=True, text=True,
+                         timeout=60, env=env).stdout.split()
+    assert out[8] == str(tmp_path / "squad" / "v1.1") and out[1] == "1"
 
 
 # ------------------------------------------------------------------------ GPUs checked before launching

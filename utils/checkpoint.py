@@ -24,7 +24,10 @@ Layout on disk (`phase_dir` builds the root):
                                   left out and restored as zeros)
         <model_prefix>.pdmodel    the program description (informational)
         progress.json             written LAST, with the size and SHA-256 of the three files above; a
-                                  step directory without it is not a checkpoint
+                                  step directory without it is not a checkpoint. (NVIDIA's reference
+                                  names its record <model_prefix>_progress.json and keeps no loader
+                                  position or checksums; such a directory is recognised and refused
+                                  with that reason.)
     <output_dir>/<model_name>/phase<N>/superseded-<time>-XXXX/<step>/   moved aside, never deleted
 
 A save writes `<step>.tmp-XXXX/`, fsyncs every file and the directory, then renames it to `<step>/`, so
@@ -62,6 +65,9 @@ SCHEMA_VERSION = 2
 # Version 1 had no `files` (sizes and checksums); such checkpoints are still read, unverified.
 _READABLE_VERSIONS = (1, 2)
 PROGRESS_FILE = "progress.json"
+# NVIDIA's reference writes `<model_prefix>_progress.json` (epoch, step, file list) beside its tensors;
+# recognised so that resuming one of its directories is explained instead of looking like a broken save.
+REFERENCE_PROGRESS_SUFFIX = "_progress.json"
 INIT_FROM_CKPT = "*INIT_FROM_CKPT*"
 NEWLY_INITIALIZED = "NEWLY INITIALIZED"
 
@@ -337,6 +343,13 @@ class CheckpointManager:
         """Path of the checkpoint directory for `step` (whether or not it exists)."""
         return os.path.join(self.root_dir, str(int(step)))
 
+    def _written_by_the_reference(self, step):
+        """True for a step directory NVIDIA's reference wrote (its progress record, not ours): never ours
+        to delete as an interrupted save."""
+        path = self.step_dir(step)
+        return (os.path.isfile(os.path.join(path, self.model_prefix + REFERENCE_PROGRESS_SUFFIX))
+                and not os.path.exists(os.path.join(path, PROGRESS_FILE)))
+
     def _incomplete_reason(self, step):
         """Why `<root>/<step>/` is not a usable checkpoint (cheap checks only), or None."""
         path = self.step_dir(step)
@@ -344,6 +357,11 @@ class CheckpointManager:
             with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
+            if self._written_by_the_reference(step):
+                reference = os.path.join(path, self.model_prefix + REFERENCE_PROGRESS_SUFFIX)
+                return (f"{path} was written by NVIDIA's reference run_pretraining.py ({reference}): it "
+                        "records no loader position or checksums and its parameters carry auto-generated "
+                        "names, so it cannot be resumed here; start from one of this project's checkpoints")
             return f"{path} has no {PROGRESS_FILE} (a save that did not finish)"
         except (OSError, ValueError) as err:
             return f"{os.path.join(path, PROGRESS_FILE)} is unreadable ({err})"
@@ -469,6 +487,9 @@ class CheckpointManager:
                 shutil.rmtree(self.step_dir(step), ignore_errors=True)
                 logger.info("removed old checkpoint %s", self.step_dir(step))
         for step, reason in problems.items():
+            if self._written_by_the_reference(step):
+                logger.warning("leaving %s alone: %s", self.step_dir(step), reason)
+                continue
             logger.warning("removing incomplete checkpoint directory %s: %s", self.step_dir(step), reason)
             shutil.rmtree(self.step_dir(step), ignore_errors=True)
         for name in os.listdir(self.root_dir):

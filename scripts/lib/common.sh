@@ -7,6 +7,20 @@ PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
 
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
 
+# What a real run would need but is not there. A real run stops at the first one (`die`); a dry run
+# collects them all, prints its commands anyway and lists them at the end (`report_missing`), so a
+# dry run on a fresh clone shows the whole plan and the whole shopping list, and exits 0.
+missing=()
+need() {  # <message>: die, or (DRY_RUN=1) remember the message for report_missing
+  if [[ ${DRY_RUN:-0} == 1 ]]; then missing+=("$*"); else die "$@"; fi
+}
+report_missing() {  # on stderr, after a dry run's commands: one `missing:` line per item
+  local item
+  (( ${#missing[@]} )) || return 0
+  printf '%s: missing: %d thing(s) a real run needs:\n' "$PROG" "${#missing[@]}" >&2
+  for item in "${missing[@]}"; do printf '%s: missing: %s\n' "$PROG" "$item" >&2; done
+}
+
 need_int() {  # <name> <position> <value> <minimum>
   if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
     die "<$1> (argument $2) must be an integer >= $4, got '$3'"
