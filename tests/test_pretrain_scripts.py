@@ -538,3 +538,20 @@ def test_init_checkpoint_seeds_phase1_only_until_phase1_has_checkpoints(tmp_path
     (step / "progress.json").write_text("{}")
     train1 = _dry_run(args, tmp_path)[2]
     assert f"--from-checkpoint={tmp_path}/results/bert-large-uncased/phase1" in train1  # resume own run
+
+
+def test_create_datasets_hint_builds_the_shards_run_pretraining_looks_for(tmp_path):
+    """Issue 14 item 4: the hint's --sink and flags built shards run_pretraining.sh never found (and rebuilt)."""
+    text = (REPO / "data" / "create_datasets_from_start.sh").read_text()
+    hint = re.search(r'echo "  \$PY -m data.prep.preprocess_bert_pretrain (.*?)"\necho "(.*?)"\necho "(.*?)"\n', text)
+    hint_words = shlex.split(" ".join(hint.groups()).replace("\\\\", "").replace("$SOURCE", "SRC")
+                             .replace("$OUT", str(tmp_path)))
+    args = _dgx_args(tmp_path)
+    cmds = _dry_run(args, tmp_path, VOCAB_FILE=tmp_path / "vocab.txt")
+    prep = next(c for c in cmds if "data.prep.preprocess_bert_pretrain" in c)
+    value = lambda words, flag: words[words.index(flag) + 1]  # noqa: E731
+    assert value(hint_words, "--sink") == value(prep, "--sink") == args[16]
+    for flag in ("--target-seq-length", "--max-predictions-per-seq"):
+        assert value(hint_words, flag) == value(prep, flag)
+    for flag in ("--no-bin", "--masking"):
+        assert flag in hint_words and flag in prep
