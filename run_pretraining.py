@@ -21,7 +21,6 @@ damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkp
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import logging
 import os
 import sys
@@ -36,8 +35,7 @@ logger = logging.getLogger("run_pretraining")
 def build_parser():
     """The argparse parser (groups as in the reference's --help)."""
     parser = common.Parser(
-        description="BERT pre-training on LDDL-format Parquet shards (or NVIDIA HDF5 shards).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="BERT pre-training on LDDL-format Parquet shards (or NVIDIA HDF5 shards).")
     glob = parser.add_argument_group("Global")
     glob.add_argument("--input-dir", required=True,
                       help="directory of pre-training shards (ours/LDDL Parquet, or NVIDIA .hdf5)")
@@ -158,9 +156,27 @@ def main(argv=None):
 
     session = PretrainSession(cfg)
     try:
-        return session.run()
+        metrics = session.run()
     finally:
         session.close()
+    _report_outcome(cfg, metrics)
+    return metrics
+
+
+def _report_outcome(cfg, metrics):
+    """Rank 0: results.json beside the report, and the next command to run."""
+    from tasks import outcome
+    from utils.checkpoint import phase_dir
+    from utils.runtime import DistEnv
+
+    if DistEnv.from_env().rank != 0:
+        return
+    path = outcome.write_results(cfg.run.report_file, metrics)
+    ckpt = cfg.checkpointing
+    step_dir = os.path.join(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase), str(metrics["global_step"]))
+    logger.info("results: %s", path)
+    for line in outcome.pretraining_next_steps(cfg, step_dir if os.path.isdir(step_dir) else None):
+        logger.info("%s", line)
 
 
 EXIT_DIVERGED = 4

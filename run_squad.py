@@ -28,7 +28,6 @@ an error, never a random initialisation; `--from-checkpoint` with `--from-pretra
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -37,6 +36,7 @@ import sys
 import paddle
 
 import program
+from tasks import outcome
 from data.features.squad import FeatureParams, examples_to_features, load_or_build_features
 from modeling import BertConfig
 from tasks import flags as common
@@ -64,8 +64,7 @@ DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model defaul
 
 def build_parser():
     """The argparse parser (reference groups, then ours)."""
-    parser = common.Parser(description="BERT fine-tuning and prediction on SQuAD.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = common.Parser(description="BERT fine-tuning and prediction on SQuAD.")
     g = parser.add_argument_group("Global")
     g.add_argument("--train-file", help="SQuAD JSON for training, e.g. train-v1.1.json")
     g.add_argument("--predict-file", help="SQuAD JSON to predict (and evaluate), e.g. dev-v1.1.json")
@@ -407,7 +406,12 @@ def main(argv=None):
     with paddle.static.scope_guard(paddle.static.Scope()):
         if args.question is not None:
             return answer_question(args, plan, rt)
-        return train_and_predict(args, plan, rt)
+        results = train_and_predict(args, plan, rt)
+    if rt.dist.is_main:
+        logger.info("results: %s", outcome.write_results(plan.report_file, results))
+        for line in outcome.squad_next_steps(results, plan.out_dir):
+            logger.info("%s", line)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------- phases

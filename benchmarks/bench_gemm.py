@@ -16,7 +16,6 @@ Usage (from the repo root):
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import logging
 import os
 import statistics
@@ -25,7 +24,7 @@ import time
 
 import numpy as np
 
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def gemm_flops(chain):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS (default 2)")
     p.add_argument("--chain", type=int, default=2, help="3072x3072 matmuls after the first one (default 2)")
     p.add_argument("--runs", type=int, default=5, help="timed runs, the median is reported (default 5)")

@@ -22,7 +22,6 @@ Usage (from the repo root):
       [--rows 200000] [--batch-size 128] [--baseline-samples 20000] [--workers 2]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
-import argparse
 import io
 import itertools
 import logging
@@ -40,6 +39,7 @@ from data.loader import lddl_loader
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from data.masking import mask_batch
 from tokenizer import load_vocab, special_token_ids
+from utils.cli import ArgumentParser
 from utils.logger import init_logging
 
 logger = logging.getLogger(__name__)
@@ -182,12 +182,12 @@ def bench_one(directory, vocab_file, args, seq):
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_loader", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.bench_loader", description=__doc__.split("\n")[0])
     p.add_argument("--vocab-file", required=True, help="BERT vocab (the sample corpus is tokenised with it)")
     p.add_argument("--data", default=None, help="an LDDL directory to replicate instead of the sample corpus")
-    p.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512], help="sequence lengths to time")
     p.add_argument("--rows", type=int, default=200_000, help="rows in the replicated dataset (default 200000)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="sequences per batch")
     p.add_argument("--samples", type=int, default=10**9, help="samples timed for our loader (default: an epoch)")
     p.add_argument("--baseline-samples", type=int, default=20_000, help="samples timed for the baseline")
     p.add_argument("--workers", type=int, default=0, help="also time our loader with N worker processes")

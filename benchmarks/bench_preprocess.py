@@ -19,7 +19,6 @@ Usage (from the repo root):
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from data import lddl_format as fmt
 from data.prep import preprocess_bert_pretrain as pre
 from data.prep.pretraining_pairs import split_sentences
 from tokenizer import FullTokenizer
+from utils.cli import ArgumentParser
 from utils.logger import init_logging
 
 logger = logging.getLogger(__name__)
@@ -149,14 +149,14 @@ def _report(name, seconds, instances, mbytes):
 def main(argv=None):
     """Run baseline and ours on the same corpus; returns {name: figures} and the speed-up."""
     init_logging()
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_preprocess")
-    p.add_argument("--vocab-file", required=True)
+    p = ArgumentParser(prog="python -m benchmarks.bench_preprocess")
+    p.add_argument("--vocab-file", required=True, help="BERT vocab.txt")
     p.add_argument("--corpus", default=None, help="LDDL source dir (default: build the stdlib sample corpus)")
     p.add_argument("--repeat", type=int, default=8, help="copies of the corpus (amortises Dask start-up)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--target-seq-length", type=int, default=128)
-    p.add_argument("--duplicate-factor", type=int, default=5)
-    p.add_argument("--block-size-mb", type=float, default=0.5)
+    p.add_argument("--num-workers", type=int, default=2, help="Dask workers of our preprocessing")
+    p.add_argument("--target-seq-length", type=int, default=128, help="max pair length")
+    p.add_argument("--duplicate-factor", type=int, default=5, help="passes over the corpus")
+    p.add_argument("--block-size-mb", type=float, default=0.5, help="input MB per Dask block")
     args = p.parse_args(argv)
     settings = pre.Settings(vocab_file=args.vocab_file, target_seq_length=args.target_seq_length, bin_size=64,
                             masking=True, duplicate_factor=args.duplicate_factor, sample_ratio=1.0)

@@ -15,7 +15,6 @@ Usage (from the repo root):
       --vocab-file vocab/bert-base-uncased-vocab.txt [--limit 2000] [--check-training 1000]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
-import argparse
 import collections
 import json
 import math
@@ -28,6 +27,7 @@ import numpy as np
 
 from data.features.squad import FeatureParams, examples_to_features, read_examples
 from tokenizer import BasicTokenizer, BertTokenizer, FullTokenizer
+from utils.cli import ArgumentParser
 from utils.logger import init_logging
 from utils.squad_postprocess import postprocess_predictions
 
@@ -245,7 +245,7 @@ def params_tuple(p):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dev-file", required=True, help="SQuAD v1.1 dev JSON")
     parser.add_argument("--vocab-file", required=True, help="uncased BERT vocab")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N questions (0 = all)")

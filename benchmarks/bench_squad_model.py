@@ -13,7 +13,6 @@ Usage (from the repo root):
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
-import argparse
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import time
 
 import numpy as np
 
+from utils.cli import ArgumentParser
 from utils.logger import init_logging
 
 logger = logging.getLogger("bench_squad_model")
@@ -78,10 +78,10 @@ def main(argv=None):
     from tasks.flags import CONFIG_DIR
     from modeling import BertConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bert-model", default="bert-base-uncased", help="a config in bert_configs/")
-    parser.add_argument("--seq-length", type=int, default=384)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-length", type=int, default=384, help="window length")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed runs (median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--skip-train", action="store_true", help="time prediction only")

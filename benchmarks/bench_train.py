@@ -22,7 +22,6 @@ Usage (from the repo root):
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -31,6 +30,7 @@ import time
 
 import numpy as np
 
+from utils.cli import ArgumentParser
 from utils.logger import init_logging
 
 logger = logging.getLogger(__name__)
@@ -196,12 +196,12 @@ def bench_bf16_inference(paddle, program_lib, cfg, args, rng):
 
 # ------------------------------------------------------------------------------------------ CLI
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default 12; 2 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per program (default 5; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; 1 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS (default 2)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of weights and batches")
     p.add_argument("--quick", action="store_true", help="2 layers, 2 timed steps, 1 warm-up: < 60 s")
     p.add_argument("--skip-inference", action="store_true", help="only the training comparison")
     args = p.parse_args(argv)

@@ -55,11 +55,10 @@ squad_args=($(source configs/squad_config.sh && cpu_demo))
   echo "(no downloaded SQuAD in data/download/squad/v1.1: using the embedded sample data/samples/squad)"
 bash scripts/run_squad.sh "${squad_args[@]}"
 
-step "4/4 a question for the fine-tuned model"
+step "4/4 a question for the fine-tuned model (one it was fine-tuned on: a tiny model only recalls those)"
 $PY run_squad.py --from-checkpoint "$RESULTS_DIR/bert-tiny/squad" --vocab-file "$DEMO_DIR/vocab.txt" \
-  --do-lower-case --output-dir "$RESULTS_DIR" --device cpu --show-config false \
-  --question "Who was the first person to walk on the Moon?" \
-  --context "The Moon is the only natural satellite of the Earth. Neil Armstrong became the first person to walk on its surface in July 1969."
+  --do-lower-case --output-dir "$RESULTS_DIR" --device cpu --show-config false --question "Who created Python?" \
+  --context "Python is a high-level programming language created by Guido van Rossum and first released in 1991."
 
 cat <<MSG
 

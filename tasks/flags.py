@@ -16,13 +16,14 @@ import sys
 from modeling import BertConfig
 from optimizer import OPTIMIZERS, REMOVED_OPTIMIZERS
 from tokenizer import load_vocab
+from utils.cli import ArgumentParser
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "bert_configs")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that also accepts the underscore spellings of its long options (`--do_train` for
+class Parser(ArgumentParser):
+    """utils.cli.ArgumentParser (every default in --help) that also accepts the underscore spellings of its long options (`--do_train` for
     `--do-train`), as the NVIDIA reference's and Hugging Face's scripts spell them: their users type them."""
 
     def _long_option(self, token):
@@ -40,6 +41,17 @@ class Parser(argparse.ArgumentParser):
         else:
             args = [self._long_option(a) for a in args]
         return super().parse_known_args(args, namespace)
+
+
+def _positive_int(value):
+    """argparse type of a count that must be >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return number
 
 
 def str2bool(value):
@@ -100,11 +112,15 @@ def add_model_args(parser, default_model="bert-large-uncased", default_help=None
 
 
 def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
-    """--device, --seed, --report-file, --show-config, --enable-cpu-affinity, --benchmark*."""
+    """--device, --seed, --num-threads, --report-file, --show-config, --enable-cpu-affinity, --benchmark*."""
     group = parser.add_argument_group("Runtime")
     group.add_argument("--device", default="auto", choices=("auto", "gpu", "cpu"),
                        help="where to run; auto = GPU when usable, else CPU (default: %(default)s)")
     group.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    group.add_argument("--num-threads", type=_positive_int, default=None,
+                       help="CPU threads per process (OpenMP/MKL; default: OMP_NUM_THREADS when set, else the "
+                            "usable cores shared among this node's processes). Read at start-up, before "
+                            "Paddle loads (utils.preflight): a run started in-process keeps its threads")
     group.add_argument("--report-file", default=None,
                        help="DLLogger JSON-lines report, written by rank 0 (default: report.json beside the "
                             "run's outputs: <output-dir>/<bert-model>/phase<N>/ when pretraining, "

@@ -158,7 +158,7 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
       vocab_size: int, the vocab file's size (HF word embeddings must match it).
 
     Returns:
-      dict parameter name -> where it came from (also logged one line per parameter).
+      dict parameter name -> where it came from (summarised in the log, per parameter at DEBUG).
 
     Raises:
       ValueError: missing path, unreadable file, a missing parameter, a shape mismatch, or no QA head
@@ -179,8 +179,6 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
         raise ValueError(f"'{path}' has no SQuAD answer head ({', '.join(fresh)}): it is a pretrained BERT, not "
                          f"a fine-tuned SQuAD model; fine-tune it first (--mode train or train_eval with "
                          f"--from-pretrained-params) or give a fine-tuned model to --from-checkpoint")
-    if fresh:
-        logger.info("newly initialised (not in '%s'): %s", path, ", ".join(fresh))
     return sources
 
 

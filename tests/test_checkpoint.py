@@ -308,7 +308,7 @@ def test_load_pretrained_by_name_with_new_head(tmp_path, exe, caplog):
     with paddle.static.scope_guard(paddle.static.Scope()):
         squad = _build(exe, head="qa", seed=6)
         start = _snapshot(squad)
-        with caplog.at_level(logging.INFO, logger="utils.checkpoint"):
+        with caplog.at_level(logging.DEBUG, logger="utils.checkpoint"):
             sources = load_pretrained(exe, squad.main, path, allow_missing_prefixes=("qa.",))
         now = _snapshot(squad)
     assert sources == {"l1.w": INIT_FROM_CKPT, "l1.b": INIT_FROM_CKPT, "l2.w": INIT_FROM_CKPT,
@@ -317,6 +317,11 @@ def test_load_pretrained_by_name_with_new_head(tmp_path, exe, caplog):
     # Optimizer state is not taken from a pretrained file: moments keep their startup zeros.
     assert not now["l1.w_moment1_0"].any()
     assert "l1.w [4, 8] *INIT_FROM_CKPT*" in caplog.text and "qa.w [1, 2] NEWLY INITIALIZED" in caplog.text
+    # Issue 14: one INFO line per load (names of the new ones), the per-parameter list at DEBUG only.
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [m for m in info if m.startswith(f"parameters: 4 of 6 from {path}")
+            and m.endswith("; newly initialised: qa.b, qa.w")]
+    assert not [m for m in info if "INIT_FROM_CKPT" in m or "NEWLY" in m]
 
 
 def test_load_pretrained_ignore_prefixes_and_file_path(tmp_path, exe):

@@ -42,6 +42,9 @@ def test_restarted_phase_is_shifted_and_continuing_phase_is_not(tmp_path):
                                                   [20, 21, 22], [23, 24]]
     np.testing.assert_allclose(phases[1].metrics["loss"], [4.9, 4.8, 4.7, 4.6, 4.5])
     assert plot_report.phase_boundaries(phases) == [10.5, 17.5, 22.5]
+    # Issue 14: the dividers were labelled with the reports' file names.
+    labels = [t.get_text() for t in plot_report.build_figure(phases).axes[0].texts]
+    assert labels == ["phase 2 \u2192", "phase 3 \u2192", "phase 4 \u2192"]
 
 
 def test_resumed_steps_later_value_wins_and_other_records_ignored(tmp_path):
@@ -120,12 +123,13 @@ def test_plot_errors_name_the_problem(tmp_path):
     assert not out.exists()
 
 
-def test_main_in_process_returns_exit_codes(tmp_path, monkeypatch):
-    monkeypatch.setattr(plot_report, "init_logging", lambda: None)  # keep pytest's log capture
+def test_main_in_process_returns_the_summary_and_raises_on_bad_input(tmp_path):
     good = _report(tmp_path / "p1.json", range(1, 4))
-    assert plot_report.main([str(good), "--output", str(tmp_path / "ok.png"), "--dpi", "20"]) == 0
+    result = plot_report.main([str(good), "--output", str(tmp_path / "ok.png"), "--dpi", "20"])
+    assert result["phases"] == 1 and result["steps"] == 3
     assert (tmp_path / "ok.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert plot_report.main([str(tmp_path / "nope.json"), "--output", str(tmp_path / "no.png")]) == 2
+    with pytest.raises(OSError):
+        plot_report.main([str(tmp_path / "nope.json"), "--output", str(tmp_path / "no.png")])
     assert not (tmp_path / "no.png").exists()
 
 
@@ -135,5 +139,9 @@ def test_cli_subprocess_reports_error_and_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "utils.plot_report", str(empty), "--output",
                            str(tmp_path / "x.png")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "empty.json: report is empty" in proc.stderr
+    # Issue 14: the same one-line `error:` style as every other tool (was `ERROR __main__: ...`).
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "empty.json: report is empty" in proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "utils.plot_report", str(tmp_path / "nope.json"), "--output",
+                              str(tmp_path / "x.png")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nope.json" in missing.stderr
     assert not (tmp_path / "x.png").exists()

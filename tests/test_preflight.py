@@ -1,4 +1,5 @@
-"""utils.preflight's MKL code-path choice: vendor detection, when MKL_DEBUG_CPU_TYPE is set, the one log line."""
+"""utils.preflight: the MKL code-path choice (vendor detection, when MKL_DEBUG_CPU_TYPE is set, the one log
+line), and the Paddle noise it silences."""
 import os
 import subprocess
 import sys
@@ -80,33 +81,108 @@ def test_importing_preflight_keeps_the_users_value():
     assert (proc.returncode, proc.stdout.strip()) == (0, "3"), proc.stderr
 
 
-def _choice_lines(stderr):
-    return [line for line in stderr.splitlines() if "utils.preflight" in line and "MKL_DEBUG_CPU_TYPE" in line]
+def _device_lines(stderr):
+    return [line for line in stderr.splitlines() if "utils.runtime" in line and "device: " in line]
 
 
-def test_the_choice_is_logged_once_per_process_however_often_logging_is_set_up():
-    proc = _python("from utils.logger import init_logging; init_logging(); init_logging(); init_logging(1)",
-                   drop=("MKL_DEBUG_CPU_TYPE",))
+# As an entry point: paddle imported (it sets the root logger to WARNING), then logging set up.
+_RESOLVE_TWICE = ("import utils.preflight, paddle; from utils.logger import init_logging; init_logging(); "
+                  "from utils.runtime import resolve_device; resolve_device('auto'); resolve_device('cpu')")
+
+
+def test_the_choice_is_logged_once_with_the_device():
+    """Issue 14: the device was logged twice (and contradicted itself: 'no usable GPU', then 'requested');
+    the MKL choice was logged by every data tool although only Paddle runs use MKL."""
+    proc = _python(_RESOLVE_TWICE, drop=("MKL_DEBUG_CPU_TYPE",))
     assert proc.returncode == 0, proc.stderr
-    assert len(_choice_lines(proc.stderr)) == 1, proc.stderr
-
-
-def test_a_real_cli_logs_the_choice_once(tmp_path):
-    # A data CLI on a missing directory: logging set up by utils.cli.run_cli, then one error line, exit 2.
-    proc = subprocess.run([sys.executable, "-m", "data.prep.inspect_shards", str(tmp_path / "missing")],
-                          cwd=REPO, env={k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = _choice_lines(proc.stderr)
+    lines = _device_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     on_amd = cpu_vendor(read_cpuinfo()) == "AuthenticAMD"
     assert ("MKL_DEBUG_CPU_TYPE=5 set" if on_amd else "MKL_DEBUG_CPU_TYPE left unset") in lines[0]
-    assert " INFO " in lines[0]
+    assert "OpenMP threads per process" in lines[0] and " INFO " in lines[0]
 
 
-def test_the_user_value_is_what_a_real_cli_logs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "data.prep.inspect_shards", str(tmp_path / "missing")],
-                          cwd=REPO, env={**os.environ, "MKL_DEBUG_CPU_TYPE": ""}, capture_output=True, text=True,
-                          timeout=60)
-    lines = _choice_lines(proc.stderr)
+def test_the_user_value_is_what_the_device_line_says():
+    proc = _python(_RESOLVE_TWICE, env_update={"MKL_DEBUG_CPU_TYPE": ""})
+    lines = _device_lines(proc.stderr)
     assert len(lines) == 1 and "MKL_DEBUG_CPU_TYPE='' kept as set by the user" in lines[0], proc.stderr
+
+
+def test_a_data_cli_says_nothing_about_mkl(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "data.prep.inspect_shards", str(tmp_path / "missing")],
+                          cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "MKL" not in proc.stderr
+
+
+_RUN_A_PROGRAM = """
+import paddle
+paddle.enable_static()
+main, startup = paddle.static.Program(), paddle.static.Program()
+with paddle.static.program_guard(main, startup):
+    x = paddle.static.data("x", [2, 3], "float32")
+    w = paddle.create_parameter([3, 1], "float32")
+    loss = paddle.mean(paddle.matmul(x, w))
+    paddle.optimizer.Adam(0.1).minimize(loss)
+exe = paddle.static.Executor(paddle.CPUPlace())
+exe.run(startup)
+import numpy as np
+print(exe.run(main, feed={"x": np.ones((2, 3), "float32")}, fetch_list=[loss])[0].shape)
+"""
+
+
+@pytest.mark.parametrize("first", ["import utils.preflight", "import zlib"])
+def test_paddles_noise_is_silenced_and_its_output_kept(first):
+    """Issue 14: Paddle's OMP_NUM_THREADS warning on every import with threads > 1, glog's executor INFO
+    lines and the force_cpu UserWarning; the run without preflight shows the noise exists."""
+    proc = _python(first + "\n" + _RUN_A_PROGRAM, env_update={"OMP_NUM_THREADS": "2"},
+                   drop=("GLOG_minloglevel", "GLOG_v"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "()", proc.stderr
+    noise = ("PLEASE USE OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to 2", "New Executor is Running",
+             "force_cpu")
+    found = [n for n in noise if n in proc.stderr]
+    if first == "import utils.preflight":
+        assert found == [], proc.stderr
+    else:
+        assert "PLEASE USE OMP_NUM_THREADS WISELY" in found and "New Executor is Running" in found
+
+
+def test_what_paddle_prints_at_import_apart_from_that_warning_is_kept():
+    from utils.preflight import _QuietImportLoader
+
+    class Loader:
+        def exec_module(self, module):
+            sys.stderr.write("WARNING: OMP_NUM_THREADS set to 4, not 1. ...\nkeep me\nPLEASE USE OMP_NUM_THREADS "
+                             "WISELY.\nand me")
+
+        def get_data(self, path):
+            return b"delegated"
+
+    captured = __import__("io").StringIO()
+    real, sys.stderr = sys.stderr, captured
+    try:
+        loader = _QuietImportLoader(Loader(), ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS"))
+        loader.exec_module(None)
+    finally:
+        sys.stderr = real
+    assert captured.getvalue() == "keep me\nand me" and loader.get_data("x") == b"delegated"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--num-threads", "3"], 3), (["--num-threads=4"], 4), (["--num_threads", "5"], 5),
+    (["--num-threads", "0"], None), (["--num-threads", "x"], None), (["--num-threads"], None),
+    (["--", "--num-threads", "2"], None), (["--seed", "3"], None)])
+def test_threads_flag_from_the_command_line(argv, expected):
+    from utils.preflight import threads_flag
+    assert threads_flag(argv) == expected
+
+
+def test_num_threads_flag_wins_over_the_environment():
+    """Issue 14: users had to export OMP_NUM_THREADS; --num-threads must act before paddle loads."""
+    code = "import utils.preflight, os, sys; print(os.environ['OMP_NUM_THREADS'])"
+    proc = subprocess.run([sys.executable, "-c", code, "--num-threads", "3"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.strip() == "3", proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.strip() == "1", proc.stderr

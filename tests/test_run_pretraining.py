@@ -5,6 +5,7 @@ up that way. Shards come from the project's own CLIs on the embedded sample corp
 """
 import glob
 import json
+import re
 import os
 import signal
 import subprocess
@@ -141,6 +142,18 @@ def uninterrupted(shards, tmp_path_factory):
     return out, proc
 
 
+def test_a_finished_phase_writes_results_json_and_says_what_next(uninterrupted):
+    """Issue 14: runs ended without saying what to run next, and without a plain results file."""
+    out, proc = uninterrupted
+    results = json.loads((out / "results.json").read_text())
+    assert results["global_step"] == 8 and results["final_loss"] > 0
+    from utils.report import read_dllogger_report
+    summary = [r for r in read_dllogger_report(out / "report.json") if r.get("step") == []][-1]["data"]
+    assert results["final_loss"] == summary["final_loss"]
+    assert "next: phase 2" in proc.stderr
+    assert f"--from-phase1-final-params {out / 'bert-tiny' / 'phase1' / '8'}" in proc.stderr
+
+
 def test_uninterrupted_run_writes_checkpoints_report_and_learns(uninterrupted):
     out, proc = uninterrupted
     root = out / "bert-tiny" / "phase1"
@@ -215,7 +228,8 @@ def test_phase2_starts_from_phase1_final_params_then_resumes(shards, tmp_path, u
                           "--from-checkpoint", str(root), "--last-step-of-checkpoint", "auto",
                           phase="--phase2", steps=2)
     proc = _run(args)
-    assert "INIT_FROM_CKPT" in proc.stderr and "NEWLY INITIALIZED" not in proc.stderr
+    loaded = re.search(r"parameters: (\d+) of (\d+) from \S+pdparams(;.*)?$", proc.stderr, re.M)
+    assert loaded and loaded.group(1) == loaded.group(2) and not loaded.group(3), proc.stderr[-2000:]
     progress = json.loads((root / "2" / "progress.json").read_text())
     assert progress["phase"] == 2 and progress["global_step"] == 2
     assert progress["lr_state"]["last_epoch"] == 2  # a fresh schedule, not phase 1's step 8
@@ -228,6 +242,8 @@ def test_phase2_starts_from_phase1_final_params_then_resumes(shards, tmp_path, u
     longer = [a if a != "2" else "4" for a in args]
     resumed = _run(longer)
     assert "resuming phase 2 at step 2" in resumed.stderr and "restored step 2" in resumed.stderr
+    assert "next: fine-tune on SQuAD" in resumed.stderr
+    assert f"--from-pretrained-params {root / '4'}" in resumed.stderr
 
 
 def test_phase2_params_of_another_architecture_are_an_error(shards, tmp_path, uninterrupted):

@@ -129,6 +129,9 @@ def test_train_eval_learns_saves_and_reports(trained):
                 "inference_sequences_per_second", "exact_match", "F1"):
         assert key in summary
     assert summary["F1"] == pytest.approx(results["F1"])
+    plain = json.loads((out / "results.json").read_text())  # issue 14: a results.json beside the report
+    assert plain["F1"] == results["F1"] and plain["exact_match"] == results["exact_match"]
+    assert "losses" not in plain and "predictions" not in plain
 
 
 def test_learning_rate_warms_up_then_decays_linearly(trained):
@@ -406,7 +409,7 @@ def test_pretraining_phase_directory_uses_its_latest_complete_step(data, tmp_pat
                                             "--from-pretrained-params", str(phase)))
     assert results["updates"] == 1
     assert "using its latest complete step 5" in caplog.text
-    assert f"parameter sources ({phase / '5' / 'bert_paddle.pdparams'})" in caplog.text
+    assert f"from {phase / '5' / 'bert_paddle.pdparams'}; newly initialised: qa_outputs" in caplog.text
 
 
 def test_reference_checkpoint_with_auto_generated_names_is_explained(data, tmp_path):
@@ -526,3 +529,9 @@ def test_script_refuses_bf16_inference_on_this_cpu_in_one_line(data, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (f"error: --infer-dtype bfloat16: {support.reason}; use "
                                                     "--infer-dtype float32")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_results_file_names_follow_the_report():
+    from tasks.outcome import results_path
+    assert results_path("/r/squad/report.json") == "/r/squad/results.json"
+    assert results_path("/r/dllogger_p1.json") == "/r/dllogger_p1.results.json"

@@ -754,10 +754,15 @@ def _as_fp32_training_values(arrays, params_file):
 
 
 def log_parameter_sources(program, sources, origin):
-    # One line per parameter, like google-research/bert's init log, so a silent random init is visible.
-    logger.info("parameter sources (%s):", origin)
-    for param in sorted(program.all_parameters(), key=lambda p: p.name):
-        logger.info("  %s %s %s", param.name, list(param.shape), sources[param.name])
+    """Say where the parameters came from: one INFO line (how many from `origin`, and the names of the
+    newly initialised ones, so a silent random init is visible), then one DEBUG line per parameter, as
+    google-research/bert's init log (BERT-large has ~400: too many for every run's log)."""
+    params = sorted(program.all_parameters(), key=lambda p: p.name)
+    fresh = [p.name for p in params if sources[p.name] != INIT_FROM_CKPT]
+    logger.info("parameters: %d of %d from %s%s", len(params) - len(fresh), len(params), origin,
+                f"; newly initialised: {', '.join(fresh)}" if fresh else "")
+    for param in params:
+        logger.debug("  %s %s %s", param.name, list(param.shape), sources[param.name])
 
 
 def load_pretrained(exe, program, path, *, ignore_prefixes=(), allow_missing_prefixes=()):

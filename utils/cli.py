@@ -1,8 +1,9 @@
 """Running a command-line entry point: logging set-up, one-line errors, exit codes.
 
 Owns: `run_cli`, the one place that turns what a CLI's `main(argv)` raises into what a user sees and the
-exit status a shell script tests. Does not own argument parsing (each CLI's `main` parses its own flags)
-nor logging configuration (`utils.logger.init_logging`).
+exit status a shell script tests; `ArgumentParser`, the argparse every command builds its flags with, so
+that every `--help` shows every default the same way. Does not own the flags themselves (each CLI
+defines its own) nor logging configuration (`utils.logger.init_logging`).
 
 The contract every data CLI follows:
   * `main(argv=None)` does the work and returns its result, raising on bad input, so tests call it
@@ -17,6 +18,7 @@ also when Arrow reports it), one line naming what failed and why; another code a
 program: it propagates with its traceback (Python then exits with status 1), because hiding a traceback
 behind a one-line message would make it undiagnosable.
 """
+import argparse
 import errno
 import sys
 
@@ -28,6 +30,32 @@ EXIT_STORAGE = 3  # the filesystem refused a write: free space / quota, or choos
 _STORAGE_HINTS = {errno.ENOSPC: "free space on that filesystem", errno.EDQUOT: "free space within your quota",
                   errno.EROFS: "choose a writable location"}
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
+
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already mentions its default or there
+    is nothing to say (no default, a flag that is off, --help). One rule for every command, instead of ArgumentDefaultsHelpFormatter's "(default: None)"
+    after help texts that already said "(default 32)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if text is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0 and action.default is True:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser with `HelpFormatter` (every default shown once) unless told otherwise."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 # Errors that describe the user's input or files, not a defect of the program.
 _INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

@@ -9,7 +9,6 @@ Rank 0 logs at INFO; other ranks log warnings only, so an 8-GPU job prints one s
 import logging
 import sys
 
-from utils import preflight
 
 _FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 
@@ -35,7 +34,6 @@ def init_logging(rank=0, level=logging.INFO, stream=None):
     # Dask and fsspec are chatty at INFO; their warnings still get through.
     for noisy in ("distributed", "fsspec", "asyncio", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    preflight.log_choices_once()  # start-up choices made before logging existed (MKL's code path)
     return root
 
 

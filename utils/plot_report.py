@@ -23,7 +23,6 @@ Rules:
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import io
 import logging
 import os
@@ -34,7 +33,7 @@ import numpy as np
 
 from utils.checks import is_int
 from utils.fs import atomic_write_bytes
-from utils.logger import init_logging
+from utils.cli import ArgumentParser, run_cli
 from utils.report import LR_KEYS, THROUGHPUT_KEYS, read_dllogger_report
 
 log = logging.getLogger(__name__)
@@ -184,16 +183,16 @@ def build_figure(phases, title=None):
     fig = Figure(figsize=FIGSIZE)
     axes = fig.subplots(3, 1, sharex=True)
     if _draw_panel(axes[0], phases, [(k,) for k in LOSS_KEYS], "loss"):
-        axes[0].legend(loc="upper right")
+        axes[0].legend(loc="best")  # where it covers the fewest points of the curves
     _draw_panel(axes[1], phases, [LR_KEYS], "learning rate")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     _draw_panel(axes[2], phases, [THROUGHPUT_KEYS], "seq/s")
     axes[2].set_xlabel("global step")
-    for x, phase in zip(phase_boundaries(phases), phases[1:]):
+    for number, x in enumerate(phase_boundaries(phases), start=2):
         for ax in axes:
             ax.axvline(x, color="0.4", linestyle="--", linewidth=1, gid=BOUNDARY_GID)
         # Above the top panel, so the label never covers data or the legend.
-        axes[0].annotate(phase.name, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
+        axes[0].annotate(f"phase {number} \u2192", (x, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
                          xytext=(0, 2), textcoords="offset points", ha="center", va="bottom")
     if title:
         fig.suptitle(title)
@@ -234,7 +233,7 @@ def plot_reports(report_paths, output, title=None, dpi=100):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m utils.plot_report", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m utils.plot_report", description=__doc__.split("\n")[0])
     parser.add_argument("reports", nargs="+", help="DLLogger report files, in phase order")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default=None, help="figure title")
@@ -243,17 +242,17 @@ def _parse_args(argv):
 
 
 def main(argv=None):
-    """CLI entry point. Returns the process exit status: 0 on success, 2 on a user error."""
+    """Plot the reports named in `argv`. Returns plot_reports' summary dict.
+
+    Raises:
+      ValueError / OSError: a missing, empty or unplottable report, or an output that is not .png (as a
+        command: one `error:` line and exit status 2, like the other tools, via utils.cli.run_cli).
+    """
     args = _parse_args(argv)
-    init_logging()
-    try:
-        result = plot_reports(args.reports, args.output, title=args.title, dpi=args.dpi)
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 2
+    result = plot_reports(args.reports, args.output, title=args.title, dpi=args.dpi)
     log.info("wrote %s (%d phase(s), %d step points)", result["output"], result["phases"], result["steps"])
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

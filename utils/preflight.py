@@ -4,25 +4,37 @@ Owns three facts about this stack (measured on Paddle 2.6.2):
   * libpaddle carries its own zlib symbols: when paddle is imported before the system zlib is loaded, later
     zlib users (gzip, h5py, pyarrow's Parquet codecs) crash. Importing `zlib` first avoids it.
   * Paddle sets OMP_NUM_THREADS=1 when the variable is unset, so a CPU run silently uses one core. We
-    default it to the cores this process may use instead; an explicit setting is always respected.
+    default it to the cores this process may use instead; an explicit setting is always respected, and
+    an entry point's `--num-threads N` (read from sys.argv here, see `threads_flag`) wins over both.
   * The MKL that the CPU wheel bundles (mklml, Intel MKL 2019.0.5) picks its fast AVX2 GEMM kernels only
     for CPUs whose vendor string is GenuineIntel; on AMD it falls back to a generic path about 3x slower.
     On AMD we set MKL_DEBUG_CPU_TYPE=5 unless the user set it (see `choose_mkl_cpu_type`); the choice is
-    logged once, by `utils.logger.init_logging`, because logging is not configured yet when this runs.
+    logged once, with the device (`utils.runtime.resolve_device`), because logging is not configured yet
+    when this runs and only processes that run Paddle ops care.
+And it silences what users cannot act on (each is named below, with why):
+  * Paddle's import prints "WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE OMP_NUM_THREADS
+    WISELY" whenever more than one thread is set, i.e. on every run that sets threads as it should;
+  * glog's INFO lines ("New Executor is Running.", "Standalone Executor is Used."): GLOG_minloglevel=1
+    unless the user set it, which keeps Paddle's warnings and errors;
+  * the deprecation UserWarning Paddle's own optimizers trigger (`Attr(force_cpu) of Op(fill_constant)`).
 
 Usage, as the first import of a script:
 
     import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default
 """
+import importlib.abc
+import importlib.machinery
+import io
 import logging
 import os
+import sys
+import warnings
 import zlib  # noqa: F401  -- must precede paddle
 
 logger = logging.getLogger(__name__)
 
 # What this module decided about MKL's code path, as one sentence for the log (set below, at import).
 MKL_CHOICE = None
-_mkl_choice_logged = False
 
 
 def usable_cores():
@@ -47,8 +59,77 @@ def default_threads(environ=os.environ):
     return max(1, usable_cores() // procs)
 
 
-if "OMP_NUM_THREADS" not in os.environ:
+def threads_flag(argv):
+    """The value of a `--num-threads N` / `--num-threads=N` (or `--num_threads`) in `argv`, or None.
+
+    The entry points' --num-threads must act before paddle is imported (OpenMP reads its thread count
+    when libpaddle loads), which is before their argparse runs: so it is read here, from the command
+    line. A malformed value is left to argparse, which rejects it with the usual error.
+    """
+    for i, word in enumerate(argv):
+        name, sep, value = word.partition("=")
+        if name in ("--num-threads", "--num_threads"):
+            if not sep:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+            return int(value) if value.isdigit() and int(value) >= 1 else None
+        if word == "--":
+            break
+    return None
+
+
+if threads_flag(sys.argv[1:]) is not None:
+    os.environ["OMP_NUM_THREADS"] = str(threads_flag(sys.argv[1:]))
+elif "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(default_threads())
+os.environ.setdefault("GLOG_minloglevel", "1")
+warnings.filterwarnings("ignore", message=r"The Attr\(force_cpu\) of Op\(fill_constant\)", category=UserWarning)
+
+# The two lines paddle/base/__init__.py prints at import when OMP_NUM_THREADS > 1 (Paddle 2.6.2).
+_PADDLE_OMP_WARNING = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
+
+
+class _QuietImportLoader:
+    """Runs a module's import with sys.stderr captured, then passes on everything it printed except the
+    lines `drop` starts with. Any other attribute is the wrapped loader's."""
+
+    def __init__(self, loader, drop):
+        self._loader, self._drop = loader, drop
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        real, captured = sys.stderr, io.StringIO()
+        sys.stderr = captured
+        try:
+            self._loader.exec_module(module)
+        finally:
+            sys.stderr = real
+            kept = [line for line in captured.getvalue().splitlines(keepends=True)
+                    if not line.startswith(self._drop)]
+            real.write("".join(kept))
+
+
+class _QuietPaddleImport(importlib.abc.MetaPathFinder):
+    """Finds `paddle` once, through the normal path finder, with a loader that drops Paddle's
+    OMP_NUM_THREADS warning (everything else it prints is kept); then removes itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "paddle":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietImportLoader(spec.loader, _PADDLE_OMP_WARNING)
+        return spec
+
+
+if "paddle" not in sys.modules:
+    sys.meta_path.insert(0, _QuietPaddleImport())
 
 
 def cpu_vendor(cpuinfo_text):
@@ -103,12 +184,6 @@ def choose_mkl_cpu_type(vendor, environ):
     return None, f"MKL_DEBUG_CPU_TYPE left unset: CPU vendor {vendor or 'unknown'}, MKL picks its own path"
 
 
-def log_choices_once():
-    """Log what this module chose for MKL, once per process (called when logging is set up)."""
-    global _mkl_choice_logged
-    if MKL_CHOICE is not None and not _mkl_choice_logged:
-        _mkl_choice_logged = True
-        logger.info("%s", MKL_CHOICE)
 
 
 def _apply_mkl_choice():

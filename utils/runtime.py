@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 
+from utils import preflight  # before paddle (OMP threads, MKL path); its choices are logged here
+
 import paddle
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ def gpu_available():
     return bool(paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)
 
 
+_device_logged = False  # the device line is said once per process
+
+
 def resolve_device(requested):
     """Turn `--device` into "gpu" or "cpu".
 
@@ -79,7 +84,8 @@ def resolve_device(requested):
       requested: "auto" (GPU when one is usable, else CPU), "gpu" or "cpu".
 
     Returns:
-      "gpu" | "cpu"; the choice is logged once.
+      "gpu" | "cpu"; the first call of a process logs the choice (with the threads and MKL's code path
+      chosen by utils.preflight), later calls are silent.
 
     Raises:
       ValueError: an unknown value, or "gpu" when this Paddle build or machine has no usable GPU.
@@ -92,12 +98,15 @@ def resolve_device(requested):
                if not paddle.is_compiled_with_cuda() else "no GPU is visible")
         raise ValueError(f"--device gpu: {why}; use --device cpu or auto")
     device = "gpu" if (requested == "gpu" or (requested == "auto" and has_gpu)) else "cpu"
-    if device == "cpu":
-        logger.info("device: cpu (%s), %s OpenMP threads per process",
-                    "requested" if requested == "cpu" else "no usable GPU",
-                    os.environ.get("OMP_NUM_THREADS", "?"))
-    else:
-        logger.info("device: gpu (%d visible)", paddle.device.cuda.device_count())
+    global _device_logged
+    if not _device_logged:  # validate_args resolves the user's --device; init_runtime again, quietly
+        _device_logged = True
+        if device == "cpu":
+            logger.info("device: cpu (%s), %s OpenMP threads per process; %s",
+                        "requested" if requested == "cpu" else "no usable GPU",
+                        os.environ.get("OMP_NUM_THREADS", "?"), preflight.MKL_CHOICE)
+        else:
+            logger.info("device: gpu (%d visible)", paddle.device.cuda.device_count())
     return device
 
 

@@ -25,7 +25,6 @@ balanced, and originals are kept exactly when `--outdir` is given.
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import logging
 import os
 import shutil
@@ -36,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import lddl_format as fmt
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
 
@@ -227,7 +226,7 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.balance_dask_output",
+    parser = ArgumentParser(prog="python -m data.prep.balance_dask_output",
                                      description="Balance LDDL Parquet files into equal shards.")
     parser.add_argument("--indir", required=True, help="dataset written by data.prep.preprocess_bert_pretrain")
     parser.add_argument("--outdir", default=None, help="output directory (default: replace --indir)")

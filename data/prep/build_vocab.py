@@ -14,13 +14,12 @@ Usage:
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import logging
 import os
 import sys
 
 from tokenizer import SPECIAL_TOKENS, hf_normalizer, hf_pre_tokenizer, load_vocab
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_write_text, check_writable_dir
 from utils.logger import progress
 
@@ -197,7 +196,7 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.build_vocab",
+    parser = ArgumentParser(prog="python -m data.prep.build_vocab",
                                      description="Train a BERT WordPiece vocab from text files.")
     parser.add_argument("--input", nargs="+", required=True,
                         help="LDDL source files or directories (searched for *.txt)")

@@ -20,7 +20,6 @@ Usage (from the repo root):
         --num-files 8
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
-import argparse
 import bz2
 import collections
 import gzip
@@ -30,7 +29,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
 
@@ -264,9 +263,11 @@ def convert(paths, output_dir, fmt="auto", num_files=1, prefix="corpus", overwri
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.corpus", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m data.prep.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="corpus files and/or directories")
-    parser.add_argument("--format", choices=FORMATS, default="auto", help="input layout (see module doc)")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="lines: one document per line, `<doc_id> <text>`; bert: one sentence per line, "
+                             "a blank line between documents (Google's format); auto: bert if the first MB "
+                             "of a file has a blank line between text lines, else lines")
     parser.add_argument("--output-dir", required=True, help="directory to create (atomically)")
     parser.add_argument("--num-files", type=int, default=1, help="number of output files")
     parser.add_argument("--prefix", default="corpus", help="output files are <prefix>-<k>.txt")

@@ -20,7 +20,6 @@ Usage (from the repo root):
     python -m data.prep.download squad --output-dir data/download
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
-import argparse
 import datetime
 import hashlib
 import http.client
@@ -33,7 +32,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -306,7 +305,7 @@ def download_wikipedia(output_dir, date=DEFAULT_WIKI_DUMP_DATE, mirror=WIKI_MIRR
 def _parse_args(argv, target=None):
     """Parse and check the flags; `target` fixed by the caller (a one-target command) drops the argument."""
     prog = "python -m data.prep.download" if target is None else f"download_{target}"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     if target is None:
         parser.add_argument("target", choices=TARGETS, help="what to download")
     else:

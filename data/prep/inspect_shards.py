@@ -25,7 +25,6 @@ file, exit status 2 (see `utils.cli`).
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import itertools
 import json
 import os
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 
 from data import lddl_format as fmt
 from data.loader import lddl_loader
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.logger import progress
 
 
@@ -373,7 +372,7 @@ def format_report(report):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.inspect_shards", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m data.prep.inspect_shards", description=__doc__.split("\n")[0])
     parser.add_argument("directory", help="shard directory (LDDL Parquet, or *.hdf5 / *.h5)")
     parser.add_argument("--vocab-file", default=None, help="check tokens against it and run loader batches")
     parser.add_argument("--batch-size", type=int, default=8, help="loader batch size (default 8)")

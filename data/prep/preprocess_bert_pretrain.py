@@ -33,7 +33,6 @@ With `--scheduler ADDR` the sink must be on a filesystem every worker can write.
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -55,7 +54,7 @@ from data.prep import corpus
 from data import lddl_format as fmt
 from data.masking import mask_batch
 from data.prep.pretraining_pairs import create_instances, split_sentences, tokenize_documents
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
 
@@ -576,11 +575,15 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
                "sink": os.path.abspath(sink), "unk_rate": unk / tokens if tokens else 0.0}
     logger.info("wrote %(instances)d instances from %(documents)d documents into %(files)d files in %(sink)s "
                 "(%(seconds).1f s)", summary)
+    if settings.sample_ratio < 1.0:  # the reference's default 0.9 silently drops a tenth of a corpus
+        logger.info("--sample-ratio %g kept about %.0f %% of the documents (each one kept or dropped by a hash "
+                    "of its text and --seed); --sample-ratio 1 keeps them all", settings.sample_ratio,
+                    100 * settings.sample_ratio)
     return summary
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m data.prep.preprocess_bert_pretrain",
+    p = ArgumentParser(prog="python -m data.prep.preprocess_bert_pretrain",
                                 description="Text corpora -> LDDL-format Parquet for BERT pretraining.")
     p.add_argument("--wikipedia", action="append", default=[], help="LDDL Wikipedia 'source' directory")
     p.add_argument("--books", action="append", default=[], help="books 'source' directory")
@@ -589,27 +592,38 @@ def _parser():
     p.add_argument("--sink", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --sink")
     p.add_argument("--vocab-file", required=True, help="BERT vocab.txt")
-    p.add_argument("--do-lower-case", dest="do_lower_case", action="store_true", default=True)
-    p.add_argument("--no-lower-case", dest="do_lower_case", action="store_false")
+    p.add_argument("--do-lower-case", dest="do_lower_case", action="store_true", default=True,
+                   help="lower-case the text before WordPiece, for uncased vocabs (on by default, as LDDL)")
+    p.add_argument("--no-lower-case", dest="do_lower_case", action="store_false",
+                   help="keep the case, for cased vocabs (e.g. bert-base-cased)")
     p.add_argument("--target-seq-length", type=int, default=128, help="max length of [CLS] A [SEP] B [SEP]")
     p.add_argument("--bin-size", type=int, default=64, help="sequence-length bin width (divides target)")
     p.add_argument("--no-bin", action="store_true", help="write unbinned files")
     p.add_argument("--masking", dest="masking", action="store_true", default=False,
                    help="static masking (default: dynamic, masked by the loader)")
-    p.add_argument("--no-masking", dest="masking", action="store_false")
-    p.add_argument("--max-predictions-per-seq", type=int, default=20)
-    p.add_argument("--masked-lm-ratio", type=float, default=0.15)
-    p.add_argument("--short-seq-prob", type=float, default=0.1)
-    p.add_argument("--duplicate-factor", type=int, default=5)
-    p.add_argument("--sample-ratio", type=float, default=0.9, help="fraction of documents kept")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--no-masking", dest="masking", action="store_false",
+                   help="dynamic masking: the loader masks each epoch anew (the default)")
+    p.add_argument("--max-predictions-per-seq", type=int, default=20,
+                   help="most masked positions per sequence (static masking; 20 at 128 tokens, 80 at 512)")
+    p.add_argument("--masked-lm-ratio", type=float, default=0.15, help="fraction of tokens masked")
+    p.add_argument("--short-seq-prob", type=float, default=0.1,
+                   help="probability of a shorter target length for a pair (as Google's BERT)")
+    p.add_argument("--duplicate-factor", type=int, default=5,
+                   help="passes over the corpus, each with other pairs and masks (as Google's BERT)")
+    p.add_argument("--sample-ratio", type=float, default=0.9,
+                   help="fraction of documents kept, chosen by a hash of each document and --seed (LDDL's "
+                        "default; 1 keeps all)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of sampling, pairing and masking")
     p.add_argument("--num-workers", "--local-n-workers", dest="num_workers", type=int,
                    default=os.cpu_count() or 1, help="local Dask worker processes (0: run in this process)")
-    p.add_argument("--local-threads-per-worker", type=int, default=1)
-    p.add_argument("--schedule", choices=["local", "mpi"], default="local")
+    p.add_argument("--local-threads-per-worker", type=int, default=1, help="threads of each local Dask worker")
+    p.add_argument("--schedule", choices=["local", "mpi"], default="local",
+                   help="local Dask workers, or dask-mpi across the ranks of an MPI job")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--block-size-mb", type=float, default=32.0, help="input MB per block (task)")
-    p.add_argument("--input-format", choices=["auto", "lines", "bert"], default="auto")
+    p.add_argument("--input-format", choices=["auto", "lines", "bert"], default="auto",
+                   help="lines: `<doc_id> <text>` per line (LDDL source); bert: Google's blank-line separated "
+                        "documents, one sentence per line; auto: decided per file")
     return p
 
 

@@ -19,7 +19,6 @@ Usage:
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 
-import argparse
 import ast
 import inspect
 import logging
@@ -29,7 +28,7 @@ import sys
 import sysconfig
 import warnings
 
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
 
@@ -268,7 +267,7 @@ def build_sample_corpus(output_dir, num_files=4, max_documents=None, max_bytes=N
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data.prep.sample_corpus",
         description="Write the offline demo corpus (stdlib docstrings) in LDDL source format.")
     parser.add_argument("--output-dir", required=True, help="directory to create (must not exist)")

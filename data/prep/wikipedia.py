@@ -15,7 +15,6 @@ Usage (from the repo root):
         --output-dir data/download/wikipedia/source --num-files 16 --num-workers 8
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
-import argparse
 import collections
 import contextlib
 import ctypes
@@ -37,7 +36,7 @@ import mwparserfromhell
 from mwparserfromhell import nodes as mwnodes
 
 from data.prep.corpus import open_binary
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
 
@@ -498,7 +497,7 @@ def extract(dump_path, output_dir, num_files=16, num_workers=None, min_chars=1, 
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data.prep.wikipedia", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m data.prep.wikipedia", description=__doc__.split("\n")[0])
     parser.add_argument("--dump", required=True, help="enwiki-YYYYMMDD-pages-articles.xml(.bz2|.gz)")
     parser.add_argument("--output-dir", required=True, help="directory to create with wiki-<k>.txt files")
     parser.add_argument("--num-files", type=int, default=16, help="number of output text files")
