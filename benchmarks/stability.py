@@ -119,6 +119,9 @@ def run_seed(index, seed, commands, metrics, output_dir, env=None):
     if os.path.isfile(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
+        if done.get("seed") != seed:
+            raise ValueError(f"{result_path} was run with --seed {done.get('seed')}, not {seed}: keep --base-seed "
+                             f"as it was, or use another --output-dir")
         logger.info("seed %d (%d): finished before, not re-run", index, seed)
         return done["metrics"]
     os.makedirs(out, exist_ok=True)
@@ -220,7 +223,8 @@ def _check_config(output_dir, config):
 
 def run(commands, metrics, seeds, output_dir):
     """Run every seed (skipping finished ones), write stability.{md,json,png}. Returns the summary dict."""
-    config = {"commands": commands, "metrics": [list(m) for m in metrics], "seeds": list(seeds)}
+    # Seeds are not part of it: asking for more seeds later runs only the new ones.
+    config = {"commands": commands, "metrics": [list(m) for m in metrics]}
     _check_config(output_dir, config)
     env = dict(os.environ)
     env.setdefault("PYTHON", sys.executable)  # the launchers' interpreter: this one, which has paddle
