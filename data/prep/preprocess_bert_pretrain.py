@@ -590,35 +590,27 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
     blocks = plan_blocks(files, max(1, int(block_size_mb * _MB)), input_format)
     logger.info("%d input files -> %d blocks; vocab %s (%d tokens)", len(files), len(blocks),
                 settings.vocab_file, tok.vocab_size)
-    counts, documents, text_chars, tokens, unk = {}, 0, 0, 0, 0
-    held = {"files": {}, "documents": 0}
     # The output locations first: an unwritable --sink is reported before a cluster is started. Both are
     # renamed into place only when every block is done: never a training set without its hold-out.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output_dir(sink, overwrite=overwrite))
         holdout_tmp = stack.enter_context(atomic_output_dir(holdout_sink, overwrite=overwrite)) if holdout_sink else None
         client = stack.enter_context(_dask_client(schedule, scheduler, num_workers, threads_per_worker))
-        for stats in _run_blocks(client, blocks, settings, tmp, holdout_tmp):
-            counts.update(stats["files"])
-            documents += stats["documents"]
-            text_chars += stats["text_chars"]
-            tokens, unk = tokens + stats["tokens"], unk + stats["unk_tokens"]
-            if "holdout" in stats:
-                held["files"].update(stats["holdout"]["files"])
-                held["documents"] += stats["holdout"]["documents"]
-        _check_unknown(tokens, unk, settings)  # inside the block: an all-[UNK] dataset is never written
-        if sum(counts.values()) == 0:
+        total, held = _tally(_run_blocks(client, blocks, settings, tmp, holdout_tmp))
+        _check_unknown(total["tokens"], total["unk_tokens"], settings)  # inside: an all-[UNK] set is never written
+        if sum(total["files"].values()) == 0:
             raise ValueError(f"the corpus {', '.join(map(str, sources))} produced zero instances "
-                             f"({documents} documents after sampling)")
+                             f"({total['documents']} documents after sampling)")
         if holdout_tmp is not None:
             if sum(held["files"].values()) == 0:
                 raise ValueError(f"--holdout-fraction {settings.holdout_fraction} held out {held['documents']} "
                                  f"documents, which gave zero instances; raise it (or give a larger corpus)")
             fmt.write_num_samples(holdout_tmp, held["files"])
-        fmt.write_num_samples(tmp, counts)
-    summary = {"blocks": len(blocks), "documents": documents, "instances": sum(counts.values()),
-               "files": len(counts), "text_chars": text_chars, "seconds": time.perf_counter() - started,
-               "sink": os.path.abspath(sink), "unk_rate": unk / tokens if tokens else 0.0}
+        fmt.write_num_samples(tmp, total["files"])
+    counts, tokens = total["files"], total["tokens"]
+    summary = {"blocks": len(blocks), "documents": total["documents"], "instances": sum(counts.values()),
+               "files": len(counts), "text_chars": total["text_chars"], "seconds": time.perf_counter() - started,
+               "sink": os.path.abspath(sink), "unk_rate": total["unk_tokens"] / tokens if tokens else 0.0}
     if holdout_sink:
         summary.update(holdout_sink=os.path.abspath(holdout_sink), holdout_documents=held["documents"],
                        holdout_instances=sum(held["files"].values()))
@@ -627,6 +619,20 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
     logger.info("wrote %(instances)d instances from %(documents)d documents into %(files)d files in %(sink)s "
                 "(%(seconds).1f s)", summary)
     return summary
+
+
+def _tally(block_stats):
+    """Sum `process_block` results: (training totals, hold-out totals), each with 'files' {basename: rows} and
+    the counters 'documents', 'text_chars', 'tokens', 'unk_tokens'."""
+    totals = [{"files": {}, "documents": 0, "text_chars": 0, "tokens": 0, "unk_tokens": 0} for _ in range(2)]
+    for stats in block_stats:
+        for total, part in zip(totals, (stats, stats.get("holdout"))):
+            if part is None:
+                continue
+            total["files"].update(part["files"])
+            for key in ("documents", "text_chars", "tokens", "unk_tokens"):
+                total[key] += part[key]
+    return totals
 
 
 def _holdout_sink(settings, sink, holdout_sink):
