@@ -47,8 +47,9 @@ class UpdateProgress:
         self.last_sequences, self.last_tokens = 0, 0
         self._clock = clock
         self.started = clock()
-        self._bar = progress_bar(total=self.total_steps, desc=desc, unit="step", disable=disable)
-        self._bar.update(self.start_step)
+        # `initial`: the resumed steps show as done without making tqdm's own rate and ETA look faster.
+        self._bar = progress_bar(total=self.total_steps, desc=desc, unit="step", disable=disable,
+                                 initial=self.start_step)
 
     def record(self, step, sequences, tokens):
         """One optimizer update done: `sequences` and `tokens` trained by it (all ranks)."""
