@@ -141,3 +141,14 @@ def test_holdout_sink_without_fraction_is_refused(data, tmp_path):
         preprocess_bert_pretrain.main(["--source", data[3], "--sink", str(tmp_path / "s"), "--vocab-file",
                                        data[2], "--holdout-sink", str(tmp_path / "h"), "--num-workers", "0"])
     assert not (tmp_path / "s").exists()
+
+
+def test_standalone_evaluation_errors_exit_2_with_one_line(data, tmp_path, capsys):
+    import run_pretraining_inference
+    train, holdout, vocab, _ = data
+    base = ["--input-dir", holdout, "--vocab-file", vocab, "--bert-model", "bert-tiny", "--device", "cpu",
+            "--max-seq-length", "128"]
+    assert run_pretraining_inference.cli(["--init-checkpoint", str(tmp_path / "none"), *base]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --init-checkpoint '{tmp_path / 'none'}' does not exist"
+    assert run_pretraining_inference.cli(["--init-checkpoint", train, *base, "--max-seq-length", "1024"]) == 2
+    assert "exceeds max_position_embeddings" in capsys.readouterr().err
