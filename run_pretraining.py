@@ -26,8 +26,9 @@ import os
 import sys
 
 from tasks import flags as common
-from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, RunSettings,
-                          section, train_config)
+from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
+                          RunSettings, section, train_config)
+from utils.checkpoint import resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
 
@@ -46,9 +47,14 @@ def build_parser():
     glob.add_argument("--log-freq", type=int, default=10, help="log every N updates")
     glob.add_argument("--num-steps-per-checkpoint", type=int, default=100,
                       help="save every N updates (and at the end)")
+    glob.add_argument("--steps-this-run", type=int, default=None,
+                      help="run at most N updates in this invocation, save a checkpoint and exit 0; run the same "
+                           "command with --from-checkpoint <phase dir> --last-step-of-checkpoint auto to "
+                           "continue exactly (fits a long phase into a cluster's job time limit)")
     glob.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept per phase (>= 2)")
     glob.add_argument("--from-pretrained-params", default=None,
-                      help="initialise parameters (no optimizer state) from this .pdparams / step dir")
+                      help="initialise parameters (no optimizer state) from this .pdparams, step dir, or phase "
+                           "dir (its latest complete step)")
     glob.add_argument("--from-checkpoint", default=None,
                       help="resume: a phase directory (with --last-step-of-checkpoint auto|N) or a step dir")
     glob.add_argument("--last-step-of-checkpoint", default=None,
@@ -65,6 +71,18 @@ def build_parser():
     glob.add_argument("--num-workers", type=int, default=2, help="data loader worker processes")
     glob.add_argument("--sequence-length-alignment", type=int, default=64,
                       help="pad each batch's length up to a multiple of this")
+    evaluation = parser.add_argument_group("Validation")
+    evaluation.add_argument("--eval-dir", default=None,
+                            help="held-out shards (same formats as --input-dir, e.g. preprocessing's "
+                                 "--holdout-sink): masked-LM and NSP loss and accuracy on a fixed set of their "
+                                 "batches, every --eval-freq updates and at the end, into the report")
+    evaluation.add_argument("--num-eval-batches", type=int, default=None,
+                            help="batches of --eval-dir evaluated each time (default: all of one pass)")
+    evaluation.add_argument("--eval-freq", type=int, default=None,
+                            help="evaluate every N updates (default: --num-steps-per-checkpoint); always at "
+                                 "the end of the phase and of the invocation")
+    evaluation.add_argument("--eval-batch-size", type=int, default=None,
+                            help="sequences per evaluation batch (default: --batch-size)")
     common.add_model_args(parser)
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser)
@@ -123,6 +141,8 @@ def validate_args(args):
     for flag in ("from_pretrained_params", "from_phase1_final_params"):
         if getattr(args, flag):
             common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
+    pretrained = args.from_pretrained_params and resolve_init_path(args.from_pretrained_params, args.model_prefix)
+    steps_this_run, evaluation = _check_steps_this_run(args), _evaluation(args)
     if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
     precision, optim = PrecisionConfig.from_args(args), OptimConfig.from_args(args)
@@ -136,9 +156,36 @@ def validate_args(args):
     return PretrainConfig(
         phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
         optim=optim, precision=precision, data=section(PretrainData, args),
-        checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step),
+        checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step,
+                              from_pretrained_params=pretrained),
         run=section(RunSettings, args, report_file=report_file),
-        flags=dict(sorted({**vars(args), "phase": phase, "report_file": report_file}.items())))
+        flags=dict(sorted({**vars(args), "phase": phase, "report_file": report_file}.items())),
+        steps_this_run=steps_this_run, evaluation=evaluation)
+
+
+def _check_steps_this_run(args):
+    """--steps-this-run: None or an int > 0; a benchmark writes no checkpoint to continue from."""
+    if args.steps_this_run is None:
+        return None
+    common.require_positive(args, "steps_this_run")
+    if args.benchmark:
+        raise ValueError("--steps-this-run stops with a checkpoint to continue from, and --benchmark writes "
+                         "none: drop one of them")
+    return args.steps_this_run
+
+
+def _evaluation(args):
+    """The validation settings (tasks.config.PretrainEval), or None without --eval-dir."""
+    extra = [f for f in ("num_eval_batches", "eval_freq", "eval_batch_size") if getattr(args, f) is not None]
+    if args.eval_dir is None:
+        if extra:
+            raise ValueError(f"--{extra[0].replace('_', '-')} needs --eval-dir (the held-out shards to evaluate)")
+        return None
+    common.require_existing("--eval-dir", args.eval_dir, "dir")
+    common.require_positive(args, *extra)
+    return PretrainEval(eval_dir=args.eval_dir, num_eval_batches=args.num_eval_batches,
+                        eval_freq=args.eval_freq or args.num_steps_per_checkpoint,
+                        batch_size=args.eval_batch_size or args.batch_size)
 
 
 def main(argv=None):

@@ -48,6 +48,11 @@
 #                         bert_configs/*.json, else custom (bert-large-uncased without a config file)
 #   KEEP_CHECKPOINTS, SEQUENCE_LENGTH_ALIGNMENT   passed on as --keep-checkpoints / --sequence-length-
 #                         alignment when set (run_pretraining.py's defaults otherwise)
+#   STEPS_THIS_RUN        at most this many updates per phase in this invocation (--steps-this-run): the
+#                         phase saves a checkpoint and the script exits 0 without starting phase 2 while
+#                         phase 1 is unfinished; run the same command again to continue exactly
+#   EVAL_DIR_PHASE1, EVAL_DIR_PHASE2   held-out shards for that phase's validation (--eval-dir; e.g. the
+#                         preprocessing's --holdout-sink), with NUM_EVAL_BATCHES / EVAL_FREQ when set
 #
 # Data preparation (only for a phase whose dataset dir is missing or empty): data.prep.preprocess_bert_pretrain
 # (phase 1 unbinned at 128 tokens, 20 predictions; phase 2 at 512 tokens, 80 predictions, binned by
@@ -138,6 +143,9 @@ need_choice fuse_mha 32 "$fuse_mha" true false
   die "KEEP_CHECKPOINTS must be an integer, got '${KEEP_CHECKPOINTS}'"
 [[ -z ${SEQUENCE_LENGTH_ALIGNMENT:-} || ${SEQUENCE_LENGTH_ALIGNMENT} =~ ^[0-9]+$ ]] ||
   die "SEQUENCE_LENGTH_ALIGNMENT must be an integer, got '${SEQUENCE_LENGTH_ALIGNMENT}'"
+for knob in STEPS_THIS_RUN NUM_EVAL_BATCHES EVAL_FREQ; do
+  [[ -z ${!knob:-} || ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be an integer > 0, got '${!knob}'"
+done
 
 # Absolute paths: every command below runs from code_dir (so `python -m data.*` imports work), and the
 # printed commands mean the same wherever they are pasted.
@@ -250,6 +258,16 @@ esac
 [[ $fuse_mha == true ]] && common_flags+=(--fuse-mha)
 [[ -n ${KEEP_CHECKPOINTS:-} ]] && common_flags+=(--keep-checkpoints="$KEEP_CHECKPOINTS")
 [[ -n ${SEQUENCE_LENGTH_ALIGNMENT:-} ]] && common_flags+=(--sequence-length-alignment="$SEQUENCE_LENGTH_ALIGNMENT")
+[[ -n ${STEPS_THIS_RUN:-} && $enable_benchmark != true ]] && common_flags+=(--steps-this-run="$STEPS_THIS_RUN")
+eval_flags() {  # <phase>: --eval-dir and its knobs when EVAL_DIR_PHASE<phase> is set
+  local dir_var=EVAL_DIR_PHASE$1
+  [[ -n ${!dir_var:-} ]] || return 0
+  printf '%s\n' "--eval-dir=$(absolute "${!dir_var}")"
+  [[ -z ${NUM_EVAL_BATCHES:-} ]] || printf '%s\n' "--num-eval-batches=$NUM_EVAL_BATCHES"
+  [[ -z ${EVAL_FREQ:-} ]] || printf '%s\n' "--eval-freq=$EVAL_FREQ"
+}
+mapfile -t eval1 < <(eval_flags 1)
+mapfile -t eval2 < <(eval_flags 2)
 bench_flags=()
 [[ $enable_benchmark == true ]] &&
   bench_flags=(--benchmark --benchmark-steps="$benchmark_steps" --benchmark-warmup-steps="$benchmark_warmup_steps")
@@ -282,8 +300,14 @@ run_logged 1 $(( train_batch_size * num_gpus * gradient_accumulation_steps )) \
   "${launcher[@]}" "$code_dir/run_pretraining.py" --phase1 --input-dir="$data_dir_phase1" "${common_flags[@]}" \
   --batch-size="$train_batch_size" --max-seq-length=128 --max-predictions-per-seq=20 \
   --max-steps="$train_steps" --warmup-proportion="$warmup_proportion" --learning-rate="$learning_rate" \
-  --gradient-merge-steps="$gradient_accumulation_steps" "${resume1[@]}" "${bench_flags[@]}" \
+  --gradient-merge-steps="$gradient_accumulation_steps" "${resume1[@]}" "${bench_flags[@]}" "${eval1[@]}" \
   --report-file="$RESULTS_DIR/dllogger_p1.json"
+if [[ $DRY_RUN != 1 && -n ${STEPS_THIS_RUN:-} && $enable_benchmark != true ]] &&
+    [[ ! -f $RESULTS_DIR/$bert_model/phase1/$train_steps/progress.json ]]; then
+  printf '%s: phase 1 stopped after STEPS_THIS_RUN=%s updates; run the same command again to continue\n' \
+    "$PROG" "$STEPS_THIS_RUN" >&2
+  exit 0
+fi
 [[ $DRY_RUN == 1 ]] || printf '%s: finished phase 1\n' "$PROG" >&2
 
 # ------------------------------------------------------------------------------------------ phase 2
@@ -297,6 +321,6 @@ run_logged 2 $(( train_batch_size_phase2 * num_gpus * gradient_accumulation_step
   --batch-size="$train_batch_size_phase2" --max-seq-length=512 --max-predictions-per-seq=80 \
   --max-steps="$train_steps_phase2" --warmup-proportion="$warmup_proportion_phase2" \
   --learning-rate="$learning_rate_phase2" --gradient-merge-steps="$gradient_accumulation_steps_phase2" \
-  "${resume2[@]}" "${bench_flags[@]}" --report-file="$RESULTS_DIR/dllogger_p2.json"
+  "${resume2[@]}" "${bench_flags[@]}" "${eval2[@]}" --report-file="$RESULTS_DIR/dllogger_p2.json"
 [[ $DRY_RUN == 1 ]] || printf '%s: finished phase 2\n' "$PROG" >&2
 report_missing

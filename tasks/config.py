@@ -126,6 +126,16 @@ class PretrainData:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainEval:
+    """Validation during pretraining (`--eval-dir` and its flags, validated): the first `num_eval_batches`
+    batches (None: one whole pass) of `batch_size` sequences of `eval_dir`, every `eval_freq` updates."""
+    eval_dir: str
+    num_eval_batches: Optional[int]
+    eval_freq: int
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Checkpointing:
     """Where pretraining checkpoints go and where a run starts from.
 
@@ -150,7 +160,9 @@ class PretrainConfig:
 
     Fields: phase (1 | 2); max_steps (updates of the phase); max_nonfinite_steps; model
     (modeling.BertConfig, vocab size from the vocab file); optim, precision, data, checkpointing, run
-    (the sections); flags (every parsed flag as given, for the report's PARAMETER record).
+    (the sections); flags (every parsed flag as given, for the report's PARAMETER record);
+    steps_this_run (None, or the most updates this invocation runs before it saves and exits);
+    evaluation (PretrainEval or None).
     """
     phase: int
     max_steps: int
@@ -162,6 +174,8 @@ class PretrainConfig:
     checkpointing: Checkpointing
     run: RunSettings
     flags: dict
+    steps_this_run: Optional[int] = None
+    evaluation: Optional[PretrainEval] = None
 
     @property
     def total_steps(self):

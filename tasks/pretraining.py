@@ -25,9 +25,10 @@ from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir)
-from utils.logger import progress as progress_bar
 from tasks.config import train_config
 from tasks.engine import run_updates
+from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
+from tasks.progress import UpdateProgress
 from utils.metric_window import MetricWindow
 from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
@@ -78,6 +79,8 @@ class PretrainSession:
             world_size=self.world, seed=cfg.run.seed, num_workers=data.num_workers,
             sequence_length_alignment=data.sequence_length_alignment,
             max_predictions_per_seq=data.max_predictions_per_seq, max_seq_length=data.max_seq_length)
+        self.eval_batches = self._eval_batches()
+        self.evaluator = None  # built with the program, in run()
         try:
             self._claim_output(self.source)
             self.train_cfg = train_config(cfg.optim, cfg.precision, total_steps=self.total_steps,
@@ -86,6 +89,20 @@ class PretrainSession:
             self.bundle = program_lib.build_pretraining(cfg.model, self.train_cfg)
         except BaseException:
             self.close()
+            raise
+
+    def _eval_batches(self):
+        """The fixed evaluation set of --eval-dir (rank 0 only: it alone evaluates), or None."""
+        ev, data = self.cfg.evaluation, self.cfg.data
+        if ev is None or self.rank != 0:
+            return None
+        try:
+            return load_eval_batches(ev.eval_dir, vocab_file=data.vocab_file, batch_size=ev.batch_size,
+                                     num_batches=ev.num_eval_batches, max_seq_length=data.max_seq_length,
+                                     max_predictions_per_seq=data.max_predictions_per_seq,
+                                     sequence_length_alignment=data.sequence_length_alignment)
+        except BaseException:
+            self.loader.close()
             raise
 
     # ------------------------------------------------------------------------------------------------
@@ -229,15 +246,20 @@ class PretrainSession:
     # Training
 
     def run(self):
-        """Initialise, train to `total_steps` updates, save the final checkpoint, write the summary.
+        """Initialise, train to `total_steps` updates (or --steps-this-run more), save the final checkpoint,
+        write the summary.
 
         Returns:
-          dict of final metrics: global_step, e2e_train_time, raw_train_time,
-          training_sequences_per_second, final_loss and the last logged interval's values; for a phase
+          dict of final metrics: global_step, finished (False when --steps-this-run stopped the phase
+          early), e2e_train_time, raw_train_time, training_sequences_per_second,
+          training_tokens_per_second, final_loss and the last logged interval's values; for a phase
           that was already finished, global_step and already_finished=True.
         """
         restored = self._initialise()
         step = restored.global_step if restored is not None else 0
+        if self.eval_batches is not None:
+            self.evaluator = PretrainEvaluator(self.rt.exe, self.bundle.eval_program, self.bundle.eval_fetches,
+                                               self.eval_batches)
         append = restored is not None and os.path.exists(self.cfg.run.report_file)
         metrics = build_metric_logger(self.rank, self.cfg.run.report_file, append=append,
                                       total_steps=self.total_steps)
@@ -248,38 +270,42 @@ class PretrainSession:
                 logger.info("phase %d already finished (step %d of %d)", self.cfg.phase, step,
                             self.total_steps)
                 return {"global_step": step, "already_finished": True}
-            return self._train(step, metrics)
+            stop = step + self.cfg.steps_this_run if self.cfg.steps_this_run else self.total_steps
+            return self._train(step, min(stop, self.total_steps), metrics)
         finally:
             metrics.close()
 
-    def _train(self, step, metrics):
-        """The loop (`tasks.engine.run_updates`). Micro-batches run without fetching anything: the metrics
-        accumulate on the device and are read every --log-freq updates (`utils.metric_window`), so a GPU
-        is never made to wait. Dropout is re-seeded before every micro-batch from its global index, which
-        is what makes a resumed run equal an uninterrupted one."""
+    def _train(self, step, stop, metrics):
+        """The loop (`tasks.engine.run_updates`) from `step` to `stop` (the phase's end, or sooner with
+        --steps-this-run). Micro-batches run without fetching anything: the metrics accumulate on the
+        device and are read every --log-freq updates (`utils.metric_window`), so a GPU is never made to
+        wait. Dropout is re-seeded before every micro-batch from its global index, which is what makes a
+        resumed run (or one split by --steps-this-run) equal an uninterrupted one."""
         c = self.cfg
         window = MetricWindow(self.rt.exe, self.bundle.metrics, self.rt.place, self.bundle.fetches["lr"].name,
                               getattr(self.bundle.fetches.get("loss_scaling"), "name", None),
                               c.optim.gradient_merge_steps)
         self.guard.total = window.counters()[0]  # a resumed run restored the counters with the checkpoint
-        bar = progress_bar(total=self.total_steps, desc=f"phase {c.phase}", unit="step",
-                           disable=None if self.rank == 0 else True)
-        bar.update(step)
+        progress = UpdateProgress(self.total_steps, step, desc=f"phase {c.phase}",
+                                  disable=None if self.rank == 0 else True)
         last = {}
 
         def after_update(new_step, _fetched, _lr):
             nonlocal last
-            window.add_sequences(c.data.batch_size * c.optim.gradient_merge_steps * self.world)
-            bar.update(1)
-            last = self._after_update(new_step, window, last, metrics)
+            window.add_sequences(progress.last_sequences, progress.last_tokens)
+            last = self._after_update(new_step, stop, window, progress, last, metrics)
 
-        result = run_updates(
-            self.rt.exe, self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy),
-            self._batches(), start_step=step, total_steps=self.total_steps,
-            merge_steps=c.optim.gradient_merge_steps, lr_scheduler=self.bundle.lr_scheduler, world_size=self.world,
-            before_micro_batch=lambda micro: paddle.seed(micro_batch_seed(c.run.seed, self.rank, micro)),
-            after_update=after_update, benchmark_warmup_steps=c.run.benchmark_warmup_steps if c.run.benchmark else None)
-        bar.close()
+        try:
+            result = run_updates(
+                self.rt.exe, self.rt.runnable(self.bundle.main_program, self.bundle.build_strategy),
+                self._batches(), start_step=step, total_steps=stop,
+                merge_steps=c.optim.gradient_merge_steps, lr_scheduler=self.bundle.lr_scheduler,
+                world_size=self.world,
+                before_micro_batch=lambda micro: paddle.seed(micro_batch_seed(c.run.seed, self.rank, micro)),
+                after_update=after_update, progress=progress,
+                benchmark_warmup_steps=c.run.benchmark_warmup_steps if c.run.benchmark else None)
+        finally:
+            progress.close()
         return self._finish(result, last, metrics)
 
     def _batches(self):
@@ -293,18 +319,28 @@ class PretrainSession:
                 raise ValueError(f"--input-dir '{self.cfg.data.input_dir}' gives no full batch of "
                                  f"{self.cfg.data.batch_size} on each of {self.world} process(es)")
 
-    def _after_update(self, step, window, last, metrics):
-        """Log every --log-freq updates and save checkpoints. Returns the latest logged metrics."""
+    def _after_update(self, step, stop, window, progress, last, metrics):
+        """Log every --log-freq updates (with the phase ETA and tokens/s), evaluate every --eval-freq
+        updates, save checkpoints; all three also at `stop`. Returns the latest logged metrics."""
         c = self.cfg
-        is_last = step == self.total_steps
+        is_last = step == stop
         if step % c.run.log_freq == 0 or is_last:
             last = window.read() or last
-            metrics.log(last, step=step)
+            eta = progress.eta_seconds()
+            metrics.log({**last, **({"eta_seconds": eta} if eta is not None else {})}, step=step)
             self.guard.observe(step, *window.counters())
+        if self.evaluator is not None and (step % c.evaluation.eval_freq == 0 or is_last):
+            self._evaluate(step, metrics)
         if not c.run.benchmark and self.manager.is_save_step(step, c.checkpointing.num_steps_per_checkpoint, is_last):
             self.guard.observe(step, *window.counters())  # never checkpoint a run that has diverged
             self.manager.save(self.rt.exe, self.bundle.main_program, self._progress(step, last))
         return last
+
+    def _evaluate(self, step, metrics):
+        """Validation metrics of the fixed --eval-dir set into the report, at the same step as training's."""
+        result = self.evaluator.evaluate()
+        metrics.log({k: v for k, v in result.items() if k.startswith("eval_")}, step=step)
+        return result
 
     def _progress(self, step, last):
         return Progress(phase=self.cfg.phase, global_step=step, epoch=self.loader.epoch,
@@ -318,11 +354,19 @@ class PretrainSession:
     def _finish(self, result, last, metrics):
         summary = {"e2e_train_time": time.time() - self.start_time, "raw_train_time": result.elapsed,
                    "training_sequences_per_second": result.sequences_per_second,
+                   "training_tokens_per_second": result.tokens_per_second,
                    "final_loss": last.get("loss") if last else None}
         metrics.log_summary({k: v for k, v in summary.items() if v is not None})
-        logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s", self.cfg.phase, result.step,
-                    summary["final_loss"], summary["training_sequences_per_second"])
-        return {**(last or {}), **summary, "global_step": result.step}
+        if result.step < self.total_steps:
+            logger.info("phase %d stopped at step %d of %d (--steps-this-run %d): continue with the same command "
+                        "and --from-checkpoint %s --last-step-of-checkpoint auto", self.cfg.phase, result.step,
+                        self.total_steps, self.cfg.steps_this_run or 0, self.manager.root_dir)
+        else:
+            logger.info("phase %d done at step %d: final loss %s, %.2f sequences/s, %.0f tokens/s", self.cfg.phase,
+                        result.step, summary["final_loss"], summary["training_sequences_per_second"],
+                        summary["training_tokens_per_second"])
+        return {**(last or {}), **summary, "global_step": result.step,
+                "finished": result.step >= self.total_steps}
 
     def close(self):
         """Stop loader workers and release the output lock (safe to call twice)."""

@@ -25,7 +25,7 @@ import paddle
 
 from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, split_on_whitespace
 from tasks.engine import run_updates
-from utils.checkpoint import latest_step_dir, load_pretrained
+from utils.checkpoint import load_pretrained, resolve_init_path  # noqa: F401 -- resolve_init_path: run_squad
 from utils.fs import atomic_write_bytes, atomic_write_json
 from utils.hf_import import is_hf_checkpoint, load_hf_pretrained
 
@@ -121,17 +121,6 @@ def rank_batches(features, batch_size, rank, world_size, rng):
         yield trim_batch(batch_of_rows(features, rows, is_training=True))[0]
 
 
-def resolve_init_path(path, model_prefix="bert_paddle"):
-    """A pre-training phase directory (`<model>/phase<N>/` holding step directories) -> its latest complete
-    step directory; any other path unchanged (the loaders check it)."""
-    step_dir = None if is_hf_checkpoint(path) else latest_step_dir(path, model_prefix)
-    if step_dir is None:
-        return path
-    logger.info("'%s' is a checkpoint directory: using its latest complete step %s", path,
-                os.path.basename(step_dir))
-    return step_dir
-
-
 _AUTO_NAME = re.compile(r"^(linear|embedding|layer_norm|create_parameter)_\d+\.(w|b)_\d+$")
 
 
@@ -224,7 +213,7 @@ def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, progr
 
     result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
                          merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
-                         fetch_list=[bundle.fetches["loss"]], after_update=after_update,
+                         fetch_list=[bundle.fetches["loss"]], after_update=after_update, progress_desc="squad",
                          benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
     return {"updates": len(losses), "micro_batches": result.micro_batches, "sequences": result.sequences,
             "losses": losses, "e2e_train_time": result.elapsed,

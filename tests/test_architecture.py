@@ -5,7 +5,7 @@ import pytest
 
 from test_layout import REPO, find_cycle, imported_modules, in_package, module_name
 
-ENTRY_POINTS = ("run_pretraining", "run_squad")
+ENTRY_POINTS = ("run_pretraining", "run_squad", "run_pretraining_inference")
 
 
 def project_modules():

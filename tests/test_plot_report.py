@@ -145,3 +145,19 @@ def test_cli_subprocess_reports_error_and_exits_2(tmp_path):
                               str(tmp_path / "x.png")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nope.json" in missing.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_validation_losses_are_drawn_beside_training_at_their_steps(tmp_path):
+    """run_pretraining.py --eval-dir logs eval_* records at training steps (every --eval-freq)."""
+    path = tmp_path / "p1.json"
+    with DLLoggerJSONSink(path) as sink:
+        for s in range(1, 7):
+            sink.log({"loss": 9.0 - s, "learning_rate": 1e-3, "seqs_per_sec": 50.0}, s)
+            if s % 3 == 0:
+                sink.log({"eval_loss": 10.0 - s, "eval_mlm_loss": 9.5 - s, "eval_mlm_acc": 0.1}, s)
+    loss_ax = build_figure(load_phases([path])).axes[0]
+    (evaluation,) = _lines(loss_ax, "eval_loss:0")
+    assert evaluation.get_xdata().tolist() == [3, 6] and evaluation.get_ydata().tolist() == [7.0, 4.0]
+    assert evaluation.get_linestyle() == "--" and evaluation.get_marker() == "o"
+    assert _lines(loss_ax, "loss:0")[0].get_xdata().tolist() == [1, 2, 3, 4, 5, 6]
+    assert "eval_mlm_loss" in [t.get_text() for t in loss_ax.get_legend().get_texts()]

@@ -555,3 +555,39 @@ def test_create_datasets_hint_builds_the_shards_run_pretraining_looks_for(tmp_pa
         assert value(hint_words, flag) == value(prep, flag)
     for flag in ("--no-bin", "--masking"):
         assert flag in hint_words and flag in prep
+
+
+# ------------------------------------------------------------------------------------------ issue 13 knobs
+def test_steps_this_run_stops_the_script_before_phase_2_and_eval_dirs_are_passed(tmp_path, fake_bin):
+    args = _dgx_args(tmp_path)
+    for phase_dir in (args[16], args[17]):
+        Path(phase_dir).mkdir(parents=True)
+        (Path(phase_dir) / "shard-0.parquet").write_bytes(b"x")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    record, results = tmp_path / "record.txt", tmp_path / "results"
+    common = dict(PYTHON=fake_bin / "recorder", RECORD=record, RESULTS_DIR=results, VOCAB_FILE=tmp_path / "vocab.txt",
+                  STEPS_THIS_RUN=50, EVAL_DIR_PHASE1=tmp_path / "held", NUM_EVAL_BATCHES=4)
+    proc = _bash(RUN, args, **common)
+    assert proc.returncode == 0, proc.stderr
+    (phase1,) = _recorded(record)  # phase 1 is unfinished (no step-7038 checkpoint): phase 2 does not start
+    assert "phase 1 stopped after STEPS_THIS_RUN=50" in proc.stderr
+    assert {"--phase1", "--steps-this-run=50", f"--eval-dir={tmp_path}/held", "--num-eval-batches=4"} <= set(phase1)
+    run_pretraining = pytest.importorskip("run_pretraining")
+    assert run_pretraining.build_parser().parse_args(_flags(phase1)).steps_this_run == 50
+    # Once phase 1 has its final checkpoint, the next invocation goes on to phase 2 (without phase 1's eval set).
+    final = results / "bert-large-uncased" / "phase1" / "7038"
+    final.mkdir(parents=True)
+    (final / "progress.json").write_text("{}")
+    record.unlink()
+    proc = _bash(RUN, args, **common)
+    assert proc.returncode == 0, proc.stderr
+    phase1, phase2 = _recorded(record)
+    assert "--phase2" in phase2 and "--steps-this-run=50" in phase2 and not any("--eval-dir" in a for a in phase2)
+    assert _bash(RUN, args, **{**common, "STEPS_THIS_RUN": "0"}).returncode == 2
+
+
+def test_run_sub_passes_steps_this_run(tmp_path):
+    proc = _bash(REPO / "run.sub", **_slurm_env(tmp_path, DRY_RUN=1, GPUS_PER_NODE=8, STEPS_THIS_RUN=300))
+    assert proc.returncode == 0, proc.stderr
+    assert "--steps-this-run=300" in proc.stdout.splitlines()[-1]
+    assert _bash(REPO / "run.sub", **_slurm_env(tmp_path, DRY_RUN=1, STEPS_THIS_RUN="x")).returncode == 2

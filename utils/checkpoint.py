@@ -698,6 +698,18 @@ def latest_step_dir(path, model_prefix="bert_paddle"):
     return None if step is None else manager.step_dir(step)
 
 
+def resolve_init_path(path, model_prefix="bert_paddle"):
+    """A pre-training phase directory (`<model>/phase<N>/` holding step directories) -> its latest complete
+    step directory; any other path unchanged (the loaders check it). What `--from-pretrained-params` of
+    run_pretraining.py and run_squad.py, and run_pretraining_inference.py's `--init-checkpoint`, accept."""
+    step_dir = latest_step_dir(path, model_prefix)  # None for a file, a .pdparams dir or an HF checkpoint dir
+    if step_dir is None:
+        return path
+    logger.info("'%s' is a checkpoint directory: using its latest complete step %s", path,
+                os.path.basename(step_dir))
+    return step_dir
+
+
 def _resolve_params_file(path):
     """A `.pdparams` file from a file path, a prefix, or a directory holding exactly one."""
     if os.path.isfile(path):

@@ -37,15 +37,16 @@ def init_logging(rank=0, level=logging.INFO, stream=None):
     return root
 
 
-def progress(iterable=None, total=None, desc=None, unit="it", disable=None):
+def progress(iterable=None, total=None, desc=None, unit="it", disable=None, initial=0):
     """A tqdm progress bar on stderr, silent when stderr is not a terminal unless forced.
 
     Long steps (extraction, preprocessing, feature conversion) wrap their loops with this so users see
-    that work is moving; logs and CI output stay clean because the bar only draws on a TTY.
+    that work is moving; logs and CI output stay clean because the bar only draws on a TTY. `initial`:
+    work already done before (a resumed run), shown as done but left out of the rate and ETA.
     """
     from tqdm import tqdm
 
     if disable is None:
         disable = not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+                dynamic_ncols=True, mininterval=0.5, initial=initial)

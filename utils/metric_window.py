@@ -29,11 +29,14 @@ class MetricWindow:
     def __init__(self, exe, metrics, place, lr_var, loss_scaling_var=None, merge_steps=1):
         self.exe, self.metrics, self.place = exe, metrics, place
         self.lr_var, self.loss_scaling_var, self.merge_steps = lr_var, loss_scaling_var, merge_steps
-        self.started, self.sequences = time.time(), 0
+        self.started, self.sequences, self.tokens = time.time(), 0, 0
 
-    def add_sequences(self, count):
-        """Count sequences trained (all ranks) for the throughput of the interval."""
+    def add_sequences(self, count, tokens=None):
+        """Count sequences (and, when given, non-padding tokens) trained by all ranks, for the throughput
+        of the interval."""
         self.sequences += count
+        if tokens is not None:
+            self.tokens += tokens
 
     @staticmethod
     def _scalar(name):
@@ -50,8 +53,9 @@ class MetricWindow:
 
         Returns:
           dict with the window's metrics (loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc: means over the
-          micro-batches and ranks), learning_rate, step_time (s per update), seqs_per_sec and, under
-          fp16, loss_scale; {} when no micro-batch ran since the last read.
+          micro-batches and ranks), learning_rate, step_time (s per update), seqs_per_sec, tokens_per_sec
+          (when tokens were counted) and, under fp16, loss_scale; {} when no micro-batch ran since the
+          last read.
         """
         sums = np.asarray(self.exe.run(self.metrics.program, fetch_list=[self.metrics.mean_sums])[0],
                           dtype=np.float64)
@@ -59,13 +63,15 @@ class MetricWindow:
         tensor = paddle.static.global_scope().find_var(self.metrics.sums_var).get_tensor()
         tensor.set(np.zeros(sums.shape, np.float32), self.place)
         now = time.time()
-        elapsed, sequences = max(now - self.started, 1e-9), self.sequences
-        self.started, self.sequences = now, 0
+        elapsed, sequences, tokens = max(now - self.started, 1e-9), self.sequences, self.tokens
+        self.started, self.sequences, self.tokens = now, 0, 0
         if count <= 0:
             return {}
         out = {name: float(value) for name, value in zip(self.metrics.names, sums[:-1] / count)}
         out.update(learning_rate=self._scalar(self.lr_var),
                    step_time=elapsed / max(count / self.merge_steps, 1e-9), seqs_per_sec=sequences / elapsed)
+        if tokens:
+            out["tokens_per_sec"] = tokens / elapsed
         if self.loss_scaling_var is not None:
             out["loss_scale"] = self._scalar(self.loss_scaling_var)
         return out

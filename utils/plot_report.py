@@ -15,7 +15,8 @@ Rules:
     step is not after the previous phase's last global step (its numbering restarted) is shifted by
     that last step (step s is drawn at last + s, or last + 1 + s for a phase counting from 0); a phase
     that already continues the numbering is used as is. A dashed vertical line marks each boundary.
-  - Panels: loss (`loss`, plus `mlm_loss`/`nsp_loss` if present), learning rate (`learning_rate`
+  - Panels: loss (`loss`, plus `mlm_loss`/`nsp_loss` if present, and the validation losses `eval_loss`,
+    `eval_mlm_loss`, `eval_nsp_loss` dashed with markers), learning rate (`learning_rate`
     or `lr`), throughput in seq/s (`seqs_per_sec` or `sequences_per_second`); each phase uses the
     first of those names it logged.
   - Errors (missing or empty report, no step records, nothing to plot, output not .png): one line on
@@ -39,6 +40,8 @@ from utils.report import LR_KEYS, THROUGHPUT_KEYS, read_dllogger_report
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "mlm_loss", "nsp_loss")
+# Validation on held-out shards (run_pretraining.py --eval-dir), drawn in the loss panel beside training's.
+EVAL_LOSS_KEYS = ("eval_loss", "eval_mlm_loss", "eval_nsp_loss")
 FIGSIZE = (8.0, 9.0)  # inches; at the default dpi=100 the PNG is 800 x 900 pixels
 BOUNDARY_GID = "phase-boundary"
 
@@ -144,8 +147,11 @@ def _draw_panel(ax, phases, groups, ylabel):
                 continue
             values = phase.metrics[key]
             keep = ~np.isnan(values)
+            # Validation points are sparse (every --eval-freq updates): dashed with markers, so a single
+            # evaluation still shows.
+            style = {"linestyle": "--", "marker": "o", "markersize": 3} if key.startswith("eval_") else {}
             ax.plot(phase.steps[keep], values[keep], color=f"C{color}", gid=f"{key}:{index}",
-                    label=None if labelled else key)
+                    label=None if labelled else key, **style)
             labelled = drawn = True
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -182,7 +188,7 @@ def build_figure(phases, title=None):
                          f"expected at least one of: {known}")
     fig = Figure(figsize=FIGSIZE)
     axes = fig.subplots(3, 1, sharex=True)
-    if _draw_panel(axes[0], phases, [(k,) for k in LOSS_KEYS], "loss"):
+    if _draw_panel(axes[0], phases, [(k,) for k in LOSS_KEYS + EVAL_LOSS_KEYS], "loss"):
         axes[0].legend(loc="best")  # where it covers the fewest points of the curves
     _draw_panel(axes[1], phases, [LR_KEYS], "learning rate")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))

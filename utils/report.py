@@ -43,6 +43,9 @@ PARAMETER_STEP = "PARAMETER"
 # name of each tuple is the one the reference BERT writes.
 LR_KEYS = ("learning_rate", "lr")
 THROUGHPUT_KEYS = ("seqs_per_sec", "sequences_per_second")
+TOKEN_THROUGHPUT_KEYS = ("tokens_per_sec", "tokens_per_second")
+# Seconds until a phase ends (`tasks.progress.UpdateProgress.eta_seconds`), shown as h:mm:ss.
+ETA_KEYS = ("eta_seconds",)
 _WRITE_MODES = ("w", "a")
 _STEP_NAMES = ("epoch", "step", "iter")
 
@@ -279,6 +282,12 @@ def format_step(step, total_steps=None):
     return " ".join(parts)
 
 
+def format_duration(seconds):
+    """Seconds as "h:mm:ss" (e.g. 3725.2 -> "1:02:05"); negative values count as 0."""
+    total = int(round(max(float(seconds), 0.0)))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
 def format_value(key, value, meta=None):
     """Format one metric for a log line (the rules `StdoutSink` documents).
 
@@ -297,6 +306,10 @@ def format_value(key, value, meta=None):
         return f"{key} {text}{unit}"
     if key in THROUGHPUT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.1f} seq/s"
+    if key in TOKEN_THROUGHPUT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.0f} tok/s"
+    if key in ETA_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"ETA {format_duration(value)}"
     if isinstance(value, float):
         if key in LR_KEYS:
             return f"{key} {value:.1e}"
@@ -313,6 +326,8 @@ class StdoutSink:
     "step 120/7038 | loss 7.2311 | mlm_acc 0.0312 | lr 1.2e-04 | 312.4 seq/s". Formatting rules:
       - a metric with metadata "format"/"unit" (from `log_metadata`) uses them;
       - throughput (`seqs_per_sec`, `sequences_per_second`) -> "312.4 seq/s";
+      - token throughput (`tokens_per_sec`, `tokens_per_second`) -> "40012 tok/s";
+      - the phase ETA (`eta_seconds`) -> "ETA 1:02:05";
       - learning rate (`learning_rate`, `lr`) floats -> 2 significant digits, "1.2e-04";
       - other floats -> 4 decimals if 1e-3 <= |x| < 1e5 (or x is 0, nan or inf), else "1.234e-05";
       - ints, bools and strings -> as is.

@@ -85,6 +85,7 @@ class Settings:
     duplicate_factor: int = 5
     sample_ratio: float = 0.9
     seed: int = 12345
+    holdout_fraction: float = 0.0
 
     def __post_init__(self):
         checks = [
@@ -97,6 +98,7 @@ class Settings:
             (0.0 <= self.short_seq_prob <= 1.0, "--short-seq-prob", "in [0, 1]"),
             (self.duplicate_factor >= 1, "--duplicate-factor", ">= 1"),
             (0.0 < self.sample_ratio <= 1.0, "--sample-ratio", "in (0, 1]"),
+            (0.0 <= self.holdout_fraction < 1.0, "--holdout-fraction", "in [0, 1)"),
             (self.seed >= 0, "--seed", ">= 0"),
         ]
         for ok, flag, want in checks:
@@ -234,13 +236,26 @@ def _keep(text, seed, sample_ratio):
     return int.from_bytes(digest, "little") < sample_ratio * 2.0**64
 
 
-def read_block_documents(block, seed=12345, sample_ratio=1.0):
+# Keys the hold-out hash apart from the sampling hash (same seed), so hold-out and sampling are independent.
+_HOLDOUT_KEY = 0x6B6F6C64
+
+
+def held_out(text, seed, holdout_fraction):
+    """Whether a document goes to the evaluation set: a keyed hash of its text (not its position, so the
+    choice does not depend on blocks or workers), compared with the fraction."""
+    return holdout_fraction > 0 and _keep(text, seed ^ _HOLDOUT_KEY, holdout_fraction)
+
+
+def read_block_documents(block, seed=12345, sample_ratio=1.0, holdout_fraction=0.0, part="train"):
     """The sampled documents of one block, each as a list of sentences.
 
     Args:
       block: Block.
-      seed: int, keys the sampling hash.
+      seed: int, keys the sampling and hold-out hashes.
       sample_ratio: float in (0, 1], fraction of documents kept.
+      holdout_fraction: float in [0, 1), fraction of the kept documents held out for evaluation.
+      part: "train" (the kept documents that are not held out) or "holdout" (the held-out ones): the two
+        never share a document.
 
     Returns:
       list[list[str]].
@@ -248,15 +263,17 @@ def read_block_documents(block, seed=12345, sample_ratio=1.0):
     Raises:
       ValueError: the file is not UTF-8.
     """
+    want_holdout = part == "holdout"
     docs = []
     with corpus.open_binary(block.path) as f:
         if block.fmt == "bert":
             for sentences in _iter_bert_documents(f, block):
-                if _keep("\n".join(sentences), seed, sample_ratio):
+                text = "\n".join(sentences)
+                if _keep(text, seed, sample_ratio) and held_out(text, seed, holdout_fraction) == want_holdout:
                     docs.append(sentences)
         else:
             for text in _iter_line_documents(f, block):
-                if _keep(text, seed, sample_ratio):
+                if _keep(text, seed, sample_ratio) and held_out(text, seed, holdout_fraction) == want_holdout:
                     docs.append(split_sentences(text))
     return docs
 
@@ -408,21 +425,31 @@ def _write_block(table, order, block_id, settings, out_dir):
     return counts
 
 
-def process_block(block, settings, out_dir):
+def process_block(block, settings, out_dir, holdout_dir=None):
     """The Dask task: one block end to end, written as `part.<block_id>.parquet[_<bin>]` into `out_dir`.
 
     Args:
       block: Block.
       settings: Settings.
       out_dir: directory to write into (the sink's temporary directory).
+      holdout_dir: with `settings.holdout_fraction` > 0, where the held-out documents' rows go (the hold-out
+        sink's temporary directory), in files of the same names.
 
     Returns:
       dict: 'files' {basename: rows} (empty when the block yields no rows), 'documents' (kept, non-empty),
       'text_chars' (characters of their sentences), 'tokens' and 'unk_tokens' (WordPiece tokens of those
-      documents, and how many of them are [UNK]).
+      documents, and how many of them are [UNK]); with a hold-out also 'holdout' (the same dict for the
+      held-out documents).
     """
+    stats = _process_part(block, settings, out_dir, "train")
+    if holdout_dir is not None and settings.holdout_fraction > 0:
+        stats["holdout"] = _process_part(block, settings, holdout_dir, "holdout")
+    return stats
+
+
+def _process_part(block, settings, out_dir, part):
     tok, vocab_strings = _tokenizer(settings.vocab_file, settings.do_lower_case)
-    docs_text = read_block_documents(block, settings.seed, settings.sample_ratio)
+    docs_text = read_block_documents(block, settings.seed, settings.sample_ratio, settings.holdout_fraction, part)
     docs = tokenize_documents(docs_text, tok.tokenize_batch, tok.vocab)
     table, order = block_rows(docs, block.block_id, settings, tok.special_ids, vocab_strings)
     files = _write_block(table, order, block.block_id, settings, out_dir) if len(order) else {}
@@ -507,22 +534,22 @@ def _check_unknown(tokens, unk, settings):
                        tokens, 100 * UNK_WARN_RATE, _unk_hint(settings))
 
 
-def _run_blocks(client, blocks, settings, out_dir):
+def _run_blocks(client, blocks, settings, out_dir, holdout_dir=None):
     # Submit the task by its importable name: under `python -m` this file is `__main__`, which workers
     # cannot import, so pickling `process_block` from here would fail or copy it by value.
     task = importlib.import_module("data.prep.preprocess_bert_pretrain").process_block
     if client is None:
-        yield from (task(b, settings, out_dir) for b in progress(blocks, desc="blocks", unit="block"))
+        yield from (task(b, settings, out_dir, holdout_dir) for b in progress(blocks, desc="blocks", unit="block"))
         return
     from distributed import as_completed
 
-    futures = client.map(task, blocks, settings=settings, out_dir=out_dir, pure=False)
+    futures = client.map(task, blocks, settings=settings, out_dir=out_dir, holdout_dir=holdout_dir, pure=False)
     for future in progress(as_completed(futures), total=len(futures), desc="blocks", unit="block"):
         yield future.result()
 
 
 def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num_workers=0,
-        threads_per_worker=1, schedule="local", scheduler=None, overwrite=False):
+        threads_per_worker=1, schedule="local", scheduler=None, overwrite=False, holdout_sink=None):
     """Preprocess `sources` into an LDDL dataset at `sink` (see module docstring).
 
     Args:
@@ -535,44 +562,59 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
       threads_per_worker: int >= 1.
       schedule: 'local' or 'mpi'.
       scheduler: address of a running Dask scheduler, or None.
-      overwrite: replace an existing sink.
+      overwrite: replace an existing sink (and hold-out sink).
+      holdout_sink: with `settings.holdout_fraction` > 0, the directory of the evaluation set: the held-out
+        documents' rows, same settings and layout as the sink, never in the sink (default `<sink>_holdout`).
 
     Returns:
       dict summary: blocks, documents, instances, files, text_chars, seconds, sink, unk_rate (fraction of
-      the tokens that are [UNK]; above UNK_WARN_RATE a warning is logged).
+      the tokens that are [UNK]; above UNK_WARN_RATE a warning is logged); with a hold-out also
+      holdout_sink, holdout_documents, holdout_instances.
 
     Raises:
-      ValueError: bad sources/vocab/flags, output exists, the corpus yields zero instances, or every token
-        is [UNK] (the vocab does not fit the corpus; the first documents are checked before any work).
+      ValueError: bad sources/vocab/flags, output exists, the corpus yields zero instances (or zero held-out
+        ones), or every token is [UNK] (the vocab does not fit the corpus; the first documents are checked
+        before any work).
     """
     started = time.perf_counter()
     if block_size_mb <= 0 or num_workers < 0 or threads_per_worker < 1:
         raise ValueError("--block-size-mb must be > 0, --num-workers >= 0, --local-threads-per-worker >= 1")
-    if os.path.exists(sink) and not overwrite:
-        raise ValueError(f"--sink '{sink}' already exists; remove it or pass --overwrite")
+    holdout_sink = _holdout_sink(settings, sink, holdout_sink)
+    for flag, path in (("--sink", sink), ("--holdout-sink", holdout_sink)):
+        if path is not None and os.path.exists(path) and not overwrite:
+            raise ValueError(f"{flag} '{path}' already exists; remove it or pass --overwrite")
     files = corpus.list_corpus_files(sources)
     tok, _ = _tokenizer(settings.vocab_file, settings.do_lower_case)  # vocab errors surface here, early
     _probe_unknown(tok, files, input_format, settings)
     blocks = plan_blocks(files, max(1, int(block_size_mb * _MB)), input_format)
     logger.info("%d input files -> %d blocks; vocab %s (%d tokens)", len(files), len(blocks),
                 settings.vocab_file, tok.vocab_size)
-    counts, documents, text_chars, tokens, unk = {}, 0, 0, 0, 0
-    # The output location first: an unwritable --sink is reported before a cluster is started.
-    with atomic_output_dir(sink, overwrite=overwrite) as tmp, \
-            _dask_client(schedule, scheduler, num_workers, threads_per_worker) as client:
-        for stats in _run_blocks(client, blocks, settings, tmp):
-            counts.update(stats["files"])
-            documents += stats["documents"]
-            text_chars += stats["text_chars"]
-            tokens, unk = tokens + stats["tokens"], unk + stats["unk_tokens"]
-        _check_unknown(tokens, unk, settings)  # inside the block: an all-[UNK] dataset is never written
-        if sum(counts.values()) == 0:
+    # The output locations first: an unwritable --sink is reported before a cluster is started. Both are
+    # renamed into place only when every block is done: never a training set without its hold-out.
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output_dir(sink, overwrite=overwrite))
+        holdout_tmp = stack.enter_context(atomic_output_dir(holdout_sink, overwrite=overwrite)) if holdout_sink else None
+        client = stack.enter_context(_dask_client(schedule, scheduler, num_workers, threads_per_worker))
+        total, held = _tally(_run_blocks(client, blocks, settings, tmp, holdout_tmp))
+        _check_unknown(total["tokens"], total["unk_tokens"], settings)  # inside: an all-[UNK] set is never written
+        if sum(total["files"].values()) == 0:
             raise ValueError(f"the corpus {', '.join(map(str, sources))} produced zero instances "
-                             f"({documents} documents after sampling)")
-        fmt.write_num_samples(tmp, counts)
-    summary = {"blocks": len(blocks), "documents": documents, "instances": sum(counts.values()),
-               "files": len(counts), "text_chars": text_chars, "seconds": time.perf_counter() - started,
-               "sink": os.path.abspath(sink), "unk_rate": unk / tokens if tokens else 0.0}
+                             f"({total['documents']} documents after sampling)")
+        if holdout_tmp is not None:
+            if sum(held["files"].values()) == 0:
+                raise ValueError(f"--holdout-fraction {settings.holdout_fraction} held out {held['documents']} "
+                                 f"documents, which gave zero instances; raise it (or give a larger corpus)")
+            fmt.write_num_samples(holdout_tmp, held["files"])
+        fmt.write_num_samples(tmp, total["files"])
+    counts, tokens = total["files"], total["tokens"]
+    summary = {"blocks": len(blocks), "documents": total["documents"], "instances": sum(counts.values()),
+               "files": len(counts), "text_chars": total["text_chars"], "seconds": time.perf_counter() - started,
+               "sink": os.path.abspath(sink), "unk_rate": total["unk_tokens"] / tokens if tokens else 0.0}
+    if holdout_sink:
+        summary.update(holdout_sink=os.path.abspath(holdout_sink), holdout_documents=held["documents"],
+                       holdout_instances=sum(held["files"].values()))
+        logger.info("held out %(holdout_instances)d instances from %(holdout_documents)d documents in "
+                    "%(holdout_sink)s (never in the training sink)", summary)
     logger.info("wrote %(instances)d instances from %(documents)d documents into %(files)d files in %(sink)s "
                 "(%(seconds).1f s)", summary)
     if settings.sample_ratio < 1.0:  # the reference's default 0.9 silently drops a tenth of a corpus
@@ -580,6 +622,34 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
                     "of its text and --seed); --sample-ratio 1 keeps them all", settings.sample_ratio,
                     100 * settings.sample_ratio)
     return summary
+
+
+def _tally(block_stats):
+    """Sum `process_block` results: (training totals, hold-out totals), each with 'files' {basename: rows} and
+    the counters 'documents', 'text_chars', 'tokens', 'unk_tokens'."""
+    totals = [{"files": {}, "documents": 0, "text_chars": 0, "tokens": 0, "unk_tokens": 0} for _ in range(2)]
+    for stats in block_stats:
+        for total, part in zip(totals, (stats, stats.get("holdout"))):
+            if part is None:
+                continue
+            total["files"].update(part["files"])
+            for key in ("documents", "text_chars", "tokens", "unk_tokens"):
+                total[key] += part[key]
+    return totals
+
+
+def _holdout_sink(settings, sink, holdout_sink):
+    """The hold-out directory to write, or None without --holdout-fraction. Raises ValueError for a hold-out
+    sink without a fraction, or one that is the sink itself."""
+    if settings.holdout_fraction <= 0:
+        if holdout_sink is not None:
+            raise ValueError("--holdout-sink needs --holdout-fraction > 0 (the fraction of documents to hold out)")
+        return None
+    holdout_sink = holdout_sink or os.path.normpath(sink) + "_holdout"
+    if os.path.abspath(holdout_sink) == os.path.abspath(sink):
+        raise ValueError(f"--holdout-sink '{holdout_sink}' is --sink itself: the evaluation set must be "
+                         f"written apart from the training shards")
+    return holdout_sink
 
 
 def _parser():
@@ -614,6 +684,12 @@ def _parser():
                    help="fraction of documents kept, chosen by a hash of each document and --seed (LDDL's "
                         "default; 1 keeps all)")
     p.add_argument("--seed", type=int, default=12345, help="seed of sampling, pairing and masking")
+    p.add_argument("--holdout-fraction", type=float, default=0.0,
+                   help="fraction of the (sampled) documents written to --holdout-sink instead of --sink: an "
+                        "evaluation set (run_pretraining.py --eval-dir) that training never sees; chosen by a "
+                        "keyed hash of each document (deterministic by --seed)")
+    p.add_argument("--holdout-sink", default=None,
+                   help="directory of the held-out shards (default: <sink>_holdout)")
     p.add_argument("--num-workers", "--local-n-workers", dest="num_workers", type=int,
                    default=os.cpu_count() or 1, help="local Dask worker processes (0: run in this process)")
     p.add_argument("--local-threads-per-worker", type=int, default=1, help="threads of each local Dask worker")
@@ -638,11 +714,12 @@ def main(argv=None):
         target_seq_length=args.target_seq_length, bin_size=None if args.no_bin else args.bin_size,
         masking=args.masking, max_predictions_per_seq=args.max_predictions_per_seq,
         masked_lm_ratio=args.masked_lm_ratio, short_seq_prob=args.short_seq_prob,
-        duplicate_factor=args.duplicate_factor, sample_ratio=args.sample_ratio, seed=args.seed)
+        duplicate_factor=args.duplicate_factor, sample_ratio=args.sample_ratio, seed=args.seed,
+        holdout_fraction=args.holdout_fraction)
     return run(settings, sources, args.sink, block_size_mb=args.block_size_mb,
                input_format=args.input_format, num_workers=args.num_workers,
                threads_per_worker=args.local_threads_per_worker, schedule=args.schedule,
-               scheduler=args.scheduler, overwrite=args.overwrite)
+               scheduler=args.scheduler, overwrite=args.overwrite, holdout_sink=args.holdout_sink)
 
 
 def cli(argv=None):

@@ -1,0 +1,131 @@
+"""Evaluate a pretraining checkpoint on any shards: masked-LM and NSP loss and accuracy, and with --benchmark the
+inference throughput (what the PyTorch seed's run_pretraining_inference.py does).
+
+Usage (from the repo root):
+    python run_pretraining_inference.py --init-checkpoint results/bert-tiny/phase2 \\
+        --input-dir demo_output/pretrain/phase1/unbinned/parquet_holdout --vocab-file demo_output/vocab.txt \\
+        --bert-model bert-tiny --max-seq-length 128 --max-predictions-per-seq 20 --device cpu
+    ... --benchmark --benchmark-warmup-steps 5 --benchmark-steps 20      # sequences/s of the forward pass
+
+Owns: the command line and its validation. The evaluation itself -- the fixed batches, the `for_test` program
+(no dropout), the token- and sequence-weighted metrics -- is `tasks.pretrain_eval`, the same code that
+run_pretraining.py --eval-dir runs during training, so the numbers of the two agree for the same checkpoint
+and shards. `--init-checkpoint` takes a `.pdparams` file (or prefix), a step directory, or a phase directory
+(its latest complete step), as run_squad.py's `--from-pretrained-params` does.
+
+Output: one log line with the metrics, the same as a DLLogger summary record in `--report-file` when given;
+`main` returns them. Exit status 0, or 2 with one `error:` line for bad flags, files or checkpoints.
+"""
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
+import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
+
+import argparse
+import logging
+import os
+import sys
+
+from tasks import flags as common
+from tasks.config import PrecisionConfig, train_config
+
+logger = logging.getLogger("run_pretraining_inference")
+
+
+def build_parser():
+    parser = common.Parser(description="Masked-LM / NSP evaluation of a pretraining checkpoint.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("Evaluation")
+    group.add_argument("--init-checkpoint", required=True,
+                       help="parameters to evaluate: .pdparams, step dir, or phase dir (its latest complete step)")
+    group.add_argument("--input-dir", required=True,
+                       help="shards to evaluate (LDDL Parquet or NVIDIA HDF5, e.g. preprocessing's --holdout-sink)")
+    group.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    group.add_argument("--num-eval-batches", type=int, default=None,
+                       help="batches evaluated (default: one whole pass; with --benchmark: warm-up + measured)")
+    group.add_argument("--max-seq-length", type=int, default=512, help="longest sequence allowed")
+    group.add_argument("--max-predictions-per-seq", type=int, default=80,
+                       help="cap of masked tokens per sequence (dynamic masking)")
+    group.add_argument("--sequence-length-alignment", type=int, default=64,
+                       help="pad each batch's length up to a multiple of this")
+    common.add_model_args(parser)
+    common.add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=5)
+    return parser
+
+
+def validate_args(args):
+    """Check flags and files before any runtime starts. Returns (BertConfig, init path, batches to take).
+
+    Raises:
+      ValueError: naming the flag and the fix.
+    """
+    common.require_positive(args, "batch_size", "max_seq_length", "max_predictions_per_seq",
+                            "sequence_length_alignment", "benchmark_steps")
+    common.require_positive(args, "benchmark_warmup_steps", allow_zero=("benchmark_warmup_steps",))
+    if args.num_eval_batches is not None:
+        common.require_positive(args, "num_eval_batches")
+    common.require_existing("--input-dir", args.input_dir, "dir")
+    if not (os.path.exists(args.init_checkpoint) or os.path.isfile(args.init_checkpoint + ".pdparams")):
+        raise ValueError(f"--init-checkpoint '{args.init_checkpoint}' does not exist")
+    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)
+    if args.max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds max_position_embeddings "
+                         f"{model_cfg.max_position_embeddings} of {config_path}")
+    num_batches = args.num_eval_batches
+    if args.benchmark:
+        num_batches = args.benchmark_warmup_steps + args.benchmark_steps
+    from utils.checkpoint import resolve_init_path
+    return model_cfg, resolve_init_path(args.init_checkpoint, args.model_prefix), num_batches
+
+
+def main(argv=None):
+    """Parse, validate, evaluate.
+
+    Returns:
+      dict: eval_loss, eval_mlm_loss, eval_mlm_acc, eval_nsp_loss, eval_nsp_acc, eval_sequences,
+      eval_masked_tokens, e2e_inference_time, inference_sequences_per_second (with --benchmark over the
+      measured batches only).
+
+    Raises:
+      ValueError: bad flags, shards or checkpoint (as a command: one `error:` line, exit status 2).
+    """
+    args = build_parser().parse_args(argv)
+    model_cfg, init_path, num_batches = validate_args(args)
+    import program as program_lib
+    from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
+    from utils.checkpoint import load_pretrained
+    from utils.report import build_metric_logger
+    from utils.runtime import init_runtime
+
+    batches = load_eval_batches(args.input_dir, vocab_file=args.vocab_file, batch_size=args.batch_size,
+                                num_batches=num_batches, max_seq_length=args.max_seq_length,
+                                max_predictions_per_seq=args.max_predictions_per_seq,
+                                sequence_length_alignment=args.sequence_length_alignment)
+    if args.benchmark and len(batches) <= args.benchmark_warmup_steps:
+        raise ValueError(f"--input-dir '{args.input_dir}' gives {len(batches)} batches of {args.batch_size}: not "
+                         f"more than --benchmark-warmup-steps {args.benchmark_warmup_steps}; lower it")
+    rt = init_runtime(args.device, seed=args.seed, cpu_affinity=args.enable_cpu_affinity)
+    precision = PrecisionConfig(amp={"amp": "off"}, fuse_mha=False)  # fp32 forward: what CPUs run exactly
+    bundle = program_lib.build_pretraining(model_cfg, train_config(None, precision, total_steps=1, seed=args.seed,
+                                                                   device=rt.device))
+    rt.exe.run(bundle.startup_program)
+    load_pretrained(rt.exe, bundle.main_program, init_path)
+    evaluator = PretrainEvaluator(rt.exe, bundle.eval_program, bundle.eval_fetches, batches)
+    result = evaluator.evaluate(benchmark_warmup=args.benchmark_warmup_steps if args.benchmark else None)
+    metrics = build_metric_logger(0, args.report_file)
+    try:
+        if args.show_config:
+            metrics.log_parameters(dict(sorted({**vars(args), "init_checkpoint_resolved": init_path}.items())))
+        metrics.log_summary(result)
+    finally:
+        metrics.close()
+    return result
+
+
+def cli(argv=None):
+    """`main` as a command; returns the exit status (0, or 2 with one `error:` line)."""
+    from utils.cli import run_cli
+
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
