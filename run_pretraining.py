@@ -218,11 +218,12 @@ def _report_outcome(cfg, metrics):
 
     if DistEnv.from_env().rank != 0:
         return
-    path = outcome.write_results(cfg.run.report_file, metrics)
+    if not metrics.get("already_finished"):  # a re-run of a finished phase keeps the real run's figures
+        logger.info("results: %s", outcome.write_results(cfg.run.report_file, metrics))
     ckpt = cfg.checkpointing
     step_dir = os.path.join(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase), str(metrics["global_step"]))
-    logger.info("results: %s", path)
-    for line in outcome.pretraining_next_steps(cfg, step_dir if os.path.isdir(step_dir) else None):
+    for line in outcome.pretraining_next_steps(cfg, step_dir if os.path.isdir(step_dir) else None,
+                                               metrics["global_step"]):
         logger.info("%s", line)
 
 

@@ -22,14 +22,22 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 
 
+_SKIP = object()
+
+
 def _plain(value):
-    """A JSON-safe scalar (numpy numbers become Python ones, non-finite floats null), or None to skip."""
-    if isinstance(value, bool) or isinstance(value, (int, str)) or value is None:
+    """A JSON-safe scalar (numpy numbers become Python ones, non-finite floats null), or _SKIP for a
+    container or anything else that is not one number or string."""
+    if isinstance(value, (bool, int, str)) or value is None:
         return value
+    if isinstance(value, (list, tuple, dict, set)) or getattr(value, "ndim", 0) > 0:
+        return _SKIP
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return None
+        return _SKIP
+    if number.is_integer() and getattr(value, "dtype", None) is not None and value.dtype.kind in "iu":
+        return int(number)
     return number if math.isfinite(number) else None
 
 
@@ -53,11 +61,8 @@ def write_results(report_file, results):
     Returns:
       the path written.
     """
-    flat = {}
-    for key, value in results.items():
-        plain = _plain(value)
-        if plain is not None or value is None:
-            flat[key] = plain
+    flat = {key: _plain(value) for key, value in results.items()}
+    flat = {key: value for key, value in flat.items() if value is not _SKIP}
     path = results_path(report_file)
     atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True) + "\n")
     return path
@@ -67,18 +72,23 @@ def _command(words):
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def pretraining_next_steps(cfg, step_dir):
-    """What to run after a pretraining phase whose last checkpoint is `step_dir` (None: none written).
+def pretraining_next_steps(cfg, step_dir, step):
+    """What to run after a pretraining invocation that ended at `step` with its last checkpoint in
+    `step_dir` (None: none written).
 
     Args:
-      cfg: tasks.config.PretrainConfig of the finished phase.
-      step_dir: the final checkpoint's directory, or None (benchmark runs write none).
+      cfg: tasks.config.PretrainConfig of the invocation.
+      step_dir: the last checkpoint's directory, or None (benchmark runs write none).
+      step: the global step reached.
 
     Returns:
       list of str lines for the log.
     """
     if step_dir is None:
         return ["next: this run wrote no checkpoint (benchmark mode); drop --benchmark to train"]
+    if step < cfg.max_steps:  # --steps-this-run ended the invocation before the phase's end
+        return [f"next: phase {cfg.phase} is at step {step} of {cfg.max_steps}: run the same command again "
+                "(with --from-checkpoint <phase dir> --last-step-of-checkpoint auto) to continue exactly"]
     ckpt = cfg.checkpointing
     if cfg.phase == 1:
         return ["next: phase 2 (sequence length 512) from these parameters: the same command with",

@@ -529,9 +529,3 @@ def test_script_refuses_bf16_inference_on_this_cpu_in_one_line(data, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (f"error: --infer-dtype bfloat16: {support.reason}; use "
                                                     "--infer-dtype float32")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
-
-
-def test_results_file_names_follow_the_report():
-    from tasks.outcome import results_path
-    assert results_path("/r/squad/report.json") == "/r/squad/results.json"
-    assert results_path("/r/dllogger_p1.json") == "/r/dllogger_p1.results.json"
