@@ -82,6 +82,6 @@ def sequence_classification_loss(logits, labels):
       float32 scalar.
     """
     if logits.shape[-1] == 1:
-        diff = logits.astype("float32") - labels.astype("float32")
-        return paddle.mean(diff * diff)
+        diff = paddle.subtract(logits.astype("float32"), labels.astype("float32"))
+        return paddle.mean(paddle.multiply(diff, diff))
     return _mean_cross_entropy(logits, labels)

@@ -168,7 +168,8 @@ def _check_numbers(args):
 def validate_args(args):
     """Check every flag, file and cross-flag rule before any work; resolve them into a Plan.
 
-    The TSV files the run will read are read here too (a malformed row fails before any training).
+    Every TSV file the run needs must exist; `main` then reads them all before the runtime starts, so a
+    malformed row fails before anything is built or written.
 
     Raises:
       ValueError: naming the flag (and file:line) and the fix.
