@@ -1,7 +1,8 @@
-"""Losses and accuracies for BERT pre-training and SQuAD span extraction (static-graph ops).
+"""Losses and accuracies for BERT pre-training, SQuAD span extraction and GLUE (static-graph ops).
 
 Owns: `BertPretrainingCriterion` (masked-LM + next-sentence cross-entropy, with accuracies),
-`squad_span_loss` and `sequence_classification_loss` (GLUE). Does not own: the heads that produce the logits (`modeling.py`) or the optimizer.
+`squad_span_loss` and `sequence_classification_loss` (GLUE). Does not own: the heads that produce the
+logits (`modeling.py`) or the optimizer.
 
 Reductions follow Google's BERT: the MLM loss is the mean over predicted tokens only (labels != -1),
 the NSP loss the mean over the batch, and the pre-training loss is their sum. Cross-entropy uses

@@ -1,8 +1,9 @@
 """BERT layers and task heads for Paddle's legacy static graph, plus the architecture config.
 
 Owns: `BertConfig` (strict JSON loading), the encoder (`BertModel`), the pre-training heads
-(`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`)
-and `select_attention_impl`, which picks the attention kernel for `--fuse-mha`.
+(`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`), the
+GLUE sentence(-pair) head (`BertForSequenceClassification`, `classifier.*`) and `select_attention_impl`,
+which picks the attention kernel for `--fuse-mha`.
 Does not own: losses (`loss.py`), optimizers and LR (`optimizer.py`, `lr_scheduler.py`), feeds,
 programs or AMP (`program.py`), or checkpoint I/O. Importing this module has no side effects; callers
 build the layers inside `paddle.static.program_guard` after `paddle.enable_static()`.

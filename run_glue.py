@@ -185,11 +185,10 @@ def validate_args(args):
     if args.max_seq_length < minimum:
         raise ValueError(f"--max-seq-length must be >= {minimum} for {spec.name}, got {args.max_seq_length}")
     for split in _splits_needed(spec, do_train, do_eval, do_predict):
-        path = split_path(args.data_dir, split)
-        if not os.path.isfile(path):
-            raise ValueError(f"--data-dir '{args.data_dir}' has no {split}.tsv, which {spec.name} "
-                             f"{'training' if split == 'train' else 'evaluation' if split.startswith('dev') else 'prediction'}"
-                             f" needs (python -m data.prep.download glue fetches the GLUE layout)")
+        if not os.path.isfile(split_path(args.data_dir, split)):
+            use = {"train": "training", "dev": "evaluation", "test": "prediction"}[split.split("_")[0]]
+            raise ValueError(f"--data-dir '{args.data_dir}' has no {split}.tsv, which {spec.name} {use} needs "
+                             f"(python -m data.prep.download glue fetches the GLUE layout)")
     out_dir = os.path.join(args.output_dir, args.bert_model, "glue", spec.name)
     finetune.check_writable("--output-dir", args.output_dir, out_dir)
     if args.report_file:

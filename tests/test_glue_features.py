@@ -214,7 +214,8 @@ def test_pair_features_layout_and_truncation():
     assert feats.token_type_ids[1].tolist() == [0, 0, 0, 1, 1, 1, 0]
     assert feats.seq_lengths.tolist() == [7, 6] and feats.labels.tolist() == [1, 0] and feats.truncated == 1
     batch = G.batch_of_rows(feats, [1, 0])
-    assert batch["attention_mask"].shape == (2, 1, 1, 7) and batch["attention_mask"][0, 0, 0].tolist() == [1] * 6 + [0]
+    assert batch["attention_mask"].shape == (2, 1, 1, 7)
+    assert batch["attention_mask"][0, 0, 0].tolist() == [1] * 6 + [0]
     assert batch["labels"].tolist() == [[0], [1]] and batch["labels"].dtype == np.int64
 
 
