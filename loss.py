@@ -1,7 +1,8 @@
-"""Losses and accuracies for BERT pre-training and SQuAD span extraction (static-graph ops).
+"""Losses and accuracies for BERT pre-training, SQuAD span extraction and GLUE (static-graph ops).
 
-Owns: `BertPretrainingCriterion` (masked-LM + next-sentence cross-entropy, with accuracies) and
-`squad_span_loss`. Does not own: the heads that produce the logits (`modeling.py`) or the optimizer.
+Owns: `BertPretrainingCriterion` (masked-LM + next-sentence cross-entropy, with accuracies),
+`squad_span_loss` and `sequence_classification_loss` (GLUE). Does not own: the heads that produce the
+logits (`modeling.py`) or the optimizer.
 
 Reductions follow Google's BERT: the MLM loss is the mean over predicted tokens only (labels != -1),
 the NSP loss the mean over the batch, and the pre-training loss is their sum. Cross-entropy uses
@@ -68,3 +69,20 @@ def squad_span_loss(start_logits, end_logits, start_positions, end_positions):
     """
     return (_mean_cross_entropy(start_logits, start_positions)
             + _mean_cross_entropy(end_logits, end_positions)) / 2.0
+
+
+def sequence_classification_loss(logits, labels):
+    """GLUE loss, as HF's `BertForSequenceClassification`: mean cross-entropy over the batch for class
+    logits, mean squared error for a single regression output (STS-B).
+
+    Args:
+      logits: float [B, C]; C == 1 means regression.
+      labels: int64 [B, 1] class ids (C > 1) or float32 [B, 1] targets (C == 1).
+
+    Returns:
+      float32 scalar.
+    """
+    if logits.shape[-1] == 1:
+        diff = paddle.subtract(logits.astype("float32"), labels.astype("float32"))
+        return paddle.mean(paddle.multiply(diff, diff))
+    return _mean_cross_entropy(logits, labels)

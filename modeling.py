@@ -1,8 +1,9 @@
 """BERT layers and task heads for Paddle's legacy static graph, plus the architecture config.
 
 Owns: `BertConfig` (strict JSON loading), the encoder (`BertModel`), the pre-training heads
-(`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`)
-and `select_attention_impl`, which picks the attention kernel for `--fuse-mha`.
+(`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`), the
+GLUE sentence(-pair) head (`BertForSequenceClassification`, `classifier.*`) and `select_attention_impl`,
+which picks the attention kernel for `--fuse-mha`.
 Does not own: losses (`loss.py`), optimizers and LR (`optimizer.py`, `lr_scheduler.py`), feeds,
 programs or AMP (`program.py`), or checkpoint I/O. Importing this module has no side effects; callers
 build the layers inside `paddle.static.program_guard` after `paddle.enable_static()`.
@@ -523,3 +524,33 @@ class BertForQuestionAnswering(nn.Layer):
         sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
         start, end = paddle.unbind(self.qa_outputs(sequence_output), axis=-1)
         return start, end
+
+
+class BertForSequenceClassification(nn.Layer):
+    """BertModel + sentence(-pair) head: pooled output -> dropout -> dense to `num_labels`.
+
+    Named as Hugging Face's `BertForSequenceClassification` (`classifier.weight` / `classifier.bias`), so its
+    fine-tuned checkpoints load and ours export. Dropout is `hidden_dropout_prob`, as HF's default.
+
+    Args:
+      cfg: BertConfig.
+      num_labels: int >= 1 (1 = a regression score, e.g. STS-B).
+      attention_impl: as `BertModel`.
+    """
+
+    def __init__(self, cfg, num_labels, attention_impl="plain"):
+        super().__init__()
+        if not is_int(num_labels) or num_labels < 1:
+            raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+        self.bert = BertModel(cfg, attention_impl)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = _linear(cfg.hidden_size, num_labels, "classifier", cfg)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        """Feeds as `BertModel.forward`.
+
+        Returns:
+          logits float [B, num_labels] (for num_labels 1: the predicted score in column 0).
+        """
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(pooled))

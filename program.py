@@ -1,8 +1,8 @@
-"""Static-program builders for BERT pre-training and SQuAD: config in, named bundle out.
+"""Static-program builders for BERT pre-training, SQuAD and GLUE: config in, named bundle out.
 
 Owns: the feed specification (`FEED_SPECS` / `create_feeds`, the single source of feed names, shapes
 and dtypes that the data loaders must yield), `TrainConfig` (the training knobs the builders need),
-`build_pretraining`, `build_squad`, `build_dist_strategy` (fleet: AMP, gradient merge, build
+`build_pretraining`, `build_squad`, `build_glue`, `build_dist_strategy` (fleet: AMP, gradient merge, build
 strategy) and `to_bf16_inference`. Does not own: running anything (never calls `exe.run`), files,
 fleet initialisation (`fleet.init` happens in `utils/dist` before building with use_fleet=True),
 stepping the LR scheduler, or checkpoints.
@@ -73,6 +73,13 @@ FEED_SPECS = {
         FeedSpec("end_positions", (-1, 1)),         # [B, 1] answer end token index
     ),
     "squad_predict": _COMMON_FEEDS,
+    "glue": _COMMON_FEEDS + (
+        FeedSpec("labels", (-1, 1)),                # [B, 1] class id
+    ),
+    "glue_regression": _COMMON_FEEDS + (
+        FeedSpec("labels", (-1, 1), "float32"),     # [B, 1] target score (STS-B)
+    ),
+    "glue_predict": _COMMON_FEEDS,
 }
 
 
@@ -80,7 +87,7 @@ def create_feeds(kind):
     """Create the `paddle.static.data` feed variables of one task in the current program.
 
     Args:
-      kind: "pretraining" | "squad" | "squad_predict" (see FEED_SPECS for names, shapes, dtypes).
+      kind: a key of FEED_SPECS (e.g. "pretraining", "squad", "glue"; see it for names, shapes, dtypes).
 
     Returns:
       dict name -> Variable, in FEED_SPECS order.
@@ -613,6 +620,56 @@ def build_squad(model_cfg, train_cfg, is_training=True):
                          eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
                          optimizer=opt, attention_impl=impl, build_strategy=build,
                          amp_optimizer=amp_opt)
+
+
+def build_glue(model_cfg, train_cfg, num_labels, is_training=True):
+    """Build the GLUE sentence(-pair) classification / regression programs.
+
+    Args:
+      model_cfg: modeling.BertConfig.
+      train_cfg: TrainConfig (optimizer fields unused when is_training is False).
+      num_labels: int, classifier width; 1 = regression (STS-B: MSE loss, float32 labels).
+      is_training: False builds a predict-only bundle (as `build_squad`).
+
+    Returns:
+      ProgramBundle. eval_program feeds input_ids, token_type_ids, attention_mask and fetches logits
+      (float32 [B, num_labels]). When training, main_program also feeds labels ([B, 1]: int64 class ids,
+      float32 for regression) and fetches loss (mean cross-entropy or MSE, float32 scalar), logits, lr
+      and, with AMP, loss_scaling.
+
+    Raises:
+      RuntimeError: as `build_pretraining`. ValueError: num_labels < 1.
+    """
+    main, startup = _new_programs(train_cfg.seed)
+    impl = _attention_impl(train_cfg)
+    kind = "glue_regression" if num_labels == 1 else "glue"
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        feeds = create_feeds(kind if is_training else "glue_predict")
+        model = modeling.BertForSequenceClassification(model_cfg, num_labels, impl)
+        logits = {"logits": model(feeds["input_ids"], feeds["token_type_ids"], feeds["attention_mask"])}
+        # Cloned before the loss exists, so prediction needs no label feed.
+        eval_program = main.clone(for_test=True)
+        eval_names = tuple(spec.name for spec in FEED_SPECS["glue_predict"])
+        if not is_training:
+            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl)
+        loss = loss_lib.sequence_classification_loss(logits["logits"], feeds["labels"])
+        lr, opt, amp_opt, extra, build = _minimize(loss, train_cfg, impl, main, startup,
+                                                   eval_program=eval_program)
+    return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
+                         feed_names=tuple(feeds), eval_feed_names=eval_names,
+                         fetches={"loss": loss, **logits, **extra},
+                         eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
+                         optimizer=opt, attention_impl=impl, build_strategy=build,
+                         amp_optimizer=amp_opt)
+
+
+def _predict_only_bundle(eval_program, startup, feed_names, outputs, impl):
+    """A ProgramBundle whose main program is the for_test forward: no optimizer, no LR scheduler."""
+    fetches = _vars_of(eval_program, outputs)
+    return ProgramBundle(main_program=eval_program, startup_program=startup, eval_program=eval_program,
+                         feed_names=feed_names, eval_feed_names=feed_names, fetches=fetches,
+                         eval_fetches=fetches, lr_scheduler=None, optimizer=None, attention_impl=impl,
+                         build_strategy=None)
 
 
 def to_bf16_inference(eval_program):

@@ -38,17 +38,15 @@ import paddle
 import program
 from tasks import outcome
 from data.features.squad import FeatureParams, examples_to_features, load_or_build_features
-from modeling import BertConfig
+from tasks import finetune
 from tasks import flags as common
 from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
 from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
-                         resolve_init_path, save_params, saved_config_next_to, single_question_example, train)
-from tokenizer import BertTokenizer, check_vocab_case, load_vocab, special_token_ids
+                         save_params, single_question_example, train)
+from tokenizer import BertTokenizer
 from utils import runtime, squad_metrics
 from utils.amp_state import init_pure_fp16
 from utils.cli import run_cli
-from utils.fs import probe_writable
-from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 from utils.report import build_metric_logger
 from utils.runtime import DistEnv, init_runtime, resolve_device
 from utils.squad_metrics import check_v1_answerable
@@ -194,43 +192,17 @@ def _check_files(args, do_train, do_predict):
 
 def _init_path(args, do_train):
     """(path, require_qa_head) of the weights to start from; never None (no silent random init)."""
-    if args.from_checkpoint and args.from_pretrained_params:
-        raise ValueError("--from-checkpoint and --from-pretrained-params are exclusive: give the fine-tuned "
-                         "model OR the pretrained BERT to fine-tune")
-    flag = "--from-checkpoint" if args.from_checkpoint else "--from-pretrained-params"
-    path = args.from_checkpoint or args.from_pretrained_params
-    if path is None:
-        raise ValueError("give --from-pretrained-params (a pretrained BERT to fine-tune) or --from-checkpoint "
-                         "(a fine-tuned SQuAD model); random initialisation is not supported")
-    if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
-        raise ValueError(f"{flag} '{path}' does not exist")
-
-    path = resolve_init_path(path, args.model_prefix)
+    found = finetune.init_path(args.from_checkpoint, args.from_pretrained_params, args.model_prefix, do_train,
+                               "SQuAD")
     if args.last_step_of_checkpoint is not None:
         logger.warning("--last-step-of-checkpoint is ignored: SQuAD fine-tuning has no resume")
-    # Only fine-tuning from a pretrained encoder may start the QA head from random values.
-    return path, not (do_train and args.from_pretrained_params)
+    return found
 
 
 def _model_config(args, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
-
-    vocab_size = len(load_vocab(args.vocab_file))
-    found = None
-    if args.config_file is None and is_hf_checkpoint(init_path):
-        found = hf_checkpoint_files(init_path)[1]
-        cfg = bert_config_from_hf(found) if found else None
-    elif args.config_file is None and saved_config_next_to(init_path):
-        found = saved_config_next_to(init_path)
-        cfg = BertConfig.from_json_file(found)
-    if found is None:
-        return common.resolve_bert_config(args.bert_model or DEFAULT_BERT_MODEL, args.config_file,
-                                          args.vocab_file)[0]
-    if cfg.vocab_size != vocab_size:
-        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{args.vocab_file}' "
-                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
-    logger.info("model config from the checkpoint: %s", found)
-    return cfg
+    return finetune.model_config(args.bert_model or DEFAULT_BERT_MODEL, args.config_file, args.vocab_file,
+                                 init_path)
 
 
 def _model_name(args, model_cfg):
@@ -247,16 +219,7 @@ def _model_name(args, model_cfg):
 
 def _check_vocab(args):
     """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case."""
-
-    vocab = load_vocab(args.vocab_file)  # its errors (empty, not UTF-8, ...) name the file
-    special_token_ids(vocab, args.vocab_file)
-    try:
-        check_vocab_case(vocab, args.do_lower_case, args.vocab_file)
-    except ValueError:  # reworded: check_vocab_case speaks in keyword arguments, a user in flags
-        state, fix = ("uncased", "add --do-lower-case") if not args.do_lower_case else ("cased", "drop "
-                                                                                     "--do-lower-case")
-        raise ValueError(f"--vocab-file '{args.vocab_file}' is {state} but --do-lower-case is "
-                         f"{'set' if args.do_lower_case else 'not set'}: {fix}") from None
+    finetune.check_vocab(args.vocab_file, args.do_lower_case)
 
 
 def _check_numbers(args):
@@ -279,22 +242,7 @@ def _check_numbers(args):
         raise ValueError(in_flag_terms(str(err))) from None
 
 
-def _check_writable(flag, value, directory):
-    """Refuse an output `directory` that could not be created or written, before any work
-    (`utils.fs.probe_writable`: nothing is created). `value` is what the user gave for `flag`.
-
-    Raises:
-      ValueError: naming the flag, its value and what blocks it (a file in the way, or no write
-        permission / a read-only file system).
-    """
-    try:
-        probe_writable(directory)
-    except NotADirectoryError as err:
-        raise ValueError(f"{flag} '{value}' cannot be written: '{err.filename}' is a file, "
-                         "not a directory") from None
-    except OSError as err:
-        raise ValueError(f"{flag} '{value}' cannot be written: no write permission in '{err.filename}' (or a "
-                         f"read-only file system); give a {flag} you can write to") from None
+_check_writable = finetune.check_writable
 
 
 def _check_outputs(args, out_dir):

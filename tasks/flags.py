@@ -1,4 +1,4 @@
-"""Command-line flags shared by run_pretraining.py and run_squad.py, and their validation helpers.
+"""Command-line flags shared by run_pretraining.py, run_squad.py and run_glue.py, and their validation helpers.
 
 Owns: the flag groups both programs have (model, runtime, AMP, optimizer, benchmark), with the NVIDIA
 reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); `str2bool`;
@@ -124,7 +124,8 @@ def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
     group.add_argument("--report-file", default=None,
                        help="DLLogger JSON-lines report, written by rank 0 (default: report.json beside the "
                             "run's outputs: <output-dir>/<bert-model>/phase<N>/ when pretraining, "
-                            "<output-dir>/<bert-model>/squad/ for SQuAD)")
+                            "<output-dir>/<bert-model>/squad/ for SQuAD, "
+                            "<output-dir>/<bert-model>/glue/<Task>/ for GLUE)")
     group.add_argument("--show-config", type=str2bool, default=True,
                        help="log every argument at start (default: %(default)s)")
     group.add_argument("--enable-cpu-affinity", type=str2bool, default=True,

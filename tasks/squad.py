@@ -103,7 +103,7 @@ def trim_batch(batch, multiple=SEQ_ALIGN):
     return out, length
 
 
-def rank_batches(features, batch_size, rank, world_size, rng):
+def rank_batches(features, batch_size, rank, world_size, rng, make_batch=None):
     """One epoch of training feeds for one rank: a shared permutation, every world_size-th row.
 
     Args:
@@ -111,14 +111,18 @@ def rank_batches(features, batch_size, rank, world_size, rng):
       batch_size: int, rows per micro-batch.
       rank, world_size: ints; every rank draws the same permutation (same rng state) and takes its slice.
       rng: numpy.random.Generator, advanced by one permutation.
+      make_batch: rows -> training feed dict, for another task's features (GLUE); default SQuAD's.
 
     Yields:
-      feed dicts (int64 arrays, trimmed with `trim_batch`) with the SQuAD training feeds.
+      feed dicts (int64 arrays, trimmed with `trim_batch`) with the task's training feeds.
     """
+    if make_batch is None:
+        def make_batch(rows):
+            return batch_of_rows(features, rows, is_training=True)
     order = rng.permutation(len(features))[rank::world_size][:rows_per_rank(len(features), world_size)]
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start:start + batch_size])
-        yield trim_batch(batch_of_rows(features, rows, is_training=True))[0]
+        yield trim_batch(make_batch(rows))[0]
 
 
 _AUTO_NAME = re.compile(r"^(linear|embedding|layer_norm|create_parameter)_\d+\.(w|b)_\d+$")
@@ -136,7 +140,8 @@ def _reference_checkpoint_hint(path):
     return ""
 
 
-def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
+def init_parameters(exe, program, path, *, require_qa_head, vocab_size, head_prefix=QA_HEAD_PREFIX,
+                    head_name="SQuAD answer head", task="SQuAD"):
     """Initialise `program` from our `.pdparams` (file, prefix or step dir) or an HF checkpoint.
 
     Args:
@@ -145,6 +150,8 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
       path: str, the --from-pretrained-params / --from-checkpoint value (see `resolve_init_path`).
       require_qa_head: bool; False lets the QA head start from its random init (fine-tuning an encoder).
       vocab_size: int, the vocab file's size (HF word embeddings must match it).
+      head_prefix, head_name, task: the task head's parameter prefix and how messages name it and the task
+        (GLUE: "classifier", "classification head", "GLUE").
 
     Returns:
       dict parameter name -> where it came from (summarised in the log, per parameter at DEBUG).
@@ -155,7 +162,7 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
     """
     # The QA head may always be absent at load time, so that a missing head alone gets its own message
     # below (a pretrained encoder where a fine-tuned model was needed) instead of "another model".
-    allow = (QA_HEAD_PREFIX,)
+    allow = (head_prefix,)
     if is_hf_checkpoint(path):
         sources = load_hf_pretrained(exe, program, path, allow_missing_prefixes=allow, vocab_size=vocab_size)
     else:
@@ -165,8 +172,8 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size):
             raise ValueError(f"{err}{_reference_checkpoint_hint(path)}") from None
     fresh = sorted(n for n, s in sources.items() if "NEWLY" in s)
     if require_qa_head and fresh:
-        raise ValueError(f"'{path}' has no SQuAD answer head ({', '.join(fresh)}): it is a pretrained BERT, not "
-                         f"a fine-tuned SQuAD model; fine-tune it first (--mode train or train_eval with "
+        raise ValueError(f"'{path}' has no {head_name} ({', '.join(fresh)}): it is a pretrained BERT, not "
+                         f"a fine-tuned {task} model; fine-tune it first (--mode train or train_eval with "
                          f"--from-pretrained-params) or give a fine-tuned model to --from-checkpoint")
     return sources
 
@@ -176,7 +183,7 @@ def _log_update(metrics, epoch, update, loss, lr, opts, updates):
         metrics.log({"loss": loss, "learning_rate": lr}, (epoch, update))
 
 
-def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, program=None):
+def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, program=None, make_batch=None):
     """Fine-tune: run micro-batches until the planned number of optimizer updates is done.
 
     Args:
@@ -188,6 +195,7 @@ def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, progr
       rank, world_size: this process's place (each rank trains on its slice of every epoch).
       metrics: utils.report.MetricLogger or None.
       program: what to run instead of bundle.main_program (e.g. a CompiledProgram), optional.
+      make_batch: as `rank_batches` (another task's features, e.g. GLUE's), optional.
 
     Returns:
       dict: updates, micro_batches, sequences (all ranks), losses (mean loss of each update, list of float),
@@ -195,7 +203,7 @@ def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, progr
     """
     per_epoch, updates = plan_updates(len(features), opts, world_size)
     rng, k = np.random.default_rng(opts.seed), opts.gradient_merge_steps
-    logger.info("training: %d windows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
+    logger.info("training: %d rows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
                 len(features), per_epoch, updates, opts.batch_size, k, world_size)
     losses, epoch = [], [0]
 
@@ -204,7 +212,7 @@ def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, progr
             if index >= opts.epochs and not opts.benchmark:
                 return
             epoch[0] = index
-            yield from rank_batches(features, opts.batch_size, rank, world_size, rng)
+            yield from rank_batches(features, opts.batch_size, rank, world_size, rng, make_batch)
 
     def after_update(step, fetched, lr):
         losses.append(float(np.mean([float(np.asarray(values[0]).reshape(-1)[0]) for values in fetched])))

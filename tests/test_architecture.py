@@ -5,7 +5,7 @@ import pytest
 
 from test_layout import REPO, find_cycle, imported_modules, in_package, module_name
 
-ENTRY_POINTS = ("run_pretraining", "run_squad", "run_pretraining_inference")
+ENTRY_POINTS = ("run_pretraining", "run_squad", "run_glue", "run_pretraining_inference")
 
 
 def project_modules():
@@ -31,8 +31,8 @@ def test_no_import_cycle_in_the_project():
 
 @pytest.mark.parametrize("importer, forbidden", [
     ("utils", "program"), ("utils", "data"), ("utils", "tasks"),
-    ("utils", "run_pretraining"), ("utils", "run_squad"),
-    ("tasks", "run_pretraining"), ("tasks", "run_squad"), ("data", "tasks"), ("data", "program"),
+    ("utils", "run_pretraining"), ("utils", "run_squad"), ("utils", "run_glue"),
+    ("tasks", "run_pretraining"), ("tasks", "run_squad"), ("tasks", "run_glue"), ("data", "tasks"), ("data", "program"),
     ("program", "tasks"), ("modeling", "program"), ("modeling", "tasks"),
 ])
 def test_layers_point_down(importer, forbidden):

@@ -2,7 +2,8 @@
 
 Owns: recognising an HF checkpoint path, reading its `config.json` into a `modeling.BertConfig`, mapping HF
 tensor names and layouts onto our parameter names (`convert_hf_state`, pure numpy), and writing the result
-into an initialised program (`load_hf_pretrained`), logging where every parameter came from.
+into an initialised program (`load_hf_pretrained`), logging where every parameter came from, and the way back
+(`to_hf_state`: our parameters, e.g. a fine-tuned GLUE classifier, in HF's layout).
 Does not own: our own `.pdparams` checkpoints (`utils.checkpoint.load_pretrained`), building programs, or
 downloading anything.
 
@@ -209,6 +210,31 @@ def convert_hf_state(hf_state, param_shapes, allow_missing_prefixes=(), vocab_si
     for name in param_shapes:
         sources.setdefault(name, NEWLY_INITIALIZED)
     return arrays, sources, ignored
+
+
+def to_hf_state(state, vocab_size):
+    """Our parameters in Hugging Face's layout (pure numpy): the inverse of `convert_hf_state`'s mapping.
+
+    Names are kept (ours are HF's, `bert.` prefix included; a GLUE model's `classifier.*` is what HF's
+    `BertForSequenceClassification` loads); `nn.Linear` weights are transposed back to [out, in]; the padded
+    rows of the word embeddings and `cls.predictions.bias` are cut to `vocab_size`.
+
+    Args:
+      state: dict our name -> ndarray (e.g. a fine-tuned `.pdparams`).
+      vocab_size: int, the true vocabulary size (BertConfig.vocab_size).
+
+    Returns:
+      dict HF name -> float32 ndarray, ready for `safetensors.numpy.save_file`.
+    """
+    out = {}
+    for name, value in state.items():
+        value = np.asarray(value, np.float32)
+        if name in _PADDED_ROWS:
+            value = value[:vocab_size]
+        elif value.ndim == 2 and name.endswith(".weight") and not _EMBEDDING.search(name):
+            value = value.T
+        out[name] = np.ascontiguousarray(value)
+    return out
 
 
 def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_size=None):

@@ -1,7 +1,8 @@
 """Resumable, checksum-verified downloads, and the registry of the datasets this project uses.
 
 Owns: `download()` (HTTP(S) GET with Range resume into `<dest>.part`, retries, md5/sha256 check, atomic
-rename), the dataset registry (SQuAD v1.1/v2.0, the four BERT vocabularies, English Wikipedia dumps) and the
+rename), the dataset registry (SQuAD v1.1/v2.0, GLUE's nine tasks, the four BERT vocabularies, English Wikipedia
+dumps) and the
 `python -m data.prep.download` CLI. Does not own: extracting or preprocessing anything (`data.prep.wikipedia`,
 `data.prep.corpus`, the preprocessor).
 
@@ -12,12 +13,15 @@ mirrored on archive.org (items `enwiki-<date>`): pass
 the dump's own `enwiki-<date>-md5sums.txt`, fetched from the same place.
 
 Layout under --output-dir: squad/v1.1/{train,dev}-v1.1.json, squad/v2.0/{train,dev}-v2.0.json,
+glue/<Task>/{train,dev,test}.tsv (MNLI: dev_matched, dev_mismatched, test_matched, test_mismatched; the
+archives stay in glue/archives/),
 wikipedia/enwiki-<date>-pages-articles.xml.bz2, and vocab/bert-*-vocab.txt (or --vocab-dir). The paths
 of the resulting files are printed on stdout, one per line.
 
 Usage (from the repo root):
     python -m data.prep.download all --output-dir data/download --vocab-dir vocab --wiki-dump-date 20261101
     python -m data.prep.download squad --output-dir data/download
+    python -m data.prep.download glue --output-dir data/download [--glue-tasks MRPC,SST-2]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import datetime
@@ -33,6 +37,7 @@ import urllib.parse
 import urllib.request
 
 from utils.cli import ArgumentParser, run_cli
+from utils.fs import atomic_write_text
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,27 @@ SQUAD_FILES = {
     "v2.0/train-v2.0.json": "62108c273c268d70893182d5cf8df740",
     "v2.0/dev-v2.0.json": "246adae8b7002f8679c027697b0b7cf8",
 }
+GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
+SENTEVAL_BASE_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
+# {task: (archive name at GLUE_BASE_URL, sha256)}: the archives GLUE's own download script fetches, with the
+# sha256 sums Hugging Face's `glue` dataset pins for the same URLs.
+GLUE_ARCHIVES = {
+    "CoLA": ("CoLA.zip", "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff"),
+    "SST-2": ("SST-2.zip", "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa"),
+    "QQP": ("QQP-clean.zip", "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0"),
+    "STS-B": ("STS-B.zip", "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85"),
+    "MNLI": ("MNLI.zip", "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633"),
+    "QNLI": ("QNLIv2.zip", "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5"),
+    "RTE": ("RTE.zip", "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee"),
+    "WNLI": ("WNLI.zip", "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46"),
+}
+# MRPC is built from Microsoft's files (as GLUE's script does): {name: (base URL key, sha256)}.
+MRPC_SOURCES = {
+    "msr_paraphrase_train.txt": ("senteval", "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89"),
+    "msr_paraphrase_test.txt": ("senteval", "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784"),
+    "mrpc_dev_ids.tsv": ("glue", "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7"),
+}
+GLUE_TASKS = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE", "WNLI")
 VOCAB_URL_TEMPLATE = "https://huggingface.co/google-bert/{model}/resolve/main/vocab.txt"
 _UNCASED_MD5 = "64800d5d8528ce344256daf115d4965e"
 _CASED_MD5 = "bb6ca9b42e790e5cd986bbb16444d0e0"
@@ -58,7 +84,7 @@ VOCAB_FILES = {
 WIKI_MIRROR = "https://dumps.wikimedia.org/enwiki/{date}/"
 # A complete (1st-of-the-month) dump; once dumps.wikimedia.org drops it, use an archive.org mirror.
 DEFAULT_WIKI_DUMP_DATE = "20261101"
-TARGETS = ("squad", "vocab", "wikipedia", "all")
+TARGETS = ("squad", "glue", "vocab", "wikipedia", "all")
 _USER_AGENT = "bert-paddle-data-download/1.0 (python urllib)"
 _CHUNK = 1 << 20
 
@@ -243,6 +269,124 @@ def download_vocab(vocab_dir, url_template=VOCAB_URL_TEMPLATE, **kwargs):
             for model, md5 in VOCAB_FILES.items()]
 
 
+def _task_complete(task_dir):
+    """True when a GLUE task directory holds its train file and a dev file (what extraction leaves)."""
+    return os.path.isfile(os.path.join(task_dir, "train.tsv")) and any(
+        os.path.isfile(os.path.join(task_dir, name)) for name in ("dev.tsv", "dev_matched.tsv"))
+
+
+def _extract_task(archive, task, glue_dir):
+    """Unpack `archive` (one top-level directory holding the task's .tsv files) into `<glue_dir>/<task>/`,
+    atomically: into a sibling temporary directory first, renamed when complete."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    final = os.path.join(glue_dir, task)
+    tmp = tempfile.mkdtemp(prefix=f".{task}.", dir=glue_dir)
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            raise DownloadError(f"{archive} is not a zip archive ({err}); delete it and run again") from None
+        roots = [os.path.join(tmp, d) for d in os.listdir(tmp) if not d.startswith("__MACOSX")]
+        source = roots[0] if len(roots) == 1 and os.path.isdir(roots[0]) else tmp
+        if not _task_complete(source):
+            raise DownloadError(f"{archive} holds no {task} train.tsv / dev.tsv; delete it and run again")
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(source, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("extracted %s into %s", os.path.basename(archive), final)
+    return final
+
+
+def _msr_rows(path):
+    """(header line, [(label, id1, id2, s1, s2)]) of a Microsoft paraphrase file, split as GLUE's script does."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        header = f.readline().rstrip("\r\n")
+        rows = []
+        for lineno, line in enumerate(f, 2):
+            if not line.strip():
+                continue
+            fields = line.strip().split("\t")
+            if len(fields) != 5:
+                raise DownloadError(f"{path}:{lineno}: {len(fields)} tab-separated columns, expected 5")
+            rows.append(tuple(fields))
+    return header, rows
+
+
+def build_mrpc(train_txt, test_txt, dev_ids_tsv, task_dir):
+    """GLUE's MRPC train/dev/test.tsv from Microsoft's files, as GLUE's download script builds them: the pairs
+    listed in mrpc_dev_ids.tsv go to dev.tsv, the other training pairs to train.tsv (both with the source's
+    header), and test.tsv gets an `index` column. Each file is written atomically.
+
+    Returns:
+      list of the three paths.
+    """
+    with open(dev_ids_tsv, encoding="utf-8") as f:
+        dev_ids = {tuple(line.strip().split("\t")) for line in f if line.strip()}
+    header, train_rows = _msr_rows(train_txt)
+    _, test_rows = _msr_rows(test_txt)
+    train = [header] + ["\t".join(r) for r in train_rows if (r[1], r[2]) not in dev_ids]
+    dev = [header] + ["\t".join(r) for r in train_rows if (r[1], r[2]) in dev_ids]
+    test = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [f"{i}\t" + "\t".join(r[1:])
+                                                           for i, r in enumerate(test_rows)]
+    os.makedirs(task_dir, exist_ok=True)
+    paths = []
+    for name, lines in (("train.tsv", train), ("dev.tsv", dev), ("test.tsv", test)):
+        paths.append(os.path.join(task_dir, name))
+        atomic_write_text(paths[-1], "\n".join(lines) + "\n")
+    logger.info("MRPC: %d train, %d dev, %d test pairs in %s", len(train) - 1, len(dev) - 1, len(test) - 1,
+                task_dir)
+    return paths
+
+
+def download_glue(output_dir, tasks=GLUE_TASKS, base_url=GLUE_BASE_URL, senteval_url=SENTEVAL_BASE_URL, **kwargs):
+    """GLUE's nine tasks into `<output_dir>/glue/<Task>/` (the layout run_glue.py's --data-dir expects).
+
+    Archives are downloaded (resumable, sha256-checked) into `<output_dir>/glue/archives/` and unpacked
+    atomically; MRPC is built from Microsoft's files with GLUE's dev split (`build_mrpc`). A task whose
+    directory is already complete is left alone.
+
+    Args:
+      output_dir: root directory.
+      tasks: names from GLUE_TASKS.
+      base_url, senteval_url: directory URLs of the GLUE archives and of the MRPC source files.
+
+    Returns:
+      list[str], the task directories.
+
+    Raises:
+      ValueError: an unknown task. DownloadError: a download or an archive failed.
+    """
+    unknown = [t for t in tasks if t not in GLUE_TASKS]
+    if unknown:
+        raise ValueError(f"--glue-tasks: unknown task(s) {unknown}; expected some of {', '.join(GLUE_TASKS)}")
+    bases = {"glue": base_url if base_url.endswith("/") else base_url + "/",
+             "senteval": senteval_url if senteval_url.endswith("/") else senteval_url + "/"}
+    glue_dir = os.path.join(output_dir, "glue")
+    archives = os.path.join(glue_dir, "archives")
+    out = []
+    for task in tasks:
+        task_dir = os.path.join(glue_dir, task)
+        if _task_complete(task_dir) and (task != "MRPC" or os.path.isfile(os.path.join(task_dir, "test.tsv"))):
+            logger.info("%s already present", task_dir)
+        elif task == "MRPC":
+            files = {name: download(bases[where] + name, os.path.join(archives, name), sha256=sha, **kwargs)
+                     for name, (where, sha) in MRPC_SOURCES.items()}
+            build_mrpc(files["msr_paraphrase_train.txt"], files["msr_paraphrase_test.txt"],
+                       files["mrpc_dev_ids.tsv"], task_dir)
+        else:
+            name, sha = GLUE_ARCHIVES[task]
+            _extract_task(download(bases["glue"] + name, os.path.join(archives, name), sha256=sha, **kwargs),
+                          task, glue_dir)
+        out.append(task_dir)
+    return out
+
+
 def check_dump_date(date):
     """Raises ValueError unless `date` is a real calendar date written YYYYMMDD."""
     if date == "latest":
@@ -320,6 +464,11 @@ def _parse_args(argv, target=None):
     parser.add_argument("--wiki-dump", default=None, help="use this local pages-articles dump; download nothing")
     parser.add_argument("--squad-base-url", default=SQUAD_BASE_URL, help="directory URL holding the SQuAD json")
     parser.add_argument("--vocab-url-template", default=VOCAB_URL_TEMPLATE, help="URL with {model}")
+    parser.add_argument("--glue-tasks", default=",".join(GLUE_TASKS),
+                        help="comma-separated GLUE tasks to fetch (default: all nine)")
+    parser.add_argument("--glue-base-url", default=GLUE_BASE_URL, help="directory URL holding GLUE's archives")
+    parser.add_argument("--senteval-base-url", default=SENTEVAL_BASE_URL,
+                        help="directory URL holding Microsoft's MRPC files (msr_paraphrase_*.txt)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per socket operation")
     parser.add_argument("--retries", type=int, default=3, help="resume attempts after a dropped connection")
     args = parser.parse_args(argv)
@@ -359,6 +508,9 @@ def main(argv=None, target=None):
                                 **opts)
     if args.target in ("squad", "all"):
         paths += download_squad(args.output_dir, args.squad_base_url, **opts)
+    if args.target in ("glue", "all"):
+        tasks = [t.strip() for t in args.glue_tasks.split(",") if t.strip()]
+        paths += download_glue(args.output_dir, tasks, args.glue_base_url, args.senteval_base_url, **opts)
     if args.target in ("wikipedia", "all"):
         if args.wiki_dump:
             logger.info("using the local dump %s", args.wiki_dump)
