@@ -70,8 +70,7 @@ def _mode(value):
 
 def build_parser():
     """The argparse parser (the seed's flags, then the shared groups)."""
-    parser = common.Parser(description="BERT fine-tuning, evaluation and test prediction on GLUE.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = common.Parser(description="BERT fine-tuning, evaluation and test prediction on GLUE.")
     g = parser.add_argument_group("GLUE")
     g.add_argument("--task-name", required=True,
                    help="CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE or WNLI (any case)")

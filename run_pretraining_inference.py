@@ -19,7 +19,6 @@ Output: one log line with the metrics, the same as a DLLogger summary record in 
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import logging
 import os
 import sys
@@ -31,8 +30,7 @@ logger = logging.getLogger("run_pretraining_inference")
 
 
 def build_parser():
-    parser = common.Parser(description="Masked-LM / NSP evaluation of a pretraining checkpoint.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = common.Parser(description="Masked-LM / NSP evaluation of a pretraining checkpoint.")
     group = parser.add_argument_group("Evaluation")
     group.add_argument("--init-checkpoint", required=True,
                        help="parameters to evaluate: .pdparams, step dir, or phase dir (its latest complete step)")

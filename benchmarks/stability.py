@@ -28,7 +28,6 @@ Exit status 0, 2 (bad flags, a failed seed: one `error:` line naming its log), 3
 import zlib  # noqa: F401  -- the project's entry-point order (the commands it runs import paddle themselves)
 import utils.preflight  # noqa: F401
 
-import argparse
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ import statistics
 import subprocess
 import sys
 
+from utils.cli import ArgumentParser
 from utils.fs import atomic_write_bytes, atomic_write_json, atomic_write_text
 from utils.report import final_summary, read_dllogger_report
 
@@ -239,7 +239,7 @@ def run(commands, metrics, seeds, output_dir):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m benchmarks.stability", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.stability", description=__doc__.split("\n")[0])
     p.add_argument("--output-dir", required=True, help="where each seed runs and the table is written")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds K (>= 1)")
     p.add_argument("--base-seed", type=int, default=1, help="seed k runs with --seed base-seed + k")

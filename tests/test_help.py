@@ -8,6 +8,9 @@ import pytest
 COMMANDS = [
     ("run_pretraining", "build_parser", None),
     ("run_squad", "build_parser", None),
+    ("run_glue", "build_parser", None),
+    ("run_pretraining_inference", "build_parser", None),
+    ("benchmarks.stability", "main", []),
     ("data.prep.preprocess_bert_pretrain", "_parser", None),
     ("data.prep.balance_dask_output", "_parse_args", []),
     ("data.prep.build_vocab", "_parse_args", []),

@@ -28,13 +28,26 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 SLOW_SCRIPTS = ("scripts/demo.sh", "scripts/test.sh", "scripts/docker/", "data/create_datasets_from_start.sh")
 
 
+def _open_quote(text):
+    """True while `text` has an unclosed quote (a command whose quoted argument spans lines)."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:
+        return True
+    return False
+
+
 def _logical_lines(block):
-    """A bash block's commands: continuation lines joined, comments and blank lines dropped."""
+    """A bash block's commands: continuation lines and multi-line quoted arguments joined, comments and
+    blank lines dropped."""
     lines, current = [], ""
     for raw in block.splitlines():
         line = raw.rstrip()
         if line.endswith("\\"):
             current += line[:-1] + " "
+            continue
+        if _open_quote(current + line):
+            current += line + " "
             continue
         current += line
         if current.strip() and not current.lstrip().startswith("#"):
@@ -132,7 +145,9 @@ def _parser_of(target, monkeypatch):
 
 def _target_and_args(command):
     """(run_x.py or module name, the words after it) of a python command line, or None for others."""
-    words = shlex.split(_without_comment(command).replace("$M", "M").replace("…", "x"))
+    # `[--flag]` marks an optional part: checked (and parsed) as if given.
+    words = [w.strip("[]") for w in shlex.split(_without_comment(command).replace("$M", "M").replace("…", "x"))]
+    words = [w for w in words if w]
     for i, word in enumerate(words):
         if re.fullmatch(r"run_\w+\.py", os.path.basename(word)) and (REPO / os.path.basename(word)).is_file():
             return os.path.basename(word), words[i + 1:]
