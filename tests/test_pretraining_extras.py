@@ -17,7 +17,7 @@ def data(tmp_path_factory):
     """(train shards, held-out shards, vocab, source dir): one preprocessing run with --holdout-fraction."""
     root = tmp_path_factory.mktemp("extras")
     _run(["-m", "data.prep.sample_corpus", "--output-dir", str(root / "source"), "--num-files", "2",
-          "--max-bytes", "300000"])
+          "--max-bytes", "150000"])
     _run(["-m", "data.prep.build_vocab", "--input", str(root / "source"), "--output", str(root / "vocab.txt"),
           "--vocab-size", "2000", "--do-lower-case"])
     _run(["-m", "data.prep.preprocess_bert_pretrain", "--source", str(root / "source"), "--sink",
@@ -73,20 +73,30 @@ def test_steps_this_run_two_invocations_equal_one_run(data, one_run, tmp_path):
     assert whole[2]["eval_sequences"] == 8 and whole[4]["eval_loss"] != whole[2]["eval_loss"]
 
 
-def test_standalone_evaluation_of_a_phase_dir_equals_training_time_validation(data, one_run):
+def test_standalone_evaluation_of_a_phase_dir_equals_training_time_validation(data, one_run, caplog):
+    """In this process (the CLI's exits are tested below): the numbers of another process's training run."""
+    import logging
+
+    import paddle
+
+    import run_pretraining_inference
     train, holdout, vocab, _ = data
-    proc = _run(["run_pretraining_inference.py", "--init-checkpoint", str(one_run / "bert-tiny" / "phase1"),
-                 "--input-dir", holdout, "--vocab-file", vocab, "--bert-model", "bert-tiny", "--batch-size", "4",
-                 "--num-eval-batches", "2", "--max-seq-length", "128", "--max-predictions-per-seq", "20",
-                 "--sequence-length-alignment", "8", "--device", "cpu", "--report-file",
-                 str(one_run / "inference.json")])
-    assert "using its latest complete step 4" in proc.stderr
+    caplog.set_level(logging.INFO)
+    try:
+        result = run_pretraining_inference.main(
+            ["--init-checkpoint", str(one_run / "bert-tiny" / "phase1"), "--input-dir", holdout, "--vocab-file", vocab,
+             "--bert-model", "bert-tiny", "--batch-size", "4", "--num-eval-batches", "2", "--max-seq-length", "128",
+             "--max-predictions-per-seq", "20", "--sequence-length-alignment", "8", "--device", "cpu",
+             "--report-file", str(one_run / "inference.json")])
+    finally:
+        paddle.disable_static()
+    assert "using its latest complete step 4" in caplog.text
     from utils.report import final_summary, read_dllogger_report
-    summary = final_summary(read_dllogger_report(one_run / "inference.json"))
+    assert final_summary(read_dllogger_report(one_run / "inference.json")) == pytest.approx(result)
     expected = _eval_records(one_run / "report.json")[4]
     for key, value in expected.items():
-        assert summary[key] == pytest.approx(value, rel=1e-6), key
-    assert summary["inference_sequences_per_second"] > 0
+        assert result[key] == pytest.approx(value, rel=1e-6), key
+    assert result["inference_sequences_per_second"] > 0
 
 
 def test_from_pretrained_params_accepts_a_phase_dir(data, one_run):
