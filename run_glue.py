@@ -100,7 +100,7 @@ def build_parser():
                    help="cap on optimizer updates; None or -1 = --epochs decide")
     g.add_argument("--log-freq", type=int, default=10, help="log the loss every N updates")
     g.add_argument("--skip-checkpoint", action="store_true", help="do not save the fine-tuned parameters")
-    common.add_model_args(parser)
+    common.add_model_args(parser, default_model=None, default_help=finetune.BERT_MODEL_DEFAULT_HELP)
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser, optimizer="AdamW", learning_rate=5e-5, warmup_proportion=0.1)
     common.add_amp_args(parser)
@@ -188,14 +188,15 @@ def validate_args(args):
             use = {"train": "training", "dev": "evaluation", "test": "prediction"}[split.split("_")[0]]
             raise ValueError(f"--data-dir '{args.data_dir}' has no {split}.tsv, which {spec.name} {use} needs "
                              f"(python -m data.prep.download glue fetches the GLUE layout)")
-    out_dir = os.path.join(args.output_dir, args.bert_model, "glue", spec.name)
-    finetune.check_writable("--output-dir", args.output_dir, out_dir)
-    if args.report_file:
-        finetune.check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
     init_path, require_head = finetune.init_path(args.from_checkpoint, args.from_pretrained_params,
                                                  args.model_prefix, do_train, "GLUE")
     finetune.check_vocab(args.vocab_file, args.do_lower_case)
     model_cfg = finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
+    model_name = finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
+    out_dir = os.path.join(args.output_dir, model_name, "glue", spec.name)
+    finetune.check_writable("--output-dir", args.output_dir, out_dir)
+    if args.report_file:
+        finetune.check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
     if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({model_cfg.max_position_embeddings})")
@@ -268,7 +269,8 @@ def run(args, plan, rt, data):
     metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
     try:
         if args.show_config:
-            metrics.log_parameters(dict(vars(args), task_name=plan.spec.name))
+            metrics.log_parameters(dict(vars(args), task_name=plan.spec.name,
+                                        bert_model=os.path.basename(os.path.dirname(os.path.dirname(plan.out_dir)))))
         if opts is not None:
             results.update(glue.train(rt.exe, bundle, train_features, opts, rt.dist.rank, rt.dist.world_size,
                                       metrics, rt.runnable(bundle.main_program, bundle.build_strategy)))

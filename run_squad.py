@@ -57,7 +57,6 @@ logger = logging.getLogger("run_squad")
 MODES = ("train", "eval", "prediction", "train_eval")
 INFER_DTYPES = ("float32", "bfloat16")
 DEFAULT_TRAIN_BATCH, DEFAULT_PREDICT_BATCH = 32, 8
-DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model default
 
 
 def build_parser():
@@ -85,9 +84,7 @@ def build_parser():
                    help="accepted for compatibility; SQuAD has no resume (as the reference)")
     g.add_argument("--features-cache-dir", default=None,
                    help="cache windowed features here, keyed by file, vocab and lengths")
-    common.add_model_args(parser, default_model=None,
-                          default_help=f"the architecture's name when it comes from the checkpoint's "
-                                       f"bert_config.json or --config-file, else {DEFAULT_BERT_MODEL}")
+    common.add_model_args(parser, default_model=None, default_help=finetune.BERT_MODEL_DEFAULT_HELP)
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser, optimizer="AdamW")
     _add_squad_args(parser)
@@ -156,7 +153,7 @@ class Plan:
     precision: object
     out_dir: str
     report_file: str
-    model_name: str = DEFAULT_BERT_MODEL
+    model_name: str = finetune.DEFAULT_BERT_MODEL
     context: object = None
 
 
@@ -201,20 +198,11 @@ def _init_path(args, do_train):
 
 def _model_config(args, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
-    return finetune.model_config(args.bert_model or DEFAULT_BERT_MODEL, args.config_file, args.vocab_file,
-                                 init_path)
+    return finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
 
 
 def _model_name(args, model_cfg):
-    """--bert-model, else the bert_configs/ name of the architecture in use when it came from a file (the
-    checkpoint's own config or --config-file; "custom" when it matches none), else the reference's default.
-    It names the output directory <output-dir>/<name>/squad/."""
-    if args.bert_model:
-        return args.bert_model
-    if args.config_file is None and model_cfg == common.resolve_bert_config(
-            DEFAULT_BERT_MODEL, None, args.vocab_file)[0]:
-        return DEFAULT_BERT_MODEL
-    return common.known_model_name(model_cfg.to_dict())
+    return finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
 
 
 def _check_vocab(args):

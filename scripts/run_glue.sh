@@ -28,11 +28,13 @@
 # Environment knobs (not positional, so the 15 stay the seed's):
 #   DEVICE=auto|cpu|gpu   --device (default auto); cpu with num_gpus > 1 uses launch --nproc_per_node (gloo)
 #   PYTHON                interpreter (default: <repo>/.venv/bin/python if present, else python3)
-#   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing (the GPU check
+#   DRY_RUN=1             print the command (shell-quoted, one line) on stdout, list on stderr (`missing:`)
+#                         the inputs a real run needs that are absent, and run nothing (the GPU check
 #                         below is skipped: a dry run describes the command, not this machine)
 #   BERT_PREP_WORKING_DIR where glue/<Task> lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else custom;
-#                         without a config file: custom for a Hugging Face checkpoint, else bert-large-uncased)
+#                         without a config file: custom for a Hugging Face checkpoint, else not passed, so
+#                         run_glue.py names it after the checkpoint's own config, or bert-large-uncased)
 #   DO_LOWER_CASE=true|false (default: false for *-cased models, else true)
 #   MAX_SEQ_LENGTH [128], EVAL_BATCH_SIZE [batch_size], MAX_STEPS [-1 = epochs decide], LOG_FREQ [10]
 #
@@ -90,7 +92,7 @@ case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$
 if [[ $config_file == None && ( -f $init_checkpoint/model.safetensors || $init_checkpoint == *.safetensors ) ]]; then
   bert_model=${BERT_MODEL:-custom}  # a Hugging Face checkpoint brings its own config.json
 elif [[ $config_file == None ]]; then
-  bert_model=${BERT_MODEL:-bert-large-uncased}
+  bert_model=${BERT_MODEL:-}  # empty: run_glue.py names it from the checkpoint's own config (or the default)
 else
   default_model=$(basename "$config_file" .json)
   [[ -f $REPO_ROOT/bert_configs/$default_model.json ]] || default_model=custom
@@ -108,12 +110,13 @@ mode_arg=$(echo $mode_words | tr ' ' '_')
 # Training starts from a pretrained encoder; eval / prediction alone need a fine-tuned model (with its classifier).
 if [[ $mode_words == *" train "* ]]; then init_flag=--from-pretrained-params; else init_flag=--from-checkpoint; fi
 cmd=("${launcher[@]}" "$REPO_ROOT/run_glue.py" "--task-name=$task_name" "--data-dir=$data_dir"
-     "$init_flag=$init_checkpoint" "--mode=$mode_arg" "--vocab-file=$vocab_file" "--bert-model=$bert_model"
+     "$init_flag=$init_checkpoint" "--mode=$mode_arg" "--vocab-file=$vocab_file"
      "--output-dir=$out_dir" "--train-batch-size=$((batch_size / gradient_accumulation_steps))"
      "--gradient-merge-steps=$gradient_accumulation_steps" "--eval-batch-size=${EVAL_BATCH_SIZE:-$batch_size}"
      "--learning-rate=$learning_rate" "--warmup-proportion=$warmup_proportion" "--epochs=$epochs"
      "--max-steps=$MAX_STEPS" "--seed=$seed" "--max-seq-length=${MAX_SEQ_LENGTH:-128}"
      "--log-freq=${LOG_FREQ:-10}" --optimizer=AdamW "--device=$DEVICE")
+[[ -n $bert_model ]] && cmd+=("--bert-model=$bert_model")
 [[ $DO_LOWER_CASE == true ]] && cmd+=(--do-lower-case)
 [[ $config_file == None ]] || cmd+=("--config-file=$config_file")
 case $precision in
@@ -124,6 +127,12 @@ cmd+=("--report-file=$out_dir/dllogger_glue_${task_name,,}_${num_gpus}_${precisi
 
 if [[ $DRY_RUN == 1 ]]; then
   print_command "${cmd[@]}"
+  # A real run leaves these checks to run_glue.py (its errors name the flag); a dry run lists them all.
+  [[ -e $init_checkpoint ]] || need "<init_checkpoint> (argument 1) '$init_checkpoint' does not exist"
+  [[ -d $data_dir ]] || need "<data_dir> (argument 2) '$data_dir' does not exist (python -m data.prep.download glue)"
+  [[ -f $vocab_file ]] || need "<vocab_file> (argument 3) '$vocab_file' does not exist"
+  [[ $config_file == None || -f $config_file ]] || need "<config_file> (argument 4) '$config_file' does not exist"
+  report_missing
   exit 0
 fi
 need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 7)" \

@@ -37,8 +37,30 @@ def check_vocab(vocab_file, do_lower_case):
                          f"{'set' if do_lower_case else 'not set'}: {fix}") from None
 
 
+DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model default
+# --help text of a --bert-model whose default is resolved by `model_name`.
+BERT_MODEL_DEFAULT_HELP = (f"the architecture's name when it comes from the checkpoint's bert_config.json or "
+                           f"--config-file, else {DEFAULT_BERT_MODEL}")
+
+
+def model_name(bert_model, config_file, vocab_file, model_cfg):
+    """The name outputs go under (<output-dir>/<name>/...) and the report records.
+
+    --bert-model when given; else, when the architecture came from a file (the checkpoint's own config
+    or --config-file), the bert_configs/ name whose JSON it equals ("custom" when none does); else the
+    reference's default. Why: a fine-tuned custom model evaluated without --bert-model was filed under
+    bert-large-uncased although its own config had been read.
+    """
+    if bert_model:
+        return bert_model
+    if config_file is None and model_cfg == common.resolve_bert_config(DEFAULT_BERT_MODEL, None, vocab_file)[0]:
+        return DEFAULT_BERT_MODEL
+    return common.known_model_name(model_cfg.to_dict())
+
+
 def model_config(bert_model, config_file, vocab_file, init_path):
-    """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json.
+    """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json
+    (bert-large-uncased when --bert-model is None).
 
     Args:
       bert_model, config_file, vocab_file: the flags.
@@ -57,7 +79,7 @@ def model_config(bert_model, config_file, vocab_file, init_path):
         found = saved_config_next_to(init_path)
         cfg = BertConfig.from_json_file(found)
     if found is None:
-        return common.resolve_bert_config(bert_model, config_file, vocab_file)[0]
+        return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab_file)[0]
     if cfg.vocab_size != vocab_size:
         raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab_file}' "
                          f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")

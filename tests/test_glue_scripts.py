@@ -93,3 +93,13 @@ def test_bad_arguments_are_one_error_line(args, message):
     proc = run_script(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_dry_run_lists_what_a_real_run_needs_and_names_follow_the_checkpoint(tmp_path):
+    """Issue 14 items 1 and 6 for GLUE: the dry run lists what is missing; without a config file or
+    BERT_MODEL no --bert-model is passed, so run_glue.py names outputs after the checkpoint's config."""
+    proc = run_script(str(tmp_path / "ckpt"), str(tmp_path / "MRPC"), str(tmp_path / "v.txt"))
+    assert proc.returncode == 0 and "run_glue.py" in proc.stdout
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_glue.sh: missing: ")]
+    assert len(missing) == 4 and "3 thing(s)" in missing[0]
+    assert "bert-model" not in flags(shlex.split(proc.stdout))

@@ -163,6 +163,12 @@ def test_train_eval_prediction_as_a_user_runs_it(data, tmp_path):
     import run_glue
     again = run_glue.main(_base(data, tmp_path / "again", "--from-checkpoint", str(run_dir), "--mode", "eval"))
     assert again["acc"] == 1.0 and again["eval_loss"] == pytest.approx(results["eval_loss"], rel=1e-4)
+    # Issue 14 item 6: without --bert-model the outputs are named after the checkpoint's own config.
+    argv = _base(data, tmp_path / "named", "--from-checkpoint", str(run_dir), "--mode", "eval")
+    del argv[argv.index("--bert-model"):argv.index("--bert-model") + 2]
+    run_glue.main(argv)
+    assert (tmp_path / "named" / "custom" / "glue" / "MRPC" / "eval_results.json").is_file()
+    assert not (tmp_path / "named" / "bert-large-uncased").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
