@@ -38,17 +38,15 @@ import paddle
 
 import program
 from data.features.squad import FeatureParams, examples_to_features, load_or_build_features
-from modeling import BertConfig
 from tasks import flags as common
 from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
 from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
-                         resolve_init_path, save_params, saved_config_next_to, single_question_example, train)
+                         resolve_init_path, resolve_model_config, save_params, single_question_example, train)
 from tokenizer import BertTokenizer, check_vocab_case, load_vocab, special_token_ids
 from utils import runtime, squad_metrics
 from utils.amp_state import init_pure_fp16
 from utils.cli import run_cli
 from utils.fs import probe_writable
-from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 from utils.report import build_metric_logger
 from utils.runtime import DistEnv, init_runtime, resolve_device
 from utils.squad_metrics import check_v1_answerable
@@ -210,22 +208,7 @@ def _init_path(args, do_train):
 
 def _model_config(args, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
-
-    vocab_size = len(load_vocab(args.vocab_file))
-    found = None
-    if args.config_file is None and is_hf_checkpoint(init_path):
-        found = hf_checkpoint_files(init_path)[1]
-        cfg = bert_config_from_hf(found) if found else None
-    elif args.config_file is None and saved_config_next_to(init_path):
-        found = saved_config_next_to(init_path)
-        cfg = BertConfig.from_json_file(found)
-    if found is None:
-        return common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)[0]
-    if cfg.vocab_size != vocab_size:
-        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{args.vocab_file}' "
-                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
-    logger.info("model config from the checkpoint: %s", found)
-    return cfg
+    return resolve_model_config(init_path, args.bert_model, args.config_file, args.vocab_file)
 
 
 def _check_vocab(args):

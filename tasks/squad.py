@@ -27,7 +27,7 @@ from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, 
 from tasks.engine import run_updates
 from utils.checkpoint import latest_step_dir, load_pretrained
 from utils.fs import atomic_write_bytes, atomic_write_json
-from utils.hf_import import is_hf_checkpoint, load_hf_pretrained
+from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint, load_hf_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +301,39 @@ def saved_config_next_to(path):
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     candidate = os.path.join(directory, CONFIG_FILE_NAME)
     return candidate if os.path.isfile(candidate) else None
+
+
+def resolve_model_config(init_path, bert_model, config_file, vocab_file):
+    """The BertConfig of a model to load: `config_file`, else the checkpoint's own config (HF
+    config.json, or our bert_config.json beside the params), else bert_configs/<bert_model>.json.
+
+    Args:
+      init_path: str, the weights (see `resolve_init_path`).
+      bert_model, config_file, vocab_file: the --bert-model / --config-file / --vocab-file values.
+
+    Raises:
+      ValueError: the checkpoint's config disagrees with the vocab size, or as
+        `tasks.flags.resolve_bert_config` (naming the flag).
+    """
+    from modeling import BertConfig
+    from tasks.flags import resolve_bert_config
+    from tokenizer import load_vocab
+
+    vocab_size = len(load_vocab(vocab_file))
+    found = None
+    if config_file is None and is_hf_checkpoint(init_path):
+        found = hf_checkpoint_files(init_path)[1]
+        cfg = bert_config_from_hf(found) if found else None
+    elif config_file is None and saved_config_next_to(init_path):
+        found = saved_config_next_to(init_path)
+        cfg = BertConfig.from_json_file(found)
+    if found is None:
+        return resolve_bert_config(bert_model, config_file, vocab_file)[0]
+    if cfg.vocab_size != vocab_size:
+        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab_file}' "
+                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
+    logger.info("model config from the checkpoint: %s", found)
+    return cfg
 
 
 def single_question_example(question, context, qas_id="question"):
