@@ -131,12 +131,14 @@ class MicroBatcher:
         self._ready.wait(timeout)
         return self.state == READY
 
-    def submit(self, payloads, key=None):
-        """Queue `payloads` (all of them or none) to be run with `key`.
+    def submit(self, payloads, key=None, *, keys=None):
+        """Queue `payloads` (all of them or none) to be run with `key` (or each with its own of `keys`).
 
         Args:
           payloads: non-empty sequence of items for `run`.
           key: hashable; only items with equal keys share a batch.
+          keys: optional sequence of hashables, one per payload, instead of `key` (a batch request whose
+            questions ask for different options).
 
         Returns:
           list of concurrent.futures.Future, one per payload, in order; each resolves to the result of
@@ -146,6 +148,9 @@ class MicroBatcher:
           QueueFull: the queue would hold more than `max_queue` items (nothing was queued).
           Unavailable: the model is not loaded (yet), its load failed, or the batcher is closing.
         """
+        keys = [key] * len(payloads) if keys is None else list(keys)
+        if len(keys) != len(payloads):
+            raise ValueError(f"{len(keys)} keys for {len(payloads)} payloads")
         now = time.monotonic()
         with self._cond:
             if self._closing or self._state != READY:
@@ -154,7 +159,7 @@ class MicroBatcher:
             if len(self._queue) + len(payloads) > self.max_queue:
                 self._counts["refused_queue_full"] += len(payloads)
                 raise QueueFull(len(self._queue), len(payloads), self.max_queue)
-            pending = [_Pending(p, key, now) for p in payloads]
+            pending = [_Pending(p, k, now) for p, k in zip(payloads, keys)]
             self._queue.extend(pending)
             self._counts["submitted"] += len(pending)
             self._cond.notify_all()

@@ -71,6 +71,20 @@ def test_only_items_with_equal_keys_share_a_batch_and_nobody_is_overtaken():
     batcher.close()
 
 
+def test_one_request_may_give_each_item_its_own_key():
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    batcher = make(recorder)
+    futures = submit_behind_a_running_batch(recorder, batcher, [], key="a")
+    futures += batcher.submit([1, 2, 3], keys=["a", "a", "b"])
+    gate.set()
+    assert [f.result(10) for f in futures] == [("first", "a"), (1, "a"), (2, "a"), (3, "b")]
+    assert recorder.batches == [["first"], [1, 2], [3]]
+    with pytest.raises(ValueError, match="2 keys for 1 payloads"):
+        batcher.submit([4], keys=["a", "b"])
+    batcher.close()
+
+
 def test_the_oldest_item_waits_for_company_but_no_longer_than_the_bound():
     recorder = Recorder()
     batcher = make(recorder, max_wait_s=0.4)
