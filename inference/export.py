@@ -105,6 +105,25 @@ def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, sou
                                  extra=dict(extra or {}, verified_max_abs_logit_diff=diff))
 
 
+def load_from_scope(exe, bundle, *, model_cfg, vocab_file, settings, source, precision="fp32", device="cpu",
+                    threads=None, batch_size=None):
+    """A QAPredictor for the parameters now in the scope (just trained, or loaded from a checkpoint): the
+    program is exported and verified in a temporary directory, loaded, and the directory removed.
+
+    Raises:
+      ValueError: as `write_export` and `QAPredictor.load`.
+    """
+    import tempfile
+
+    from inference.predictor import DEFAULT_BATCH_SIZE, QAPredictor
+
+    with tempfile.TemporaryDirectory(prefix="squad-export-") as tmp:
+        write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=vocab_file, settings=settings,
+                     source=source)
+        return QAPredictor.load(tmp, precision=precision, device=device, threads=threads,
+                                batch_size=batch_size or DEFAULT_BATCH_SIZE)
+
+
 def source_record(path):
     """The manifest's description of a checkpoint: its path and the SHA-256 of its weights file(s)."""
     path = os.path.abspath(path)

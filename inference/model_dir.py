@@ -71,6 +71,12 @@ class ExportSettings:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in kinds})
 
 
+def is_export_dir(path):
+    """True when `path` is a directory with a manifest.json (an export, complete or not: `read_manifest`
+    says which)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST_FILE))
+
+
 def sha256_file(path):
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

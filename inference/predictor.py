@@ -40,6 +40,10 @@ BUCKET_MULTIPLE = 16     # windows are padded to a multiple of this many tokens 
 NBEST_POOL = 20          # candidates the answer's probability is computed over (run_squad's --n-best-size)
 PAD_LOGIT = -10000.0     # logit of padding positions (never a valid answer); as tasks.squad.PAD_LOGIT
 GPU_MEMORY_POOL_MB = 256
+# oneDNN int8 runs only the fully connected layers (the weight matmuls, ~90 % of BERT's work): an int8
+# attention matmul with the fused mask add has only oneDNN's reference kernel on AVX2 CPUs (measured:
+# 17 s per layer and batch instead of milliseconds), and the activations between them stay fp32.
+INT8_OPS = ("fc",)
 
 
 @dataclasses.dataclass
@@ -119,7 +123,7 @@ def make_config(model_file, params_file, *, precision="fp32", device="cpu", thre
     if precision == "bf16":
         config.enable_mkldnn_bfloat16()
     elif precision == "int8":
-        config.enable_mkldnn_int8()
+        config.enable_mkldnn_int8(set(INT8_OPS))
     return config
 
 
@@ -260,14 +264,16 @@ class QAPredictor:
         return examples_to_features(list(examples), self.tokenizer, s.max_seq_length, s.doc_stride,
                                     s.max_query_length, is_training=False)
 
-    def answer(self, items: Sequence[Tuple[str, str]], *, n_best: int = 1,
-               max_answer_length: int = 30) -> List[Answer]:
+    def answer(self, items: Sequence[Tuple[str, str]], *, n_best: int = 1, max_answer_length: int = 30,
+               version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0) -> List[Answer]:
         """Answer questions about contexts.
 
         Args:
           items: sequence of (question, context) strings.
           n_best: candidates kept in each Answer.nbest (>= 1).
           max_answer_length: longest answer in WordPieces (>= 1).
+          version_2_with_negative, null_score_diff_threshold: SQuAD 2.0 models: answer "" (start = end =
+            0) when the null score beats the best span by more than the threshold.
 
         Returns:
           one Answer per item, in order.
@@ -296,16 +302,20 @@ class QAPredictor:
             return []
         features = self.featurize(examples)
         start, end, _ = self.predict_logits(features)
-        _, nbest, _ = postprocess_predictions(examples, features, start, end, n_best_size=max(n_best, NBEST_POOL),
-                                              max_answer_length=max_answer_length,
-                                              do_lower_case=self.settings.do_lower_case, with_offsets=True)
+        preds, nbest, _ = postprocess_predictions(
+            examples, features, start, end, n_best_size=max(n_best, NBEST_POOL), max_answer_length=max_answer_length,
+            do_lower_case=self.settings.do_lower_case, version_2_with_negative=version_2_with_negative,
+            null_score_diff_threshold=null_score_diff_threshold, with_offsets=True)
         answers = []
         for example, word_starts, (_, context) in zip(examples, starts, items):
             entries = []
-            for entry in nbest[example.qas_id][:n_best]:
+            for entry in nbest[example.qas_id]:
                 a, b = _context_span(example.doc_tokens, word_starts, *entry["doc_offsets"])
                 entries.append({"text": context[a:b], "probability": entry["probability"], "start": a, "end": b,
-                                "start_logit": entry["start_logit"], "end_logit": entry["end_logit"]})
-            best = entries[0]
-            answers.append(Answer(best["text"], best["probability"], best["start"], best["end"], entries))
+                                "start_logit": entry["start_logit"], "end_logit": entry["end_logit"],
+                                "_chosen": entry["text"] == preds[example.qas_id]})
+            best = next(e for e in entries if e["_chosen"])  # the prediction is always one of the n-best
+            for e in entries:
+                del e["_chosen"]
+            answers.append(Answer(best["text"], best["probability"], best["start"], best["end"], entries[:n_best]))
         return answers
