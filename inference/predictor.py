@@ -155,6 +155,7 @@ class QAPredictor:
         max_query_length, do_lower_case, source_checkpoint, manifest_sha256, model_dir.
       settings: inference.model_dir.ExportSettings.
       batch_size: windows per run.
+      bucket_multiple: a bucket's windows are padded to a multiple of this (BUCKET_MULTIPLE).
     """
 
     def __init__(self, predictor, settings, tokenizer, info, batch_size=DEFAULT_BATCH_SIZE):
@@ -163,6 +164,7 @@ class QAPredictor:
         self._outputs = [predictor.get_output_handle(name) for name in predictor.get_output_names()]
         self._lock = threading.Lock()
         self.settings, self.tokenizer, self.info, self.batch_size = settings, tokenizer, info, batch_size
+        self.bucket_multiple = BUCKET_MULTIPLE
 
     @classmethod
     def load(cls, model_dir, *, threads=None, precision="fp32", device="cpu", batch_size=DEFAULT_BATCH_SIZE):
@@ -247,7 +249,7 @@ class QAPredictor:
             cols = length
             if bucket:
                 longest = int(features.seq_lengths[rows].max())
-                cols = min(length, -(-longest // BUCKET_MULTIPLE) * BUCKET_MULTIPLE)
+                cols = min(length, -(-longest // self.bucket_multiple) * self.bucket_multiple)
                 feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in feed.items()}
             start, end = self.run(feed)
             start_all[rows, :cols], end_all[rows, :cols] = start, end
