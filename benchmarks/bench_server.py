@@ -10,9 +10,10 @@ Owns: starting the real server (`python -m inference.server`) as a subprocess on
      the server's own counters give the batches it formed;
   3. single: one client, one question at a time, against a server restricted to one core
      (`--single-cpus`, sched_setaffinity) and one math thread -> the single-question latency p50/p90/p99;
-  4. direct (the baseline beside it, `--skip-direct` to leave out): the same questions through
-     `QAPredictor.answer` in this process, on the same one core and thread -- what the HTTP layer adds is
-     the difference.
+  4. direct (the baselines beside them, `--skip-direct` to leave out): the same questions through
+     `QAPredictor.answer` in this process -- in batches of `--max-batch-size` with `--threads` threads (the
+     questions/s the load phase can at best reach), and one at a time on phase 3's core and thread (what
+     the HTTP layer and the batcher add to a single question is the difference).
 Does not own the server or the predictor. Every request loop is bounded in time and count
 (`--max-requests`) and talks only to 127.0.0.1.
 
@@ -252,23 +253,40 @@ def single_phase(args, pairs, expected, log_dir):
     return result
 
 
-def direct_phase(args, pairs):
-    """Phase 4 (baseline): QAPredictor.answer on one question at a time, in this process, on the same core
-    budget and one thread as phase 3. Returns {"latencies": [...]}."""
-    os.sched_setaffinity(0, args.single_cpus)
-    from inference.predictor import QAPredictor
-
-    predictor = QAPredictor.load(args.model_dir, threads=1)
-    for pair in pairs:  # warm-up: the first run of each padded length builds its oneDNN kernels
-        predictor.answer([pair])
-    latencies, deadline = [], time.monotonic() + args.single_seconds
+def _timed_calls(predictor, batches, seconds, max_calls):
+    """Seconds of each `predictor.answer(batch)` call, round-robin over `batches`, for `seconds`."""
+    for batch in batches:  # warm-up: the first run of each padded shape builds its oneDNN kernels
+        predictor.answer(batch)
+    latencies, deadline = [], time.monotonic() + seconds
     for index in itertools.count():
-        if time.monotonic() >= deadline or index >= args.max_requests:
+        if time.monotonic() >= deadline or index >= max_calls:
             break
         began = time.perf_counter()
-        predictor.answer([pairs[index % len(pairs)]])
+        predictor.answer(batches[index % len(batches)])
         latencies.append(time.perf_counter() - began)
-    return {"latencies": latencies}
+    return latencies
+
+
+def direct_phase(args, pairs):
+    """Phase 4 (baselines, in this process, after the servers stopped): QAPredictor.answer
+      - on batches of --max-batch-size questions with --threads threads (on --server-cpus): questions/s, the
+        ceiling of the load phase's requests/s;
+      - on one question at a time, one thread, on the one-core budget of phase 3: the latency the single
+        phase would have without HTTP.
+    Returns {"batched_questions_per_second", "batch_calls", "latencies" (single, s)}."""
+    from inference.predictor import QAPredictor
+
+    os.sched_setaffinity(0, args.server_cpus or os.sched_getaffinity(0))
+    batched = QAPredictor.load(args.model_dir, threads=args.threads)
+    size = args.max_batch_size
+    batches = [pairs[i:i + size] for i in range(0, len(pairs) - size + 1, size)] or [pairs]
+    calls = _timed_calls(batched, batches, args.seconds, args.max_requests)
+    rate = sum(len(batches[i % len(batches)]) for i in range(len(calls))) / max(sum(calls), 1e-9)
+    del batched
+    os.sched_setaffinity(0, args.single_cpus)
+    single = QAPredictor.load(args.model_dir, threads=1)
+    latencies = _timed_calls(single, [[pair] for pair in pairs], args.single_seconds, args.max_requests)
+    return {"batched_questions_per_second": rate, "batch_calls": len(calls), "latencies": latencies}
 
 
 def _cpus(text, flag):
@@ -336,34 +354,40 @@ def summarize(args, load, single, direct):
                       "latency_ms": percentiles_ms(single["latencies"])}}
     if direct is not None:
         out["direct"] = {"cpus": sorted(args.single_cpus), "calls": len(direct["latencies"]),
-                         "latency_ms": percentiles_ms(direct["latencies"])}
+                         "latency_ms": percentiles_ms(direct["latencies"]),
+                         "batched_questions_per_second": direct["batched_questions_per_second"],
+                         "batch_calls": direct["batch_calls"]}
     return out
 
 
 def report(summary, questions):
-    """Print the figures as a small table (stdout, as the other benchmarks)."""
-    load, single = summary["load"], summary["single"]
-    lat = load["latency_ms"]
-    print(f"load: {summary['clients']} clients x {summary['seconds']:g} s, {questions} distinct questions, server "
-          f"{summary['threads']} threads, batches <= {summary['max_batch_size']}, wait <= {summary['max_wait_ms']:g} ms")
-    print(f"  {load['requests_per_second']:.1f} requests/s; latency p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, "
-          f"p99 {lat['p99']:.1f} ms; {load['batches']} batches, mean {load['mean_batch']:.2f} questions "
+    """Print the figures (stdout, as the other benchmarks)."""
+    load, single, cfg = summary["load"], summary["single"], summary
+    lat, one = load["latency_ms"], single["latency_ms"]
+    print(f"load: {cfg['clients']} clients x {cfg['seconds']:g} s, {questions} distinct questions, server "
+          f"{cfg['threads']} threads, batches <= {cfg['max_batch_size']}, wait <= {cfg['max_wait_ms']:g} ms")
+    print(f"  {load['requests_per_second']:.2f} requests/s; latency p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} "
+          f"ms, p99 {lat['p99']:.1f} ms; {load['batches']} batches, mean {load['mean_batch']:.2f} questions "
           f"(largest {load['largest_batch']})")
     print(f"  sent {load['sent']}, answered correctly {load['answered']}, LOST {load['lost']} (wrong answers "
           f"{load['wrong']}, refused/failed {load['refused_or_failed'] or 0}, transport {load['transport_failures']})")
-    s = single["latency_ms"]
-    print(f"single question, server on CPU {single['cpus']} with 1 thread: p50 {s['p50']:.1f} ms, p90 {s['p90']:.1f} ms, "
-          f"p99 {s['p99']:.1f} ms over {single['answered']} requests (lost {single['lost']})")
-    if "direct" in summary:
-        d = summary["direct"]["latency_ms"]
-        print(f"baseline, QAPredictor.answer in-process on the same core/thread: p50 {d['p50']:.1f} ms, "
-              f"p90 {d['p90']:.1f} ms, p99 {d['p99']:.1f} ms over {summary['direct']['calls']} calls "
-              f"(HTTP + batching add {s['p50'] - d['p50']:.1f} ms at p50)")
+    print(f"single question, server on CPU {single['cpus']} with 1 thread: p50 {one['p50']:.1f} ms, p90 "
+          f"{one['p90']:.1f} ms, p99 {one['p99']:.1f} ms over {single['answered']} requests (lost {single['lost']})")
+    if "direct" not in summary:
+        return
+    direct = summary["direct"]
+    rate, d = direct["batched_questions_per_second"], direct["latency_ms"]
+    print(f"baseline, QAPredictor.answer in-process, batches of {cfg['max_batch_size']}, {cfg['threads']} threads: "
+          f"{rate:.2f} questions/s (the load phase reached {load['requests_per_second'] / rate:.0%} of it)")
+    print(f"baseline, QAPredictor.answer in-process, one question, same core and thread: p50 {d['p50']:.1f} ms, "
+          f"p90 {d['p90']:.1f} ms, p99 {d['p99']:.1f} ms over {direct['calls']} calls (the server adds "
+          f"{one['p50'] - d['p50']:.1f} ms at p50)")
 
 
 def main(argv=None):
     """Run the phases; returns the summary dict. Raises ValueError for bad flags or files."""
     args = parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would cost under load
     pairs = load_questions(args.squad_file, args.questions)
     with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
         log_dir = Path(args.log_dir or tmp)

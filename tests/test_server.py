@@ -172,6 +172,20 @@ def test_concurrent_requests_are_all_answered_correctly(client, model):
     assert [r.json()["answer"] for r in results] == [a for _, _, a in triples]  # ... and none mixed up
 
 
+def test_the_load_test_counts_every_request_and_every_wrong_answer(server, model):
+    from benchmarks.bench_server import drive, reference_answers
+
+    pairs = [(q, c) for q, c, _ in model[1]]
+    expected = reference_answers(server.url, pairs)
+    assert [text for text, _, _ in expected] == [a for _, _, a in model[1]]
+    result = drive(server.url, pairs, expected, clients=3, seconds=60, max_requests=30)  # bounded by count
+    assert (result["sent"], result["answered"], result["wrong"], result["transport"]) == (30, 30, 0, 0)
+    assert len(result["latencies"]) == 30 and result["elapsed"] < 60
+    expected[0] = ("not the answer", 0, 1)  # a server that mixed answers up must be caught
+    result = drive(server.url, pairs, expected, clients=2, seconds=60, max_requests=12)
+    assert (result["sent"], result["answered"], result["wrong"]) == (12, 10, 2)  # requests 0 and 6 ask q0
+
+
 @pytest.fixture(scope="module")
 def slow_batching_server(model, tmp_path_factory):
     """A server whose batches wait up to 3 s for a 4th question, with room for 4 questions in all. Shared by
