@@ -97,14 +97,14 @@ class ServerProcess:
         """The server's output so far (str)."""
         return self.log_path.read_text(errors="replace")
 
-    def terminate(self):
-        """SIGTERM: the server stops accepting, answers what is in flight, then exits 0."""
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, sig=signal.SIGTERM):
+        """SIGTERM (or `sig`, e.g. SIGINT): the server stops accepting, answers what is in flight, exits 0."""
+        self.proc.send_signal(sig)
 
-    def stop(self, timeout=60.0):
-        """SIGTERM and wait (kill after `timeout` s). Returns the exit status."""
+    def stop(self, timeout=60.0, sig=signal.SIGTERM):
+        """Send `sig` and wait (kill after `timeout` s). Returns the exit status."""
         if self.proc.poll() is None:
-            self.terminate()
+            self.terminate(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -12,7 +12,8 @@ faster than 8 runs of one. The thread that loads the model is the only one that 
 
 Items carry a hashable `key` (for QA: the `(n_best, max_answer_length)` options): only items with equal keys
 share a batch, because the model call takes those options once per batch. Gathering takes items from the
-front of the queue only, so a caller is never overtaken by later arrivals.
+front of the queue only, so a caller is never overtaken by later arrivals. A batch closes when full, or
+`max_wait_s` after its oldest item arrived or the worker became free, whichever is later.
 
 Usage:
 
@@ -75,7 +76,8 @@ class MicroBatcher:
       load: callable() -> model, run once in the worker thread (the model is only ever used there).
       run: callable(model, payloads: list, key) -> list of results, one per payload, in order.
       max_batch_size: int >= 1, most items per `run` call.
-      max_wait_s: float >= 0, longest time the oldest pending item waits for others to join its batch.
+      max_wait_s: float >= 0, longest time the oldest pending item waits for others to join its batch
+        once the worker is free.
       max_queue: int >= 1, most items pending (queued, not yet running) at once.
       on_load_error: optional callable(exception), called in the worker when `load` raises (the batcher is
         then FAILED and refuses items; e.g. the server stops itself).
@@ -234,13 +236,20 @@ class MicroBatcher:
             self._run_batch(model, batch)
 
     def _next_batch(self):
-        """Wait for items and gather one batch from the queue's front; None once closing and empty."""
+        """Wait for items and gather one batch from the queue's front; None once closing and empty.
+
+        The batch closes when it is full, or `max_wait_s` after its oldest item arrived -- or after the
+        worker became free, if that was later: items that queued up while a batch ran would otherwise leave
+        at once, without the clients just answered (who send their next request right away) and under
+        steady load every batch would hold about half of the clients.
+        """
+        free_since = time.monotonic()
         with self._cond:
             while not self._queue:
                 if self._closing:
                     return None
                 self._cond.wait()
-            deadline = self._queue[0].arrived + self.max_wait_s
+            deadline = max(self._queue[0].arrived, free_since) + self.max_wait_s
             while True:
                 same = self._leading_same_key()
                 # A different key right behind the run of equal keys means nothing more can join it.

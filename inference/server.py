@@ -19,8 +19,8 @@ type, empty question/context, context over --max-context-chars; 503 queue full (
 ready. Every refusal is {"error": "<what is wrong>", ...} with "limit" when a limit was passed.
 
 Concurrency: the event loop parses requests and hands questions to the MicroBatcher; its one worker thread
-loads the model and runs every batch (a Paddle predictor must not run concurrently). SIGTERM stops
-accepting connections, answers what is in flight, then exits 0.
+loads the model and runs every batch (a Paddle predictor must not run concurrently). SIGTERM or Ctrl-C
+stops accepting connections, answers what is in flight, then exits 0 (a second Ctrl-C: at once).
 
 Usage (from the repo root):
   python -m inference.server --model-dir exported/squad --port 8000 [--threads 2 --precision fp32]
@@ -281,18 +281,18 @@ def _run_batch(predictor, pairs, options):
 
 
 class _Termination:
-    """SIGTERM after a graceful drain means "done" (exit 0), not "killed": uvicorn re-raises the signal it
-    caught once it has shut down, and this handler is what it then calls."""
+    """SIGTERM or Ctrl-C after a graceful drain means "done" (exit 0), not "killed": uvicorn re-raises the
+    signal it caught once it has shut down, and this handler is what it then calls."""
 
     def __init__(self):
-        self.received = False
+        self.received = None
 
     def __call__(self, signum, frame):
-        self.received = True
+        self.received = signal.Signals(signum).name
 
 
 def main(argv=None):
-    """Serve until SIGTERM / Ctrl-C. Returns the final /v1/metrics counters (dict).
+    """Serve until SIGTERM / Ctrl-C. Returns {"batching": the batcher's final counters}.
 
     Raises:
       ValueError: a bad flag, an unusable address, or a model directory the predictor refuses.
@@ -324,17 +324,18 @@ def main(argv=None):
                 args.model_dir, args.precision, args.device, host, port)
     _announce_when_ready(batcher, host, port, args)
     termination = _Termination()
-    previous = signal.signal(signal.SIGTERM, termination)
+    previous = {sig: signal.signal(sig, termination) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         sock.close()
     if batcher.load_error is not None:
         raise batcher.load_error
     stats = {"batching": batcher.stats()}
     logger.info("stopped%s: %d questions answered in %d batches, %d refused (queue full)",
-                " on SIGTERM after answering the requests in flight" if termination.received else "",
+                f" on {termination.received} after answering the requests in flight" if termination.received else "",
                 stats["batching"]["answered"], stats["batching"]["batches"], stats["batching"]["refused_queue_full"])
     return stats
 

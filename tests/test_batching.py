@@ -102,6 +102,22 @@ def test_the_oldest_item_waits_for_company_but_no_longer_than_the_bound():
     batcher.close()
 
 
+def test_items_queued_behind_a_running_batch_still_wait_for_company_once_the_worker_is_free():
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    batcher = make(recorder, max_wait_s=0.6)
+    futures = batcher.submit(["first"])
+    assert recorder.entered.wait(10)  # "first" ran alone after waiting its 0.6 s
+    futures += batcher.submit([1])
+    time.sleep(0.8)  # longer than the wait: measured from its arrival alone, 1 would leave by itself
+    gate.set()
+    time.sleep(0.05)  # a client just answered sends its next question
+    futures += batcher.submit([2])
+    assert [f.result(10)[0] for f in futures] == ["first", 1, 2]
+    assert recorder.batches == [["first"], [1, 2]]
+    batcher.close()
+
+
 def test_a_full_queue_refuses_the_whole_request_and_says_the_limit():
     gate = threading.Event()
     recorder = Recorder(gate)

@@ -8,6 +8,7 @@ answers what is in flight and exits 0; start-up errors as one line and exit 2.
 """
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def server(model, tmp_path_factory):
                          "--max-context-chars", str(MAX_CONTEXT), "--max-body-bytes", str(MAX_BODY),
                          "--max-queue", str(MAX_QUEUE), "--max-batch-size", "4", "--max-wait-ms", "20")
     yield proc
-    assert proc.stop() == 0, proc.log()
+    assert proc.stop(sig=signal.SIGINT) == 0, proc.log()  # Ctrl-C is a graceful stop too
+    assert "stopped on SIGINT after answering the requests in flight" in proc.log()
 
 
 @pytest.fixture(scope="module")
