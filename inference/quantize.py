@@ -69,14 +69,18 @@ def _feeds_loader(batches):
     return _Feeds(batches)
 
 
-def quantize(model_dir, squad_file, windows=300, out_dir=None):
-    """Write model_int8.* calibrated on `windows` windows of `squad_file` into `out_dir` (default model_dir)."""
+def quantize(model_dir, squad_file=None, windows=300, out_dir=None, batches=None):
+    """Write model_int8.* calibrated on `windows` windows of `squad_file` into `out_dir` (default model_dir).
+
+    batches: instead of a file, the calibration feed dicts themselves (benchmarks with random weights).
+    """
     import paddle
     from paddle.static.quantization import PostTrainingQuantization
 
-    batches = _calibration_batches(model_dir, squad_file, windows)
+    if batches is None:
+        batches = _calibration_batches(model_dir, squad_file, windows)
     logger.info("int8 calibration on %d windows of %s (%d batches, algo %s)", sum(len(b["input_ids"]) for b in batches),
-                squad_file, len(batches), CALIBRATION_ALGO)
+                squad_file or "given batches", len(batches), CALIBRATION_ALGO)
     paddle.enable_static()
     scope = paddle.static.Scope()
     exe = paddle.static.Executor(paddle.CPUPlace())
