@@ -154,13 +154,29 @@ def _validate(item, limits):
         question = Question.model_validate(item)
     except ValidationError as err:
         return [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]} for e in err.errors()]
-    problems = [{"field": field, "message": "must not be empty or only whitespace"}
-                for field in ("question", "context") if not getattr(question, field).strip()]
+    problems = []
+    for field in ("question", "context"):
+        text = getattr(question, field)
+        if not text.strip():
+            problems.append({"field": field, "message": "must not be empty or only whitespace"})
+        surrogate = _unpaired_surrogate(text)
+        if surrogate is not None:  # JSON's "\ud800" escapes decode to text no tokenizer or encoder takes
+            problems.append({"field": field, "message": f"has an unpaired surrogate (U+{ord(text[surrogate]):04X}) "
+                                                        f"at character {surrogate}; send valid Unicode"})
     if len(question.context) > limits.max_context_chars:
         problems.append({"field": "context", "limit": limits.max_context_chars,
                          "message": f"has {len(question.context)} characters, more than the limit of "
                                     f"{limits.max_context_chars}"})
     return problems or question
+
+
+def _unpaired_surrogate(text):
+    """Index of the first lone UTF-16 surrogate in `text`, or None (the common case costs one encode)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
 
 
 def _field_name(index, field):
