@@ -17,7 +17,8 @@ utils.runtime.cpu_bf16_support says it runs, otherwise one line says why), hf-to
 Usage (from the repo root):
   OMP_NUM_THREADS=2 python -m benchmarks.bench_inference --output-dir results/bench_inference \
       [--bert-model bert-base-uncased] [--num-hidden-layers 4] [--batch-sizes 1,8,32] [--seq-lengths 128,384] \
-      [--routes baseline,fp32,bf16,int8,hf-torch] [--warmup 2] [--iterations 10] [--max-seconds 30]
+      [--routes baseline,fp32,bf16,int8,hf-torch] [--warmup 2] [--iterations 10] [--max-seconds 30] \
+      [--hf-path DIR]   # torch + transformers installed apart: pip install --target DIR torch==2.13.0+cpu transformers
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -177,8 +178,11 @@ def hf_rows(cfg, args):
     spec = {"threads": args.threads, "config": cfg.to_dict(), "seq_lengths": args.seq_lengths,
             "batch_sizes": args.batch_sizes, "warmup": args.warmup, "iterations": args.iterations,
             "max_seconds": args.max_seconds}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if args.hf_path:  # torch's own numpy etc. must not shadow paddle's, so only the worker sees them
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), args.hf_path, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_inference", "--hf-worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         logger.warning("hf-torch skipped: %s (install torch and transformers to compare)", tail)
@@ -261,14 +265,18 @@ def build_parser():
     parser.add_argument("--iterations", type=int, default=10, help="timed runs per shape (at most)")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="stop timing a shape after this long (at least 3 runs)")
+    parser.add_argument("--hf-path", default=None,
+                        help="directory holding torch + transformers (pip install --target DIR), put on the "
+                             "hf-torch worker's PYTHONPATH only")
     parser.add_argument("--hf-worker", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--hf-worker"]:  # before build_parser, which imports paddle (via tasks.flags)
+        return hf_worker(json.loads(argv[1]))
     args = build_parser().parse_args(argv)
-    if args.hf_worker:
-        return hf_worker(json.loads(args.hf_worker))
     from modeling import BertConfig
     from inference.predictor import default_threads
     from tasks.flags import CONFIG_DIR

@@ -21,7 +21,10 @@ from inference import model_dir as layout
 logger = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 8
-CALIBRATION_ALGO = "hist"          # percentile of the activation histogram: robust to BERT's outliers
+# Each activation's abs-max over the calibration windows: one pass. ("hist"/"KL" build histograms of
+# every activation in numpy: over 13 minutes for 32 windows of a 4-layer bert-base here; Paddle 2.6's
+# "avg" fails on the model's 0-d tensors.)
+CALIBRATION_ALGO = "abs_max"
 QUANTIZABLE_OPS = ("matmul", "matmul_v2", "mul")
 
 
