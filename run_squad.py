@@ -12,7 +12,11 @@ Owns the command line: the NVIDIA reference's run_squad.py flags with the same n
 (`--do-train/--do-predict/--do-eval`, `--train-batch-size/--predict-batch-size`, ...), plus `--mode`
 (run_squad.sh's mode word), `--batch-size` (both batch sizes), `--device`, `--infer-dtype`,
 `--features-cache-dir`, `--question/--context/--context-file`; and `validate_args`, the one place that
-rejects bad flags before any file is written. The loops live in `tasks.squad`.
+rejects bad flags before any file is written. The loops live in `tasks.squad`. Prediction (eval,
+prediction, --question) runs through `inference.predictor.QAPredictor` (Paddle Inference, oneDNN,
+length-bucketed batches): a fine-tuned checkpoint is exported to a temporary directory and verified first;
+`--from-checkpoint` may also be an `inference.export` directory (then `--infer-dtype int8` is possible).
+Only `--benchmark` still times the training-time executor program, as the reference does.
 
 Outputs, as the reference: `<output-dir>/<bert-model>/squad/` gets `<model-prefix>.pdparams` (+
 `bert_config.json`) after training and predictions.json, nbest_predictions.json (null_odds.json for v2);
@@ -36,14 +40,16 @@ import sys
 import paddle
 
 import program
-from tasks import outcome
-from data.features.squad import FeatureParams, examples_to_features, load_or_build_features
+from data.features.squad import FeatureParams, load_or_build_features
+from inference import model_dir as export_layout
+from inference.export import load_from_scope
+from inference.predictor import QAPredictor
 from tasks import finetune
 from tasks import flags as common
+from tasks import outcome
 from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
 from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
                          save_params, single_question_example, train)
-from tokenizer import BertTokenizer
 from utils import runtime, squad_metrics
 from utils.amp_state import init_pure_fp16
 from utils.cli import run_cli
@@ -55,7 +61,8 @@ from utils.squad_postprocess import postprocess_predictions
 logger = logging.getLogger("run_squad")
 
 MODES = ("train", "eval", "prediction", "train_eval")
-INFER_DTYPES = ("float32", "bfloat16")
+INFER_DTYPES = ("float32", "bfloat16", "int8")
+PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}  # inference.predictor's names
 DEFAULT_TRAIN_BATCH, DEFAULT_PREDICT_BATCH = 32, 8
 
 
@@ -121,7 +128,9 @@ def _add_squad_args(parser):
     t.add_argument("--null-score-diff-threshold", type=float, default=0.0,
                    help="v2: predict no answer when null score - best score exceeds this")
     t.add_argument("--infer-dtype", choices=INFER_DTYPES, default="float32",
-                   help="prediction precision; bfloat16 runs matmuls in bf16 (oneDNN CPUs with bf16)")
+                   help="prediction precision; bfloat16 runs matmuls in bf16 (oneDNN CPUs with bf16); int8 "
+                        "needs --from-checkpoint <export dir> with an int8 copy (python -m inference.export "
+                        "--int8-calibration-file ...)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +144,8 @@ class Plan:
     (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig);
     model_name (--bert-model, or the name of the architecture in use); out_dir
     (<output-dir>/<model_name>/squad); report_file (--report-file, default <out_dir>/report.json); context
-    (the --question's text, else None).
+    (the --question's text, else None); export_dir (--from-checkpoint when it is an `inference.export`
+    directory, else None).
     """
     do_train: bool
     do_predict: bool
@@ -155,6 +165,7 @@ class Plan:
     report_file: str
     model_name: str = finetune.DEFAULT_BERT_MODEL
     context: object = None
+    export_dir: object = None
 
 
 def _modes(args):
@@ -268,6 +279,37 @@ def _context(args):
     return text
 
 
+def _check_export(args, init_path, do_train, params):
+    """(export dir or None, FeatureParams): an exported --from-checkpoint predicts with its own settings.
+
+    Raises:
+      ValueError: training an export, a damaged export, int8 without an int8 copy or without an export.
+    """
+    if not export_layout.is_export_dir(init_path):
+        if args.infer_dtype == "int8":
+            raise ValueError("--infer-dtype int8 needs --from-checkpoint <export dir> holding an int8 copy: "
+                             "python -m inference.export --checkpoint ... --int8-calibration-file "
+                             "<SQuAD training JSON> --output-dir DIR")
+        return None, params
+    if do_train:
+        raise ValueError(f"--from-checkpoint '{init_path}' is an exported inference model, which cannot be "
+                         "trained further; give the fine-tuned .pdparams it was exported from")
+    if args.benchmark:
+        raise ValueError("--benchmark times the training-time program; give the fine-tuned .pdparams, or time "
+                         "an export with python -m benchmarks.bench_inference")
+    manifest, _ = export_layout.read_manifest(init_path)  # a damaged or changed export fails here
+    if args.infer_dtype == "int8" and not all(n in manifest["files"] for n in export_layout.INT8_FILES):
+        raise ValueError(f"--infer-dtype int8: '{init_path}' has no int8 copy; re-export with "
+                         "--int8-calibration-file <SQuAD training JSON>, or use --infer-dtype float32")
+    s = export_layout.read_settings(init_path)
+    exported = FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length)
+    if exported != params or s.do_lower_case != args.do_lower_case:
+        logger.warning("'%s' was exported with --max-seq-length %d --doc-stride %d --max-query-length %d%s; "
+                       "those settings are used", init_path, s.max_seq_length, s.doc_stride,
+                       s.max_query_length, " --do-lower-case" if s.do_lower_case else "")
+    return init_path, exported
+
+
 def _check_bf16_cpu():
     """Refuse --infer-dtype bfloat16 where oneDNN has no bf16 kernels (it would fail in the first matmul)."""
 
@@ -294,6 +336,7 @@ def validate_args(args):
     params = _check_numbers(args)
     context = _context(args)
     init_path, require_qa_head = _init_path(args, do_train)
+    export_dir, params = _check_export(args, init_path, do_train, params)
     _check_vocab(args)
     model_cfg = _model_config(args, init_path)
     model_name = _model_name(args, model_cfg)
@@ -319,7 +362,8 @@ def validate_args(args):
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
                 model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
                 amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir, model_name=model_name,
-                report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context)
+                report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context,
+                export_dir=export_dir)
 
 
 def main(argv=None):
@@ -382,6 +426,12 @@ def _build(args, plan, rt, train_features):
 def train_and_predict(args, plan, rt):
     """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
 
+    if plan.export_dir is not None:  # an exported model predicts by itself: no program to build
+        metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
+        try:
+            return _predict_and_score(args, plan, rt, None, metrics) if rt.dist.is_main else {}
+        finally:
+            metrics.close()
     train_features = _features(args, plan, args.train_file, True)[1] if plan.do_train else None
     bundle, opts = _build(args, plan, rt, train_features)
     rt.exe.run(bundle.startup_program)
@@ -409,17 +459,43 @@ def train_and_predict(args, plan, rt):
     return results
 
 
+def _predictor(args, plan, rt, bundle):
+    """The QAPredictor that predicts: the exported --from-checkpoint itself, or the parameters now in the
+    scope exported (and verified against the executor) through a temporary directory."""
+
+    precision = PRECISION_OF_DTYPE[args.infer_dtype]
+    if plan.export_dir is not None:
+        return QAPredictor.load(plan.export_dir, precision=precision, device=rt.device,
+                                batch_size=plan.predict_batch_size)
+    fp = plan.feature_params
+    settings = export_layout.ExportSettings(model_name=plan.model_name, do_lower_case=args.do_lower_case,
+                                            max_seq_length=fp.max_seq_length, doc_stride=fp.doc_stride,
+                                            max_query_length=fp.max_query_length)
+    return load_from_scope(rt.exe, bundle, model_cfg=plan.model_cfg, vocab_file=args.vocab_file,
+                           settings=settings, source={"path": os.path.abspath(plan.init_path), "in_process": True},
+                           precision=precision, device=rt.device, batch_size=plan.predict_batch_size)
+
+
+def _executor_benchmark(args, rt, bundle, features, batch_size):
+    """--benchmark: the reference's measurement of the training-time program (warm-up, then timed batches)."""
+
+    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
+        bundle.eval_program)
+    return predict_logits(rt.exe, infer, bundle.eval_fetches, features, batch_size,
+                          (args.benchmark_warmup_steps, args.benchmark_steps))[2]
+
+
 def _predict_and_score(args, plan, rt, bundle, metrics):
 
     examples, features = _features(args, plan, args.predict_file, False)
-    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
-        bundle.eval_program)
-    bench = (args.benchmark_warmup_steps, args.benchmark_steps) if args.benchmark else None
-    start, end, stats = predict_logits(rt.exe, infer, bundle.eval_fetches, features, plan.predict_batch_size,
-                                       bench)
-    metrics.log_summary(stats)
     if args.benchmark:
+        stats = _executor_benchmark(args, rt, bundle, features, plan.predict_batch_size)
+        metrics.log_summary(stats)
         return stats
+    predictor = _predictor(args, plan, rt, bundle)
+    start, end, stats = predictor.predict_logits(features, show_progress=True)
+    stats = {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
+    metrics.log_summary(stats)
     preds, _, null_odds = postprocess_predictions(
         examples, features, start, end, n_best_size=args.n_best_size,
         max_answer_length=args.max_answer_length, do_lower_case=args.do_lower_case,
@@ -447,27 +523,21 @@ def _score(args, preds, null_odds):
 def answer_question(args, plan, rt):
     """--question: the best answer (printed with its probability) from a fine-tuned model."""
 
-    example = single_question_example(args.question, plan.context)
-    fp = plan.feature_params
-    features = examples_to_features([example], BertTokenizer(args.vocab_file, do_lower_case=args.do_lower_case),
-                                    fp.max_seq_length, fp.doc_stride, fp.max_query_length, is_training=False)
-    bundle, _ = _build(args, plan, rt, None)
-    rt.exe.run(bundle.startup_program)
-    init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=True,
-                    vocab_size=plan.model_cfg.vocab_size)
-    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
-        bundle.eval_program)
-    start, end, _ = predict_logits(rt.exe, infer, bundle.eval_fetches, features, plan.predict_batch_size)
-    preds, nbest, _ = postprocess_predictions(
-        [example], features, start, end, n_best_size=args.n_best_size,
-        max_answer_length=args.max_answer_length, do_lower_case=args.do_lower_case,
+    example = single_question_example(args.question, plan.context)  # its errors name the flags
+    bundle = None
+    if plan.export_dir is None:
+        bundle, _ = _build(args, plan, rt, None)
+        rt.exe.run(bundle.startup_program)
+        init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=True,
+                        vocab_size=plan.model_cfg.vocab_size)
+    answer = _predictor(args, plan, rt, bundle).answer(
+        [(example.question_text, plan.context)], n_best=args.n_best_size, max_answer_length=args.max_answer_length,
         version_2_with_negative=args.version_2_with_negative,
-        null_score_diff_threshold=args.null_score_diff_threshold)
-    answer, entries = preds[example.qas_id], nbest[example.qas_id]
-    chosen = next((e for e in entries if e["text"] == answer), entries[0])
-    for line in describe_answer(answer, chosen["probability"], entries, args.verbose_logging):
+        null_score_diff_threshold=args.null_score_diff_threshold)[0]
+    for line in describe_answer(answer.text, answer.score, answer.nbest, args.verbose_logging):
         print(line)
-    return {"answer": answer, "probability": chosen["probability"], "nbest": entries}
+    return {"answer": answer.text, "probability": answer.score, "start": answer.start, "end": answer.end,
+            "nbest": answer.nbest}
 
 
 def cli(argv=None):

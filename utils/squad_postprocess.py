@@ -45,24 +45,30 @@ def _project(pred_text, words, tok_text):
     Positions are converted arithmetically (a space-free offset k in word j sits at k + j in the joined
     text), which equals Google's character maps without building them.
     """
+    begin, end = _project_span(pred_text, words, tok_text)
+    return " ".join(words)[begin:end]
+
+
+def _project_span(pred_text, words, tok_text):
+    """`_project`'s answer as (begin, end) character offsets into " ".join(words) (end exclusive)."""
     orig_text = " ".join(words)
     start = tok_text.find(pred_text)
     if not pred_text or start == -1:
         logger.debug("could not find %r in %r", pred_text, orig_text)
-        return orig_text
+        return 0, len(orig_text)
     end = start + len(pred_text) - 1
     word_starts = list(itertools.accumulate((len(w) for w in words), initial=0))
     if word_starts[-1] != len(tok_text) - tok_text.count(" "):
         logger.debug("length not equal after stripping spaces: %r vs %r", orig_text, tok_text)
-        return orig_text
+        return 0, len(orig_text)
     if tok_text[start] == " " or tok_text[end] == " ":
-        return orig_text
+        return 0, len(orig_text)
 
     def to_orig(tok_pos):
         ns = tok_pos - tok_text.count(" ", 0, tok_pos)
         return ns + bisect.bisect_right(word_starts, ns, hi=len(words)) - 1
 
-    return orig_text[to_orig(start):to_orig(end) + 1]
+    return to_orig(start), to_orig(end) + 1
 
 
 def get_final_text(pred_text, orig_text, do_lower_case, basic_tokenizer=None):
@@ -168,10 +174,14 @@ def _ranked_candidates(rows, features, start_logits, end_logits, n_best_size, ma
 
 
 def _span_text(example, features, row, start, end, word_tokens):
+    """(answer text, (begin, end) character offsets of it in " ".join(example.doc_tokens))."""
     pieces = [features.id_to_token[i] for i in features.input_ids[row, start:end + 1]]
     first, last = int(features.token_to_orig[row, start]), int(features.token_to_orig[row, end])
     words = example.doc_tokens[first:last + 1]
-    return _project(_detokenize(pieces), words, word_tokens.text(example.doc_tokens, first, last))
+    begin, stop = _project_span(_detokenize(pieces), words, word_tokens.text(example.doc_tokens, first, last))
+    # the words before `first`, each followed by one space, come first in the joined document
+    base = sum(len(w) for w in example.doc_tokens[:first]) + first
+    return " ".join(words)[begin:stop], (base + begin, base + stop)
 
 
 def _softmax(scores):
@@ -183,16 +193,21 @@ def _softmax(scores):
 
 
 # ------------------------------------------------------------------------------------------ per example
-def _nbest(example, features, candidates, n_best_size, word_tokens):
-    """First n_best_size candidates with distinct text, as [text, start_logit, end_logit] lists."""
+def _nbest(example, features, candidates, n_best_size, word_tokens, offsets=None):
+    """First n_best_size candidates with distinct text, as [text, start_logit, end_logit] lists.
+
+    offsets: None, or a dict filled with text -> (begin, end) in " ".join(example.doc_tokens).
+    """
     nbest, seen = [], set()
     for row, start, end, s_logit, e_logit in candidates:
         if len(nbest) >= n_best_size:
             break
         if start > 0:
-            text = _span_text(example, features, row, start, end, word_tokens)
+            text, span = _span_text(example, features, row, start, end, word_tokens)
             if text in seen:
                 continue
+            if offsets is not None:
+                offsets[text] = span
         else:
             text = ""  # the null span ([CLS]); only ever one such candidate
         seen.add(text)
@@ -213,7 +228,8 @@ def _predict_example(example, rows, features, start_logits, end_logits, opts, wo
     null = _null_span(rows, start_logits, end_logits) if (v2 and len(rows)) else None
     candidates = _ranked_candidates(rows, features, start_logits, end_logits, opts["n_best_size"],
                                     opts["max_answer_length"], null[0] if null else None) if len(rows) else []
-    nbest = _nbest(example, features, candidates, opts["n_best_size"], word_tokens)
+    offsets = {} if opts.get("with_offsets") else None
+    nbest = _nbest(example, features, candidates, opts["n_best_size"], word_tokens, offsets)
     if null and all(text for text, _, _ in nbest):
         nbest.append(["", null[1], null[2]])
     if not nbest:
@@ -221,6 +237,9 @@ def _predict_example(example, rows, features, start_logits, end_logits, opts, wo
     probs = _softmax([s + e for _, s, e in nbest])
     nbest_json = [{"text": t, "probability": p, "start_logit": s, "end_logit": e}
                   for (t, s, e), p in zip(nbest, probs)]
+    if offsets is not None:  # the null answer "" has no place in the document: (0, 0)
+        for entry in nbest_json:
+            entry["doc_offsets"] = offsets.get(entry["text"], (0, 0))
     if not v2:
         return nbest[0][0], nbest_json, None
     best = next((entry for entry in nbest if entry[0]), None)
@@ -251,7 +270,7 @@ def _check_inputs(examples, features, all_start_logits, all_end_logits, n_best_s
 
 def postprocess_predictions(examples, features, all_start_logits, all_end_logits, n_best_size=20,
                             max_answer_length=30, do_lower_case=True, version_2_with_negative=False,
-                            null_score_diff_threshold=0.0, output_dir=None):
+                            null_score_diff_threshold=0.0, output_dir=None, with_offsets=False):
     """Turn per-window logits into one answer per question.
 
     Args:
@@ -265,6 +284,9 @@ def postprocess_predictions(examples, features, all_start_logits, all_end_logits
       null_score_diff_threshold: float, predict "" when null odds exceed it (v2).
       output_dir: str or None; if given, write predictions.json, nbest_predictions.json and (v2)
         null_odds.json there, each atomically.
+      with_offsets: bool; if True, every n-best entry also has "doc_offsets": (begin, end), where its text
+        is `" ".join(example.doc_tokens)[begin:end]` ((0, 0) for the null answer), so a caller holding
+        the original context can give character offsets into it (`inference.predictor` does).
 
     Returns:
       (predictions {qas_id: text}, nbest {qas_id: [{"text", "probability", "start_logit",
@@ -281,7 +303,7 @@ def postprocess_predictions(examples, features, all_start_logits, all_end_logits
         rows_of[ex_index].append(row)
     opts = {"n_best_size": n_best_size, "max_answer_length": max_answer_length,
             "version_2_with_negative": version_2_with_negative,
-            "null_score_diff_threshold": null_score_diff_threshold}
+            "null_score_diff_threshold": null_score_diff_threshold, "with_offsets": with_offsets}
     word_tokens = _BasicTokensOfWords(do_lower_case)
     predictions, nbest_all, null_odds = {}, {}, {}
     for index, example in enumerate(examples):

@@ -1,0 +1,192 @@
+"""What the answer service accepts: the body of `POST /v1/answer` turned into questions, or a `RequestError`
+that says what is wrong, the HTTP status for it and the limit that was passed.
+
+Owns: the request schema (one object `{"question", "context"[, "n_best", "max_answer_length"]}` or a JSON
+array of them), the limits checked per request (body bytes, questions per request, context characters) and
+the wording of every refusal. Does not own HTTP plumbing, batching or the model (`inference.server`,
+`inference.batching`, `inference.predictor`).
+
+Status codes, so that a client can tell its own mistake from the server's state:
+  400  the body is not UTF-8 or not JSON (with the offset / line and column);
+  413  the body, or the number of questions in it, exceeds a limit (the limit is in the answer);
+  422  JSON of the wrong shape: a missing or unknown field, a wrong type, an empty question or context,
+       an option out of range, a context over the character limit;
+(503, queue full or model not ready, is the server's and lives in `inference.server`.)
+"""
+import dataclasses
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_N_BEST = 20          # the n-best list SQuAD post-processing keeps (run_squad's --n-best-size default)
+MAX_ANSWER_TOKENS = 512  # no window is longer than BERT's 512 positions, so no answer span can be either
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-request bounds, from the server's flags.
+
+    Attributes:
+      max_body_bytes: int, largest accepted body (413 above).
+      max_questions: int, most questions in one batch request (413 above); the queue bound, since a
+        request with more could never be admitted.
+      max_context_chars: int, longest context in characters (422 above): each 384-token window of a long
+        context is a model run, so this bounds the work one question can ask for.
+    """
+    max_body_bytes: int
+    max_questions: int
+    max_context_chars: int
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class RequestError(Exception):
+    """A request the service refuses.
+
+    Attributes:
+      status: int HTTP status (400, 413, 422).
+      body: dict for the JSON answer: {"error": one sentence, and e.g. "limit", "detail"}.
+    """
+
+    def __init__(self, status, message, **extra):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **extra}
+
+
+class Question(BaseModel):
+    """One question. Strict types: `"n_best": "3"` or `true` is an error, not a silent conversion."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    question: str = Field(description="the question, non-empty")
+    context: str = Field(description="the passage the answer is taken from, non-empty")
+    n_best: int = Field(1, ge=1, le=MAX_N_BEST, description="answers to return, best first")
+    max_answer_length: int = Field(30, ge=1, le=MAX_ANSWER_TOKENS, description="longest answer in tokens")
+
+    @property
+    def options(self):
+        """The options the model takes once per batch: only questions with equal options share one."""
+        return self.n_best, self.max_answer_length
+
+
+def read_json(body, limits):
+    """Decode the raw body: UTF-8, then JSON.
+
+    Args:
+      body: bytes, the whole request body.
+      limits: Limits.
+
+    Returns:
+      The decoded JSON value.
+
+    Raises:
+      RequestError: 413 for a body over the limit; 400 for an empty body, bytes that are not UTF-8, text
+        that is not JSON, or JSON nested too deeply for the parser.
+    """
+    if len(body) > limits.max_body_bytes:
+        raise body_too_large(len(body), limits)
+    if not body.strip():
+        raise RequestError(400, 'the body is empty; send JSON like {"question": "...", "context": "..."}')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"the body is not UTF-8: byte {err.start} ({body[err.start:err.start + 1]!r}) "
+                                "cannot be decoded; send JSON encoded as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"the body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+                           ) from None
+    except RecursionError:
+        raise RequestError(400, "the body is JSON nested too deeply to read") from None
+
+
+def body_too_large(size, limits):
+    """The 413 for a body of `size` bytes (also used before reading, from Content-Length)."""
+    return RequestError(413, f"the body has {size} bytes, more than the limit of {limits.max_body_bytes}",
+                        limit=limits.max_body_bytes)
+
+
+def parse_questions(value, limits):
+    """Validate a decoded body into questions.
+
+    Args:
+      value: the JSON value: an object (one question) or a non-empty array of objects (a batch).
+      limits: Limits.
+
+    Returns:
+      (list[Question], is_batch: bool). A single object gives one question and is_batch False.
+
+    Raises:
+      RequestError: 413 for more questions than `limits.max_questions`; 422 for anything else wrong, with
+        "detail": [{"field", "message"}] listing every problem (fields of batch items as "[i].field").
+    """
+    is_batch = isinstance(value, list)
+    if not is_batch and not isinstance(value, dict):
+        raise RequestError(422, f"the body must be a JSON object or an array of objects, got {_json_type(value)}")
+    items = value if is_batch else [value]
+    if not items:
+        raise RequestError(422, "the array of questions is empty")
+    if len(items) > limits.max_questions:
+        raise RequestError(413, f"the request has {len(items)} questions, more than the limit of "
+                                f"{limits.max_questions}; split it", limit=limits.max_questions)
+    questions, problems = [], []
+    for index, item in enumerate(items):
+        found = _validate(item, limits)
+        if isinstance(found, Question):
+            questions.append(found)
+        else:
+            problems += [dict(problem, field=_field_name(index if is_batch else None, problem["field"]))
+                         for problem in found]
+    if problems:
+        summary = "; ".join(f"{p['field'] or 'item'}: {p['message']}" for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise RequestError(422, f"invalid request: {summary}{more}", detail=problems)
+    return questions, is_batch
+
+
+def _validate(item, limits):
+    """A Question, or a list of problems {"field", "message"[, "limit"]}."""
+    if not isinstance(item, dict):
+        return [{"field": "", "message": f"each question must be a JSON object, got {_json_type(item)}"}]
+    try:
+        question = Question.model_validate(item)
+    except ValidationError as err:
+        return [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]} for e in err.errors()]
+    problems = []
+    for field in ("question", "context"):
+        text = getattr(question, field)
+        if not text.strip():
+            problems.append({"field": field, "message": "must not be empty or only whitespace"})
+        surrogate = _unpaired_surrogate(text)
+        if surrogate is not None:  # JSON's "\ud800" escapes decode to text no tokenizer or encoder takes
+            problems.append({"field": field, "message": f"has an unpaired surrogate (U+{ord(text[surrogate]):04X}) "
+                                                        f"at character {surrogate}; send valid Unicode"})
+    if len(question.context) > limits.max_context_chars:
+        problems.append({"field": "context", "limit": limits.max_context_chars,
+                         "message": f"has {len(question.context)} characters, more than the limit of "
+                                    f"{limits.max_context_chars}"})
+    return problems or question
+
+
+def _unpaired_surrogate(text):
+    """Index of the first lone UTF-16 surrogate in `text`, or None (the common case costs one encode)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
+
+
+def _field_name(index, field):
+    """"context" for a single question; "[2].context" (or "[2]" for the item itself) in a batch."""
+    if index is None:
+        return field
+    return f"[{index}].{field}" if field else f"[{index}]"
+
+
+def _json_type(value):
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,256 @@
+"""Export a fine-tuned SQuAD model to a self-contained Paddle Inference directory, verified before success.
+
+Usage (from the repository root):
+
+    python -m inference.export --checkpoint results/bert-large-uncased/squad --output-dir export/squad \
+        --vocab-file vocab/bert-large-uncased-vocab.txt --do-lower-case [--max-seq-length 384] \
+        [--int8-calibration-file squad/train-v1.1.json --calibration-windows 300]
+
+Owns: building the eval program, loading the checkpoint into it, `paddle.static.save_inference_model`,
+writing the directory (`inference.model_dir` layout) atomically, and the parity check: the exported model,
+run by `inference.predictor` (Paddle Inference, oneDNN), must reproduce the training program's logits
+(static executor) on a few windows within `--tolerance`, or nothing is written. With
+`--int8-calibration-file` it also adds a post-training-quantized copy (`inference.quantize`).
+Does not own: the directory layout and manifest (`inference.model_dir`), running answers
+(`inference.predictor`).
+"""
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
+import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from inference import model_dir as layout
+from utils.fs import atomic_write_json
+
+logger = logging.getLogger("inference.export")
+
+DEFAULT_TOLERANCE = 1e-3   # max |delta logit| exported vs executor (measured: ~1e-6 in fp32)
+VERIFY_WINDOWS = 4
+
+
+def save_program(exe, bundle, directory):
+    """Write model.pdmodel / model.pdiparams of `bundle.eval_program` with the current scope's values."""
+    import paddle
+
+    program = bundle.eval_program
+    feeds = [program.global_block().var(name) for name in bundle.eval_feed_names]
+    fetches = [program.global_block().var(bundle.eval_fetches[k].name) for k in ("start_logits", "end_logits")]
+    paddle.static.save_inference_model(os.path.join(directory, layout.MODEL_PREFIX), feeds, fetches, exe,
+                                       program=program)
+
+
+def verification_feed(vocab_size, max_seq_length, windows=VERIFY_WINDOWS, seed=0):
+    """Windows of different real lengths (random ids, padding after them) to compare two runtimes on."""
+    rng = np.random.default_rng(seed)
+    lengths = np.linspace(max(4, max_seq_length // 4), max_seq_length, windows).astype(np.int64)
+    ids = rng.integers(0, vocab_size, (windows, max_seq_length)).astype(np.int64)
+    positions = np.arange(max_seq_length)[None, :]
+    mask = (positions < lengths[:, None]).astype(np.int64)
+    types = ((positions >= lengths[:, None] // 3) & (mask > 0)).astype(np.int64)
+    return {"input_ids": ids * mask, "token_type_ids": types, "attention_mask": mask[:, None, None, :]}
+
+
+def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX):
+    """max |delta| between the executor's eval-program logits and the exported model's (Paddle Inference)
+    on `feed`, over real (unpadded) positions."""
+    import paddle.inference as paddle_infer
+
+    from inference.predictor import make_config
+
+    names = [bundle.eval_fetches[k].name for k in ("start_logits", "end_logits")]
+    want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
+    predictor = paddle_infer.create_predictor(make_config(
+        os.path.join(directory, prefix + ".pdmodel"), os.path.join(directory, prefix + ".pdiparams"),
+        precision=precision))
+    for name in predictor.get_input_names():
+        handle = predictor.get_input_handle(name)
+        handle.reshape(feed[name].shape)
+        handle.copy_from_cpu(feed[name])
+    predictor.run()
+    got = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    real = feed["attention_mask"][:, 0, 0, :] > 0
+    return float(max(np.abs(np.asarray(w) - g)[real].max() for w, g in zip(want, got)))
+
+
+def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, source, tolerance=DEFAULT_TOLERANCE,
+                 extra=None):
+    """Fill `directory` (empty, e.g. from utils.fs.atomic_output_dir) with a verified export.
+
+    The scope must hold the model's parameters (loaded, or just trained).
+
+    Returns:
+      the manifest dict (with verified_max_abs_logit_diff).
+
+    Raises:
+      ValueError: the exported model's logits differ from the executor's by more than `tolerance`.
+    """
+    save_program(exe, bundle, directory)
+    atomic_write_json(os.path.join(directory, layout.CONFIG_FILE), model_cfg.to_dict())
+    shutil.copyfile(vocab_file, os.path.join(directory, layout.VOCAB_FILE))
+    atomic_write_json(os.path.join(directory, layout.SETTINGS_FILE), settings.to_dict())
+    diff = max_logit_difference(exe, bundle, directory, verification_feed(model_cfg.vocab_size,
+                                                                          settings.max_seq_length))
+    logger.info("exported model vs training program: max |delta logit| = %.3g on %d windows (tolerance %g)",
+                diff, VERIFY_WINDOWS, tolerance)
+    if not diff <= tolerance:
+        raise ValueError(f"the exported model's logits differ from the training program's by {diff:.3g} "
+                         f"(> --tolerance {tolerance}); nothing was written")
+    return layout.write_manifest(directory, source=source,
+                                 extra=dict(extra or {}, verified_max_abs_logit_diff=diff))
+
+
+def load_from_scope(exe, bundle, *, model_cfg, vocab_file, settings, source, precision="fp32", device="cpu",
+                    threads=None, batch_size=None):
+    """A QAPredictor for the parameters now in the scope (just trained, or loaded from a checkpoint): the
+    program is exported and verified in a temporary directory, loaded, and the directory removed.
+
+    Raises:
+      ValueError: as `write_export` and `QAPredictor.load`.
+    """
+    import tempfile
+
+    from inference.predictor import DEFAULT_BATCH_SIZE, QAPredictor
+
+    with tempfile.TemporaryDirectory(prefix="squad-export-") as tmp:
+        write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=vocab_file, settings=settings,
+                     source=source)
+        return QAPredictor.load(tmp, precision=precision, device=device, threads=threads,
+                                batch_size=batch_size or DEFAULT_BATCH_SIZE)
+
+
+def source_record(path):
+    """The manifest's description of a checkpoint: its path and the SHA-256 of its weights file(s)."""
+    path = os.path.abspath(path)
+    if os.path.isfile(path + ".pdparams"):
+        path += ".pdparams"
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith((".pdparams", ".safetensors")))
+    return {"path": path, "weights": {os.path.basename(f): layout.sha256_file(f) for f in files}}
+
+
+def build_parser():
+    from tasks import finetune
+    from tasks import flags as common
+
+    parser = common.Parser(description="Export a fine-tuned SQuAD model for Paddle Inference.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="fine-tuned SQuAD model: a directory with bert_paddle.pdparams (run_squad's "
+                             "<output-dir>/<bert-model>/squad), a .pdparams file, or an HF QA checkpoint")
+    parser.add_argument("--output-dir", required=True, help="export directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    common.add_model_args(parser, default_model=None, default_help=finetune.BERT_MODEL_DEFAULT_HELP)
+    parser.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
+    parser.add_argument("--max-seq-length", type=int, default=384, help="window length in WordPieces")
+    parser.add_argument("--doc-stride", type=int, default=128, help="distance between window starts")
+    parser.add_argument("--max-query-length", type=int, default=64, help="question WordPieces kept")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="largest |delta logit| allowed between the export and the training program")
+    q = parser.add_argument_group("int8 (post-training quantization)")
+    q.add_argument("--int8-calibration-file", default=None,
+                   help="SQuAD training JSON whose windows calibrate an int8 copy (model_int8.*)")
+    q.add_argument("--calibration-windows", type=int, default=300, help="windows used for calibration")
+    q.add_argument("--int8-eval-file", default=None,
+                   help="SQuAD JSON (with answers) to measure the int8 copy's EM/F1 change on (printed, "
+                        "and recorded in the manifest)")
+    q.add_argument("--int8-eval-questions", type=int, default=500,
+                   help="questions of --int8-eval-file used for the EM/F1 comparison (0 = all)")
+    return parser
+
+
+def export_checkpoint(args):
+    """Validate the flags, then load, export, verify and (optionally) quantize.
+
+    Returns:
+      the manifest dict of the new directory.
+
+    Raises:
+      ValueError: a bad flag or file, naming it; a parity failure (nothing is written).
+    """
+    import paddle
+
+    import program
+    from data.features.squad import FeatureParams
+    from tasks import flags as common
+    from tasks.config import in_flag_terms
+    from tasks import finetune
+    from tasks.squad import init_parameters, resolve_init_path
+    from utils.fs import atomic_output_dir, probe_writable
+
+    common.require_existing("--vocab-file", args.vocab_file, "file")
+    if not (os.path.exists(args.checkpoint) or os.path.isfile(args.checkpoint + ".pdparams")):
+        raise ValueError(f"--checkpoint '{args.checkpoint}' does not exist")
+    if os.path.exists(args.output_dir) and not args.overwrite:
+        raise ValueError(f"--output-dir '{args.output_dir}' already exists; remove it or add --overwrite")
+    try:
+        probe_writable(os.path.abspath(args.output_dir))
+    except OSError as err:
+        raise ValueError(f"--output-dir '{args.output_dir}' cannot be written ({err})") from None
+    if not args.tolerance > 0:
+        raise ValueError(f"--tolerance must be > 0, got {args.tolerance}")
+    try:
+        params = FeatureParams(args.max_seq_length, args.doc_stride, args.max_query_length)
+    except ValueError as err:
+        raise ValueError(in_flag_terms(str(err))) from None
+    if args.int8_calibration_file:
+        common.require_existing("--int8-calibration-file", args.int8_calibration_file, "file")
+        common.require_positive(args, "calibration_windows")
+    if args.int8_eval_file:
+        if not args.int8_calibration_file:
+            raise ValueError("--int8-eval-file measures the int8 copy: give --int8-calibration-file too")
+        common.require_existing("--int8-eval-file", args.int8_eval_file, "file")
+    init_path = resolve_init_path(args.checkpoint, args.model_prefix)
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
+    if args.max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's max_position_embeddings "
+                         f"({model_cfg.max_position_embeddings})")
+    name = finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
+    settings = layout.ExportSettings(model_name=name, do_lower_case=args.do_lower_case,
+                                     max_seq_length=params.max_seq_length, doc_stride=params.doc_stride,
+                                     max_query_length=params.max_query_length)
+    paddle.enable_static()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        bundle = program.build_squad(model_cfg, program.TrainConfig(), is_training=False)
+        exe.run(bundle.startup_program)
+        init_parameters(exe, bundle.main_program, init_path, require_qa_head=True,
+                        vocab_size=model_cfg.vocab_size)
+        with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as tmp:
+            manifest = write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=args.vocab_file,
+                                    settings=settings, source=source_record(init_path), tolerance=args.tolerance)
+            if args.int8_calibration_file:
+                from inference.quantize import add_int8_model
+
+                manifest = add_int8_model(tmp, args.int8_calibration_file, windows=args.calibration_windows,
+                                          eval_file=args.int8_eval_file, eval_questions=args.int8_eval_questions)
+    logger.info("exported %s to %s (%d files)", args.checkpoint, args.output_dir, len(manifest["files"]))
+    return manifest
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    manifest = export_checkpoint(args)
+    print(f"exported to {args.output_dir}: max |delta logit| vs the training program "
+          f"{manifest['verified_max_abs_logit_diff']:.3g}")
+    if "int8" in manifest:
+        print(f"int8 copy: {manifest['int8']['summary']}")
+    return manifest
+
+
+def cli(argv=None):
+    """`main` as a command: exit 0, or 2 with one `error:` line for bad input."""
+    from utils.cli import run_cli
+
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,164 @@
+"""The exported model directory: its file names, its settings and its manifest, written and checked here.
+
+Owns: the layout `inference.export` writes and `inference.predictor` reads, the `ExportSettings` (tokenizer
+and window settings the model was fine-tuned with), and the manifest (source checkpoint, SHA-256 of every
+file, paddle version, creation time) with the check that a directory is complete and unchanged.
+Does not own: building, saving or running models (`inference.export`, `inference.predictor`).
+
+Layout:
+
+    <dir>/model.pdmodel, model.pdiparams            fp32 program + parameters (save_inference_model)
+    <dir>/model_int8.pdmodel, model_int8.pdiparams  optional: post-training-quantized copy (inference.quantize)
+    <dir>/bert_config.json                          the architecture
+    <dir>/vocab.txt                                 the WordPiece vocabulary
+    <dir>/settings.json                             ExportSettings
+    <dir>/manifest.json                             written last: what is here and its checksums
+"""
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+
+from utils.fs import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TASK = "squad"
+MODEL_PREFIX = "model"
+INT8_PREFIX = "model_int8"
+CONFIG_FILE = "bert_config.json"
+VOCAB_FILE = "vocab.txt"
+SETTINGS_FILE = "settings.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (MODEL_PREFIX + ".pdmodel", MODEL_PREFIX + ".pdiparams", CONFIG_FILE, VOCAB_FILE,
+                  SETTINGS_FILE)
+INT8_FILES = (INT8_PREFIX + ".pdmodel", INT8_PREFIX + ".pdiparams")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """How text becomes model windows for this model (the fine-tuning run's settings).
+
+    Fields: model_name (e.g. bert-large-uncased, or custom); do_lower_case; max_seq_length, doc_stride,
+    max_query_length (data.features.squad.FeatureParams); feed_names and fetch_names of the program, in
+    order (the predictor's input and output names).
+    """
+    model_name: str
+    do_lower_case: bool
+    max_seq_length: int
+    doc_stride: int
+    max_query_length: int
+    feed_names: tuple = ("input_ids", "token_type_ids", "attention_mask")
+    fetch_names: tuple = ("start_logits", "end_logits")
+
+    def to_dict(self):
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f, v in ((f, getattr(self, f.name)) for f in dataclasses.fields(self))}
+
+    @classmethod
+    def from_dict(cls, values, source):
+        """Raises ValueError naming `source` when a field is missing or of the wrong type."""
+        kinds = {"model_name": str, "do_lower_case": bool, "max_seq_length": int, "doc_stride": int,
+                 "max_query_length": int, "feed_names": list, "fetch_names": list}
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object")
+        for name, kind in kinds.items():
+            if not isinstance(values.get(name), kind) or (kind is int and isinstance(values[name], bool)):
+                raise ValueError(f"{source}: '{name}' is missing or not a {kind.__name__}; re-export the model")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in kinds})
+
+
+def is_export_dir(path):
+    """True when `path` is a directory with a manifest.json (an export, complete or not: `read_manifest`
+    says which)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST_FILE))
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory, *, source, extra=None):
+    """Write manifest.json (last, atomically) over the files now in `directory`.
+
+    Args:
+      directory: str, the export directory holding REQUIRED_FILES (and maybe INT8_FILES).
+      source: dict describing the source checkpoint (path and sha256 of its parameters file).
+      extra: dict of more fields (e.g. the export's verified max |delta logit|, int8 accuracy).
+
+    Returns:
+      the manifest dict.
+    """
+    import paddle
+
+    names = [n for n in REQUIRED_FILES + INT8_FILES if os.path.isfile(os.path.join(directory, n))]
+    manifest = {"format": FORMAT_VERSION, "task": TASK, "source_checkpoint": source,
+                "paddle_version": paddle.__version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "files": {n: {"sha256": sha256_file(os.path.join(directory, n)),
+                              "bytes": os.path.getsize(os.path.join(directory, n))} for n in names},
+                **(extra or {})}
+    atomic_write_json(os.path.join(directory, MANIFEST_FILE), manifest)
+    return manifest
+
+
+def read_manifest(directory):
+    """The manifest of an export directory, checked: every listed file present with its size and SHA-256.
+
+    Returns:
+      (manifest dict, hex SHA-256 of manifest.json itself).
+
+    Raises:
+      ValueError: not a directory, no or unreadable manifest, another format, a missing file or one whose
+        size / checksum differs from the manifest (the message names the file and says to re-export).
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"model directory '{directory}' does not exist or is not a directory; export one "
+                         f"with: python -m inference.export --checkpoint <fine-tuned model> --output-dir DIR")
+    path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        manifest = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"'{directory}' has no {MANIFEST_FILE}: not an exported model (or an export "
+                         f"that did not finish); export it with python -m inference.export") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-export the model") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                         f"this version reads format {FORMAT_VERSION}; re-export the model")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or any(n not in files for n in REQUIRED_FILES):
+        raise ValueError(f"{path} does not list all of {', '.join(REQUIRED_FILES)}; re-export the model")
+    for name, entry in files.items():
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise ValueError(f"'{file}' is missing (listed in {MANIFEST_FILE}); re-export the model")
+        if os.path.getsize(file) != entry.get("bytes") or sha256_file(file) != entry.get("sha256"):
+            raise ValueError(f"'{file}' does not match {MANIFEST_FILE} (size or SHA-256 differs: changed or "
+                             f"damaged after export); re-export the model")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def read_settings(directory):
+    """ExportSettings of an export directory (call `read_manifest` first: it checks the file).
+
+    Raises:
+      ValueError: unreadable or incomplete settings.json.
+    """
+    path = os.path.join(directory, SETTINGS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err}); re-export the model") from None
+    return ExportSettings.from_dict(values, path)

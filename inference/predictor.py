@@ -1,0 +1,323 @@
+"""The one prediction interface: an exported SQuAD model in Paddle Inference, text in, answers out.
+
+Owns: configuring Paddle Inference for a device and precision (`make_config`: oneDNN, IR optimisation and
+math-library threads on CPU; the GPU config on GPU; bf16 and int8 where they apply), running windows in
+length buckets (`QAPredictor.predict_logits`), and turning (question, context) pairs into `Answer`s with
+character offsets into the context (`QAPredictor.answer`).
+Does not own: windows (`data.features.squad`), choosing spans from logits (`utils.squad_postprocess`),
+writing the model directory (`inference.export`) or serving HTTP (`inference.server`). run_squad.py's
+evaluation, prediction and --question modes and the server all go through this class.
+
+Length bucketing: windows are sorted by real length (stable), cut into batches, and each batch is padded
+only to its longest row rounded up to `BUCKET_MULTIPLE` tokens; outputs go back to feature order. The
+attention mask hides padding, so a window's logits do not depend on its batch (tests compare bucketed
+with unbucketed full-length prediction).
+
+A `QAPredictor` is safe to call from several threads: runs are serialised by a lock (a Paddle predictor
+is not re-entrant); the server gathers requests into batches instead of running them side by side.
+"""
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, examples_to_features,
+                                 split_on_whitespace)
+from inference import model_dir as layout
+from utils.logger import progress
+from utils.squad_postprocess import postprocess_predictions
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+DEVICES = ("cpu", "gpu")
+DEFAULT_BATCH_SIZE = 8
+BUCKET_MULTIPLE = 16     # windows are padded to a multiple of this many tokens within their bucket
+NBEST_POOL = 20          # candidates the answer's probability is computed over (run_squad's --n-best-size)
+PAD_LOGIT = -10000.0     # logit of padding positions (never a valid answer); as tasks.squad.PAD_LOGIT
+GPU_MEMORY_POOL_MB = 256
+# oneDNN int8 runs only the fully connected layers (the weight matmuls, ~90 % of BERT's work): an int8
+# attention matmul with the fused mask add has only oneDNN's reference kernel on AVX2 CPUs (measured:
+# 17 s per layer and batch instead of milliseconds), and the activations between them stay fp32.
+INT8_OPS = ("fc",)
+
+
+@dataclasses.dataclass
+class Answer:
+    """The best answer to one question.
+
+    Fields:
+      text: the answer, exactly `context[start:end]` ("" when the model found no span).
+      score: its probability among the n-best candidates (softmax of start + end logits over
+        the best NBEST_POOL distinct spans, as run_squad's n-best list).
+      start, end: character offsets into the context (end exclusive).
+      nbest: the first n_best candidates as dicts with text, probability, start, end, start_logit,
+        end_logit (the answer first).
+    """
+    text: str
+    score: float
+    start: int
+    end: int
+    nbest: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def default_threads():
+    """Math-library threads when none are asked for: OMP_NUM_THREADS (utils.preflight sets it)."""
+    from utils.preflight import default_threads as cores_share
+
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return cores_share()
+
+
+def _check_precision(precision, device):
+    """Raises ValueError when `precision` cannot run on `device` here (one sentence saying why)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if device not in DEVICES:
+        raise ValueError(f"device '{device}' is not one of {', '.join(DEVICES)}")
+    if device == "gpu" and precision != "fp32":
+        raise ValueError(f"precision '{precision}' is a CPU (oneDNN) route; use fp32 on GPU")
+    if precision == "bf16":
+        from utils.runtime import cpu_bf16_support
+
+        support = cpu_bf16_support()
+        if not support.usable:
+            raise ValueError(f"precision bf16: {support.reason}; use fp32 (or int8)")
+        if not support.native:
+            logger.warning("precision bf16: this CPU has no AVX512-BF16/AMX-BF16, oneDNN emulates bf16 and "
+                           "may be slower than fp32")
+
+
+def make_config(model_file, params_file, *, precision="fp32", device="cpu", threads=None, ir_optim=True):
+    """A paddle.inference.Config for one exported program.
+
+    CPU: oneDNN on, IR optimisation (operator fusion) on, `threads` math-library threads; bf16 adds
+    `enable_mkldnn_bfloat16`, int8 (a model from `inference.quantize`) `enable_mkldnn_int8`, which turns
+    its quantize/dequantize ops into oneDNN int8 kernels. GPU: the CUDA config with a memory pool.
+
+    Raises:
+      ValueError: as `_check_precision`.
+    """
+    import paddle.inference as paddle_infer
+
+    _check_precision(precision, device)
+    config = paddle_infer.Config(model_file, params_file)
+    config.switch_ir_optim(ir_optim)
+    config.enable_memory_optim()
+    config.disable_glog_info()
+    if device == "gpu":
+        config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0)
+        return config
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads or default_threads())
+    config.enable_mkldnn()
+    if precision == "bf16":
+        config.enable_mkldnn_bfloat16()
+    elif precision == "int8":
+        config.enable_mkldnn_int8(set(INT8_OPS))
+    return config
+
+
+def _word_starts(context, num_words):
+    """Character offset of each whitespace-split word of `context` (as split_on_whitespace splits it)."""
+    _, char_to_word = split_on_whitespace(context)
+    # char_to_word is non-decreasing and first reaches j at word j's first character.
+    return np.searchsorted(np.asarray(char_to_word, dtype=np.int64), np.arange(num_words), side="left")
+
+
+def _context_span(doc_tokens, starts, begin, end):
+    """(start, end) in the context of the joined-document span [begin, end) from squad_postprocess."""
+    if end <= begin:
+        return 0, 0
+    joined_starts = np.cumsum([0] + [len(w) + 1 for w in doc_tokens[:-1]])
+
+    def to_context(pos):  # pos is a character of a word (never a joining space)
+        word = int(np.searchsorted(joined_starts, pos, side="right")) - 1
+        return int(starts[word]) + pos - int(joined_starts[word])
+
+    return to_context(begin), to_context(end - 1) + 1
+
+
+class QAPredictor:
+    """A fine-tuned SQuAD model exported by `inference.export`, run by Paddle Inference.
+
+    Attributes:
+      info: dict with model_name, precision, device, threads, max_seq_length, doc_stride,
+        max_query_length, do_lower_case, source_checkpoint, manifest_sha256, model_dir.
+      settings: inference.model_dir.ExportSettings.
+      batch_size: windows per run.
+      bucket_multiple: a bucket's windows are padded to a multiple of this (BUCKET_MULTIPLE).
+    """
+
+    def __init__(self, predictor, settings, tokenizer, info, batch_size=DEFAULT_BATCH_SIZE):
+        self._predictor = predictor
+        self._inputs = {name: predictor.get_input_handle(name) for name in predictor.get_input_names()}
+        self._outputs = [predictor.get_output_handle(name) for name in predictor.get_output_names()]
+        self._lock = threading.Lock()
+        self.settings, self.tokenizer, self.info, self.batch_size = settings, tokenizer, info, batch_size
+        self.bucket_multiple = BUCKET_MULTIPLE
+
+    @classmethod
+    def load(cls, model_dir, *, threads=None, precision="fp32", device="cpu", batch_size=DEFAULT_BATCH_SIZE):
+        """Load an export directory (checked against its manifest first).
+
+        Args:
+          model_dir: str, written by `python -m inference.export`.
+          threads: int or None (OMP_NUM_THREADS); math-library threads on CPU.
+          precision: "fp32" | "bf16" (CPUs with oneDNN bf16) | "int8" (exports with a quantized model).
+          device: "cpu" | "gpu".
+          batch_size: windows per run in `predict_logits` / `answer`.
+
+        Raises:
+          ValueError: a bad or changed directory (see `inference.model_dir.read_manifest`), an unknown or
+            unavailable precision (saying why), int8 without a quantized model, bad threads/batch size.
+        """
+        import paddle.inference as paddle_infer
+
+        from tokenizer import BertTokenizer
+
+        for name, value in (("threads", threads), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        manifest, manifest_sha = layout.read_manifest(model_dir)
+        settings = layout.read_settings(model_dir)
+        prefix = layout.MODEL_PREFIX
+        if precision == "int8":
+            if not all(n in manifest["files"] for n in layout.INT8_FILES):
+                raise ValueError(f"'{model_dir}' has no int8 model: export it with --int8-calibration-file "
+                                 f"<SQuAD training JSON> (python -m inference.export), or use fp32")
+            prefix = layout.INT8_PREFIX
+        threads = threads or default_threads()
+        config = make_config(os.path.join(model_dir, prefix + ".pdmodel"),
+                             os.path.join(model_dir, prefix + ".pdiparams"), precision=precision,
+                             device=device, threads=threads)
+        predictor = paddle_infer.create_predictor(config)
+        tokenizer = BertTokenizer(os.path.join(model_dir, layout.VOCAB_FILE), do_lower_case=settings.do_lower_case)
+        info = {"model_name": settings.model_name, "precision": precision, "device": device, "threads": threads,
+                "max_seq_length": settings.max_seq_length, "doc_stride": settings.doc_stride,
+                "max_query_length": settings.max_query_length, "do_lower_case": settings.do_lower_case,
+                "source_checkpoint": manifest.get("source_checkpoint"), "manifest_sha256": manifest_sha,
+                "model_dir": os.path.abspath(model_dir), "batch_size": batch_size}
+        logger.info("loaded %s (%s, %s, %d threads) from %s", settings.model_name, precision, device, threads,
+                    model_dir)
+        return cls(predictor, settings, tokenizer, info, batch_size)
+
+    # ------------------------------------------------------------------------------------------ running
+    def run(self, feed):
+        """(start, end) float32 [B, L] logits of one feed dict (input_ids, token_type_ids int64 [B, L],
+        attention_mask int64 [B, 1, 1, L])."""
+        with self._lock:
+            for name, handle in self._inputs.items():
+                handle.reshape(feed[name].shape)
+                handle.copy_from_cpu(np.ascontiguousarray(feed[name]))
+            self._predictor.run()
+            return tuple(out.copy_to_cpu() for out in self._outputs)
+
+    def predict_logits(self, features, batch_size=None, *, bucket=True, show_progress=False):
+        """Start/end logits of every window, in feature order (padding positions hold PAD_LOGIT).
+
+        Args:
+          features: data.features.squad.SquadFeatures (built with this model's settings).
+          batch_size: windows per run (default self.batch_size).
+          bucket: True sorts windows by length and pads each batch to its longest row (rounded up to
+            BUCKET_MULTIPLE); False runs them in order at full length (the reference behaviour).
+          show_progress: draw a progress bar with an ETA (long files).
+
+        Returns:
+          (start float32 [N, L], end float32 [N, L], stats dict: e2e_inference_time (s),
+          inference_sequences_per_second, padded_tokens / real_tokens of the run).
+        """
+        batch_size = batch_size or self.batch_size
+        n, length = len(features), features.max_seq_length
+        start_all = np.full((n, length), PAD_LOGIT, np.float32)
+        end_all = np.full((n, length), PAD_LOGIT, np.float32)
+        order = np.argsort(features.seq_lengths, kind="stable") if bucket else np.arange(n)
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        begin, padded = time.perf_counter(), 0
+        for rows in progress(batches, desc="predicting", unit="batch", disable=None if show_progress else True):
+            feed = {k: v for k, v in batch_of_rows(features, rows, is_training=False).items()
+                    if k not in PREDICT_ONLY_KEYS}
+            cols = length
+            if bucket:
+                longest = int(features.seq_lengths[rows].max())
+                cols = min(length, -(-longest // self.bucket_multiple) * self.bucket_multiple)
+                feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in feed.items()}
+            start, end = self.run(feed)
+            start_all[rows, :cols], end_all[rows, :cols] = start, end
+            padded += cols * len(rows)
+        elapsed = time.perf_counter() - begin
+        stats = {"e2e_inference_time": elapsed, "inference_sequences_per_second": n / max(elapsed, 1e-9),
+                 "padded_tokens": padded, "real_tokens": int(features.seq_lengths.sum())}
+        return start_all, end_all, stats
+
+    # ------------------------------------------------------------------------------------------ answers
+    def featurize(self, examples):
+        """Windows of prediction examples with this model's tokenizer and lengths."""
+        s = self.settings
+        return examples_to_features(list(examples), self.tokenizer, s.max_seq_length, s.doc_stride,
+                                    s.max_query_length, is_training=False)
+
+    def answer(self, items: Sequence[Tuple[str, str]], *, n_best: int = 1, max_answer_length: int = 30,
+               version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0) -> List[Answer]:
+        """Answer questions about contexts.
+
+        Args:
+          items: sequence of (question, context) strings.
+          n_best: candidates kept in each Answer.nbest (>= 1).
+          max_answer_length: longest answer in WordPieces (>= 1).
+          version_2_with_negative, null_score_diff_threshold: SQuAD 2.0 models: answer "" (start = end =
+            0) when the null score beats the best span by more than the threshold.
+
+        Returns:
+          one Answer per item, in order.
+
+        Raises:
+          ValueError: not a sequence of string pairs, an empty question or context (naming the item), or
+            non-positive n_best / max_answer_length.
+        """
+        for name, value in (("n_best", n_best), ("max_answer_length", max_answer_length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        examples, starts = [], []
+        for index, item in enumerate(items):
+            if (not isinstance(item, (tuple, list)) or len(item) != 2
+                    or not all(isinstance(x, str) for x in item)):
+                raise ValueError(f"item {index}: expected a (question, context) pair of strings")
+            question, context = item
+            if not question.strip():
+                raise ValueError(f"item {index}: the question is empty")
+            doc_tokens, _ = split_on_whitespace(context)
+            if not doc_tokens:
+                raise ValueError(f"item {index}: the context is empty")
+            examples.append(SquadExample(str(index), question, doc_tokens))
+            starts.append(_word_starts(context, len(doc_tokens)))
+        if not examples:
+            return []
+        features = self.featurize(examples)
+        start, end, _ = self.predict_logits(features)
+        preds, nbest, _ = postprocess_predictions(
+            examples, features, start, end, n_best_size=max(n_best, NBEST_POOL), max_answer_length=max_answer_length,
+            do_lower_case=self.settings.do_lower_case, version_2_with_negative=version_2_with_negative,
+            null_score_diff_threshold=null_score_diff_threshold, with_offsets=True)
+        answers = []
+        for example, word_starts, (_, context) in zip(examples, starts, items):
+            entries = []
+            for entry in nbest[example.qas_id]:
+                a, b = _context_span(example.doc_tokens, word_starts, *entry["doc_offsets"])
+                entries.append({"text": context[a:b], "probability": entry["probability"], "start": a, "end": b,
+                                "start_logit": entry["start_logit"], "end_logit": entry["end_logit"],
+                                "_chosen": entry["text"] == preds[example.qas_id]})
+            best = next(e for e in entries if e["_chosen"])  # the prediction is always one of the n-best
+            for e in entries:
+                del e["_chosen"]
+            answers.append(Answer(best["text"], best["probability"], best["start"], best["end"], entries[:n_best]))
+        return answers

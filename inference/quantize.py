@@ -1,0 +1,188 @@
+"""Post-training int8 quantization of an exported SQuAD model, with its accuracy cost measured.
+
+Owns: calibrating `paddle.static.quantization.PostTrainingQuantization` on a few hundred training windows
+(length-bucketed batches, so calibration sees the activation ranges of real lengths), writing the
+quantized copy (model_int8.pdmodel / .pdiparams) into the export directory, and measuring EM/F1 of int8
+against fp32 on a SQuAD file with answers (the difference is printed and recorded in the manifest).
+Does not own: running int8 (`inference.predictor`, precision "int8": oneDNN int8 kernels for the fully
+connected layers, see `inference.predictor.INT8_OPS`).
+
+What int8 does on an AVX2-only CPU (no AVX-512 VNNI / AVX-VNNI): oneDNN's int8 GEMM emulates the
+8-bit dot products with 16-bit multiplies (vpmaddubsw), so int8 is NOT faster than fp32 there and the
+quantize/dequantize steps around each layer add cost; `benchmarks.bench_inference` measures it.
+"""
+import logging
+import os
+
+import numpy as np
+
+from inference import model_dir as layout
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_BATCH = 8
+# Each activation's abs-max over the calibration windows: one pass. ("hist"/"KL" build histograms of
+# every activation in numpy: over 13 minutes for 32 windows of a 4-layer bert-base here; Paddle 2.6's
+# "avg" fails on the model's 0-d tensors.)
+CALIBRATION_ALGO = "abs_max"
+QUANTIZABLE_OPS = ("matmul", "matmul_v2", "mul")
+
+
+def _calibration_batches(model_dir, squad_file, windows, seed=0):
+    """Feed dicts of `windows` randomly chosen windows of `squad_file`, bucketed by length."""
+    from data.features.squad import FeatureParams, PREDICT_ONLY_KEYS, batch_of_rows, load_or_build_features
+    from inference.predictor import BUCKET_MULTIPLE
+
+    s = layout.read_settings(model_dir)
+    _, features = load_or_build_features(squad_file, os.path.join(model_dir, layout.VOCAB_FILE), s.do_lower_case,
+                                         FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length),
+                                         is_training=False)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(features), size=min(windows, len(features)), replace=False)
+    chosen = chosen[np.argsort(features.seq_lengths[chosen], kind="stable")]
+    batches = []
+    for i in range(0, len(chosen), CALIBRATION_BATCH):
+        rows = chosen[i:i + CALIBRATION_BATCH]
+        cols = min(s.max_seq_length, -(-int(features.seq_lengths[rows].max()) // BUCKET_MULTIPLE) * BUCKET_MULTIPLE)
+        batch = batch_of_rows(features, rows, is_training=False)
+        batches.append({k: np.ascontiguousarray(v[..., :cols]) for k, v in batch.items()
+                        if k not in PREDICT_ONLY_KEYS})
+    return batches
+
+
+def _feeds_loader(batches):
+    """The calibration batches in the form PostTrainingQuantization accepts.
+
+    Paddle 2.6's PTQ asserts its data source is a `paddle.io.DataLoader`, then only calls it and takes
+    its len(); a DataLoader over a Dataset cannot yield our per-batch (bucketed) lengths, so this
+    subclass serves the prepared feed dicts directly.
+    """
+    import paddle
+
+    class _Feeds(paddle.io.DataLoader):
+        def __init__(self, feeds):  # noqa: super().__init__ would build workers for a Dataset we lack
+            self._feeds = feeds
+
+        def __call__(self):
+            return iter(self._feeds)
+
+        def __len__(self):
+            return len(self._feeds)
+
+    return _Feeds(batches)
+
+
+def quantize(model_dir, squad_file=None, windows=300, out_dir=None, batches=None):
+    """Write model_int8.* calibrated on `windows` windows of `squad_file` into `out_dir` (default model_dir).
+
+    batches: instead of a file, the calibration feed dicts themselves (benchmarks with random weights).
+    """
+    import paddle
+    from paddle.static.quantization import PostTrainingQuantization
+
+    if batches is None:
+        batches = _calibration_batches(model_dir, squad_file, windows)
+    logger.info("int8 calibration on %d windows of %s (%d batches, algo %s)", sum(len(b["input_ids"]) for b in batches),
+                squad_file or "given batches", len(batches), CALIBRATION_ALGO)
+    paddle.enable_static()
+    scope = paddle.static.Scope()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    ptq = PostTrainingQuantization(
+        executor=exe, model_dir=model_dir, scope=scope, model_filename=layout.MODEL_PREFIX + ".pdmodel",
+        params_filename=layout.MODEL_PREFIX + ".pdiparams", data_loader=_feeds_loader(batches),
+        batch_nums=len(batches), algo=CALIBRATION_ALGO, quantizable_op_type=list(QUANTIZABLE_OPS),
+        weight_quantize_type="channel_wise_abs_max", onnx_format=False, deploy_backend="mkldnn")
+    with paddle.static.scope_guard(scope):
+        ptq.quantize()
+        ptq.save_quantized_model(out_dir or model_dir, model_filename=layout.INT8_PREFIX + ".pdmodel",
+                                 params_filename=layout.INT8_PREFIX + ".pdiparams")
+
+
+def compare_accuracy(model_dir, eval_file, questions=500):
+    """EM/F1 of fp32 and int8 (both through QAPredictor) on the first `questions` questions of eval_file.
+
+    Returns:
+      dict: questions, fp32 {exact_match, F1}, int8 {exact_match, F1}, delta_exact_match, delta_F1,
+      summary (one line for people).
+    """
+    from data.features.squad import FeatureParams, load_or_build_features
+    from inference.predictor import QAPredictor
+    from utils import squad_metrics
+    from utils.squad_postprocess import postprocess_predictions
+
+    path = eval_file
+    if questions:
+        path = _first_questions(eval_file, questions)
+    try:
+        s = layout.read_settings(model_dir)
+        examples, features = load_or_build_features(
+            path, os.path.join(model_dir, layout.VOCAB_FILE), s.do_lower_case,
+            FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length), is_training=False)
+        scores = {}
+        for precision in ("fp32", "int8"):
+            predictor = QAPredictor.load(model_dir, precision=precision)
+            start, end, _ = predictor.predict_logits(features, show_progress=True)
+            preds, _, _ = postprocess_predictions(examples, features, start, end, do_lower_case=s.do_lower_case)
+            got = squad_metrics.evaluate_v1(path, preds)
+            scores[precision] = {"exact_match": got["exact_match"], "F1": got["f1"]}
+    finally:
+        if path != eval_file:
+            os.unlink(path)
+    delta_em = scores["int8"]["exact_match"] - scores["fp32"]["exact_match"]
+    delta_f1 = scores["int8"]["F1"] - scores["fp32"]["F1"]
+    summary = (f"EM/F1 on {len(examples)} questions of {os.path.basename(eval_file)}: fp32 "
+               f"{scores['fp32']['exact_match']:.2f}/{scores['fp32']['F1']:.2f}, int8 "
+               f"{scores['int8']['exact_match']:.2f}/{scores['int8']['F1']:.2f} "
+               f"(delta {delta_em:+.2f}/{delta_f1:+.2f})")
+    return {"questions": len(examples), **scores, "delta_exact_match": delta_em, "delta_F1": delta_f1,
+            "summary": summary}
+
+
+def _first_questions(squad_file, questions):
+    """A temporary SQuAD file with the first `questions` questions of `squad_file` (whole paragraphs kept)."""
+    import json
+    import tempfile
+
+    with open(squad_file, encoding="utf-8") as f:
+        data = json.load(f)
+    kept, count = [], 0
+    for article in data.get("data", []):
+        paragraphs = []
+        for paragraph in article.get("paragraphs", []):
+            if count >= questions:
+                break
+            qas = paragraph.get("qas", [])[:questions - count]
+            count += len(qas)
+            paragraphs.append(dict(paragraph, qas=qas))
+        if paragraphs:
+            kept.append(dict(article, paragraphs=paragraphs))
+        if count >= questions:
+            break
+    handle, path = tempfile.mkstemp(suffix=".json", prefix="squad-subset-")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        json.dump(dict(data, data=kept), f)
+    return path
+
+
+def add_int8_model(model_dir, calibration_file, *, windows=300, eval_file=None, eval_questions=500):
+    """Quantize an export in place (still under its temporary name) and rewrite its manifest.
+
+    Returns:
+      the new manifest dict; its "int8" entry holds the calibration settings and, with eval_file, the
+      EM/F1 comparison (also logged).
+    """
+    manifest, _ = layout.read_manifest(model_dir)
+    quantize(model_dir, calibration_file, windows)
+    record = {"calibration_file": os.path.abspath(calibration_file), "calibration_windows": windows,
+              "algo": CALIBRATION_ALGO, "summary": f"calibrated on {windows} windows"}
+    extra = {k: v for k, v in manifest.items() if k not in ("format", "task", "source_checkpoint",
+                                                              "paddle_version", "created", "files")}
+    layout.write_manifest(model_dir, source=manifest["source_checkpoint"], extra=dict(extra, int8=record))
+    if eval_file:
+        record.update(compare_accuracy(model_dir, eval_file, eval_questions))
+        logger.info("int8 vs fp32: %s", record["summary"])
+        manifest = layout.write_manifest(model_dir, source=manifest["source_checkpoint"],
+                                         extra=dict(extra, int8=record))
+    else:
+        manifest = layout.read_manifest(model_dir)[0]
+    return manifest
