@@ -17,7 +17,6 @@ Does not own: the directory layout and manifest (`inference.model_dir`), running
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import logging
 import os
 import shutil
@@ -140,8 +139,7 @@ def build_parser():
     from tasks import finetune
     from tasks import flags as common
 
-    parser = common.Parser(description="Export a fine-tuned SQuAD model for Paddle Inference.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = common.Parser(description="Export a fine-tuned SQuAD model for Paddle Inference.")
     parser.add_argument("--checkpoint", required=True,
                         help="fine-tuned SQuAD model: a directory with bert_paddle.pdparams (run_squad's "
                              "<output-dir>/<bert-model>/squad), a .pdparams file, or an HF QA checkpoint")

@@ -11,6 +11,7 @@ COMMANDS = [
     ("run_glue", "build_parser", None),
     ("run_pretraining_inference", "build_parser", None),
     ("benchmarks.stability", "main", []),
+    ("inference.export", "build_parser", None),
     ("data.prep.preprocess_bert_pretrain", "_parser", None),
     ("data.prep.balance_dask_output", "_parse_args", []),
     ("data.prep.build_vocab", "_parse_args", []),
