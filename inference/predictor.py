@@ -223,7 +223,8 @@ class QAPredictor:
             return tuple(out.copy_to_cpu() for out in self._outputs)
 
     def predict_logits(self, features, batch_size=None, *, bucket=True, show_progress=False):
-        """Start/end logits of every window, in feature order (padding positions hold PAD_LOGIT).
+        """Start/end logits of every window, in feature order (every position past a window's real
+        length holds PAD_LOGIT, however its batch was padded).
 
         Args:
           features: data.features.squad.SquadFeatures (built with this model's settings).
@@ -252,7 +253,12 @@ class QAPredictor:
                 cols = min(length, -(-longest // self.bucket_multiple) * self.bucket_multiple)
                 feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in feed.items()}
             start, end = self.run(feed)
-            start_all[rows, :cols], end_all[rows, :cols] = start, end
+            # Positions past a window's real length hold whatever the model computed there, which depends
+            # on how far its batch was padded: masked, so an answer and its score never depend on the batch
+            # it shared (or on bucketing).
+            padding = np.arange(cols)[None, :] >= features.seq_lengths[rows][:, None]
+            start_all[rows, :cols] = np.where(padding, PAD_LOGIT, start)
+            end_all[rows, :cols] = np.where(padding, PAD_LOGIT, end)
             padded += cols * len(rows)
         elapsed = time.perf_counter() - begin
         stats = {"e2e_inference_time": elapsed, "inference_sequences_per_second": n / max(elapsed, 1e-9),

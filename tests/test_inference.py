@@ -128,6 +128,14 @@ def test_predictor_logits_equal_the_training_program_and_bucketing_changes_nothi
     assert bucketed[2]["real_tokens"] == int(features.seq_lengths.sum())
     preds = [postprocess_predictions(examples, features, s, e)[0] for s, e, _ in (bucketed, plain)]
     assert preds[0] == preds[1] == postprocess_predictions(examples, features, want_start, want_end)[0]
+    # Past a window's real length every position holds PAD_LOGIT, however the batch was padded: the
+    # logits (so the scores) of a window do not depend on its batch (found by the server's tests).
+    from inference.predictor import PAD_LOGIT
+    for got in (bucketed, plain):
+        assert (got[0][~real] == PAD_LOGIT).all() and (got[1][~real] == PAD_LOGIT).all()
+    one_by_one = predictor.predict_logits(features, batch_size=1, bucket=True)
+    np.testing.assert_array_equal(one_by_one[0][~real], bucketed[0][~real])
+    np.testing.assert_allclose(one_by_one[0], bucketed[0], atol=1e-5)
 
 
 def test_answers_carry_character_offsets_into_the_context(exported):
