@@ -186,3 +186,11 @@ def test_num_threads_flag_wins_over_the_environment():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.strip() == "1", proc.stderr
+
+
+def test_logging_set_up_before_paddle_keeps_its_info_lines():
+    """Paddle's import lowered the root logger to WARNING: INFO lines logged after it vanished."""
+    code = ("import utils.preflight, logging; from utils.logger import init_logging; init_logging(); "
+            "import paddle; logging.getLogger('x').info('still here')")
+    assert "still here" in _python(code).stderr
+    assert "still here" not in _python(code.replace("import utils.preflight, ", "import zlib, ")).stderr

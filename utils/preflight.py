@@ -90,7 +90,8 @@ _PADDLE_OMP_WARNING = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_TH
 
 class _QuietImportLoader:
     """Runs a module's import with sys.stderr captured, then passes on everything it printed except the
-    lines `drop` starts with. Any other attribute is the wrapped loader's."""
+    lines `drop` starts with, and puts back the root logger's level the import changed. Any other
+    attribute is the wrapped loader's."""
 
     def __init__(self, loader, drop):
         self._loader, self._drop = loader, drop
@@ -103,11 +104,15 @@ class _QuietImportLoader:
 
     def exec_module(self, module):
         real, captured = sys.stderr, io.StringIO()
+        root_level = logging.getLogger().level
         sys.stderr = captured
         try:
             self._loader.exec_module(module)
         finally:
             sys.stderr = real
+            # Paddle's import sets the root logger to WARNING: logging configured before it would lose
+            # its INFO lines.
+            logging.getLogger().setLevel(root_level)
             kept = [line for line in captured.getvalue().splitlines(keepends=True)
                     if not line.startswith(self._drop)]
             real.write("".join(kept))
