@@ -208,7 +208,7 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
     monkeypatch.setattr(run_squad, "init_parameters", fake_init)
     plan = SimpleNamespace(do_train=True, do_predict=False, init_path="ckpt", require_qa_head=False,
                            model_cfg=TINY, amp={"amp": "fp16", "use_pure_fp16": True}, out_dir=str(tmp_path),
-                           report_file=str(tmp_path / "report.json"))
+                           report_file=str(tmp_path / "report.json"), export_dir=None)
     args = SimpleNamespace(train_file="train.json", report_file=str(tmp_path / "report.json"),
                            show_config=False, benchmark=False, model_prefix="m")
     rt = SimpleNamespace(exe=paddle.static.Executor(place), place=place, device="gpu", uses_fleet=False,
