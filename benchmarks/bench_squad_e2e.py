@@ -17,7 +17,6 @@ import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash 
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -56,7 +55,7 @@ def main(argv=None):
     from data.features.squad import FeatureParams, load_or_build_features
     from inference import model_dir as layout
     from inference.predictor import QAPredictor
-    from inference.quantize import _first_questions
+    from inference.quantize import first_questions
     from tasks import finetune
     from tasks.squad import init_parameters, predict_logits
     from utils import squad_metrics
@@ -64,7 +63,7 @@ def main(argv=None):
     from utils.squad_postprocess import postprocess_predictions
 
     init_logging()
-    path = _first_questions(args.predict_file, args.questions) if args.questions else args.predict_file
+    path = first_questions(args.predict_file, args.questions) if args.questions else args.predict_file
     s = layout.read_settings(args.export_dir)
     begin = time.perf_counter()
     examples, features = load_or_build_features(path, args.vocab_file, args.do_lower_case,

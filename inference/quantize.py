@@ -112,7 +112,7 @@ def compare_accuracy(model_dir, eval_file, questions=500):
 
     path = eval_file
     if questions:
-        path = _first_questions(eval_file, questions)
+        path = first_questions(eval_file, questions)
     try:
         s = layout.read_settings(model_dir)
         examples, features = load_or_build_features(
@@ -138,7 +138,7 @@ def compare_accuracy(model_dir, eval_file, questions=500):
             "summary": summary}
 
 
-def _first_questions(squad_file, questions):
+def first_questions(squad_file, questions):
     """A temporary SQuAD file with the first `questions` questions of `squad_file` (whole paragraphs kept)."""
     import json
     import tempfile
