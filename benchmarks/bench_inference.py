@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from utils.cli import ArgumentParser
+
 logger = logging.getLogger("bench_inference")
 
 ROUTES = ("baseline", "fp32", "bf16", "int8", "hf-torch")
@@ -253,12 +255,13 @@ def _ints(text):
 def build_parser():
     from tasks.flags import bert_model_choices
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default=None, help="write table.md, report.json, plot.png here")
-    parser.add_argument("--bert-model", default="bert-base-uncased", choices=bert_model_choices()[:-1])
+    parser.add_argument("--bert-model", default="bert-base-uncased", choices=bert_model_choices()[:-1],
+                        help="architecture timed (random weights)")
     parser.add_argument("--num-hidden-layers", type=int, default=None, help="override the config's layers")
-    parser.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32])
-    parser.add_argument("--seq-lengths", type=_ints, default=[128, 384])
+    parser.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes")
+    parser.add_argument("--seq-lengths", type=_ints, default=[128, 384], help="comma-separated sequence lengths")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated subset of {','.join(ROUTES)}")
     parser.add_argument("--threads", type=int, default=None, help="default OMP_NUM_THREADS")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per shape")

@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_write_json
 
 logger = logging.getLogger("bench_server")
@@ -302,7 +302,7 @@ def _cpus(text, flag):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True, help="export directory (python -m inference.export)")
     p.add_argument("--squad-file", default=str(DEFAULT_SQUAD), help="SQuAD JSON the questions come from "
                                                                     "(default: the repo's sample dev file)")

@@ -16,13 +16,13 @@ Usage (from the repo root):
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import logging
 import os
 import sys
 import time
 
 import numpy as np
+from utils.cli import ArgumentParser
 
 logger = logging.getLogger("bench_squad_e2e")
 
@@ -36,16 +36,16 @@ def _subset(features, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="fine-tuned .pdparams dir (the executor route)")
     parser.add_argument("--export-dir", required=True, help="its export (python -m inference.export)")
-    parser.add_argument("--predict-file", required=True)
-    parser.add_argument("--vocab-file", required=True)
-    parser.add_argument("--do-lower-case", action="store_true")
+    parser.add_argument("--predict-file", required=True, help="SQuAD JSON with answers to predict and score")
+    parser.add_argument("--vocab-file", required=True, help="the model's vocab.txt")
+    parser.add_argument("--do-lower-case", action="store_true", help="uncased vocab")
     parser.add_argument("--questions", type=int, default=0, help="first N questions (0 = all)")
     parser.add_argument("--chunks", type=int, default=4, help="interleave the routes over this many chunks")
-    parser.add_argument("--precisions", default="fp32,int8")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precisions", default="fp32,int8", help="predictor precisions to time, comma-separated")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
     parser.add_argument("--output", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
 

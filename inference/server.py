@@ -30,7 +30,6 @@ Usage (from the repo root):
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -51,7 +50,7 @@ from inference import model_dir as layout
 from inference.answer_request import Limits, RequestError, body_too_large, parse_questions, read_json
 from inference.batching import READY, MicroBatcher, QueueFull, Unavailable
 from inference.predictor import QAPredictor
-from utils.cli import run_cli
+from utils.cli import ArgumentParser, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def parse_args(argv):
     Raises:
       ValueError: naming the bad flag and the accepted range.
     """
-    p = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m inference.server", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True, help="a directory written by python -m inference.export")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; 0.0.0.0 "
                                                        "for all interfaces)")
