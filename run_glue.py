@@ -236,10 +236,7 @@ def main(argv=None):
 
 
 def _train_options(args, plan):
-    return TrainOptions(epochs=args.epochs, max_steps=plan.max_steps, batch_size=args.train_batch_size,
-                        gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
-                        benchmark=args.benchmark, benchmark_steps=args.benchmark_steps,
-                        benchmark_warmup_steps=args.benchmark_warmup_steps, seed=args.seed)
+    return TrainOptions.from_flags(args, max_steps=plan.max_steps, batch_size=args.train_batch_size)
 
 
 def _build(args, plan, rt, train_features):

@@ -33,8 +33,8 @@
 #                         below is skipped: a dry run describes the command, not this machine)
 #   BERT_PREP_WORKING_DIR where glue/<Task> lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else custom;
-#                         without a config file: custom for a Hugging Face checkpoint, else not passed, so
-#                         run_glue.py names it after the checkpoint's own config, or bert-large-uncased)
+#                         without a config file none is passed: run_glue.py names the model after the
+#                         checkpoint's own config (custom for a Hugging Face one), else bert-large-uncased)
 #   DO_LOWER_CASE=true|false (default: false for *-cased models, else true)
 #   MAX_SEQ_LENGTH [128], EVAL_BATCH_SIZE [batch_size], MAX_STEPS [-1 = epochs decide], LOG_FREQ [10]
 #
@@ -89,15 +89,7 @@ done
 [[ $MAX_STEPS == -1 ]] || need_int MAX_STEPS env "$MAX_STEPS" 1
 case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
 
-if [[ $config_file == None && ( -f $init_checkpoint/model.safetensors || $init_checkpoint == *.safetensors ) ]]; then
-  bert_model=${BERT_MODEL:-custom}  # a Hugging Face checkpoint brings its own config.json
-elif [[ $config_file == None ]]; then
-  bert_model=${BERT_MODEL:-}  # empty: run_glue.py names it from the checkpoint's own config (or the default)
-else
-  default_model=$(basename "$config_file" .json)
-  [[ -f $REPO_ROOT/bert_configs/$default_model.json ]] || default_model=custom
-  bert_model=${BERT_MODEL:-$default_model}
-fi
+bert_model=$(bert_model_for "$config_file")
 case $bert_model in *-cased) default_lower=false ;; *) default_lower=true ;; esac
 DO_LOWER_CASE=${DO_LOWER_CASE:-$default_lower}
 [[ $DO_LOWER_CASE == true || $DO_LOWER_CASE == false ]] || die "DO_LOWER_CASE must be true or false"

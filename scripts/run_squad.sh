@@ -33,7 +33,8 @@
 #                         list on stderr (`missing:` lines) the inputs a real run needs that are absent
 #   BERT_PREP_WORKING_DIR where squad/v1.1 lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else
-#                         custom; bert-large-uncased without a config file)
+#                         custom; without a config file none is passed: run_squad.py names the model after
+#                         the checkpoint's own config, else bert-large-uncased)
 #   DO_LOWER_CASE=true|false  (default: false for *-cased models, else true)
 #   SQUAD_VERSION=1.1|2.0 train/dev-v<version>.json; 2.0 adds --version-2-with-negative (default 1.1)
 #   MAX_SEQ_LENGTH [384], DOC_STRIDE [128], MAX_QUERY_LENGTH [64], LOG_FREQ [100]
@@ -90,13 +91,7 @@ need_choice fuse_mha 18 "$fuse_mha" true false
 case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
 case $SQUAD_VERSION in 1.1|2.0) ;; *) die "SQUAD_VERSION must be 1.1 or 2.0, got '$SQUAD_VERSION'" ;; esac
 
-if [[ $config_file == None ]]; then
-  bert_model=${BERT_MODEL:-bert-large-uncased}
-else
-  default_model=$(basename "$config_file" .json)
-  [[ -f $REPO_ROOT/bert_configs/$default_model.json ]] || default_model=custom
-  bert_model=${BERT_MODEL:-$default_model}
-fi
+bert_model=$(bert_model_for "$config_file")
 case $bert_model in *-cased) default_lower=false ;; *) default_lower=true ;; esac
 DO_LOWER_CASE=${DO_LOWER_CASE:-$default_lower}
 [[ $DO_LOWER_CASE == true || $DO_LOWER_CASE == false ]] || die "DO_LOWER_CASE must be true or false"
@@ -113,7 +108,8 @@ predict_file=$squad_dir/dev-v$SQUAD_VERSION.json
 cmd+=("--train-batch-size=$batch_size" "--predict-batch-size=$batch_size")
 [[ $SQUAD_VERSION == 2.0 ]] && cmd+=(--version-2-with-negative)
 [[ $DO_LOWER_CASE == true ]] && cmd+=(--do-lower-case)
-cmd+=("--bert-model=$bert_model" "--learning-rate=$learning_rate" "--warmup-proportion=$warmup_proportion"
+[[ -n $bert_model ]] && cmd+=("--bert-model=$bert_model")
+cmd+=("--learning-rate=$learning_rate" "--warmup-proportion=$warmup_proportion"
       "--seed=$seed" "--epochs=$epochs" "--max-seq-length=${MAX_SEQ_LENGTH:-384}"
       "--doc-stride=${DOC_STRIDE:-128}" "--max-query-length=${MAX_QUERY_LENGTH:-64}" "--output-dir=$out_dir" "--vocab-file=$vocab_file")
 [[ $config_file == None ]] || cmd+=("--config-file=$config_file")

@@ -55,6 +55,15 @@ class TrainOptions:
     benchmark_warmup_steps: int = 20
     seed: int = 42
 
+    @classmethod
+    def from_flags(cls, args, *, max_steps, batch_size):
+        """The options of a fine-tuning runner's parsed flags (both runners spell them alike); `max_steps`
+        and `batch_size` are the values its validate_args resolved."""
+        return cls(epochs=args.epochs, max_steps=max_steps, batch_size=batch_size,
+                   gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
+                   benchmark=args.benchmark, benchmark_steps=args.benchmark_steps,
+                   benchmark_warmup_steps=args.benchmark_warmup_steps, seed=args.seed)
+
 
 def rows_per_rank(num_features, world_size):
     """Windows each process trains on per epoch: equal on every rank (the all-reduce needs equal steps)."""

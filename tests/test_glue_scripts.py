@@ -77,7 +77,8 @@ def test_cpu_preset_runs_minilm_on_real_mrpc_on_one_process(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.safetensors").write_bytes(b"")
     f = flags(shlex.split(run_script(*values).stdout)[2:])
-    assert f["from-pretrained-params"] == str(tmp_path / "m") and f["bert-model"] == "custom"
+    # no --bert-model: run_glue.py names a Hugging Face checkpoint after its own config (custom)
+    assert f["from-pretrained-params"] == str(tmp_path / "m") and "bert-model" not in f
     assert "config-file" not in f and "amp" not in f and f["data-dir"].endswith("glue/MRPC")
 
 

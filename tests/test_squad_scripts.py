@@ -43,7 +43,7 @@ def test_defaults_are_the_reference_ones():
     assert f == {"from-pretrained-params": "ckpt/dir", "mode": "train_eval",
                  "train-file": f"{prep}/train-v1.1.json", "predict-file": f"{prep}/dev-v1.1.json",
                  "train-batch-size": "32", "predict-batch-size": "32", "do-lower-case": True,
-                 "bert-model": "bert-large-uncased", "learning-rate": "4.6e-5", "warmup-proportion": "0.2",
+                 "learning-rate": "4.6e-5", "warmup-proportion": "0.2",
                  "seed": "1", "epochs": "2", "max-seq-length": "384", "doc-stride": "128", "max-query-length": "64",
                  "output-dir": str(REPO / "results"), "vocab-file": str(REPO / "vocab" / "bert-large-uncased-vocab.txt"),
                  "max-steps": "-1", "optimizer": "AdamW", "log-freq": "100", "device": "auto", "amp": True,

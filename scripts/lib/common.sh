@@ -41,6 +41,17 @@ need_choice() {  # <name> <position> <value> <choice>...
   die "<$name> (argument $pos) must be one of: $*; got '$value'"
 }
 
+bert_model_for() {  # <config file or None>: the --bert-model to pass, or nothing (the program then names
+  # the model after the checkpoint's own config, or the reference's default): BERT_MODEL, else the
+  # config file's name when it is one of bert_configs/, else custom.
+  local name
+  if [[ -n ${BERT_MODEL:-} ]]; then printf '%s' "$BERT_MODEL"; return 0; fi
+  [[ $1 == None ]] && return 0
+  name=$(basename "$1" .json)
+  [[ -f $REPO_ROOT/bert_configs/$name.json ]] || name=custom
+  printf '%s' "$name"
+}
+
 default_python() {  # <code dir>: its .venv interpreter when present, else python3
   if [[ -x $1/.venv/bin/python ]]; then echo "$1/.venv/bin/python"; else echo python3; fi
 }
