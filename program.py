@@ -604,22 +604,11 @@ def build_squad(model_cfg, train_cfg, is_training=True):
         eval_program = main.clone(for_test=True)
         eval_names = tuple(spec.name for spec in FEED_SPECS["squad_predict"])
         if not is_training:
-            eval_fetches = _vars_of(eval_program, logits)
-            return ProgramBundle(main_program=eval_program, startup_program=startup,
-                                 eval_program=eval_program, feed_names=eval_names,
-                                 eval_feed_names=eval_names, fetches=eval_fetches,
-                                 eval_fetches=eval_fetches, lr_scheduler=None, optimizer=None,
-                                 attention_impl=impl, build_strategy=None)
+            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl)
         span_loss = loss_lib.squad_span_loss(start, end, feeds["start_positions"],
                                              feeds["end_positions"])
-        lr, opt, amp_opt, extra, build = _minimize(span_loss, train_cfg, impl, main, startup,
-                                                   eval_program=eval_program)
-    return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
-                         feed_names=tuple(feeds), eval_feed_names=eval_names,
-                         fetches={"loss": span_loss, **logits, **extra},
-                         eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
-                         optimizer=opt, attention_impl=impl, build_strategy=build,
-                         amp_optimizer=amp_opt)
+        return _fine_tuning_bundle(span_loss, logits, feeds, eval_names, eval_program, train_cfg, impl,
+                                   main, startup)
 
 
 def build_glue(model_cfg, train_cfg, num_labels, is_training=True):
@@ -653,12 +642,18 @@ def build_glue(model_cfg, train_cfg, num_labels, is_training=True):
         if not is_training:
             return _predict_only_bundle(eval_program, startup, eval_names, logits, impl)
         loss = loss_lib.sequence_classification_loss(logits["logits"], feeds["labels"])
-        lr, opt, amp_opt, extra, build = _minimize(loss, train_cfg, impl, main, startup,
-                                                   eval_program=eval_program)
+        return _fine_tuning_bundle(loss, logits, feeds, eval_names, eval_program, train_cfg, impl, main, startup)
+
+
+def _fine_tuning_bundle(loss, outputs, feeds, eval_names, eval_program, train_cfg, impl, main, startup):
+    """The training ProgramBundle of a fine-tuning head (SQuAD, GLUE): `loss` minimised in `main` (called
+    inside the programs' guard), `outputs` fetched by both programs, the for_test `eval_program` cloned
+    before the loss existed."""
+    lr, opt, amp_opt, extra, build = _minimize(loss, train_cfg, impl, main, startup, eval_program=eval_program)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=tuple(feeds), eval_feed_names=eval_names,
-                         fetches={"loss": loss, **logits, **extra},
-                         eval_fetches=_vars_of(eval_program, logits), lr_scheduler=lr,
+                         fetches={"loss": loss, **outputs, **extra},
+                         eval_fetches=_vars_of(eval_program, outputs), lr_scheduler=lr,
                          optimizer=opt, attention_impl=impl, build_strategy=build,
                          amp_optimizer=amp_opt)
 
