@@ -92,9 +92,7 @@ case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$
 case $SQUAD_VERSION in 1.1|2.0) ;; *) die "SQUAD_VERSION must be 1.1 or 2.0, got '$SQUAD_VERSION'" ;; esac
 
 bert_model=$(bert_model_for "$config_file")
-case $bert_model in *-cased) default_lower=false ;; *) default_lower=true ;; esac
-DO_LOWER_CASE=${DO_LOWER_CASE:-$default_lower}
-[[ $DO_LOWER_CASE == true || $DO_LOWER_CASE == false ]] || die "DO_LOWER_CASE must be true or false"
+DO_LOWER_CASE=$(lower_case_for "$bert_model")
 
 PYTHON=${PYTHON:-$(default_python "$REPO_ROOT")}
 

@@ -52,6 +52,15 @@ bert_model_for() {  # <config file or None>: the --bert-model to pass, or nothin
   printf '%s' "$name"
 }
 
+lower_case_for() {  # <bert model name>: DO_LOWER_CASE when set (true|false), else false for *-cased models
+  local value=${DO_LOWER_CASE:-}
+  if [[ -z $value ]]; then
+    case $1 in *-cased) value=false ;; *) value=true ;; esac
+  fi
+  [[ $value == true || $value == false ]] || die "DO_LOWER_CASE must be true or false"
+  printf '%s' "$value"
+}
+
 default_python() {  # <code dir>: its .venv interpreter when present, else python3
   if [[ -x $1/.venv/bin/python ]]; then echo "$1/.venv/bin/python"; else echo python3; fi
 }
