@@ -78,18 +78,26 @@ def bert_model_choices():
 
 
 def known_model_name(config_dict):
-    """The bert_configs/ name whose JSON equals `config_dict` (vocab_size included), else "custom".
+    """The bert_configs/ name whose JSON equals `config_dict`; with another vocab_size, the one config of
+    that architecture; else "custom".
 
     Why: a checkpoint records its architecture (bert_config.json), not the name it was trained under;
     outputs go to <output-dir>/<bert-model>/, so a run that reads the architecture from the checkpoint
     must not file it under a default name that describes another model.
     """
+    exact, same_architecture = [], []
     for name in bert_model_choices()[:-1]:
         with open(os.path.join(CONFIG_DIR, f"{name}.json"), encoding="utf-8") as f:
             known = json.load(f)
-        if all(config_dict.get(k) == v for k, v in known.items()):
-            return name
-    return "custom"
+        if all(config_dict.get(k) == v for k, v in known.items() if k != "vocab_size"):
+            same_architecture.append(name)
+            if config_dict.get("vocab_size") == known.get("vocab_size"):
+                exact.append(name)
+    if exact:
+        return exact[0]
+    # Another vocab on a known architecture (e.g. bert-tiny with a corpus's own 8192-token vocab) keeps the
+    # architecture's name when only one config has it (bert-base-cased/uncased differ only in their vocab).
+    return same_architecture[0] if len(same_architecture) == 1 else "custom"
 
 
 def add_model_args(parser, default_model="bert-large-uncased", default_help=None):

@@ -183,6 +183,8 @@ def test_known_model_name_matches_bert_configs_exactly():
     base = json.loads((Path(CONFIG_DIR) / "bert-base-cased.json").read_text())
     assert known_model_name(base) == "bert-base-cased"
     assert known_model_name(dict(base, vocab_size=30522)) == "bert-base-uncased"
+    assert known_model_name(dict(tiny, vocab_size=8192)) == "bert-tiny"  # its own vocab, one such architecture
+    assert known_model_name(dict(base, vocab_size=8192)) == "custom"  # cased or uncased: cannot tell
 
 
 def test_report_defaults_to_the_squad_output_dir(trained, data, tmp_path, monkeypatch):
