@@ -98,8 +98,14 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
     return opt
 
 
+def _slot(op, name):
+    """The variable names in input slot `name` of `op`, [] when the op has no such slot set (a custom op's
+    optional input left out is absent from its description, where `op.input` would raise)."""
+    return op.input(name) if name in op.input_names else []
+
+
 # Optimizer ops whose `SkipUpdate` input leaves parameter, moments and beta powers untouched.
-UPDATE_OPS = ("lamb", "adamw", "adam")
+UPDATE_OPS = ("lamb", "adamw", "adam", "bert_lamb_cpu")
 
 
 def skip_nonfinite_updates(program):
@@ -124,7 +130,7 @@ def skip_nonfinite_updates(program):
         return 0
     guarded = 0
     for block in blocks:
-        ops = [op for op in block.ops if op.type in UPDATE_OPS and not op.input("SkipUpdate")]
+        ops = [op for op in block.ops if op.type in UPDATE_OPS and not _slot(op, "SkipUpdate")]
         if not ops:
             continue
         grads = [block._var_recursive(op.input("Grad")[0]) for op in ops]
@@ -163,7 +169,7 @@ def count_nonfinite_updates(program, startup, prefix="train_metrics"):
       (total name, consecutive name), or None when no optimizer op has a `SkipUpdate` flag.
     """
     found = [(block, op) for block in program.blocks for op in block.ops
-             if op.type in UPDATE_OPS and op.input("SkipUpdate")]
+             if op.type in UPDATE_OPS and _slot(op, "SkipUpdate")]
     if not found:
         return None
     block, first = found[0]
@@ -197,3 +203,60 @@ def count_nonfinite_updates(program, startup, prefix="train_metrics"):
                          attrs=dict(attrs, op_role=role))
     program._sync_with_cpp()
     return names
+
+
+LAMB_SLOTS_IN = ("Param", "Grad", "LearningRate", "Moment1", "Moment2", "Beta1Pow", "Beta2Pow", "SkipUpdate")
+LAMB_SLOTS_OUT = ("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut")
+LAMB_ATTRS = ("weight_decay", "beta1", "beta2", "epsilon", "always_adapt")
+# Attributes every op carries that passes (gradient merge, fleet) and the profiler read: kept on the swap.
+COMMON_ATTRS = ("op_role", "op_role_var", "op_namescope", "op_device")
+
+
+def _fp32_dense(block, name):
+    var = block._var_recursive(name)
+    return var.dtype == paddle.float32 and var.type == paddle.framework.core.VarDesc.VarType.LOD_TENSOR
+
+
+def use_cpu_lamb_kernel(program, kernel=None):
+    """Run the program's LAMB updates with the fused CPU kernel (`cpu_kernels`) instead of Paddle's `lamb`.
+
+    Why a rewrite after `minimize`: like `skip_nonfinite_updates`, it then composes with every wrapper
+    (gradient merge's conditional block, fleet, the CPU all-reduce) without knowing them, and the optimizer
+    state stays exactly Paddle's (same accumulators, same names), so checkpoints move freely between this
+    kernel, Paddle's CPU op and a GPU run. Only fp32 dense updates without master weights are swapped
+    (the kernel's contract); anything else keeps Paddle's op.
+
+    Args:
+      program: a CPU training program after `minimize` (and after `skip_nonfinite_updates`: the
+        SkipUpdate input is carried over).
+      kernel: a `cpu_kernels.build.KernelStatus`; default: `lamb_kernel()` (builds on first use).
+
+    Returns:
+      int, the number of `lamb` ops swapped (0 when the kernel is unavailable: the reason was logged).
+    """
+    from cpu_kernels import build as cpu_kernels
+
+    lamb_ops = [(block, op) for block in program.blocks for op in block.ops if op.type == "lamb"]
+    if not lamb_ops:
+        return 0
+    kernel = kernel or cpu_kernels.lamb_kernel()
+    if kernel.op_type is None:
+        return 0
+    swapped = 0
+    for block, op in lamb_ops:
+        if _slot(op, "MasterParam") or op.attr("multi_precision") or not all(
+                _fp32_dense(block, op.input(slot)[0]) for slot in ("Param", "Grad")):
+            continue
+        index = block.ops.index(op)
+        attrs = {name: op.attr(name) for name in LAMB_ATTRS}
+        attrs.update({name: op.attr(name) for name in COMMON_ATTRS if op.has_attr(name)})
+        def variables(names):  # objects, not names: the gradient-merge block reads its parent's vars
+            return [block._var_recursive(name) for name in names]
+
+        block._insert_op(index, type=kernel.op_type,
+                         inputs={slot: variables(_slot(op, slot)) for slot in LAMB_SLOTS_IN if _slot(op, slot)},
+                         outputs={slot: variables(op.output(slot)) for slot in LAMB_SLOTS_OUT}, attrs=attrs)
+        block._remove_op(index + 1)
+        swapped += 1
+    program._sync_with_cpp()
+    return swapped

@@ -124,6 +124,8 @@ class TrainConfig:
       seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
         seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).
       device: "cpu" | "gpu", where the program will run.
+      cpu_lamb_kernel: on device "cpu", run LAMB with the fused OpenMP kernel of `cpu_kernels` (built on
+        first use; Paddle's own single-threaded `lamb` op when it cannot be built or this is False).
 
     Raises:
       ValueError: at construction, for inconsistent or out-of-range values.
@@ -151,6 +153,7 @@ class TrainConfig:
     allreduce_world_size: int = 1
     seed: int = 42
     device: str = "cpu"
+    cpu_lamb_kernel: bool = True
 
     def __post_init__(self):
         # Users meet these messages through run_pretraining.py / run_squad.py: they name the flags.
@@ -450,6 +453,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
     outer.minimize(loss, startup_program=startup)
     # fp32 and bf16 have no loss scaler checking the gradients: skip non-finite updates in the program.
     optimizer_lib.skip_nonfinite_updates(main)
+    if train_cfg.device == "cpu" and train_cfg.cpu_lamb_kernel:
+        optimizer_lib.use_cpu_lamb_kernel(main)
     extra = {"lr": _learning_rate_var(main)}
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()

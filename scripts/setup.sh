@@ -35,9 +35,17 @@ install_project() {
   echo "[setup] installing the project (editable, no dependencies): console scripts in .venv/bin"
   .venv/bin/pip install --disable-pip-version-check -q --no-deps "${isolation[@]}" -e .
 }
+# The fused CPU LAMB kernel (cpu_kernels/) compiles against the installed Paddle once per machine (~20 s);
+# doing it here keeps that out of the first training run. Cached builds return in seconds. A machine
+# without a C++ compiler still trains, with Paddle's own lamb op (the build's warning says so).
+build_cpu_kernels() {
+  [ "$gpu" = 1 ] && return 0
+  echo "[setup] CPU kernels: $(.venv/bin/python -m cpu_kernels.build 2>/dev/null | tail -1 || true)"
+}
 stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt pyproject.toml | cksum | cut -d' ' -f1)-$req-$gpu"
 if [ -f "$stamp" ]; then
   echo "[setup] .venv is up to date"
+  build_cpu_kernels
   exit 0
 fi
 echo "[setup] installing pinned dependencies from $req (about 1 GB on first run)"
@@ -51,4 +59,5 @@ fi
 install_project
 rm -f .venv/.installed-*
 touch "$stamp"
+build_cpu_kernels
 echo "[setup] done"

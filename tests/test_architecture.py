@@ -11,7 +11,7 @@ ENTRY_POINTS = ("run_pretraining", "run_squad", "run_glue", "run_pretraining_inf
 def project_modules():
     """{dotted name: path} of the project's Python modules (tests, benchmarks and the venv left out)."""
     paths = [p for p in REPO.glob("*.py")]
-    for package in ("data", "tasks", "utils"):
+    for package in ("data", "tasks", "utils", "cpu_kernels"):
         paths += sorted((REPO / package).rglob("*.py"))
     return {module_name(p, REPO): p for p in paths}
 
@@ -34,6 +34,7 @@ def test_no_import_cycle_in_the_project():
     ("utils", "run_pretraining"), ("utils", "run_squad"), ("utils", "run_glue"),
     ("tasks", "run_pretraining"), ("tasks", "run_squad"), ("tasks", "run_glue"), ("data", "tasks"), ("data", "program"),
     ("program", "tasks"), ("modeling", "program"), ("modeling", "tasks"),
+    ("cpu_kernels", "program"), ("cpu_kernels", "tasks"), ("cpu_kernels", "data"), ("cpu_kernels", "optimizer"),
 ])
 def test_layers_point_down(importer, forbidden):
     graph = project_graph()

@@ -1,0 +1,227 @@
+"""Build, cache and register this project's CPU kernels (Paddle custom operators compiled on first use).
+
+Owns: where the compiled library lives, when it is rebuilt, how concurrent processes share one build, and
+the one line that says which LAMB implementation a CPU run uses. Does not own which ops of a program use
+the kernel (`optimizer.use_cpu_lamb_kernel` rewrites them) nor the kernel itself (`lamb_cpu.cc`).
+
+Why compiled here and not shipped: a custom operator must be built against the installed Paddle's headers
+and ABI, and `-march=native` lets the compiler use the vector width of the CPU it runs on. The build takes
+about 20 s once per machine (`scripts/setup.sh` does it ahead of time); later processes only load the
+library (~10 ms). The cache key covers the source, the Paddle build, the compiler and this CPU's model and
+flags, so a changed kernel, a Paddle upgrade or a different CPU (a shared home directory on a cluster)
+gets its own build instead of a wrong one.
+
+Where: `$BERT_PADDLE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/bert-paddle/kernels`, else
+`~/.cache/bert-paddle/kernels`. `BERT_PADDLE_CPU_KERNELS=0` keeps Paddle's own ops (nothing is built).
+When the build cannot run (no C++ compiler, no Python headers, a read-only cache), training still works
+with Paddle's `lamb` op and one warning says why.
+
+Usage:
+  python -m cpu_kernels.build          # build now (setup.sh does), print where, exit 1 if it failed
+"""
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
+import utils.preflight  # noqa: F401  -- zlib, OMP threads, MKL path; must stay before paddle
+
+import dataclasses
+import fcntl
+import glob
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+logger = logging.getLogger(__name__)
+
+LAMB_OP = "bert_lamb_cpu"
+LIBRARY = "bert_cpu_kernels"
+SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "lamb_cpu.cc"),)
+# -ffp-contract=off: no fused multiply-adds, so every element rounds exactly as Paddle's own kernel does.
+# -fno-math-errno: sqrt need not set errno, which is what lets the compiler vectorise it.
+CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno")
+GNU_OPENMP_LINK = ("-fopenmp",)
+ENABLE_VAR, CACHE_VAR = "BERT_PADDLE_CPU_KERNELS", "BERT_PADDLE_KERNEL_CACHE"
+BUILD_TIMEOUT_S = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelStatus:
+    """What `lamb_kernel()` found: `op_type` is None when Paddle's own op must be used, and `reason` says why."""
+    op_type: str = None
+    library: str = None
+    reason: str = ""
+
+
+def cache_root(environ=os.environ):
+    if environ.get(CACHE_VAR):
+        return os.path.abspath(environ[CACHE_VAR])
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bert-paddle", "kernels")
+
+
+def _compiler_version():
+    for compiler in ("c++", "g++", "cc"):
+        try:
+            out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout:
+            return out.stdout.splitlines()[0]
+    return None
+
+
+def _cpu_identity(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name and flag set (what -march=native compiles for); '' where unreadable."""
+    wanted = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "flags") and key not in wanted:
+                    wanted[key] = " ".join(sorted(value.split())) if key == "flags" else value.strip()
+                if len(wanted) == 2:
+                    break
+    except OSError:
+        pass
+    return f"{wanted.get('model name', '')}|{wanted.get('flags', '')}"
+
+
+def cache_key(paddle_version, compiler, cpu=None):
+    """16 hex digits naming one build: sources, flags, Paddle build, compiler and CPU."""
+    digest = hashlib.sha256()
+    for path in SOURCES:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    for part in (*CXX_FLAGS, "|", *link_flags(), "|", paddle_version, compiler, cpu or _cpu_identity()):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _paddle_version():
+    import paddle
+    return f"{paddle.__version__}+{paddle.version.commit}"
+
+
+def link_flags():
+    """Link the OpenMP runtime Paddle itself runs when the wheel bundles one, else GCC's libgomp.
+
+    Why: the CPU wheel ships Intel's libiomp5 (MKL's threads; it also implements GCC's GOMP entry points).
+    Two OpenMP runtimes in one process each keep their own worker threads spinning for a while after a
+    parallel region, and on a 2-core machine those spinning threads take the cores from each other's
+    work. Linking libiomp5 makes the kernel's parallel loops run on MKL's own thread pool.
+    """
+    import paddle
+    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+    if os.path.isfile(os.path.join(libs, "libiomp5.so")):
+        return (f"-L{libs}", "-liomp5", f"-Wl,-rpath,{libs}")
+    return GNU_OPENMP_LINK
+
+
+def _compile(out_dir):
+    """Compile SOURCES with Paddle's extension builder in a child process; returns the built .so path.
+
+    A child process, because the builder prints to the terminal and imports the result; we want only the
+    file, and on failure the compiler's last line for the warning.
+    """
+    code = ("import zlib, sys\n"
+            "from paddle.utils.cpp_extension import load\n"
+            f"load(name={LIBRARY!r}, sources={list(SOURCES)!r}, extra_cxx_cflags={list(CXX_FLAGS)!r}, "
+            f"extra_ldflags={list(link_flags())!r}, build_directory={out_dir!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=out_dir,
+                          timeout=BUILD_TIMEOUT_S)
+    built = sorted(glob.glob(os.path.join(out_dir, LIBRARY, "**", f"{LIBRARY}*.so"), recursive=True))
+    if proc.returncode != 0 or not built:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()]
+        raise RuntimeError((errors or lines or ["the compiler gave no output"])[0][:300])
+    return built[0]
+
+
+def build_library(environ=os.environ):
+    """The path of the compiled library, building it first if this machine has none yet.
+
+    Concurrent callers (the processes of a multi-process run) wait on one lock file, so one builds and
+    the others then find the result; the library is moved into place atomically, so a killed build never
+    leaves a half-written one behind.
+
+    Returns:
+      (path of the .so, seconds spent building or 0.0 when it was cached).
+
+    Raises:
+      RuntimeError: no compiler, or the build failed (message: the compiler's first error line).
+      OSError: the cache directory cannot be written.
+    """
+    compiler = _compiler_version()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (c++, g++ or cc on PATH)")
+    key = cache_key(_paddle_version(), compiler)
+    root = cache_root(environ)
+    target = os.path.join(root, key, f"{LIBRARY}.so")
+    if os.path.isfile(target):
+        return target, 0.0
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f"{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(target):
+            return target, 0.0
+        start = time.perf_counter()
+        work = tempfile.mkdtemp(prefix=f"build-{key}-", dir=root)
+        try:
+            built = _compile(work)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            staged = f"{target}.tmp{os.getpid()}"
+            shutil.copyfile(built, staged)
+            os.replace(staged, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return target, time.perf_counter() - start
+
+
+_STATUS = None
+
+
+def lamb_kernel(environ=os.environ):
+    """Register the fused CPU LAMB op once per process and say, in one log line, what CPU runs will use.
+
+    Returns:
+      KernelStatus: op_type "bert_lamb_cpu" when it is registered, else None with the reason.
+    """
+    global _STATUS
+    if _STATUS is not None:
+        return _STATUS
+    if environ.get(ENABLE_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+        _STATUS = KernelStatus(reason=f"{ENABLE_VAR}={environ[ENABLE_VAR]}")
+        logger.info("CPU LAMB update: Paddle's lamb op (%s)", _STATUS.reason)
+        return _STATUS
+    try:
+        path, seconds = build_library(environ)
+        from paddle.utils.cpp_extension.extension_utils import load_op_meta_info_and_register_op
+        registered = load_op_meta_info_and_register_op(path)
+        if LAMB_OP not in registered:
+            raise RuntimeError(f"{path} registers {registered}, not {LAMB_OP}")
+    except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as err:
+        _STATUS = KernelStatus(reason=str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        logger.warning("CPU LAMB update: Paddle's lamb op (the fused kernel could not be built: %s; "
+                       "%s=0 stops trying)", _STATUS.reason, ENABLE_VAR)
+        return _STATUS
+    built = f"built in {seconds:.0f} s" if seconds else "cached"
+    _STATUS = KernelStatus(op_type=LAMB_OP, library=path, reason=built)
+    logger.info("CPU LAMB update: fused kernel %s (OpenMP, %s threads; %s: %s)", LAMB_OP,
+                os.environ.get("OMP_NUM_THREADS", "?"), built, path)
+    return _STATUS
+
+
+def main(argv=None):
+    from utils.logger import init_logging
+    init_logging()
+    status = lamb_kernel()
+    print(status.library if status.op_type else f"not built: {status.reason}")
+    return 0 if status.op_type else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
