@@ -98,10 +98,20 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
     return opt
 
 
+def _slot_name(op, name):
+    """The op's own name for input slot `name`: a custom op's optional input is declared as
+    "<name>@OPTIONAL" (Paddle's custom-op convention), so `SkipUpdate` of `bert_lamb_cpu` is
+    "SkipUpdate@OPTIONAL"; None when the op has neither."""
+    for candidate in (name, f"{name}@OPTIONAL"):
+        if candidate in op.input_names:
+            return candidate
+    return None
+
+
 def _slot(op, name):
-    """The variable names in input slot `name` of `op`, [] when the op has no such slot set (a custom op's
-    optional input left out is absent from its description, where `op.input` would raise)."""
-    return op.input(name) if name in op.input_names else []
+    """The variable names in input slot `name` of `op` ([] when the op has no such slot or it is unset)."""
+    slot = _slot_name(op, name)
+    return op.input(slot) if slot else []
 
 
 # Optimizer ops whose `SkipUpdate` input leaves parameter, moments and beta powers untouched.
@@ -145,7 +155,7 @@ def skip_nonfinite_updates(program):
         block._insert_op(first + 1, type="check_finite_and_unscale", inputs={"X": grads, "Scale": [one]},
                          outputs={"Out": grads, "FoundInfinite": [found]}, attrs={"op_role": role})
         for op in ops:
-            op.desc.set_input("SkipUpdate", [found.name])
+            op.desc.set_input(_slot_name(op, "SkipUpdate"), [found.name])
         guarded += len(ops)
     program._sync_with_cpp()
     return guarded
@@ -173,7 +183,7 @@ def count_nonfinite_updates(program, startup, prefix="train_metrics"):
     if not found:
         return None
     block, first = found[0]
-    flag = block._var_recursive(first.input("SkipUpdate")[0])
+    flag = block._var_recursive(_slot(first, "SkipUpdate")[0])
     names = (f"{prefix}.nonfinite_total", f"{prefix}.nonfinite_consecutive")
     counters = []
     for name in names:
@@ -253,8 +263,10 @@ def use_cpu_lamb_kernel(program, kernel=None):
         def variables(names):  # objects, not names: the gradient-merge block reads its parent's vars
             return [block._var_recursive(name) for name in names]
 
-        block._insert_op(index, type=kernel.op_type,
-                         inputs={slot: variables(_slot(op, slot)) for slot in LAMB_SLOTS_IN if _slot(op, slot)},
+        inputs = {slot: variables(_slot(op, slot)) for slot in LAMB_SLOTS_IN if _slot(op, slot)}
+        if "SkipUpdate" in inputs:  # the kernel declares it optional: its slot is named SkipUpdate@OPTIONAL
+            inputs["SkipUpdate@OPTIONAL"] = inputs.pop("SkipUpdate")
+        block._insert_op(index, type=kernel.op_type, inputs=inputs,
                          outputs={slot: variables(op.output(slot)) for slot in LAMB_SLOTS_OUT}, attrs=attrs)
         block._remove_op(index + 1)
         swapped += 1

@@ -8,7 +8,7 @@ import optimizer as optimizer_lib
 from utils.nonfinite import NonFiniteGuard, TrainingDiverged
 
 
-def _program(name, k_steps, guard):
+def _program(name, k_steps, guard, cpu_kernel=False):
     main, startup = paddle.static.Program(), paddle.static.Program()
     main.random_seed = startup.random_seed = 3
     with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
@@ -22,6 +22,11 @@ def _program(name, k_steps, guard):
             opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
         opt.minimize(loss)
         guarded = optimizer_lib.skip_nonfinite_updates(main) if guard else 0
+        if cpu_kernel:  # what a CPU training program does after the guard (program._minimize)
+            from cpu_kernels.build import lamb_kernel
+            if lamb_kernel().op_type is None:
+                pytest.skip(f"the CPU LAMB kernel cannot be built here: {lamb_kernel().reason}")
+            assert optimizer_lib.use_cpu_lamb_kernel(main) == 2
     return main, startup, loss, guarded
 
 
@@ -48,10 +53,10 @@ BAD = GOOD.copy()
 BAD[0, 1] = np.nan
 
 
-@pytest.mark.parametrize("name", ["Lamb", "AdamW"])
+@pytest.mark.parametrize("name, cpu_kernel", [("Lamb", False), ("AdamW", False), ("Lamb", True)])
 @pytest.mark.parametrize("k_steps", [1, 2])
-def test_a_nan_batch_leaves_parameters_and_moments_untouched(static_graph, name, k_steps):
-    main, startup, loss, guarded = _program(name, k_steps, guard=True)
+def test_a_nan_batch_leaves_parameters_and_moments_untouched(static_graph, name, cpu_kernel, k_steps):
+    main, startup, loss, guarded = _program(name, k_steps, guard=True, cpu_kernel=cpu_kernel)
     assert guarded == 2  # w and b
     feeds = [GOOD] * k_steps + [BAD] * k_steps + [GOOD] * k_steps
     states, losses = _run(main, startup, loss, feeds)
@@ -104,7 +109,7 @@ def test_guard_warns_about_new_skips_and_stops_at_the_consecutive_limit(caplog):
         NonFiniteGuard(0)
 
 
-def _counted(name, k_steps, feeds):
+def _counted(name, k_steps, feeds, cpu_kernel=False):
     """Run the guarded program with skipped-update counters; returns (total, consecutive) after each update."""
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
@@ -115,6 +120,8 @@ def _counted(name, k_steps, feeds):
             opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
         opt.minimize(loss)
         optimizer_lib.skip_nonfinite_updates(main)
+        if cpu_kernel:
+            assert optimizer_lib.use_cpu_lamb_kernel(main) == 2
         names = optimizer_lib.count_nonfinite_updates(main, startup)
     exe, scope, seen = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope(), []
     with paddle.static.scope_guard(scope):
@@ -127,6 +134,11 @@ def _counted(name, k_steps, feeds):
 
 
 @pytest.mark.parametrize("k_steps", [1, 2])
-def test_skipped_updates_are_counted_on_the_device(static_graph, k_steps):
-    seen = _counted("AdamW", k_steps, [GOOD, BAD, BAD, GOOD, BAD])
+@pytest.mark.parametrize("name, cpu_kernel", [("AdamW", False), ("Lamb", True)])
+def test_skipped_updates_are_counted_on_the_device(static_graph, k_steps, name, cpu_kernel):
+    if cpu_kernel:
+        from cpu_kernels.build import lamb_kernel
+        if lamb_kernel().op_type is None:
+            pytest.skip(f"the CPU LAMB kernel cannot be built here: {lamb_kernel().reason}")
+    seen = _counted(name, k_steps, [GOOD, BAD, BAD, GOOD, BAD], cpu_kernel=cpu_kernel)
     assert seen == [(0, 0), (1, 1), (2, 2), (2, 0), (3, 1)]
