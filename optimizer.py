@@ -118,15 +118,59 @@ def _slot(op, name):
 UPDATE_OPS = ("lamb", "adamw", "adam", "bert_lamb_cpu")
 
 
+def clipped_global_norm(block, update_ops):
+    """The global-norm variable of `ClipGradByGlobalNorm` when it scales every gradient `update_ops` read.
+
+    The clip, as Paddle 2.6 builds it in the block of the updates: `sqrt(sum of squared_l2_norm)` ->
+    `elementwise_max(clip, norm)` -> `elementwise_div(clip, that)` = scale -> `elementwise_mul(g, scale)`
+    writing each gradient in place. Returns None unless every gradient's last writer before the updates
+    is such a multiply by one and the same scale (then the flag falls back to checking the gradients).
+    """
+    first = min(block.ops.index(op) for op in update_ops)
+    writer = {}
+    for op in block.ops[:first]:
+        for name in op.output_arg_names:
+            writer[name] = op
+
+    def produced_by(name, op_type):
+        op = writer.get(name)
+        return op if op is not None and op.type == op_type else None
+
+    scales = set()
+    for op in update_ops:
+        grad = op.input("Grad")[0]
+        mul = produced_by(grad, "elementwise_mul")
+        if mul is None or mul.input("X") != [grad]:
+            return None
+        scales.add(mul.input("Y")[0])
+    if len(scales) != 1:
+        return None
+    div = produced_by(scales.pop(), "elementwise_div")
+    biggest = div and produced_by(div.input("Y")[0], "elementwise_max")
+    if not biggest:
+        return None
+    for name in biggest.input("X") + biggest.input("Y"):
+        if produced_by(name, "sqrt") is not None:
+            return block._var_recursive(name)
+    return None
+
+
 def skip_nonfinite_updates(program):
     """Make every optimizer update of `program` a no-op when any of its gradients holds NaN or inf.
 
     Why: without a loss scaler (fp32 and bf16 training) nothing checks the gradients, so a single bad
     batch writes NaN into every parameter and moment, and the run is lost. This adds, in each block that
-    holds optimizer ops (the gradient-merge update lives in a conditional sub-block), one
-    `check_finite_and_unscale` over the gradients those ops read (divided by 1: exact) and feeds its
-    flag to their `SkipUpdate` input, as Paddle's fp16 loss scaler does. Run after `minimize`, so it
-    composes with every wrapper (gradient merge, fleet, the CPU all-reduce) without knowing them.
+    holds optimizer ops (the gradient-merge update lives in a conditional sub-block), one flag fed to
+    their `SkipUpdate` input, as Paddle's fp16 loss scaler does. Run after `minimize`, so it composes
+    with every wrapper (gradient merge, fleet, the CPU all-reduce) without knowing them.
+
+    The flag: when every gradient those ops read was scaled by `ClipGradByGlobalNorm` (the usual case),
+    it is `not isfinite(global norm)`, a test of one number the clip has already computed -- a NaN or inf
+    in any gradient makes the norm NaN or inf, and the clip's scale then spreads it to all of them. Only
+    when the norm itself overflows (gradients near 1e19) does it skip an update whose gradients were
+    finite, and such an update would have been a zero step anyway (the clip scale is 0). Otherwise one
+    `check_finite_and_unscale` over the gradients (divided by 1: exact), which reads and writes every
+    gradient once more: about 2 % of a bert-base CPU step.
 
     Args:
       program: a training program after `minimize`.
@@ -146,14 +190,23 @@ def skip_nonfinite_updates(program):
         grads = [block._var_recursive(op.input("Grad")[0]) for op in ops]
         first = min(block.ops.index(op) for op in ops)
         role = ops[0].attr("op_role")
-        one = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_check_one"),
-                               shape=[1], dtype="float32")
         found = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_found"),
                                  shape=[1], dtype="bool")
-        block._insert_op(first, type="fill_constant", outputs={"Out": [one]},
-                         attrs={"shape": [1], "dtype": one.dtype, "value": 1.0, "op_role": role})
-        block._insert_op(first + 1, type="check_finite_and_unscale", inputs={"X": grads, "Scale": [one]},
-                         outputs={"Out": grads, "FoundInfinite": [found]}, attrs={"op_role": role})
+        norm = clipped_global_norm(block, ops)
+        if norm is not None:
+            finite = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_norm_finite"),
+                                      shape=norm.shape, dtype="bool")
+            block._insert_op(first, type="isfinite_v2", inputs={"X": [norm]}, outputs={"Out": [finite]},
+                             attrs={"op_role": role})
+            block._insert_op(first + 1, type="logical_not", inputs={"X": [finite]}, outputs={"Out": [found]},
+                             attrs={"op_role": role})
+        else:
+            one = block.create_var(name=paddle.utils.unique_name.generate("nonfinite_check_one"),
+                                   shape=[1], dtype="float32")
+            block._insert_op(first, type="fill_constant", outputs={"Out": [one]},
+                             attrs={"shape": [1], "dtype": one.dtype, "value": 1.0, "op_role": role})
+            block._insert_op(first + 1, type="check_finite_and_unscale", inputs={"X": grads, "Scale": [one]},
+                             outputs={"Out": grads, "FoundInfinite": [found]}, attrs={"op_role": role})
         for op in ops:
             op.desc.set_input(_slot_name(op, "SkipUpdate"), [found.name])
         guarded += len(ops)

@@ -142,3 +142,38 @@ def test_skipped_updates_are_counted_on_the_device(static_graph, k_steps, name, 
             pytest.skip(f"the CPU LAMB kernel cannot be built here: {lamb_kernel().reason}")
     seen = _counted(name, k_steps, [GOOD, BAD, BAD, GOOD, BAD], cpu_kernel=cpu_kernel)
     assert seen == [(0, 0), (1, 1), (2, 2), (2, 0), (3, 1)]
+
+
+def _types(main):
+    return [op.type for block in main.blocks for op in block.ops]
+
+
+@pytest.mark.parametrize("k_steps", [1, 2])
+def test_with_clipping_the_flag_is_the_global_norm_and_catches_inf_too(static_graph, k_steps):
+    """Clip by global norm already sums every gradient's square: its norm is NaN/inf exactly when a
+    gradient is, so no extra pass over the gradients is added (check_finite_and_unscale is absent)."""
+    main, startup, loss, guarded = _program("Lamb", k_steps, guard=True)
+    types = _types(main)
+    assert guarded == 2 and "isfinite_v2" in types and "check_finite_and_unscale" not in types
+    inf = GOOD.copy()
+    inf[1, 2] = np.float32(3e38)  # the square overflows: an inf gradient, not a NaN
+    states, losses = _run(main, startup, loss, [GOOD] * k_steps + [inf] * k_steps + [GOOD] * k_steps)
+    before, after_bad = states[k_steps - 1], states[2 * k_steps - 1]
+    for name_ in before:
+        assert np.array_equal(before[name_], after_bad[name_]), name_
+    assert np.isfinite(states[-1]["w"]).all() and not np.array_equal(states[-1]["w"], after_bad["w"])
+
+
+def test_without_clipping_the_gradients_are_checked_one_by_one(static_graph):
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [None, 4], "float32")
+        loss = paddle.mean(paddle.static.nn.fc(x, 3) ** 2)
+        optimizer_lib.build_optimizer("AdamW", 0.1, weight_decay=0.01, beta1=0.9, beta2=0.999, epsilon=1e-6,
+                                      grad_clip_norm=None).minimize(loss)
+        assert optimizer_lib.skip_nonfinite_updates(main) == 2
+    types = _types(main)
+    assert "check_finite_and_unscale" in types and "isfinite_v2" not in types
+    states, losses = _run(main, startup, loss, [GOOD, BAD])
+    for name_ in states[0]:
+        assert np.array_equal(states[0][name_], states[1][name_]), name_
