@@ -124,7 +124,7 @@ class TrainConfig:
       seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
         seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).
       device: "cpu" | "gpu", where the program will run.
-      cpu_lamb_kernel: on device "cpu", run LAMB with the fused OpenMP kernel of `cpu_kernels` (built on
+      cpu_lamb_kernel: on device "cpu", run LAMB with the fused multi-threaded kernel of `cpu_kernels` (built on
         first use; Paddle's own single-threaded `lamb` op when it cannot be built or this is False).
 
     Raises:

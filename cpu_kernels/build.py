@@ -41,8 +41,7 @@ LIBRARY = "bert_cpu_kernels"
 SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "lamb_cpu.cc"),)
 # -ffp-contract=off: no fused multiply-adds, so every element rounds exactly as Paddle's own kernel does.
 # -fno-math-errno: sqrt need not set errno, which is what lets the compiler vectorise it.
-CXX_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno")
-GNU_OPENMP_LINK = ("-fopenmp",)
+CXX_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
 ENABLE_VAR, CACHE_VAR = "BERT_PADDLE_CPU_KERNELS", "BERT_PADDLE_KERNEL_CACHE"
 BUILD_TIMEOUT_S = 600
 
@@ -107,18 +106,8 @@ def _paddle_version():
 
 
 def link_flags():
-    """Link the OpenMP runtime Paddle itself runs when the wheel bundles one, else GCC's libgomp.
-
-    Why: the CPU wheel ships Intel's libiomp5 (MKL's threads; it also implements GCC's GOMP entry points).
-    Two OpenMP runtimes in one process each keep their own worker threads spinning for a while after a
-    parallel region, and on a 2-core machine those spinning threads take the cores from each other's
-    work. Linking libiomp5 makes the kernel's parallel loops run on MKL's own thread pool.
-    """
-    import paddle
-    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
-    if os.path.isfile(os.path.join(libs, "libiomp5.so")):
-        return (f"-L{libs}", "-liomp5", f"-Wl,-rpath,{libs}")
-    return GNU_OPENMP_LINK
+    """Linker flags: the kernel's threads are std::threads (see lamb_cpu.cc), so only -pthread."""
+    return ("-pthread",)
 
 
 def _compile(out_dir):
@@ -210,7 +199,7 @@ def lamb_kernel(environ=os.environ):
         return _STATUS
     built = f"built in {seconds:.0f} s" if seconds else "cached"
     _STATUS = KernelStatus(op_type=LAMB_OP, library=path, reason=built)
-    logger.info("CPU LAMB update: fused kernel %s (OpenMP, %s threads; %s: %s)", LAMB_OP,
+    logger.info("CPU LAMB update: fused kernel %s (%s threads; %s: %s)", LAMB_OP,
                 os.environ.get("OMP_NUM_THREADS", "?"), built, path)
     return _STATUS
 

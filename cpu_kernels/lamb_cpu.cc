@@ -3,7 +3,12 @@
 // Why this exists: Paddle 2.6's CPU `lamb` kernel walks every parameter three times on one thread (moments
 // into a temporary, two Eigen norms, then the update, taking two square roots per element), which made the
 // optimizer about a quarter of a bert-base pre-training step on a 2-core CPU. This kernel does the same
-// arithmetic in two vectorisable passes shared by all OpenMP threads and needs no temporary.
+// arithmetic in two vectorisable passes split over OMP_NUM_THREADS threads and needs no temporary.
+//
+// Threads: plain std::threads started per call for tensors of at least kParallelChunks chunks, joined
+// before returning -- not an OpenMP team. An OpenMP runtime keeps its workers spinning after each
+// parallel region, and on a 2-core machine those spinning workers (this kernel's, or MKL's own between
+// GEMMs) take the cores from the next op's work; starting two threads costs ~50 us against ~100 ms of work.
 //
 // The arithmetic is Paddle's, operation for operation, so the moments come out bit-identical and the
 // parameters agree to a few ulp (only the order of the two norm sums differs):
@@ -21,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -28,6 +35,34 @@
 namespace {
 
 constexpr int64_t kChunk = int64_t{1} << 16;
+constexpr int64_t kParallelChunks = 16;  // below ~1 M elements one thread is faster than starting more
+
+int Threads() {
+  static const int threads = [] {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    const int n = env ? std::atoi(env) : 0;
+    return n > 0 ? std::min(n, 64) : 1;
+  }();
+  return threads;
+}
+
+// Calls body(first_chunk, end_chunk) on contiguous ranges of [0, chunks), one per thread.
+template <typename Body>
+void ForChunks(int64_t chunks, const Body& body) {
+  const int64_t threads = std::min<int64_t>(Threads(), chunks / kParallelChunks);
+  if (threads <= 1) {
+    body(int64_t{0}, chunks);
+    return;
+  }
+  std::vector<std::thread> workers;
+  const int64_t per = (chunks + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t lo = std::min(chunks, t * per), hi = std::min(chunks, lo + per);
+    workers.emplace_back([&body, lo, hi] { body(lo, hi); });
+  }
+  body(int64_t{0}, std::min(chunks, per));
+  for (auto& worker : workers) worker.join();
+}
 
 inline float Direction(float m, float v, float p, float bias1, float bias2, float epsilon, float decay) {
   return (m / bias1) / (std::sqrt(v / bias2) + epsilon) + decay * p;
@@ -57,23 +92,24 @@ void LambCpu(paddle::Tensor& param, const paddle::Tensor& grad, const paddle::Te
   // Pass 1: moments, and the squared norms of p and of the update direction r, chunk by chunk.
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> p_sq(chunks, 0.0), r_sq(chunks, 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-    double sp = 0.0, sr = 0.0;
-    for (int64_t i = lo; i < hi; ++i) {
-      const float gi = g[i];
-      const float mi = beta1 * m[i] + keep1 * gi;
-      const float vi = beta2 * v[i] + keep2 * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      const float r = Direction(mi, vi, p[i], bias1, bias2, epsilon, weight_decay);
-      sp += static_cast<double>(p[i]) * p[i];
-      sr += static_cast<double>(r) * r;
+  ForChunks(chunks, [&](int64_t first, int64_t end) {
+    for (int64_t c = first; c < end; ++c) {
+      const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+      double sp = 0.0, sr = 0.0;
+      for (int64_t i = lo; i < hi; ++i) {
+        const float gi = g[i];
+        const float mi = beta1 * m[i] + keep1 * gi;
+        const float vi = beta2 * v[i] + keep2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const float r = Direction(mi, vi, p[i], bias1, bias2, epsilon, weight_decay);
+        sp += static_cast<double>(p[i]) * p[i];
+        sr += static_cast<double>(r) * r;
+      }
+      p_sq[c] = sp;
+      r_sq[c] = sr;
     }
-    p_sq[c] = sp;
-    r_sq[c] = sr;
-  }
+  });
   float ratio = 1.0f;
   if (adapt) {
     double sp = 0.0, sr = 0.0;
@@ -88,10 +124,12 @@ void LambCpu(paddle::Tensor& param, const paddle::Tensor& grad, const paddle::Te
   const float step = learning_rate.data<float>()[0] * ratio;
 
   // Pass 2: recompute r from the new moments (cheaper than storing it) and move the parameter.
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    p[i] = p[i] - step * Direction(m[i], v[i], p[i], bias1, bias2, epsilon, weight_decay);
-  }
+  ForChunks(chunks, [&](int64_t first, int64_t end) {
+    const int64_t hi = std::min(n, end * kChunk);
+    for (int64_t i = first * kChunk; i < hi; ++i) {
+      p[i] = p[i] - step * Direction(m[i], v[i], p[i], bias1, bias2, epsilon, weight_decay);
+    }
+  });
   beta1_pow.data<float>()[0] *= beta1;
   beta2_pow.data<float>()[0] *= beta2;
 }
