@@ -10,9 +10,12 @@ reference Paddle program 0.90 seq/s fp32 and 1.79 seq/s bf16; HF transformers on
 Usage (from the repo root):
   OMP_NUM_THREADS=2 python -m benchmarks.bench_squad_model [--bert-model bert-base-uncased] \
       [--seq-length 384] [--batch-size 8] [--steps 3] [--warmup 1] [--skip-train]
+  # AdamW vs LAMB step, alternately (e.g. the MiniLM shape: 6 layers x 384, seq 256, batch 16):
+  python -m benchmarks.bench_squad_model --bert-config CONFIG --seq-length 256 --batch-size 16 --compare-optimizers
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
+import dataclasses
 import json
 import logging
 import os
@@ -74,6 +77,30 @@ def run(cfg, seq_length, batch_size, steps, warmup, train=True):
     return results
 
 
+def compare_optimizers(cfg, seq_length, batch_size, steps, warmup):
+    """The SQuAD training step with AdamW and with LAMB, same model and batch, timed alternately one step
+    at a time (benchmarks.bench_train's runner), so load from other processes falls on both alike.
+
+    Returns:
+      {"AdamW": seq/s, "Lamb": seq/s}.
+    """
+    import paddle
+
+    import program
+    from benchmarks.bench_train import Runner, time_alternately
+
+    paddle.enable_static()
+    feed = _batch(np.random.default_rng(0), cfg, batch_size, seq_length, True)
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    names, runners = ("AdamW", "Lamb"), []
+    for name in names:
+        bundle = program.build_squad(cfg, program.TrainConfig(optimizer=name, total_steps=1000, learning_rate=1e-5))
+        runners.append(Runner(exe, bundle.main_program, [bundle.fetches["loss"]], feed, paddle.static.Scope(),
+                              bundle.startup_program))
+    totals, _ = time_alternately(runners, warmup, steps)
+    return {name: batch_size * steps / total for name, total in zip(names, totals)}
+
+
 def main(argv=None):
     from tasks.flags import CONFIG_DIR
     from modeling import BertConfig
@@ -85,9 +112,21 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed runs (median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--skip-train", action="store_true", help="time prediction only")
+    parser.add_argument("--bert-config", default=None, help="a BERT config JSON file (instead of --bert-model)")
+    parser.add_argument("--layers", type=int, default=None, help="cut the encoder to this many layers")
+    parser.add_argument("--compare-optimizers", action="store_true",
+                        help="time the training step with AdamW and with LAMB alternately instead")
     args = parser.parse_args(argv)
     init_logging()
-    cfg = BertConfig.from_json_file(os.path.join(CONFIG_DIR, f"{args.bert_model}.json"))
+    cfg = BertConfig.from_json_file(args.bert_config or os.path.join(CONFIG_DIR, f"{args.bert_model}.json"))
+    if args.layers:
+        cfg = dataclasses.replace(cfg, num_hidden_layers=args.layers)
+    if args.compare_optimizers:
+        rates = compare_optimizers(cfg, args.seq_length, args.batch_size, args.steps, args.warmup)
+        print(f"SQuAD training step, {cfg.num_hidden_layers} layers x {cfg.hidden_size}, seq {args.seq_length}, "
+              f"batch {args.batch_size}: AdamW {rates['AdamW']:.2f} seq/s, LAMB {rates['Lamb']:.2f} seq/s, "
+              f"AdamW/LAMB {rates['AdamW'] / rates['Lamb']:.2f}x")
+        return rates
     results = run(cfg, args.seq_length, args.batch_size, args.steps, args.warmup, train=not args.skip_train)
     report = {"bert_model": args.bert_model, "seq_length": args.seq_length, "batch_size": args.batch_size,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
