@@ -22,6 +22,11 @@ file for test.tsv, with `--mode prediction`. The DLLogger report (`--report-file
 e2e_inference_time, inference_sequences_per_second, exact_match = accuracy %, F1 = F1 %) plus every task
 metric (eval_loss, acc, f1, mcc, pearson, spearmanr, corr, ...; MNLI's mismatched split prefixed `mm_`).
 
+Evaluation and prediction run through `inference.predictor.ClassifierPredictor` (Paddle Inference, oneDNN,
+length-bucketed batches of `--eval-batch-size`): the parameters in the scope are exported to a temporary
+directory and verified against the training program first, as run_squad does; only `--benchmark` times the
+executor program.
+
 Differences from the seed, on purpose: `prediction` predicts test.tsv into the submission file (the seed
 wrote dev-set predictions.json); all nine tasks; warm-up is linear over `--warmup-proportion` of the updates
 actually run; a missing init path is an error, never a random initialisation.
@@ -39,6 +44,8 @@ import paddle
 
 import program
 from data.features.glue import split_path, task_spec
+from inference import model_dir as export_layout
+from inference.export import load_from_scope
 from tasks import finetune
 from tasks import flags as common
 from tasks import glue
@@ -285,21 +292,45 @@ def run(args, plan, rt, data):
 
 def _eval_and_predict(args, plan, rt, bundle, data, metrics):
     """Evaluate the dev split(s) and / or write the submission file(s), as the plan says."""
-    results = _evaluate(args, plan, rt, bundle, data, metrics) if plan.do_eval else {}
+    predictor = None if args.benchmark else _predictor(args, plan, rt, bundle)
+    results = _evaluate(args, plan, rt, bundle, data, metrics, predictor) if plan.do_eval else {}
     if plan.do_predict and not args.benchmark:
-        results.update(_predict_test(args, plan, rt, bundle, data, metrics, log_throughput=not plan.do_eval))
+        results.update(_predict_test(plan, data, metrics, not plan.do_eval, predictor))
     return results
 
 
-def _evaluate(args, plan, rt, bundle, data, metrics):
+def _predictor(args, plan, rt, bundle):
+    """The ClassifierPredictor of the parameters now in the scope: exported (and verified against the
+    executor) through a temporary directory, as run_squad's predictor."""
+    spec = plan.spec
+    model_name = os.path.basename(os.path.dirname(os.path.dirname(plan.out_dir)))
+    settings = export_layout.ExportSettings(model_name=model_name, do_lower_case=args.do_lower_case,
+                                            max_seq_length=args.max_seq_length, fetch_names=("logits",),
+                                            task=spec.name, labels=tuple(spec.labels or ()),
+                                            regression=spec.is_regression)
+    return load_from_scope(rt.exe, bundle, model_cfg=plan.model_cfg, vocab_file=args.vocab_file, settings=settings,
+                           source={"path": os.path.abspath(plan.init_path), "in_process": True},
+                           device=rt.device, batch_size=args.eval_batch_size)
+
+
+def _outputs(predictor, features):
+    """(classifier outputs [N, num_labels], the seeds' throughput keys) of one split through the predictor."""
+    outputs, stats = predictor.predict_logits(features, show_progress=True)
+    return outputs, {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
+
+
+def _evaluate(args, plan, rt, bundle, data, metrics, predictor):
     """Metrics of every dev split (MNLI's mismatched ones prefixed mm_) + the seeds' keys, logged and written
-    to eval_results.json; with --benchmark only the throughput of the first split."""
+    to eval_results.json; with --benchmark only the executor's throughput on the first split."""
     spec, logits = plan.spec, bundle.eval_fetches["logits"]
     bench = (args.benchmark_warmup_steps, args.benchmark_steps) if args.benchmark else None
     results, scores = {}, {}
     for n, split in enumerate(spec.dev_splits):
-        outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, data[split][1], args.eval_batch_size,
-                                      bench)
+        if bench:
+            outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, data[split][1], args.eval_batch_size,
+                                          bench)
+        else:
+            outputs, stats = _outputs(predictor, data[split][1])
         if n == 0:
             results.update(stats)
         if not args.benchmark:
@@ -321,13 +352,12 @@ def _evaluate(args, plan, rt, bundle, data, metrics):
     return results
 
 
-def _predict_test(args, plan, rt, bundle, data, metrics, log_throughput):
+def _predict_test(plan, data, metrics, log_throughput, predictor):
     """GLUE's submission file(s) from the test split(s); the first split's throughput when asked."""
     spec, results, files = plan.spec, {}, []
     for split, name in spec.test_splits:
         examples, features = data[split]
-        outputs, stats = glue.predict(rt.exe, bundle.eval_program, bundle.eval_fetches["logits"], features,
-                                      args.eval_batch_size)
+        outputs, stats = _outputs(predictor, features)
         files.append(glue.write_submission(os.path.join(plan.out_dir, name), examples, spec,
                                            glue.decide(spec, outputs)))
         if log_throughput and len(files) == 1:

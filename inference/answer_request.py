@@ -5,8 +5,8 @@ limit that was passed.
 Owns: the request schemas (`/v1/answer`: one object `{"question", "context"[, "n_best",
 "max_answer_length"]}` or a JSON array of them; `/v1/classify`: `{"text"}` for single-sentence tasks,
 `{"text_a", "text_b"}` for pair tasks, or an array of them), the limits checked per request (body bytes,
-items per request, context / text characters) and the wording of every refusal. Does not own HTTP plumbing, batching or the model (`inference.server`,
-`inference.batching`, `inference.predictor`).
+items per request, context / text characters) and the wording of every refusal. Does not own HTTP
+plumbing, batching or the model (`inference.server`, `inference.batching`, `inference.predictor`).
 
 Status codes, so that a client can tell its own mistake from the server's state:
   400  the body is not UTF-8 or not JSON (with the offset / line and column);

@@ -13,13 +13,13 @@ The head is read from the checkpoint: `qa_outputs.*` parameters make a SQuAD exp
 one, whose task comes from `--task-name`, else the run's eval_results.json, else the run_glue output
 directory's name (`.../glue/<Task>`); the task, its labels and regression-or-not go into settings.json.
 
-Owns: detecting the head, building the eval program, loading the checkpoint into it, `paddle.static.save_inference_model`,
-writing the directory (`inference.model_dir` layout) atomically, and the parity check: the exported model,
-run by `inference.predictor` (Paddle Inference, oneDNN), must reproduce the training program's logits
-(static executor) on a few windows within `--tolerance`, or nothing is written. With
-`--int8-calibration-file` it also adds a post-training-quantized copy (`inference.quantize`).
-Does not own: the directory layout and manifest (`inference.model_dir`), running answers
-(`inference.predictor`).
+Owns: detecting the head, building the eval program, loading the checkpoint into it,
+`paddle.static.save_inference_model`, writing the directory (`inference.model_dir` layout) atomically, and
+the parity check: the exported model, run by `inference.predictor` (Paddle Inference, oneDNN), must
+reproduce the training program's outputs (static executor) on a few windows within `--tolerance`, or nothing
+is written. With `--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy
+(`inference.quantize`). Does not own: the directory layout and manifest (`inference.model_dir`), running
+answers and classifications (`inference.predictor`).
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle

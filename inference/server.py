@@ -20,7 +20,8 @@ saying which route to use):
   GET  /v1/metrics  request counts by status, and the batcher's counters (batches, batch sizes, queue).
 Refusals: 400 body not UTF-8 / not JSON; 413 body or question / text count over a limit; 422 wrong shape
 or type, empty question/context/text, context or text over --max-context-chars, a pair task without
-text_b; 503 queue full (Retry-After) or model not ready. Every refusal is {"error": "<what is wrong>", ...} with "limit" when a limit was passed.
+text_b; 503 queue full (Retry-After) or model not ready. Every refusal is {"error": "<what is wrong>", ...}
+with "limit" when a limit was passed.
 
 Concurrency: the event loop parses requests and hands questions to the MicroBatcher; its one worker thread
 loads the model and runs every batch (a Paddle predictor must not run concurrently). SIGTERM or Ctrl-C

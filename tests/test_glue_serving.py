@@ -299,8 +299,8 @@ def test_text_request_shapes_for_pair_and_single_sentence_tasks():
                                   task="MRPC")
     assert [t.payload for t in texts] == [("a", "b"), ("c", "d")] and is_batch
     status, body = refused({"text": "a"}, pair=True)
-    assert status == 422 and body["detail"] == [{"field": "text_b", "message": "Field required: MRPC classifies "
-                                                                               "sentence pairs; send text_a and text_b"}]
+    assert status == 422 and body["detail"] == [
+        {"field": "text_b", "message": "Field required: MRPC classifies sentence pairs; send text_a and text_b"}]
     status, body = refused({"text": "a", "text_b": "b"}, pair=False)
     assert status == 422 and body["detail"][0]["field"] == "text_b" and "single sentences" in body["error"]
     assert refused({"text": "a", "text_a": "b", "text_b": "c"}, pair=True)[1]["detail"][0]["field"] == "text_a"
@@ -437,3 +437,49 @@ def test_serve_script_prints_the_classify_example(mrpc_export, tmp_path):
             f"server started with: -m inference.server --model-dir={mrpc_export[0]} --host=127.0.0.1 --port=8124\n")
         assert "curl -s http://127.0.0.1:8124/v1/classify" in result.stderr
         assert '"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."' in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- run_glue
+def test_run_glue_eval_and_prediction_through_the_predictor_equal_the_executor_path(model, tmp_path):
+    import run_glue
+    from data.features.glue import examples_to_features, read_examples, task_spec
+    from tasks import glue
+    from tokenizer import BertTokenizer
+    from utils import glue_metrics
+
+    root, cfg = model
+    spec, data_dir = task_spec("MRPC"), tmp_path / "MRPC"
+    data_dir.mkdir()
+    texts = _texts()
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    (data_dir / "dev.tsv").write_text(header + "".join(f"{i % 2}\t{i}\t{i}\t{a}\t{b}\n" for i, (a, b) in
+                                                       enumerate(texts)), encoding="utf-8")
+    (data_dir / "test.tsv").write_text("index" + header[len("Quality"):] + "".join(
+        f"{i}\t{i}\t{i}\t{a}\t{b}\n" for i, (a, b) in enumerate(texts)), encoding="utf-8")
+    checkpoint = root / "out" / "custom" / "glue" / "MRPC"
+
+    def executor_used(*_args, **_kwargs):
+        raise AssertionError("run_glue evaluated through the executor, not the predictor")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(glue, "predict", executor_used)
+        results = run_glue.main(["--task-name", "MRPC", "--data-dir", str(data_dir), "--vocab-file",
+                                 str(root / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",
+                                 "--output-dir", str(tmp_path / "out"),
+                                 "--device", "cpu", "--max-seq-length", str(MAX_SEQ), "--show-config", "false",
+                                 "--mode", "eval_prediction", "--from-checkpoint", str(checkpoint),
+                                 "--eval-batch-size", "5"])
+    # The executor path, computed here independently: run_glue's program and features, tasks.glue.predict.
+    tokenizer = BertTokenizer(str(root / "vocab.txt"), do_lower_case=True)
+    dev = examples_to_features(read_examples(str(data_dir / "dev.tsv"), spec, "dev"), tokenizer, spec, MAX_SEQ)
+    test_examples = read_examples(str(data_dir / "test.tsv"), spec, "test")
+    test = examples_to_features(test_examples, tokenizer, spec, MAX_SEQ)
+    want = glue.evaluate(spec, _executor_logits(root, cfg, checkpoint, 2, dev), dev)
+    assert results["acc"] == want["acc"] and results["f1"] == want["f1"] and 0 < want["acc"] < 1
+    assert results["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5)
+    assert want["acc"] == glue_metrics.task_metrics("MRPC", glue.decide(spec, _executor_logits(
+        root, cfg, checkpoint, 2, dev)), dev.labels)["acc"]
+    expected_tsv = tmp_path / "expected.tsv"
+    glue.write_submission(str(expected_tsv), test_examples, spec,
+                          glue.decide(spec, _executor_logits(root, cfg, checkpoint, 2, test)))
+    assert (tmp_path / "out" / "custom" / "glue" / "MRPC" / "MRPC.tsv").read_text() == expected_tsv.read_text()
