@@ -395,12 +395,13 @@ def _announce_when_ready(batcher, host, port, args):
             return
         info = batcher.model.info
         shown = f"[{host}]" if ":" in host else host
+        items, text = ("questions", "context") if args.settings.is_squad else ("texts", "text")
         logger.info("serving %s %s (%s, %s, %s threads, max_seq_length %s) at http://%s:%d%s; batches of "
-                    "<= %d questions, wait <= %g ms, queue <= %d, context <= %d chars, body <= %d bytes",
+                    "<= %d %s, wait <= %g ms, queue <= %d, %s <= %d chars, body <= %d bytes",
                     info.get("model_name"), info.get("task", "squad"), info.get("precision"), info.get("device"),
                     info.get("threads"), info.get("max_seq_length"), shown, port, args.settings.route,
-                    args.max_batch_size, args.max_wait_ms,
-                    args.max_queue, args.max_context_chars, args.max_body_bytes)
+                    args.max_batch_size, items, args.max_wait_ms, args.max_queue, text, args.max_context_chars,
+                    args.max_body_bytes)
 
     threading.Thread(target=announce, name="announce-ready", daemon=True).start()
 
