@@ -483,3 +483,44 @@ def test_run_glue_eval_and_prediction_through_the_predictor_equal_the_executor_p
     glue.write_submission(str(expected_tsv), test_examples, spec,
                           glue.decide(spec, _executor_logits(root, cfg, checkpoint, 2, test)))
     assert (tmp_path / "out" / "custom" / "glue" / "MRPC" / "MRPC.tsv").read_text() == expected_tsv.read_text()
+
+
+def test_run_glue_evaluates_an_export_directory_as_its_checkpoint(model, mrpc_export, tmp_path):
+    import run_glue
+
+    root, _ = model
+    data_dir = tmp_path / "MRPC"
+    data_dir.mkdir()
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    rows = header + "".join(f"{i % 2}\t{i}\t{i}\t{a}\t{b}\n" for i, (a, b) in enumerate(_texts()))
+    for split in ("train", "dev"):
+        (data_dir / f"{split}.tsv").write_text(rows, encoding="utf-8")
+
+    def argv(checkpoint, out, *extra):
+        return ["--task-name", "MRPC", "--data-dir", str(data_dir), "--vocab-file", str(root / "vocab.txt"),
+                "--do-lower-case", "--bert-model", "custom", "--output-dir", str(tmp_path / out), "--device", "cpu",
+                "--max-seq-length", str(MAX_SEQ), "--show-config", "false", "--mode", "eval",
+                "--from-checkpoint", str(checkpoint), *extra]
+
+    from_checkpoint = run_glue.main(argv(root / "out" / "custom" / "glue" / "MRPC", "a"))
+    from_export = run_glue.main(argv(mrpc_export[0], "b"))
+    for key in ("acc", "f1", "eval_loss"):
+        assert from_export[key] == pytest.approx(from_checkpoint[key], abs=1e-9), key
+    with pytest.raises(ValueError, match="is an export of a GLUE MRPC classifier, not of SST-2"):
+        run_glue.main(argv(mrpc_export[0], "c") + ["--task-name", "SST-2"])
+    with pytest.raises(ValueError, match="was exported with --max-seq-length 96 --do-lower-case: give the same"):
+        run_glue.main(argv(mrpc_export[0], "d") + ["--max-seq-length", "64"])
+    with pytest.raises(ValueError, match="is an exported inference model, which cannot be trained further"):
+        run_glue.main(argv(mrpc_export[0], "e") + ["--mode", "train_eval"])
+    assert not any((tmp_path / d).exists() for d in "cde")
+
+
+def test_run_squad_refuses_a_glue_export_in_one_sentence(model, mrpc_export, tmp_path):
+    import run_squad
+
+    root, _ = model
+    with pytest.raises(ValueError, match="is an export of a GLUE MRPC classifier, not a SQuAD model"):
+        run_squad.main(["--vocab-file", str(root / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",
+                        "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--from-checkpoint",
+                        str(mrpc_export[0]), "--question", "who ?", "--context", "tom has a car ."])
+    assert not (tmp_path / "o").exists()
