@@ -172,7 +172,7 @@ def build_parser():
     parser.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
     parser.add_argument("--max-seq-length", type=int, default=None,
                         help=f"window length in WordPieces (default {SQUAD_DEFAULTS['max_seq_length']} for SQuAD, "
-                             f"{GLUE_MAX_SEQ_LENGTH} for GLUE: the runners' defaults)")
+                             f"{GLUE_MAX_SEQ_LENGTH} for GLUE: as the runners)")
     parser.add_argument("--doc-stride", type=int, default=None,
                         help=f"SQuAD: distance between window starts (default {SQUAD_DEFAULTS['doc_stride']})")
     parser.add_argument("--max-query-length", type=int, default=None,
