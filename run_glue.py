@@ -22,6 +22,12 @@ file for test.tsv, with `--mode prediction`. The DLLogger report (`--report-file
 e2e_inference_time, inference_sequences_per_second, exact_match = accuracy %, F1 = F1 %) plus every task
 metric (eval_loss, acc, f1, mcc, pearson, spearmanr, corr, ...; MNLI's mismatched split prefixed `mm_`).
 
+Evaluation and prediction run through `inference.predictor.ClassifierPredictor` (Paddle Inference, oneDNN,
+length-bucketed batches of `--eval-batch-size`): the parameters in the scope are exported to a temporary
+directory and verified against the training program first, as run_squad does; `--from-checkpoint` may also be
+an `inference.export` directory of the task (then no program is built). Only `--benchmark` times the executor
+program.
+
 Differences from the seed, on purpose: `prediction` predicts test.tsv into the submission file (the seed
 wrote dev-set predictions.json); all nine tasks; warm-up is linear over `--warmup-proportion` of the updates
 actually run; a missing init path is an error, never a random initialisation.
@@ -39,6 +45,9 @@ import paddle
 
 import program
 from data.features.glue import split_path, task_spec
+from inference import model_dir as export_layout
+from inference.export import load_from_scope
+from inference.predictor import ClassifierPredictor
 from tasks import finetune
 from tasks import flags as common
 from tasks import glue
@@ -89,7 +98,8 @@ def build_parser():
                         "model.safetensors (file or directory with config.json)")
     g.add_argument("--from-checkpoint", default=None,
                    help="a fine-tuned GLUE model (with its classifier) to evaluate, predict with or train further; "
-                        "ours or a Hugging Face BertForSequenceClassification")
+                        "ours or a Hugging Face BertForSequenceClassification, or (eval / prediction) its "
+                        "python -m inference.export directory")
     g.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
     g.add_argument("--max-seq-length", type=int, default=128, help="WordPieces per example, [CLS]/[SEP] included")
     g.add_argument("--train-batch-size", type=int, default=DEFAULT_TRAIN_BATCH,
@@ -114,7 +124,8 @@ class Plan:
     Fields: spec (data.features.glue.TaskSpec); do_train / do_eval / do_predict; max_steps (None = --epochs
     decide); model_cfg (modeling.BertConfig); init_path; require_head (False only when fine-tuning a
     pretrained encoder); device; optim (OptimConfig, None without training); precision (PrecisionConfig);
-    out_dir (<output-dir>/<bert-model>/glue/<Task>); report_file.
+    out_dir (<output-dir>/<bert-model>/glue/<Task>); report_file; export_dir (--from-checkpoint when it is an
+    `inference.export` directory, else None).
     """
     spec: object
     do_train: bool
@@ -129,6 +140,7 @@ class Plan:
     precision: object
     out_dir: str
     report_file: str
+    export_dir: object = None
 
     @property
     def amp(self):
@@ -200,6 +212,7 @@ def validate_args(args):
     if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({model_cfg.max_position_embeddings})")
+    export_dir = _check_export(args, init_path, do_train, spec)
     device = resolve_device(args.device)
     precision = PrecisionConfig.from_args(args, training=do_train)
     optim = OptimConfig.from_args(args) if do_train else None
@@ -207,7 +220,35 @@ def validate_args(args):
     return Plan(spec=spec, do_train=do_train, do_eval=do_eval, do_predict=do_predict,
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, model_cfg=model_cfg,
                 init_path=init_path, require_head=require_head, device=device, optim=optim, precision=precision,
-                out_dir=out_dir, report_file=args.report_file or os.path.join(out_dir, "report.json"))
+                out_dir=out_dir, report_file=args.report_file or os.path.join(out_dir, "report.json"),
+                export_dir=export_dir)
+
+
+def _check_export(args, init_path, do_train, spec):
+    """The export directory when --from-checkpoint is an `inference.export` directory (it then evaluates and
+    predicts by itself), else None.
+
+    Raises:
+      ValueError: training or benchmarking an export, a damaged or changed one, an export of another task, or
+        one made with another --max-seq-length / lower-casing than the flags (the features must match it).
+    """
+    if not export_layout.is_export_dir(init_path):
+        return None
+    if do_train:
+        raise ValueError(f"--from-checkpoint '{init_path}' is an exported inference model, which cannot be "
+                         "trained further; give the fine-tuned .pdparams it was exported from")
+    if args.benchmark:
+        raise ValueError("--benchmark times the training-time program; give the fine-tuned .pdparams instead of "
+                         "an export")
+    export_layout.read_manifest(init_path)  # a damaged or changed export fails here
+    s = export_layout.read_settings(init_path)
+    if s.task != spec.name:
+        what = "a SQuAD model" if s.is_squad else f"a GLUE {s.task} classifier"
+        raise ValueError(f"--from-checkpoint '{init_path}' is an export of {what}, not of {spec.name}")
+    if s.max_seq_length != args.max_seq_length or s.do_lower_case != args.do_lower_case:
+        raise ValueError(f"--from-checkpoint '{init_path}' was exported with --max-seq-length {s.max_seq_length}"
+                         f"{' --do-lower-case' if s.do_lower_case else ' (cased)'}: give the same flags")
+    return init_path
 
 
 def _read_splits(args, plan):
@@ -254,6 +295,12 @@ def _build(args, plan, rt, train_features):
 
 def run(args, plan, rt, data):
     """Train, evaluate and predict as the plan says. Returns the results dict (see `main`)."""
+    if plan.export_dir is not None:  # an exported model predicts by itself: no program to build
+        metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
+        try:
+            return _eval_and_predict(args, plan, rt, None, data, metrics) if rt.dist.is_main else {}
+        finally:
+            metrics.close()
     train_features = data["train"][1] if plan.do_train else None
     bundle, opts = _build(args, plan, rt, train_features)
     rt.exe.run(bundle.startup_program)
@@ -285,21 +332,47 @@ def run(args, plan, rt, data):
 
 def _eval_and_predict(args, plan, rt, bundle, data, metrics):
     """Evaluate the dev split(s) and / or write the submission file(s), as the plan says."""
-    results = _evaluate(args, plan, rt, bundle, data, metrics) if plan.do_eval else {}
+    predictor = None if args.benchmark else _predictor(args, plan, rt, bundle)
+    results = _evaluate(args, plan, rt, bundle, data, metrics, predictor) if plan.do_eval else {}
     if plan.do_predict and not args.benchmark:
-        results.update(_predict_test(args, plan, rt, bundle, data, metrics, log_throughput=not plan.do_eval))
+        results.update(_predict_test(plan, data, metrics, not plan.do_eval, predictor))
     return results
 
 
-def _evaluate(args, plan, rt, bundle, data, metrics):
+def _predictor(args, plan, rt, bundle):
+    """The ClassifierPredictor: the exported --from-checkpoint itself, or the parameters now in the scope
+    exported (and verified against the executor) through a temporary directory, as run_squad's predictor."""
+    if plan.export_dir is not None:
+        return ClassifierPredictor.load(plan.export_dir, device=rt.device, batch_size=args.eval_batch_size)
+    spec = plan.spec
+    model_name = os.path.basename(os.path.dirname(os.path.dirname(plan.out_dir)))
+    settings = export_layout.ExportSettings(model_name=model_name, do_lower_case=args.do_lower_case,
+                                            max_seq_length=args.max_seq_length, fetch_names=("logits",),
+                                            task=spec.name, labels=tuple(spec.labels or ()),
+                                            regression=spec.is_regression)
+    return load_from_scope(rt.exe, bundle, model_cfg=plan.model_cfg, vocab_file=args.vocab_file, settings=settings,
+                           source={"path": os.path.abspath(plan.init_path), "in_process": True},
+                           device=rt.device, batch_size=args.eval_batch_size)
+
+
+def _outputs(predictor, features):
+    """(classifier outputs [N, num_labels], the seeds' throughput keys) of one split through the predictor."""
+    outputs, stats = predictor.predict_logits(features, show_progress=True)
+    return outputs, {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
+
+
+def _evaluate(args, plan, rt, bundle, data, metrics, predictor):
     """Metrics of every dev split (MNLI's mismatched ones prefixed mm_) + the seeds' keys, logged and written
-    to eval_results.json; with --benchmark only the throughput of the first split."""
-    spec, logits = plan.spec, bundle.eval_fetches["logits"]
+    to eval_results.json; with --benchmark only the executor's throughput on the first split."""
+    spec = plan.spec
     bench = (args.benchmark_warmup_steps, args.benchmark_steps) if args.benchmark else None
     results, scores = {}, {}
     for n, split in enumerate(spec.dev_splits):
-        outputs, stats = glue.predict(rt.exe, bundle.eval_program, logits, data[split][1], args.eval_batch_size,
-                                      bench)
+        if bench:
+            outputs, stats = glue.predict(rt.exe, bundle.eval_program, bundle.eval_fetches["logits"],
+                                          data[split][1], args.eval_batch_size, bench)
+        else:
+            outputs, stats = _outputs(predictor, data[split][1])
         if n == 0:
             results.update(stats)
         if not args.benchmark:
@@ -321,13 +394,12 @@ def _evaluate(args, plan, rt, bundle, data, metrics):
     return results
 
 
-def _predict_test(args, plan, rt, bundle, data, metrics, log_throughput):
+def _predict_test(plan, data, metrics, log_throughput, predictor):
     """GLUE's submission file(s) from the test split(s); the first split's throughput when asked."""
     spec, results, files = plan.spec, {}, []
     for split, name in spec.test_splits:
         examples, features = data[split]
-        outputs, stats = glue.predict(rt.exe, bundle.eval_program, bundle.eval_fetches["logits"], features,
-                                      args.eval_batch_size)
+        outputs, stats = _outputs(predictor, features)
         files.append(glue.write_submission(os.path.join(plan.out_dir, name), examples, spec,
                                            glue.decide(spec, outputs)))
         if log_throughput and len(files) == 1:

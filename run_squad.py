@@ -302,6 +302,9 @@ def _check_export(args, init_path, do_train, params):
         raise ValueError(f"--infer-dtype int8: '{init_path}' has no int8 copy; re-export with "
                          "--int8-calibration-file <SQuAD training JSON>, or use --infer-dtype float32")
     s = export_layout.read_settings(init_path)
+    if not s.is_squad:
+        raise ValueError(f"--from-checkpoint '{init_path}' is an export of a GLUE {s.task} classifier, not a SQuAD "
+                         "model; evaluate it with run_glue.py, or serve it (python -m inference.server)")
     exported = FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length)
     if exported != params or s.do_lower_case != args.do_lower_case:
         logger.warning("'%s' was exported with --max-seq-length %d --doc-stride %d --max-query-length %d%s; "

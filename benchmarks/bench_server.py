@@ -1,4 +1,4 @@
-"""Benchmark: a bounded load test of the answer service on loopback, beside the predictor it serves.
+"""Benchmark: a bounded load test of the model service on loopback, beside the predictor it serves.
 
 Owns: starting the real server (`python -m inference.server`) as a subprocess on a free 127.0.0.1 port
 (`ServerProcess`, also used by tests/test_server.py), and four timed phases:
@@ -14,12 +14,16 @@ Owns: starting the real server (`python -m inference.server`) as a subprocess on
      `QAPredictor.answer` in this process -- in batches of `--max-batch-size` with `--threads` threads (the
      questions/s the load phase can at best reach), and one at a time on phase 3's core and thread (what
      the HTTP layer and the batcher add to a single question is the difference).
+A GLUE export is driven the same way through `/v1/classify` with the rows of `--glue-file` (e.g. MRPC's
+dev.tsv), its baseline `ClassifierPredictor.classify`; a reply is right when its label (STS-B: its score to
+4 decimals) equals the one the same text got alone.
 Does not own the server or the predictor. Every request loop is bounded in time and count
 (`--max-requests`) and talks only to 127.0.0.1.
 
 Usage (from the repo root; the model directory comes from python -m inference.export):
   python -m benchmarks.bench_server --model-dir export/squad [--squad-file data/samples/squad/dev-v1.1.json] \
       [--clients 8 --seconds 20 --threads 2 --single-seconds 10 --report-file server_bench.json]
+  python -m benchmarks.bench_server --model-dir export/mrpc --glue-file data/download/glue/MRPC/dev.tsv
 """
 import zlib  # noqa: F401  -- before paddle (phase 4 imports it): libpaddle's zlib symbols crash later users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -47,7 +51,7 @@ from utils.fs import atomic_write_json
 logger = logging.getLogger("bench_server")
 
 REPO = Path(__file__).resolve().parents[1]
-SERVING_LINE = re.compile(r"serving .* at http://(?P<host>[^ ]+):(?P<port>\d+)/v1/answer")
+SERVING_LINE = re.compile(r"serving .* at http://(?P<host>[^ ]+):(?P<port>\d+)/v1/(answer|classify)")
 DEFAULT_SQUAD = REPO / "data" / "samples" / "squad" / "dev-v1.1.json"
 REQUEST_TIMEOUT_S = 120.0
 
@@ -138,6 +142,51 @@ def _key(answer):
     return answer["answer"], answer["start"], answer["end"]
 
 
+class Route:
+    """How one kind of model is asked.
+
+    Attributes:
+      path: the HTTP route.
+      body: callable(item) -> the JSON request of one item.
+      key: callable(reply JSON) -> what must equal the reference reply of the same item.
+      direct: callable(predictor, items) -> the in-process baseline's call on a batch of items.
+    """
+
+    def __init__(self, path, body, key, direct):
+        self.path, self.body, self.key, self.direct = path, body, key, direct
+
+
+def _classification_key(reply):
+    return reply["label"] if "label" in reply else round(reply["score"], 4)
+
+
+SQUAD = Route("/v1/answer", lambda item: {"question": item[0], "context": item[1]}, _key,
+              lambda predictor, items: predictor.answer(items))
+CLASSIFY = Route("/v1/classify", lambda item: {"text": item} if isinstance(item, str)
+                 else {"text_a": item[0], "text_b": item[1]}, _classification_key,
+                 lambda predictor, items: predictor.classify(items))
+
+
+def load_texts(path, model_dir, limit):
+    """The first `limit` items (0 = all) of a GLUE TSV file for the export's task: texts, or (text_a,
+    text_b) pairs. The layout (header, columns) is the one of the file's split, read from its name.
+
+    Raises:
+      ValueError: the file is missing or malformed (naming file:line), or the export is not a GLUE model.
+    """
+    from data.features.glue import read_examples, task_spec
+    from inference import model_dir as layout
+
+    settings = layout.read_settings(model_dir)
+    if settings.is_squad:
+        raise ValueError(f"--glue-file: '{model_dir}' is a SQuAD model; ask it with --squad-file")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    examples = read_examples(path, task_spec(settings.task), stem if stem.split("_")[0] in ("train", "dev", "test")
+                             else "dev")
+    items = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
+    return items[:limit] if limit else items
+
+
 def percentiles_ms(seconds):
     """{"p50", "p90", "p99", "mean"} in milliseconds of a list of latencies in seconds (NaN when empty)."""
     if not seconds:
@@ -147,23 +196,24 @@ def percentiles_ms(seconds):
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean())}
 
 
-def reference_answers(url, pairs):
-    """Each question answered once, one at a time: [(text, start, end)] in order.
+def reference_answers(url, pairs, route=SQUAD):
+    """Each question (item of `route`) answered once, one at a time: [(text, start, end)] (`route.key` of
+    each reply) in order.
 
     Raises:
       RuntimeError: a question got no 200 (the benchmark cannot judge answers without a reference).
     """
     out = []
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
-        for question, context in pairs:
-            reply = client.post(f"{url}/v1/answer", json={"question": question, "context": context})
+        for item in pairs:
+            reply = client.post(f"{url}{route.path}", json=route.body(item))
             if reply.status_code != 200:
                 raise RuntimeError(f"reference request failed with {reply.status_code}: {reply.text[:300]}")
-            out.append(_key(reply.json()))
+            out.append(route.key(reply.json()))
     return out
 
 
-def drive(url, pairs, expected, clients, seconds, max_requests):
+def drive(url, pairs, expected, clients, seconds, max_requests, route=SQUAD):
     """`clients` threads, each with its own keep-alive connection, sending single questions round-robin
     until `seconds` pass or `max_requests` were sent in all.
 
@@ -183,17 +233,17 @@ def drive(url, pairs, expected, clients, seconds, max_requests):
                     index = next(counter)
                 if index >= max_requests:
                     break
-                question, context = pairs[index % len(pairs)]
+                body = route.body(pairs[index % len(pairs)])
                 began = time.perf_counter()
                 try:
-                    reply = client.post(f"{url}/v1/answer", json={"question": question, "context": context})
+                    reply = client.post(f"{url}{route.path}", json=body)
                 except httpx.HTTPError as err:
                     mine.append(("transport", type(err).__name__, 0.0))
                     continue
                 took = time.perf_counter() - began
                 if reply.status_code != 200:
                     mine.append(("status", reply.status_code, took))
-                elif _key(reply.json()) != expected[index % len(pairs)]:
+                elif route.key(reply.json()) != expected[index % len(pairs)]:
                     mine.append(("wrong", None, took))
                 else:
                     mine.append(("ok", None, took))
@@ -227,11 +277,11 @@ def load_phase(args, pairs, log_dir):
                            "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
                            "--max-queue", str(max(64, 2 * args.clients)), cpus=args.server_cpus)
     try:
-        expected = reference_answers(server.url, pairs)
+        expected = reference_answers(server.url, pairs, args.route)
         if args.warmup_seconds:
-            drive(server.url, pairs, expected, args.clients, args.warmup_seconds, args.max_requests)
+            drive(server.url, pairs, expected, args.clients, args.warmup_seconds, args.max_requests, args.route)
         before = _metrics(server.url)
-        result = drive(server.url, pairs, expected, args.clients, args.seconds, args.max_requests)
+        result = drive(server.url, pairs, expected, args.clients, args.seconds, args.max_requests, args.route)
         after = _metrics(server.url)
     finally:
         status = server.stop()
@@ -247,45 +297,48 @@ def single_phase(args, pairs, expected, log_dir):
     server = ServerProcess(args.model_dir, log_dir / "server_single.log", "--threads", "1", "--max-wait-ms", "0",
                            cpus=args.single_cpus, env={"OMP_NUM_THREADS": "1"})
     try:
-        result = drive(server.url, pairs, expected, 1, args.single_seconds, args.max_requests)
+        result = drive(server.url, pairs, expected, 1, args.single_seconds, args.max_requests, args.route)
     finally:
         result["exit_status"] = server.stop()
     return result
 
 
-def _timed_calls(predictor, batches, seconds, max_calls):
-    """Seconds of each `predictor.answer(batch)` call, round-robin over `batches`, for `seconds`."""
+def _timed_calls(predictor, batches, seconds, max_calls, call=SQUAD.direct):
+    """Seconds of each `call(predictor, batch)` (e.g. predictor.answer(batch)), round-robin over `batches`,
+    for `seconds`."""
     for batch in batches:  # warm-up: the first run of each padded shape builds its oneDNN kernels
-        predictor.answer(batch)
+        call(predictor, batch)
     latencies, deadline = [], time.monotonic() + seconds
     for index in itertools.count():
         if time.monotonic() >= deadline or index >= max_calls:
             break
         began = time.perf_counter()
-        predictor.answer(batches[index % len(batches)])
+        call(predictor, batches[index % len(batches)])
         latencies.append(time.perf_counter() - began)
     return latencies
 
 
 def direct_phase(args, pairs):
-    """Phase 4 (baselines, in this process, after the servers stopped): QAPredictor.answer
+    """Phase 4 (baselines, in this process, after the servers stopped): QAPredictor.answer (GLUE:
+    ClassifierPredictor.classify)
       - on batches of --max-batch-size questions with --threads threads (on --server-cpus): questions/s, the
         ceiling of the load phase's requests/s;
       - on one question at a time, one thread, on the one-core budget of phase 3: the latency the single
         phase would have without HTTP.
     Returns {"batched_questions_per_second", "batch_calls", "latencies" (single, s)}."""
-    from inference.predictor import QAPredictor
+    from inference.predictor import load_predictor
 
     os.sched_setaffinity(0, args.server_cpus or os.sched_getaffinity(0))
-    batched = QAPredictor.load(args.model_dir, threads=args.threads)
+    batched = load_predictor(args.model_dir, threads=args.threads)
     size = args.max_batch_size
     batches = [pairs[i:i + size] for i in range(0, len(pairs) - size + 1, size)] or [pairs]
-    calls = _timed_calls(batched, batches, args.seconds, args.max_requests)
+    calls = _timed_calls(batched, batches, args.seconds, args.max_requests, args.route.direct)
     rate = sum(len(batches[i % len(batches)]) for i in range(len(calls))) / max(sum(calls), 1e-9)
     del batched
     os.sched_setaffinity(0, args.single_cpus)
-    single = QAPredictor.load(args.model_dir, threads=1)
-    latencies = _timed_calls(single, [[pair] for pair in pairs], args.single_seconds, args.max_requests)
+    single = load_predictor(args.model_dir, threads=1)
+    latencies = _timed_calls(single, [[pair] for pair in pairs], args.single_seconds, args.max_requests,
+                             args.route.direct)
     return {"batched_questions_per_second": rate, "batch_calls": len(calls), "latencies": latencies}
 
 
@@ -306,7 +359,10 @@ def parse_args(argv):
     p.add_argument("--model-dir", required=True, help="export directory (python -m inference.export)")
     p.add_argument("--squad-file", default=str(DEFAULT_SQUAD), help="SQuAD JSON the questions come from "
                                                                     "(default: the repo's sample dev file)")
-    p.add_argument("--questions", type=int, default=64, help="distinct questions used, 0 = all (default 64)")
+    p.add_argument("--glue-file", default=None, help="GLUE export: the TSV file (of its task, e.g. MRPC "
+                                                     "dev.tsv) whose rows are the texts classified")
+    p.add_argument("--questions", type=int, default=64, help="distinct questions (GLUE: rows) used, 0 = all "
+                                                             "(default 64)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients of the load phase (default 8)")
     p.add_argument("--seconds", type=float, default=20.0, help="timed load phase (default 20)")
     p.add_argument("--warmup-seconds", type=float, default=3.0, help="untimed load first (default 3)")
@@ -336,13 +392,14 @@ def parse_args(argv):
             raise ValueError(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
     if args.single_cpus is None:
         args.single_cpus = {min(os.sched_getaffinity(0))}
+    args.route = CLASSIFY if args.glue_file else SQUAD
     return args
 
 
 def summarize(args, load, single, direct):
     """The figures as one JSON-able dict (latencies in ms)."""
     lost = load["sent"] - load["answered"]
-    out = {"clients": args.clients, "seconds": args.seconds, "threads": args.threads,
+    out = {"route": args.route.path, "clients": args.clients, "seconds": args.seconds, "threads": args.threads,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
            "load": {"sent": load["sent"], "answered": load["answered"], "lost": lost, "wrong": load["wrong"],
                     "refused_or_failed": load["status"], "transport_failures": load["transport"],
@@ -377,9 +434,11 @@ def report(summary, questions):
         return
     direct = summary["direct"]
     rate, d = direct["batched_questions_per_second"], direct["latency_ms"]
-    print(f"baseline, QAPredictor.answer in-process, batches of {cfg['max_batch_size']}, {cfg['threads']} threads: "
+    squad = summary.get("route", SQUAD.path) == SQUAD.path
+    name = "QAPredictor.answer" if squad else "ClassifierPredictor.classify"
+    print(f"baseline, {name} in-process, batches of {cfg['max_batch_size']}, {cfg['threads']} threads: "
           f"{rate:.2f} questions/s (the load phase reached {load['requests_per_second'] / rate:.0%} of it)")
-    print(f"baseline, QAPredictor.answer in-process, one question, same core and thread: p50 {d['p50']:.1f} ms, "
+    print(f"baseline, {name} in-process, one question, same core and thread: p50 {d['p50']:.1f} ms, "
           f"p90 {d['p90']:.1f} ms, p99 {d['p99']:.1f} ms over {direct['calls']} calls (the server adds "
           f"{one['p50'] - d['p50']:.1f} ms at p50)")
 
@@ -388,7 +447,8 @@ def main(argv=None):
     """Run the phases; returns the summary dict. Raises ValueError for bad flags or files."""
     args = parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would cost under load
-    pairs = load_questions(args.squad_file, args.questions)
+    pairs = (load_texts(args.glue_file, args.model_dir, args.questions) if args.glue_file
+             else load_questions(args.squad_file, args.questions))
     with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
         log_dir = Path(args.log_dir or tmp)
         log_dir.mkdir(parents=True, exist_ok=True)

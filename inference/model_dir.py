@@ -1,7 +1,8 @@
 """The exported model directory: its file names, its settings and its manifest, written and checked here.
 
-Owns: the layout `inference.export` writes and `inference.predictor` reads, the `ExportSettings` (tokenizer
-and window settings the model was fine-tuned with), and the manifest (source checkpoint, SHA-256 of every
+Owns: the layout `inference.export` writes and `inference.predictor` reads, the `ExportSettings` (the task
+the head was fine-tuned for -- SQuAD, or a GLUE task with its labels -- and the tokenizer and window
+settings of that run), and the manifest (source checkpoint, SHA-256 of every
 file, paddle version, creation time) with the check that a directory is complete and unchanged.
 Does not own: building, saving or running models (`inference.export`, `inference.predictor`).
 
@@ -11,7 +12,7 @@ Layout:
     <dir>/model_int8.pdmodel, model_int8.pdiparams  optional: post-training-quantized copy (inference.quantize)
     <dir>/bert_config.json                          the architecture
     <dir>/vocab.txt                                 the WordPiece vocabulary
-    <dir>/settings.json                             ExportSettings
+    <dir>/settings.json                             ExportSettings (task, labels, lengths, lower-casing)
     <dir>/manifest.json                             written last: what is here and its checksums
 """
 import dataclasses
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from typing import Optional
 
 from utils.fs import atomic_write_json
 
@@ -40,19 +42,36 @@ INT8_FILES = (INT8_PREFIX + ".pdmodel", INT8_PREFIX + ".pdiparams")
 
 @dataclasses.dataclass(frozen=True)
 class ExportSettings:
-    """How text becomes model windows for this model (the fine-tuning run's settings).
+    """How text becomes model windows for this model, and what its outputs mean (the fine-tuning run's
+    settings).
 
-    Fields: model_name (e.g. bert-large-uncased, or custom); do_lower_case; max_seq_length, doc_stride,
-    max_query_length (data.features.squad.FeatureParams); feed_names and fetch_names of the program, in
-    order (the predictor's input and output names).
+    Fields: model_name (e.g. bert-large-uncased, or custom); do_lower_case; max_seq_length; doc_stride and
+    max_query_length (SQuAD: data.features.squad.FeatureParams; None for GLUE); feed_names and fetch_names
+    of the program, in order (the predictor's input and output names); task ("squad", or the canonical GLUE
+    task name, e.g. "MRPC"); labels (GLUE: the label strings in class-id order, empty for a regression
+    task); regression (GLUE STS-B: one score instead of class probabilities).
+    Files written before the GLUE fields existed read as SQuAD exports.
     """
     model_name: str
     do_lower_case: bool
     max_seq_length: int
-    doc_stride: int
-    max_query_length: int
+    doc_stride: Optional[int] = None
+    max_query_length: Optional[int] = None
     feed_names: tuple = ("input_ids", "token_type_ids", "attention_mask")
     fetch_names: tuple = ("start_logits", "end_logits")
+    task: str = TASK
+    labels: tuple = ()
+    regression: bool = False
+
+    @property
+    def is_squad(self):
+        """True for a span-extraction (SQuAD) model, False for a GLUE classifier / regressor."""
+        return self.task == TASK
+
+    @property
+    def route(self):
+        """The HTTP route that serves this model: /v1/answer (SQuAD) or /v1/classify (GLUE)."""
+        return "/v1/answer" if self.is_squad else "/v1/classify"
 
     def to_dict(self):
         return {f.name: (list(v) if isinstance(v, tuple) else v)
@@ -61,14 +80,23 @@ class ExportSettings:
     @classmethod
     def from_dict(cls, values, source):
         """Raises ValueError naming `source` when a field is missing or of the wrong type."""
-        kinds = {"model_name": str, "do_lower_case": bool, "max_seq_length": int, "doc_stride": int,
-                 "max_query_length": int, "feed_names": list, "fetch_names": list}
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a JSON object")
+        task = values.get("task", TASK)
+        kinds = {"model_name": str, "do_lower_case": bool, "max_seq_length": int, "feed_names": list,
+                 "fetch_names": list, "task": str}
+        if task == TASK:
+            kinds.update(doc_stride=int, max_query_length=int)
+        else:
+            kinds.update(labels=list, regression=bool)
+        present = dict(values, task=task)
         for name, kind in kinds.items():
-            if not isinstance(values.get(name), kind) or (kind is int and isinstance(values[name], bool)):
+            value = present.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"{source}: '{name}' is missing or not a {kind.__name__}; re-export the model")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in kinds})
+        if task != TASK and not all(isinstance(label, str) for label in present["labels"]):
+            raise ValueError(f"{source}: 'labels' must be a list of strings; re-export the model")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in present.items() if k in kinds})
 
 
 def is_export_dir(path):
@@ -86,13 +114,14 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def write_manifest(directory, *, source, extra=None):
+def write_manifest(directory, *, source, extra=None, task=TASK):
     """Write manifest.json (last, atomically) over the files now in `directory`.
 
     Args:
       directory: str, the export directory holding REQUIRED_FILES (and maybe INT8_FILES).
       source: dict describing the source checkpoint (path and sha256 of its parameters file).
       extra: dict of more fields (e.g. the export's verified max |delta logit|, int8 accuracy).
+      task: "squad" or the GLUE task name (ExportSettings.task), recorded as the manifest's "task".
 
     Returns:
       the manifest dict.
@@ -100,7 +129,7 @@ def write_manifest(directory, *, source, extra=None):
     import paddle
 
     names = [n for n in REQUIRED_FILES + INT8_FILES if os.path.isfile(os.path.join(directory, n))]
-    manifest = {"format": FORMAT_VERSION, "task": TASK, "source_checkpoint": source,
+    manifest = {"format": FORMAT_VERSION, "task": task, "source_checkpoint": source,
                 "paddle_version": paddle.__version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "files": {n: {"sha256": sha256_file(os.path.join(directory, n)),

@@ -1,12 +1,15 @@
-"""The one prediction interface: an exported SQuAD model in Paddle Inference, text in, answers out.
+"""The one prediction interface: an exported model in Paddle Inference, text in, answers / labels out.
 
 Owns: configuring Paddle Inference for a device and precision (`make_config`: oneDNN, IR optimisation and
-math-library threads on CPU; the GPU config on GPU; bf16 and int8 where they apply), running windows in
-length buckets (`QAPredictor.predict_logits`), and turning (question, context) pairs into `Answer`s with
-character offsets into the context (`QAPredictor.answer`).
-Does not own: windows (`data.features.squad`), choosing spans from logits (`utils.squad_postprocess`),
-writing the model directory (`inference.export`) or serving HTTP (`inference.server`). run_squad.py's
-evaluation, prediction and --question modes and the server all go through this class.
+math-library threads on CPU; the GPU config on GPU; bf16 and int8 where they apply), loading an export and
+running it in length buckets (`ExportedModel`, shared by both heads), turning (question, context) pairs
+into `Answer`s with character offsets into the context (`QAPredictor.answer`, SQuAD), and texts or text
+pairs into labels with probabilities or a score (`ClassifierPredictor.classify`, GLUE); `load_predictor`
+picks the class from the export's settings.
+Does not own: windows / features (`data.features.squad`, `data.features.glue`), choosing spans from logits
+(`utils.squad_postprocess`), writing the model directory (`inference.export`) or serving HTTP
+(`inference.server`). run_squad.py's evaluation, prediction and --question modes and the server all go
+through these classes.
 
 Length bucketing: windows are sorted by real length (stable), cut into batches, and each batch is padded
 only to its longest row rounded up to `BUCKET_MULTIPLE` tokens; outputs go back to feature order. The
@@ -21,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -147,15 +150,19 @@ def _context_span(doc_tokens, starts, begin, end):
     return to_context(begin), to_context(end - 1) + 1
 
 
-class QAPredictor:
-    """A fine-tuned SQuAD model exported by `inference.export`, run by Paddle Inference.
+class ExportedModel:
+    """What every exported model shares, whatever its head: the manifest-checked load, the Paddle Inference
+    config (device, precision, threads), the tokenizer, one locked `run` and length-bucketed batches.
+    `QAPredictor` (SQuAD) and `ClassifierPredictor` (GLUE) add what their outputs mean; `load_predictor`
+    picks the right one for a directory.
 
     Attributes:
-      info: dict with model_name, precision, device, threads, max_seq_length, doc_stride,
-        max_query_length, do_lower_case, source_checkpoint, manifest_sha256, model_dir.
+      info: dict with model_name, task, precision, device, threads, max_seq_length, do_lower_case,
+        source_checkpoint, manifest_sha256, model_dir, batch_size, and the head's own fields (see the
+        subclasses).
       settings: inference.model_dir.ExportSettings.
-      batch_size: windows per run.
-      bucket_multiple: a bucket's windows are padded to a multiple of this (BUCKET_MULTIPLE).
+      batch_size: sequences per run.
+      bucket_multiple: a bucket's sequences are padded to a multiple of this (BUCKET_MULTIPLE).
     """
 
     def __init__(self, predictor, settings, tokenizer, info, batch_size=DEFAULT_BATCH_SIZE):
@@ -167,6 +174,15 @@ class QAPredictor:
         self.bucket_multiple = BUCKET_MULTIPLE
 
     @classmethod
+    def _check_task(cls, settings, model_dir):
+        """Raises ValueError when the export's head is not the one this class runs."""
+
+    @classmethod
+    def _task_info(cls, settings):
+        """The head's own entries of `info`."""
+        return {}
+
+    @classmethod
     def load(cls, model_dir, *, threads=None, precision="fp32", device="cpu", batch_size=DEFAULT_BATCH_SIZE):
         """Load an export directory (checked against its manifest first).
 
@@ -175,11 +191,12 @@ class QAPredictor:
           threads: int or None (OMP_NUM_THREADS); math-library threads on CPU.
           precision: "fp32" | "bf16" (CPUs with oneDNN bf16) | "int8" (exports with a quantized model).
           device: "cpu" | "gpu".
-          batch_size: windows per run in `predict_logits` / `answer`.
+          batch_size: sequences (windows) per run.
 
         Raises:
-          ValueError: a bad or changed directory (see `inference.model_dir.read_manifest`), an unknown or
-            unavailable precision (saying why), int8 without a quantized model, bad threads/batch size.
+          ValueError: a bad or changed directory (see `inference.model_dir.read_manifest`), an export of
+            another task than this class runs (naming the class that runs it), an unknown or unavailable
+            precision (saying why), int8 without a quantized model, bad threads/batch size.
         """
         import paddle.inference as paddle_infer
 
@@ -190,6 +207,7 @@ class QAPredictor:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         manifest, manifest_sha = layout.read_manifest(model_dir)
         settings = layout.read_settings(model_dir)
+        cls._check_task(settings, model_dir)
         prefix = layout.MODEL_PREFIX
         if precision == "int8":
             if not all(n in manifest["files"] for n in layout.INT8_FILES):
@@ -202,25 +220,63 @@ class QAPredictor:
                              device=device, threads=threads)
         predictor = paddle_infer.create_predictor(config)
         tokenizer = BertTokenizer(os.path.join(model_dir, layout.VOCAB_FILE), do_lower_case=settings.do_lower_case)
-        info = {"model_name": settings.model_name, "precision": precision, "device": device, "threads": threads,
-                "max_seq_length": settings.max_seq_length, "doc_stride": settings.doc_stride,
-                "max_query_length": settings.max_query_length, "do_lower_case": settings.do_lower_case,
-                "source_checkpoint": manifest.get("source_checkpoint"), "manifest_sha256": manifest_sha,
-                "model_dir": os.path.abspath(model_dir), "batch_size": batch_size}
-        logger.info("loaded %s (%s, %s, %d threads) from %s", settings.model_name, precision, device, threads,
-                    model_dir)
+        info = {"model_name": settings.model_name, "task": settings.task, "precision": precision, "device": device,
+                "threads": threads, "max_seq_length": settings.max_seq_length, **cls._task_info(settings),
+                "do_lower_case": settings.do_lower_case, "source_checkpoint": manifest.get("source_checkpoint"),
+                "manifest_sha256": manifest_sha, "model_dir": os.path.abspath(model_dir), "batch_size": batch_size}
+        logger.info("loaded %s %s (%s, %s, %d threads) from %s", settings.model_name, settings.task, precision,
+                    device, threads, model_dir)
         return cls(predictor, settings, tokenizer, info, batch_size)
 
     # ------------------------------------------------------------------------------------------ running
     def run(self, feed):
-        """(start, end) float32 [B, L] logits of one feed dict (input_ids, token_type_ids int64 [B, L],
-        attention_mask int64 [B, 1, 1, L])."""
+        """The program's outputs (a tuple of float32 arrays, in settings.fetch_names order) for one feed
+        dict (input_ids, token_type_ids int64 [B, L], attention_mask int64 [B, 1, 1, L])."""
         with self._lock:
             for name, handle in self._inputs.items():
                 handle.reshape(feed[name].shape)
                 handle.copy_from_cpu(np.ascontiguousarray(feed[name]))
             self._predictor.run()
             return tuple(out.copy_to_cpu() for out in self._outputs)
+
+    def batches(self, seq_lengths, length, batch_size=None, *, bucket=True):
+        """How a run over sequences of `seq_lengths` (real tokens each, arrays `length` wide) is cut.
+
+        bucket=True sorts the rows by length (stable) and pads each batch only to its longest row, rounded up
+        to `bucket_multiple`; False keeps feature order at full length (the reference behaviour).
+
+        Returns:
+          list of (row indices int array, columns to keep).
+        """
+        batch_size = batch_size or self.batch_size
+        order = np.argsort(seq_lengths, kind="stable") if bucket else np.arange(len(seq_lengths))
+        out = []
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            cols = length
+            if bucket:
+                longest = int(seq_lengths[rows].max())
+                cols = min(length, -(-longest // self.bucket_multiple) * self.bucket_multiple)
+            out.append((rows, cols))
+        return out
+
+
+class QAPredictor(ExportedModel):
+    """A fine-tuned SQuAD model exported by `inference.export`, run by Paddle Inference.
+
+    Attributes: as ExportedModel; `info` adds doc_stride and max_query_length.
+    """
+
+    @classmethod
+    def _check_task(cls, settings, model_dir):
+        if not settings.is_squad:
+            raise ValueError(f"'{model_dir}' is a GLUE {settings.task} classifier, not a SQuAD model: it "
+                             "classifies text (inference.predictor.ClassifierPredictor, the server's "
+                             "/v1/classify), it does not answer questions")
+
+    @classmethod
+    def _task_info(cls, settings):
+        return {"doc_stride": settings.doc_stride, "max_query_length": settings.max_query_length}
 
     def predict_logits(self, features, batch_size=None, *, bucket=True, show_progress=False):
         """Start/end logits of every window, in feature order (every position past a window's real
@@ -237,21 +293,14 @@ class QAPredictor:
           (start float32 [N, L], end float32 [N, L], stats dict: e2e_inference_time (s),
           inference_sequences_per_second, padded_tokens / real_tokens of the run).
         """
-        batch_size = batch_size or self.batch_size
         n, length = len(features), features.max_seq_length
         start_all = np.full((n, length), PAD_LOGIT, np.float32)
         end_all = np.full((n, length), PAD_LOGIT, np.float32)
-        order = np.argsort(features.seq_lengths, kind="stable") if bucket else np.arange(n)
-        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         begin, padded = time.perf_counter(), 0
-        for rows in progress(batches, desc="predicting", unit="batch", disable=None if show_progress else True):
-            feed = {k: v for k, v in batch_of_rows(features, rows, is_training=False).items()
-                    if k not in PREDICT_ONLY_KEYS}
-            cols = length
-            if bucket:
-                longest = int(features.seq_lengths[rows].max())
-                cols = min(length, -(-longest // self.bucket_multiple) * self.bucket_multiple)
-                feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in feed.items()}
+        batches = self.batches(features.seq_lengths, length, batch_size, bucket=bucket)
+        for rows, cols in progress(batches, desc="predicting", unit="batch", disable=None if show_progress else True):
+            feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in
+                    batch_of_rows(features, rows, is_training=False).items() if k not in PREDICT_ONLY_KEYS}
             start, end = self.run(feed)
             # Positions past a window's real length hold whatever the model computed there, which depends
             # on how far its batch was padded: masked, so an answer and its score never depend on the batch
@@ -327,3 +376,175 @@ class QAPredictor:
                 del e["_chosen"]
             answers.append(Answer(best["text"], best["probability"], best["start"], best["end"], entries[:n_best]))
         return answers
+
+
+@dataclasses.dataclass
+class Classification:
+    """The model's verdict on one text or text pair.
+
+    Fields:
+      label: the predicted label string (a GLUE label, e.g. "1" or "entailment"); None for regression.
+      probabilities: {label: softmax probability} over every label, in label order (empty for regression).
+      score: the regression task's (STS-B) similarity in [0, 5], clipped as GLUE's submission file is; None
+        for classification.
+    """
+    label: Optional[str]
+    probabilities: Dict[str, float] = dataclasses.field(default_factory=dict)
+    score: Optional[float] = None
+
+    def to_dict(self):
+        """The JSON form: {"label", "probabilities"} or {"score"}."""
+        if self.score is not None:
+            return {"score": self.score}
+        return {"label": self.label, "probabilities": dict(self.probabilities)}
+
+
+def softmax(logits):
+    """Row-wise softmax of [N, C] logits in float64 (max subtracted first, so large logits do not overflow)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class ClassifierPredictor(ExportedModel):
+    """A fine-tuned GLUE model (classification, or STS-B regression) exported by `inference.export`.
+
+    Texts become features through run_glue's own code (`data.features.glue.examples_to_features`:
+    `[CLS] a [SEP] (b [SEP])`, the longer side of a pair truncated first), run in length buckets; the
+    attention mask hides padding, so an output does not depend on the batch it shared.
+
+    Attributes: as ExportedModel; `info` adds labels, regression and pair (True: the task classifies
+    sentence pairs).
+    """
+
+    @classmethod
+    def _check_task(cls, settings, model_dir):
+        if settings.is_squad:
+            raise ValueError(f"'{model_dir}' is a SQuAD question-answering model, not a GLUE classifier: it "
+                             "answers questions (inference.predictor.QAPredictor, the server's /v1/answer)")
+        from data.features.glue import task_spec
+
+        spec = task_spec(settings.task)
+        if tuple(spec.labels or ()) != tuple(settings.labels) or spec.is_regression != settings.regression:
+            raise ValueError(f"'{model_dir}': settings.json's labels {list(settings.labels)} are not "
+                             f"{spec.name}'s {list(spec.labels or ())}; re-export the model")
+
+    @classmethod
+    def _task_info(cls, settings):
+        from data.features.glue import task_spec
+
+        return {"labels": list(settings.labels), "regression": settings.regression,
+                "pair": task_spec(settings.task).train.text_b is not None}
+
+    @property
+    def spec(self):
+        """data.features.glue.TaskSpec of the exported task."""
+        from data.features.glue import task_spec
+
+        return task_spec(self.settings.task)
+
+    @property
+    def is_pair(self):
+        """True when the task classifies sentence pairs (MRPC, MNLI, ...), False for single sentences."""
+        return self.info["pair"]
+
+    def featurize(self, items):
+        """GlueFeatures of `items` with this model's tokenizer and max_seq_length.
+
+        Args:
+          items: sequence of strings (single-sentence tasks) or (text_a, text_b) string pairs (pair tasks).
+
+        Raises:
+          ValueError: an item of the wrong kind for this task, or an empty text (naming the item).
+        """
+        from data.features.glue import GlueExample, examples_to_features
+
+        examples = []
+        for index, item in enumerate(items):
+            if self.is_pair:
+                if (not isinstance(item, (tuple, list)) or len(item) != 2
+                        or not all(isinstance(x, str) for x in item)):
+                    raise ValueError(f"item {index}: {self.spec.name} classifies sentence pairs: expected a "
+                                     "(text_a, text_b) pair of strings")
+                text_a, text_b = item
+            else:
+                if not isinstance(item, str):
+                    raise ValueError(f"item {index}: {self.spec.name} classifies single sentences: expected a "
+                                     "string")
+                text_a, text_b = item, None
+            for name, text in (("text_a", text_a), ("text_b", text_b)):
+                if text is not None and not text.strip():
+                    raise ValueError(f"item {index}: {name if self.is_pair else 'the text'} is empty")
+            examples.append(GlueExample(str(index), text_a, text_b))
+        return examples_to_features(examples, self.tokenizer, self.spec, self.settings.max_seq_length)
+
+    def predict_logits(self, features, batch_size=None, *, bucket=True, show_progress=False):
+        """The classifier's outputs of every row, in feature order.
+
+        Args:
+          features: data.features.glue.GlueFeatures (built with this model's max_seq_length).
+          batch_size: rows per run (default self.batch_size).
+          bucket: as `ExportedModel.batches`.
+          show_progress: draw a progress bar with an ETA (long files).
+
+        Returns:
+          (float32 [N, num_labels] logits (STS-B: [N, 1] scores), stats dict: e2e_inference_time (s),
+          inference_sequences_per_second, padded_tokens / real_tokens of the run).
+        """
+        from data.features.glue import batch_of_rows as glue_batch
+
+        n, length = len(features), features.max_seq_length
+        out = np.zeros((n, self.spec.num_labels), np.float32)
+        begin, padded = time.perf_counter(), 0
+        batches = self.batches(features.seq_lengths, length, batch_size, bucket=bucket)
+        for rows, cols in progress(batches, desc="classifying", unit="batch", disable=None if show_progress else True):
+            feed = {k: np.ascontiguousarray(v[..., :cols]) for k, v in
+                    glue_batch(features, rows, with_labels=False).items()}
+            (out[rows],) = self.run(feed)
+            padded += cols * len(rows)
+        elapsed = time.perf_counter() - begin
+        stats = {"e2e_inference_time": elapsed, "inference_sequences_per_second": n / max(elapsed, 1e-9),
+                 "padded_tokens": padded, "real_tokens": int(features.seq_lengths.sum())}
+        return out, stats
+
+    def decide(self, logits):
+        """Classifications of [N, num_labels] outputs: argmax label + softmax probabilities, or the
+        STS-B score clipped to [0, 5]."""
+        from data.features.glue import STSB_RANGE
+
+        if self.settings.regression:
+            return [Classification(None, score=float(np.clip(v, *STSB_RANGE))) for v in logits[:, 0]]
+        labels = self.settings.labels
+        return [Classification(labels[int(np.argmax(row))], {label: float(p) for label, p in zip(labels, row)})
+                for row in softmax(logits)]
+
+    def classify(self, items):
+        """Classify texts (single-sentence tasks) or (text_a, text_b) pairs (pair tasks).
+
+        Returns:
+          one Classification per item, in order ([] for no items).
+
+        Raises:
+          ValueError: as `featurize`.
+        """
+        items = list(items)
+        if not items:
+            return []
+        logits, _ = self.predict_logits(self.featurize(items))
+        return self.decide(logits)
+
+
+def load_predictor(model_dir, **kwargs):
+    """The predictor of whatever head an export holds: QAPredictor (SQuAD) or ClassifierPredictor (GLUE).
+
+    Args:
+      model_dir: str, written by `python -m inference.export`.
+      **kwargs: as `ExportedModel.load` (threads, precision, device, batch_size).
+
+    Raises:
+      ValueError: as `ExportedModel.load`.
+    """
+    if not layout.is_export_dir(model_dir):
+        layout.read_manifest(model_dir)  # raises the message that says what the directory is missing
+    cls = QAPredictor if layout.read_settings(model_dir).is_squad else ClassifierPredictor
+    return cls.load(model_dir, **kwargs)

@@ -1,22 +1,27 @@
-"""The HTTP answer service: an exported SQuAD model behind FastAPI + uvicorn, with micro-batching and limits.
+"""The HTTP model service: an exported SQuAD or GLUE model behind FastAPI + uvicorn, with micro-batching and
+limits.
 
 Owns: the routes, turning refusals into JSON answers with their status, the flags and their validation, and
 the process's life (bind, load the model in the worker, serve, drain on SIGTERM). Does not own what a
 request may contain (`inference.answer_request`), how requests are gathered into batches
 (`inference.batching`) or the model (`inference.predictor`).
 
-Routes:
-  POST /v1/answer   {"question", "context"[, "n_best" (1..20), "max_answer_length" (1..512 tokens)]}
+Routes (the export's settings.json says which of the first two this model serves; the other answers 404
+saying which route to use):
+  POST /v1/answer   SQuAD: {"question", "context"[, "n_best" (1..20), "max_answer_length" (1..512 tokens)]}
                     -> {"answer", "score", "start", "end"} (character offsets, end exclusive: the answer is
                     context[start:end]; "nbest" too when n_best > 1). A JSON array of such objects is the
                     batch form -> an array of answers in the same order.
+  POST /v1/classify GLUE: {"text"} (single-sentence tasks) or {"text_a", "text_b"} (pair tasks) -> {"label",
+                    "probabilities": {label: p}} ({"score"} for STS-B); an array of them -> an array.
   GET  /health      200 {"status": "ready"} once the model is loaded; 503 while loading or when it failed.
   GET  /v1/model    the predictor's info (model, precision, threads, window settings, manifest checksum)
                     and the server's limits.
   GET  /v1/metrics  request counts by status, and the batcher's counters (batches, batch sizes, queue).
-Refusals: 400 body not UTF-8 / not JSON; 413 body or question count over a limit; 422 wrong shape or
-type, empty question/context, context over --max-context-chars; 503 queue full (Retry-After) or model not
-ready. Every refusal is {"error": "<what is wrong>", ...} with "limit" when a limit was passed.
+Refusals: 400 body not UTF-8 / not JSON; 413 body or question / text count over a limit; 422 wrong shape
+or type, empty question/context/text, context or text over --max-context-chars, a pair task without
+text_b; 503 queue full (Retry-After) or model not ready. Every refusal is {"error": "<what is wrong>", ...}
+with "limit" when a limit was passed.
 
 Concurrency: the event loop parses requests and hands questions to the MicroBatcher; its one worker thread
 loads the model and runs every batch (a Paddle predictor must not run concurrently). SIGTERM or Ctrl-C
@@ -26,6 +31,9 @@ Usage (from the repo root):
   python -m inference.server --model-dir exported/squad --port 8000 [--threads 2 --precision fp32]
   curl -s localhost:8000/v1/answer -H 'content-type: application/json' \
        -d '{"question": "Who has a car?", "context": "Tom has a red car."}'
+  python -m inference.server --model-dir exported/mrpc --port 8001
+  curl -s localhost:8001/v1/classify -H 'content-type: application/json' \
+       -d '{"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."}'
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -46,10 +54,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from data.features.glue import task_spec
 from inference import model_dir as layout
-from inference.answer_request import Limits, RequestError, body_too_large, parse_questions, read_json
+from inference.answer_request import Limits, RequestError, body_too_large, parse_questions, parse_texts, read_json
 from inference.batching import READY, MicroBatcher, QueueFull, Unavailable
-from inference.predictor import QAPredictor
+from inference.predictor import load_predictor
 from utils.cli import ArgumentParser, run_cli
 
 logger = logging.getLogger(__name__)
@@ -92,6 +101,8 @@ def parse_args(argv):
                                                               "under load)")
     args = p.parse_args(argv)
     validate_args(args)
+    # Which route to serve is known before the model loads (the manifest is checked by the load).
+    args.settings = layout.read_settings(args.model_dir)
     return args
 
 
@@ -189,14 +200,17 @@ async def read_body(request, limits):
     return b"".join(chunks)
 
 
-def create_app(batcher, limits, describe_server):
-    """The FastAPI application over a started-or-not MicroBatcher of a QAPredictor.
+def create_app(batcher, limits, describe_server, settings=None):
+    """The FastAPI application over a started-or-not MicroBatcher of a QAPredictor or ClassifierPredictor.
 
     Args:
       batcher: inference.batching.MicroBatcher whose model is a QAPredictor (or anything with `info` and
-        answers with text/score/start/end/nbest); started by the app's lifespan, closed at shutdown.
+        answers with text/score/start/end/nbest) or, for a GLUE export, a ClassifierPredictor (items are
+        TextRequest payloads, results Classifications); started by the app's lifespan, closed at shutdown.
       limits: inference.answer_request.Limits.
       describe_server: callable() -> dict, the server settings shown by /v1/model.
+      settings: the export's inference.model_dir.ExportSettings (None: a SQuAD model), which picks the
+        route served; the other route answers 404 naming the right one.
 
     Returns:
       A Starlette/ASGI application (the FastAPI app wrapped by the status counter).
@@ -211,7 +225,16 @@ def create_app(batcher, limits, describe_server):
         # unless the drain timed out, and close() still answers what is left before the worker stops.
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)
 
-    app = FastAPI(title="BERT SQuAD answer service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    squad = settings is None or settings.is_squad
+    pair = not squad and task_spec(settings.task).train.text_b is not None
+    route = "/v1/answer" if squad else "/v1/classify"
+    kind = "a SQuAD question-answering model" if squad else f"a GLUE {settings.task} classifier"
+    app = FastAPI(title="BERT SQuAD answer service" if squad else f"BERT GLUE {settings.task} classifier",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def wrong_route(path):
+        return _error(404, {"error": f"this server's model is {kind}: it serves POST {route}, not {path}",
+                            "route": route})
 
     @app.exception_handler(RequestError)
     async def refused(_request, err):
@@ -247,21 +270,41 @@ def create_app(batcher, limits, describe_server):
     async def metrics():
         return {"responses": dict(sorted(responses.items())), "batching": batcher.stats()}
 
-    @app.post("/v1/answer")
-    async def answer(request: Request):
-        questions, is_batch = parse_questions(read_json(await read_body(request, limits), limits), limits)
+    async def run(payloads, keys):
+        """The model's results for `payloads` via the batcher, or the 503 / 422 response to send instead."""
         try:
-            futures = batcher.submit([(q.question, q.context) for q in questions],
-                                     keys=[q.options for q in questions])
+            futures = batcher.submit(payloads, keys=keys)
         except QueueFull as err:
             return _error(503, {"error": err.reason, "limit": err.limit}, {"Retry-After": str(RETRY_AFTER_S)})
         except Unavailable as err:
             return _error(503, {"error": err.reason}, {"Retry-After": str(RETRY_AFTER_S)})
         try:
-            answers = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except ValueError as err:  # the predictor refused this input (e.g. a context without any word)
-            return _error(422, {"error": f"the model cannot answer this: {err}"})
+            return _error(422, {"error": f"the model cannot {'answer' if squad else 'classify'} this: {err}"})
+
+    @app.post("/v1/answer")
+    async def answer(request: Request):
+        if not squad:
+            return wrong_route("/v1/answer")
+        questions, is_batch = parse_questions(read_json(await read_body(request, limits), limits), limits)
+        answers = await run([(q.question, q.context) for q in questions], [q.options for q in questions])
+        if isinstance(answers, JSONResponse):
+            return answers
         out = [_answer_json(a, q.n_best) for a, q in zip(answers, questions)]
+        return out if is_batch else out[0]
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        if squad:
+            return wrong_route("/v1/classify")
+        example = '{"text_a": "...", "text_b": "..."}' if pair else '{"text": "..."}'
+        texts, is_batch = parse_texts(read_json(await read_body(request, limits), limits, example), limits,
+                                      pair=pair, task=settings.task)
+        results = await run([t.payload for t in texts], [None] * len(texts))
+        if isinstance(results, JSONResponse):
+            return results
+        out = [r.to_dict() for r in results]
         return out if is_batch else out[0]
 
     return StatusCounter(app, responses)
@@ -269,14 +312,19 @@ def create_app(batcher, limits, describe_server):
 
 # ------------------------------------------------------------------------------------------------ main
 def _load_predictor(args):
-    """Load the model; runs in the batcher's worker thread, the only thread that will ever call it."""
-    return QAPredictor.load(args.model_dir, threads=args.threads, precision=args.precision, device=args.device,
-                            batch_size=args.max_batch_size)
+    """Load the model (QAPredictor or ClassifierPredictor, as the export says); runs in the batcher's worker
+    thread, the only thread that will ever call it."""
+    return load_predictor(args.model_dir, threads=args.threads, precision=args.precision, device=args.device,
+                          batch_size=args.max_batch_size)
 
 
 def _run_batch(predictor, pairs, options):
     n_best, max_answer_length = options
     return predictor.answer(pairs, n_best=n_best, max_answer_length=max_answer_length)
+
+
+def _run_classify(predictor, payloads, _key):
+    return predictor.classify(payloads)
 
 
 class _Termination:
@@ -306,7 +354,8 @@ def main(argv=None):
     def stop_on_load_error(_err):  # the worker thread: let uvicorn's loop see it and shut down
         server_box[0].should_exit = True
 
-    batcher = MicroBatcher(lambda: _load_predictor(args), _run_batch, max_batch_size=args.max_batch_size,
+    batcher = MicroBatcher(lambda: _load_predictor(args), _run_batch if args.settings.is_squad else _run_classify,
+                           max_batch_size=args.max_batch_size,
                            max_wait_s=args.max_wait_ms / 1000.0, max_queue=args.max_queue,
                            on_load_error=stop_on_load_error)
 
@@ -314,7 +363,7 @@ def main(argv=None):
         return {"host": host, "port": port, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                 "max_queue": args.max_queue, **limits.as_dict()}
 
-    app = create_app(batcher, limits, describe_server)
+    app = create_app(batcher, limits, describe_server, args.settings)
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=args.access_log,
                             timeout_graceful_shutdown=args.drain_timeout, lifespan="on")
     server = uvicorn.Server(config)
@@ -346,11 +395,13 @@ def _announce_when_ready(batcher, host, port, args):
             return
         info = batcher.model.info
         shown = f"[{host}]" if ":" in host else host
-        logger.info("serving %s (%s, %s, %s threads, max_seq_length %s) at http://%s:%d/v1/answer; batches of "
-                    "<= %d questions, wait <= %g ms, queue <= %d, context <= %d chars, body <= %d bytes",
-                    info.get("model_name"), info.get("precision"), info.get("device"), info.get("threads"),
-                    info.get("max_seq_length"), shown, port, args.max_batch_size, args.max_wait_ms,
-                    args.max_queue, args.max_context_chars, args.max_body_bytes)
+        items, text = ("questions", "context") if args.settings.is_squad else ("texts", "text")
+        logger.info("serving %s %s (%s, %s, %s threads, max_seq_length %s) at http://%s:%d%s; batches of "
+                    "<= %d %s, wait <= %g ms, queue <= %d, %s <= %d chars, body <= %d bytes",
+                    info.get("model_name"), info.get("task", "squad"), info.get("precision"), info.get("device"),
+                    info.get("threads"), info.get("max_seq_length"), shown, port, args.settings.route,
+                    args.max_batch_size, items, args.max_wait_ms, args.max_queue, text, args.max_context_chars,
+                    args.max_body_bytes)
 
     threading.Thread(target=announce, name="announce-ready", daemon=True).start()
 

@@ -150,6 +150,9 @@ def test_limits_are_reported_in_the_detail_and_a_chunked_body_is_bounded_too(cli
 def test_wrong_routes_and_methods_answer_json_and_the_server_survives_everything(client, server):
     assert client.get("/v1/answer").status_code == 405
     assert client.get("/nowhere").json() == {"error": "Not Found"}
+    wrong = client.post("/v1/classify", json={"text": "tom has a car ."})  # a GLUE route on a SQuAD model
+    assert wrong.status_code == 404 and wrong.json()["route"] == "/v1/answer"
+    assert "a SQuAD question-answering model: it serves POST /v1/answer" in wrong.json()["error"]
     with socket.create_connection((server.url.split("//")[1].split(":")[0], int(server.url.rsplit(":", 1)[1]))) as s:
         s.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n")  # not even HTTP
         s.recv(1000)
