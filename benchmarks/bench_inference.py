@@ -28,13 +28,13 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks.torch_worker import run_torch_worker
 from utils.cli import ArgumentParser
 
 logger = logging.getLogger("bench_inference")
@@ -180,16 +180,9 @@ def hf_rows(cfg, args):
     spec = {"threads": args.threads, "config": cfg.to_dict(), "seq_lengths": args.seq_lengths,
             "batch_sizes": args.batch_sizes, "warmup": args.warmup, "iterations": args.iterations,
             "max_seconds": args.max_seconds}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    if args.hf_path:  # torch's own numpy etc. must not shadow paddle's, so only the worker sees them
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), args.hf_path, env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_inference", "--hf-worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        logger.warning("hf-torch skipped: %s (install torch and transformers to compare)", tail)
+    result = run_torch_worker("benchmarks.bench_inference", spec, args.threads, args.hf_path)
+    if result is None:
         return []
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     logger.info("hf-torch: torch %s", result["torch"])
     return [Row(**r) for r in result["rows"]]
 
