@@ -84,24 +84,41 @@ def split_sentences(text):
     return [s for s in (p.strip() for p in blingfire.text_to_sentences(text).split("\n")) if s]
 
 
-def tokenize_documents(documents, tokenize_batch, vocab):
+def tokenize_documents(documents, tokenize_batch=None, vocab=None, *, encode_ids_batch=None):
     """Tokenize a block of documents into `TokenizedDocuments`.
 
     Args:
       documents: list[list[str]], each document's sentences.
-      tokenize_batch: callable list[str] -> list[list[str]] (e.g. `tokenizer.BertTokenizer.tokenize_batch`).
+      tokenize_batch: callable list[str] -> list[list[str]] (e.g. `tokenizer.BertTokenizer.tokenize_batch`);
+        used with `vocab` when `encode_ids_batch` is not given.
       vocab: dict token -> id containing every token `tokenize_batch` can return.
+      encode_ids_batch: callable list[str] -> (int ids [T], int lengths [len(texts)]), the faster route
+        straight to ids (`tokenizer.BertTokenizer.encode_ids_batch`); same result.
 
     Returns:
       TokenizedDocuments; sentences with no tokens and documents with no sentences left are dropped.
+
+    Raises:
+      ValueError: neither `encode_ids_batch` nor both `tokenize_batch` and `vocab` were given.
     """
     sentences = [s for doc in documents for s in doc]
-    token_lists = []
-    for i in range(0, len(sentences), _TOKENIZE_SLICE):
-        token_lists.extend(tokenize_batch(sentences[i:i + _TOKENIZE_SLICE]))
-    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    token_ids = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(token_lists)),
-                            dtype=np.int32, count=int(lengths.sum()))
+    if encode_ids_batch is not None:
+        id_parts, length_parts = [], []
+        for i in range(0, len(sentences), _TOKENIZE_SLICE):
+            ids, lens = encode_ids_batch(sentences[i:i + _TOKENIZE_SLICE])
+            id_parts.append(np.asarray(ids, dtype=np.int32))
+            length_parts.append(np.asarray(lens, dtype=np.int64))
+        token_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
+        lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
+    elif tokenize_batch is not None and vocab is not None:
+        token_lists = []
+        for i in range(0, len(sentences), _TOKENIZE_SLICE):
+            token_lists.extend(tokenize_batch(sentences[i:i + _TOKENIZE_SLICE]))
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        token_ids = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(token_lists)),
+                                dtype=np.int32, count=int(lengths.sum()))
+    else:
+        raise ValueError("tokenize_documents needs encode_ids_batch, or tokenize_batch together with vocab")
     kept = lengths > 0
     sentence_offsets = np.zeros(int(kept.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[kept], out=sentence_offsets[1:])
