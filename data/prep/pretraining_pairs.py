@@ -138,8 +138,10 @@ def randint(rng, a, b):
     CPython's `randint(a, b)` is `randrange(a, b + 1)`, which is `a + _randbelow(b - a + 1)` once it has
     validated its arguments; the pair loop draws tens of thousands of these per MB of text, and the checks
     cost more than the draw. Equality with `random.Random.randint` is tested (tests/test_pretraining_pairs.py).
+    Any other object with a `randint` method (e.g. a scripted stand-in in tests) is asked directly.
     """
-    return a + rng._randbelow(b - a + 1)
+    below = getattr(rng, "_randbelow", None)
+    return a + below(b - a + 1) if below is not None else rng.randint(a, b)
 
 
 def choose_target_length(rng, max_num_tokens, short_seq_prob):
