@@ -1,4 +1,4 @@
-"""Dask preprocessing: text corpora -> (optionally masked, binned) LDDL-format Parquet for BERT pretraining.
+"""Preprocessing: text corpora -> (optionally masked, binned) LDDL-format Parquet for BERT pretraining.
 
 Usage (from the repo root):
   python -m data.prep.preprocess_bert_pretrain --wikipedia data/download/wikipedia/source \\
@@ -7,7 +7,11 @@ Usage (from the repo root):
   then: python -m data.prep.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
 
 Owns: finding input files, cutting them into blocks, the per-block pipeline (read -> sentences ->
-tokens -> pairs x duplicate_factor -> static masking -> per-bin Parquet files) and running blocks on Dask.
+tokens -> pairs x duplicate_factor -> static masking -> per-bin Parquet files) and running blocks: in this
+process (`--num-workers 0`), on a pool of local processes forked from this one, or on Dask (a LocalCluster,
+a running scheduler or dask-mpi); `--executor auto` takes the pool for local corpora up to 1 GiB, whose
+workers start in milliseconds where a LocalCluster takes seconds (`choose_executor`). Tokenization goes
+through `tokenizer.BertTokenizer.encode_ids_batch` (a word cache in front of HF `tokenizers`).
 Pair semantics live in `data.prep.pretraining_pairs`, masking in `data.masking`, the file format in
 `data.lddl_format`.
 
