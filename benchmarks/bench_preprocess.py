@@ -13,7 +13,9 @@ random B's within a block) but counts agree to within a few percent.
 Ours is timed end to end as a user runs it: `python -m data.prep.preprocess_bert_pretrain ...` in a fresh
 process, interpreter start-up, imports, the [UNK] probe and worker start-up included, once per
 `--executors` entry (pool = forked process pool, what `--executor auto` picks for local corpora up to 1 GiB;
-dask = Dask LocalCluster). The baseline runs inside this process (no start-up charged to it).
+dask = Dask LocalCluster; inline = `--num-workers 0`). The baseline runs inside this process (no start-up
+charged to it). Wall-clock and CPU seconds are both reported: on a machine busy with other work (no idle
+core) the CPU-time ratio is the one worker processes cannot improve.
 
 Corpus (`--corpus`): a Wikipedia dump (`*.xml[.bz2|.gz]`, extracted first with `data.prep.wikipedia`, not
 timed), LDDL source text (a file or directory of `<doc_id> <text>` lines), or by default the embedded
@@ -192,7 +194,8 @@ def _ours_command(args, text_dir, sink, executor):
             "--vocab-file", args.vocab_file, "--target-seq-length", str(args.target_seq_length),
             "--bin-size", "64", "--masking", "--duplicate-factor", str(args.duplicate_factor),
             "--sample-ratio", "1", "--block-size-mb", str(args.block_size_mb),
-            "--num-workers", str(args.num_workers), "--executor", executor]
+            "--num-workers", "0" if executor == "inline" else str(args.num_workers),
+            "--executor", "auto" if executor == "inline" else executor]
 
 
 def run_ours(args, text_dir, sink, executor):
@@ -267,8 +270,9 @@ def main(argv=None):
                         "(default: build the stdlib sample corpus)")
     p.add_argument("--repeat", type=int, default=8, help="copies of the corpus, each with fresh doc ids")
     p.add_argument("--num-workers", type=int, default=2, help="worker processes of our preprocessing")
-    p.add_argument("--executors", default="pool,dask",
-                   help="comma-separated `--executor` values to time ours with (pool, dask, auto)")
+    p.add_argument("--executors", default="pool,inline,dask",
+                   help="comma-separated ways to run ours: pool, dask, auto (`--executor` values, with "
+                        "--num-workers) or inline (--num-workers 0, this process alone)")
     p.add_argument("--target-seq-length", type=int, default=128, help="max pair length")
     p.add_argument("--duplicate-factor", type=int, default=5, help="passes over the corpus")
     p.add_argument("--block-size-mb", type=float, default=0.5, help="input MB per block (task)")
@@ -276,9 +280,9 @@ def main(argv=None):
                    help="skip the per-stage profile of ours (inline, one process)")
     args = p.parse_args(argv)
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
-    bad = [e for e in executors if e not in pre.EXECUTORS]
+    bad = [e for e in executors if e not in pre.EXECUTORS + ("inline",)]
     if bad or not executors:
-        raise ValueError(f"--executors {args.executors!r}: each must be one of {', '.join(pre.EXECUTORS)}")
+        raise ValueError(f"--executors {args.executors!r}: each must be one of inline, {', '.join(pre.EXECUTORS)}")
     if args.repeat < 1:
         raise ValueError(f"--repeat {args.repeat} is invalid: it must be >= 1")
     settings = pre.Settings(vocab_file=args.vocab_file, target_seq_length=args.target_seq_length, bin_size=64,
@@ -296,7 +300,8 @@ def main(argv=None):
         results = {"baseline": base}
         for executor in executors:
             seconds, cpu, instances = run_ours(args, text_dir, os.path.join(tmp, f"ours-{executor}"), executor)
-            label = f"ours ({executor}, {args.num_workers} workers, end to end)"
+            workers = "1 process" if executor == "inline" else f"{args.num_workers} workers"
+            label = f"ours ({executor}, {workers}, end to end)"
             ours = results[label] = _report(label, seconds, cpu, instances, mbytes)
             ours["speedup"] = ours["instances_per_s"] / base["instances_per_s"]
             # CPU seconds per instance: the ratio a machine busy with other work (no idle core) would see.
