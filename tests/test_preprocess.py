@@ -396,3 +396,16 @@ def test_vocab_with_many_unknown_tokens_warns_with_the_rate(tmp_path, vocab, sou
     with caplog.at_level("WARNING"):
         summary = pre.run(_settings(vocab), [source], str(tmp_path / "out2"), block_size_mb=0.03, num_workers=0)
     assert summary["unk_rate"] < 0.05 and not [r for r in caplog.records if "[UNK]" in r.getMessage()]
+
+
+def test_bad_file_through_the_pool_is_one_error_line_and_no_sink(tmp_path, vocab, source, capsys):
+    """A worker's ValueError (a non-UTF-8 file) comes back as the command's one error line, exit 2."""
+    bad = tmp_path / "src"
+    bad.mkdir()
+    (bad / "a.txt").write_text("".join(f"d{i} Plain sentence number {i}. Another one here.\n" for i in range(400)))
+    (bad / "b.txt").write_bytes(b"d1 caf\xe9 au lait.\n" * 50)
+    sink = tmp_path / "out"
+    err = _cli_error(["--source", str(bad), "--sink", str(sink), "--vocab-file", vocab, "--num-workers", "2",
+                      "--executor", "pool", "--block-size-mb", "0.005", "--input-format", "lines"], capsys)
+    assert "b.txt" in err and "UTF-8" in err
+    assert not sink.exists()

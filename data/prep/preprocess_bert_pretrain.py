@@ -630,6 +630,9 @@ def _run_blocks(client, blocks, settings, out_dir, holdout_dir=None):
         except BrokenProcessPool:
             raise RuntimeError("a preprocessing worker process died (killed, or out of memory); rerun with "
                                "fewer --num-workers or a smaller --block-size-mb") from None
+        finally:  # on an error (a bad input file, say), do not run the blocks still queued
+            for future in futures:
+                future.cancel()
         return
     from distributed import as_completed as dask_as_completed
 
