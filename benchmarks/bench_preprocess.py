@@ -1,30 +1,45 @@
-"""Benchmark: BERT pretraining-data preprocessing, ours (Dask) vs a single-process pure-Python baseline.
+"""Benchmark: BERT pretraining-data preprocessing, ours vs a single-process pure-Python baseline of Google's script.
 
 Owns: the baseline -- the same algorithm written the straightforward way, as Google's
 create_pretraining_data.py does it (pure-Python `tokenizer.FullTokenizer` per sentence, token lists,
 `create_instances_from_document` on lists, a per-instance masking loop with `random.Random`), writing the
 same LDDL rows to one Parquet file -- and timing it against `data.prep.preprocess_bert_pretrain` on the same
-corpus in the same run. Does not own the implementation under test.
+corpus in the same run, plus a per-stage profile of ours. Does not own the implementation under test.
 
 Both do: read `<doc_id> <text>` lines, blingfire sentences, WordPiece, pairs x duplicate factor, static
 masking (max predictions honoured), Parquet output. Instances differ (different RNG streams; ours draws
 random B's within a block) but counts agree to within a few percent.
 
-Default corpus: the embedded stdlib-docstring corpus (`data.prep.sample_corpus`), repeated `--repeat` times
-with fresh doc ids so the run is long enough to amortise Dask's start-up (which is included in our time).
+Ours is timed end to end as a user runs it: `python -m data.prep.preprocess_bert_pretrain ...` in a fresh
+process, interpreter start-up, imports, the [UNK] probe and worker start-up included, once per
+`--executors` entry (pool = forked process pool, what `--executor auto` picks for local corpora up to 1 GiB;
+dask = Dask LocalCluster; inline = `--num-workers 0`). The baseline runs inside this process (no start-up
+charged to it). Wall-clock and CPU seconds are both reported: on a machine busy with other work (no idle
+core) the CPU-time ratio is the one worker processes cannot improve.
 
-Usage (from the repo root):
-  python -m benchmarks.bench_preprocess --vocab-file vocab/bert-base-uncased-vocab.txt [--repeat 8]
-      [--corpus DIR] [--num-workers 2] [--target-seq-length 128]
+Corpus (`--corpus`): a Wikipedia dump (`*.xml[.bz2|.gz]`, extracted first with `data.prep.wikipedia`, not
+timed), LDDL source text (a file or directory of `<doc_id> <text>` lines), or by default the embedded
+stdlib-docstring corpus (`data.prep.sample_corpus`); repeated `--repeat` times with fresh doc ids.
+
+Usage (from the repo root), the issue-10 comparison (wiki sample x4, ~10 MB, seq 128, static masking,
+duplicate factor 1, 2 workers):
+  python -m benchmarks.bench_preprocess --vocab-file vocab/bert-base-uncased-vocab.txt \\
+      --corpus enwiki-sample-pages-articles.xml.bz2 --repeat 4 --duplicate-factor 1 --num-workers 2
 """
-import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
+import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
+import utils.preflight  # noqa: F401  -- OMP threads default; must stay before paddle
 
+import contextlib
 import logging
 import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 
+import numpy as np
 import pyarrow as pa
 
 from data.prep import corpus
@@ -32,7 +47,7 @@ from data import lddl_format as fmt
 from data.prep import preprocess_bert_pretrain as pre
 from data.prep.pretraining_pairs import split_sentences
 from tokenizer import FullTokenizer
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, run_cli
 from utils.logger import init_logging
 
 logger = logging.getLogger(__name__)
@@ -124,68 +139,183 @@ def run_baseline(files, settings, out_path):
 
 
 # ------------------------------------------------------------------------------- harness
-def _repeat_corpus(src_dir, dst_dir, repeat):
+_DUMP_SUFFIXES = (".xml", ".xml.bz2", ".xml.gz")
+
+
+def _source_text(corpus_arg, tmp):
+    """The LDDL source text to benchmark on: extract a dump (untimed), build the sample, or take as given."""
+    if corpus_arg is None:
+        from data.prep.sample_corpus import build_sample_corpus
+
+        src = os.path.join(tmp, "sample")
+        build_sample_corpus(src, num_files=4)
+        return src
+    if str(corpus_arg).endswith(_DUMP_SUFFIXES):
+        from data.prep.wikipedia import extract
+
+        src = os.path.join(tmp, "extracted")
+        started = time.perf_counter()
+        extract(str(corpus_arg), src, num_files=1, num_workers=os.cpu_count() or 1)
+        logger.info("extracted %s in %.1f s (in neither figure below)", corpus_arg, time.perf_counter() - started)
+        return src
+    return corpus_arg
+
+
+def _repeat_corpus(src, dst_dir, repeat):
     """Copy every source file `repeat` times with fresh doc ids; returns total bytes."""
     os.makedirs(dst_dir)
     total = 0
-    for path in corpus.list_corpus_files([src_dir]):
-        with open(path, encoding="utf-8") as f:
+    for path in corpus.list_corpus_files([src]):
+        with corpus.open_text(path) as f:
             lines = [line.rstrip("\n") for line in f if line.strip()]
+        name = os.path.basename(str(path)).split(".txt")[0] + ".txt"
         for r in range(repeat):
             data = "".join(f"r{r}-{line}\n" for line in lines).encode("utf-8")
-            with open(os.path.join(dst_dir, f"r{r}-{os.path.basename(path)}"), "wb") as f:
+            with open(os.path.join(dst_dir, f"r{r}-{name}"), "wb") as f:
                 f.write(data)
             total += len(data)
     return total
 
 
-def _report(name, seconds, instances, mbytes):
-    logger.info("%-32s %8.2f s %9d instances %9.0f inst/s %7.2f MB/s", name, seconds, instances,
-                instances / seconds, mbytes / seconds)
-    return {"seconds": seconds, "instances": instances, "instances_per_s": instances / seconds,
-            "mb_per_s": mbytes / seconds}
+def _report(name, seconds, cpu_seconds, instances, mbytes):
+    logger.info("%-40s %8.2f s (CPU %6.2f s) %9d instances %9.0f inst/s %7.2f MB/s", name, seconds, cpu_seconds,
+                instances, instances / seconds, mbytes / seconds)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "instances": instances,
+            "instances_per_s": instances / seconds, "mb_per_s": mbytes / seconds}
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ours_command(args, text_dir, sink, executor):
+    return [sys.executable, "-m", "data.prep.preprocess_bert_pretrain", "--source", text_dir, "--sink", sink,
+            "--vocab-file", args.vocab_file, "--target-seq-length", str(args.target_seq_length),
+            "--bin-size", "64", "--masking", "--duplicate-factor", str(args.duplicate_factor),
+            "--sample-ratio", "1", "--block-size-mb", str(args.block_size_mb),
+            "--num-workers", "0" if executor == "inline" else str(args.num_workers),
+            "--executor", "auto" if executor == "inline" else executor]
+
+
+def run_ours(args, text_dir, sink, executor):
+    """Our CLI in a fresh process, as a user runs it; returns (wall seconds, CPU seconds of it and its workers,
+    instances written)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    done = subprocess.run(_ours_command(args, text_dir, sink, executor), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu
+    if done.returncode != 0:
+        raise RuntimeError(f"preprocess_bert_pretrain --executor {executor} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-2000:]}")
+    return seconds, cpu, sum(fmt.read_num_samples(sink).values())
+
+
+@contextlib.contextmanager
+def _timed(times, stage):
+    started = time.perf_counter()
+    yield
+    times[stage] += time.perf_counter() - started
+
+
+def stage_profile(settings, text_dir, block_size_mb):
+    """Seconds per stage of our pipeline over every block, run inline in this process (cold word cache).
+
+    Returns:
+      dict stage -> seconds: start-up (tokenizer build), read+sentences, tokenize, pairs, masking+rows
+      (masking, LDDL columns), write (binning, shuffle, Parquet).
+    """
+    from data.prep.pretraining_pairs import create_instances, tokenize_documents
+
+    times = dict.fromkeys(("start-up", "read+sentences", "tokenize", "pairs", "masking+rows", "write"), 0.0)
+    pre._tokenizer.cache_clear()
+    with _timed(times, "start-up"):
+        tok, vocab_strings = pre._tokenizer(settings.vocab_file, settings.do_lower_case)
+    blocks = pre.plan_blocks(corpus.list_corpus_files([text_dir]), max(1, int(block_size_mb * (1 << 20))), "lines")
+    with tempfile.TemporaryDirectory(prefix="bench_stages.") as out_dir:
+        for block in blocks:  # the steps of `pre.block_rows` and `pre._write_block`, timed one by one
+            with _timed(times, "read+sentences"):
+                docs_text = pre.read_block_documents(block, settings.seed, settings.sample_ratio)
+            with _timed(times, "tokenize"):
+                docs = tokenize_documents(docs_text, encode_ids_batch=tok.encode_ids_batch)
+            tables = []
+            for dup in range(settings.duplicate_factor):
+                rng = np.random.default_rng([settings.seed, block.block_id, dup])
+                with _timed(times, "pairs"):
+                    inst = create_instances(docs, random.Random(int(rng.integers(0, 2**63))),
+                                            settings.target_seq_length, settings.short_seq_prob)
+                with _timed(times, "masking+rows"):
+                    if len(inst):
+                        tables.append(pre.instances_table(inst, docs.token_ids, rng, settings, tok.special_ids,
+                                                          vocab_strings))
+            with _timed(times, "write"):
+                if tables:
+                    table = pa.concat_tables(tables)
+                    seed = [settings.seed, block.block_id, settings.duplicate_factor]
+                    order = np.random.default_rng(seed).permutation(len(table))
+                    pre._write_block(table, order, block.block_id, settings, out_dir)
+    pre._tokenizer.cache_clear()
+    return times
 
 
 def main(argv=None):
-    """Run baseline and ours on the same corpus; returns {name: figures} and the speed-up."""
+    """Run baseline and ours on the same corpus; returns {name: figures} and the speed-ups."""
     init_logging()
     p = ArgumentParser(prog="python -m benchmarks.bench_preprocess")
     p.add_argument("--vocab-file", required=True, help="BERT vocab.txt")
-    p.add_argument("--corpus", default=None, help="LDDL source dir (default: build the stdlib sample corpus)")
-    p.add_argument("--repeat", type=int, default=8, help="copies of the corpus (amortises Dask start-up)")
-    p.add_argument("--num-workers", type=int, default=2, help="Dask workers of our preprocessing")
+    p.add_argument("--corpus", default=None,
+                   help="Wikipedia dump (*.xml[.bz2|.gz], extracted first, untimed) or LDDL source text file/dir "
+                        "(default: build the stdlib sample corpus)")
+    p.add_argument("--repeat", type=int, default=8, help="copies of the corpus, each with fresh doc ids")
+    p.add_argument("--num-workers", type=int, default=2, help="worker processes of our preprocessing")
+    p.add_argument("--executors", default="pool,inline,dask",
+                   help="comma-separated ways to run ours: pool, dask, auto (`--executor` values, with "
+                        "--num-workers) or inline (--num-workers 0, this process alone)")
     p.add_argument("--target-seq-length", type=int, default=128, help="max pair length")
     p.add_argument("--duplicate-factor", type=int, default=5, help="passes over the corpus")
-    p.add_argument("--block-size-mb", type=float, default=0.5, help="input MB per Dask block")
+    p.add_argument("--block-size-mb", type=float, default=0.5, help="input MB per block (task)")
+    p.add_argument("--no-stages", dest="stages", action="store_false",
+                   help="skip the per-stage profile of ours (inline, one process)")
     args = p.parse_args(argv)
+    executors = [e.strip() for e in args.executors.split(",") if e.strip()]
+    bad = [e for e in executors if e not in pre.EXECUTORS + ("inline",)]
+    if bad or not executors:
+        raise ValueError(f"--executors {args.executors!r}: each must be one of inline, {', '.join(pre.EXECUTORS)}")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat {args.repeat} is invalid: it must be >= 1")
     settings = pre.Settings(vocab_file=args.vocab_file, target_seq_length=args.target_seq_length, bin_size=64,
                             masking=True, duplicate_factor=args.duplicate_factor, sample_ratio=1.0)
     with tempfile.TemporaryDirectory(prefix="bench_preprocess.") as tmp:
-        src = args.corpus
-        if src is None:
-            from data.prep.sample_corpus import build_sample_corpus
-
-            src = os.path.join(tmp, "sample")
-            build_sample_corpus(src, num_files=4)
+        src = _source_text(args.corpus, tmp)
         text_dir = os.path.join(tmp, "text")
         mbytes = _repeat_corpus(src, text_dir, args.repeat) / 1e6
-        logger.info("corpus: %.2f MB of text, seq %d, duplicate factor %d, static masking", mbytes,
-                    args.target_seq_length, args.duplicate_factor)
-        started = time.perf_counter()
+        logger.info("corpus: %.2f MB of text (x%d), seq %d, duplicate factor %d, static masking, blocks of %g MB",
+                    mbytes, args.repeat, args.target_seq_length, args.duplicate_factor, args.block_size_mb)
+        started, cpu = time.perf_counter(), time.process_time()
         n_base = run_baseline([text_dir], settings, os.path.join(tmp, "baseline.parquet"))
-        results = {"baseline": _report("baseline (pure Python, 1 proc)", time.perf_counter() - started,
-                                       n_base, mbytes)}
-        for label, workers in (("ours (no Dask, 1 proc)", 0), (f"ours (Dask, {args.num_workers} workers)",
-                                                               args.num_workers)):
-            started = time.perf_counter()
-            summary = pre.run(settings, [text_dir], os.path.join(tmp, f"ours{workers}"),
-                              block_size_mb=args.block_size_mb, num_workers=workers)
-            results[label] = _report(label, time.perf_counter() - started, summary["instances"], mbytes)
-    dask_label = f"ours (Dask, {args.num_workers} workers)"
-    results["speedup"] = results[dask_label]["instances_per_s"] / results["baseline"]["instances_per_s"]
-    logger.info("speed-up, ours (Dask) over baseline: %.1fx instances/s", results["speedup"])
+        base = _report("baseline (pure Python, 1 proc)", time.perf_counter() - started, time.process_time() - cpu,
+                       n_base, mbytes)
+        results = {"baseline": base}
+        for executor in executors:
+            seconds, cpu, instances = run_ours(args, text_dir, os.path.join(tmp, f"ours-{executor}"), executor)
+            workers = "1 process" if executor == "inline" else f"{args.num_workers} workers"
+            label = f"ours ({executor}, {workers}, end to end)"
+            ours = results[label] = _report(label, seconds, cpu, instances, mbytes)
+            ours["speedup"] = ours["instances_per_s"] / base["instances_per_s"]
+            # CPU seconds per instance: the ratio a machine busy with other work (no idle core) would see.
+            ours["cpu_speedup"] = (base["cpu_seconds"] / base["instances"]) / (cpu / instances)
+            logger.info("speed-up of ours (%s) over the baseline: %.2fx instances/s, %.2fx MB/s; %.2fx in CPU "
+                        "time per instance", executor, ours["speedup"], ours["mb_per_s"] / base["mb_per_s"],
+                        ours["cpu_speedup"])
+        if args.stages:
+            stages = stage_profile(settings, text_dir, args.block_size_mb)
+            results["stages"] = stages
+            logger.info("ours per stage (inline, 1 process, cold word cache): %s; total %.2f s",
+                        ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()), sum(stages.values()))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

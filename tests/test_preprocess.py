@@ -211,17 +211,87 @@ def test_bins_counts_and_lengths(static_and_dynamic):
 
 
 def test_output_identical_for_0_1_2_workers(tmp_path, vocab, source):
+    """Inline, the forked pool (1 and 2 workers) and Dask's LocalCluster write the same bytes."""
     settings = _settings(vocab, masking=True, duplicate_factor=1)
     sinks = []
-    for workers in (0, 1, 2):
-        sinks.append(tmp_path / f"w{workers}")
-        pre.run(settings, [source], str(sinks[-1]), block_size_mb=0.03, num_workers=workers)
+    for workers, executor in ((0, "auto"), (1, "pool"), (2, "pool"), (2, "dask")):
+        sinks.append(tmp_path / f"w{workers}-{executor}")
+        pre.run(settings, [source], str(sinks[-1]), block_size_mb=0.03, num_workers=workers, executor=executor)
     names = sorted(os.listdir(sinks[0]))
     assert len(names) > 4
     for other in sinks[1:]:
         assert sorted(os.listdir(other)) == names
         match, mismatch, errors = filecmp.cmpfiles(sinks[0], other, names, shallow=False)
         assert mismatch == [] and errors == []
+
+
+def test_choose_executor():
+    big, small = pre._POOL_MAX_BYTES + 1, 10 << 20
+    assert pre.choose_executor("auto", "local", None, 0, small) == "inline"
+    assert pre.choose_executor("dask", "local", None, 0, small) == "inline"  # 0 workers: nothing to start
+    assert pre.choose_executor("auto", "local", None, 2, small) == "pool"
+    assert pre.choose_executor("auto", "local", None, 2, big) == "dask"
+    assert pre.choose_executor("pool", "local", None, 2, big) == "pool"
+    assert pre.choose_executor("dask", "local", None, 2, small) == "dask"
+    assert pre.choose_executor("auto", "local", "tcp://h:8786", 0, small) == "dask"
+    assert pre.choose_executor("auto", "mpi", None, 2, small) == "dask"
+    with pytest.raises(ValueError, match="--executor pool runs local processes only"):
+        pre.choose_executor("pool", "local", "tcp://h:8786", 2, small)
+    with pytest.raises(ValueError, match="--executor 'threads' is invalid"):
+        pre.choose_executor("threads", "local", None, 2, small)
+
+
+@pytest.fixture(scope="module")
+def wiki_source(tmp_path_factory):
+    """LDDL source text of the first articles of the shared Wikipedia sample (~300k characters)."""
+    from data.prep.wikipedia import clean_wikitext, iter_dump_pages
+
+    lines, chars = [], 0
+    for page in iter_dump_pages(shared_path("data", "wiki", "enwiki-sample-pages-articles.xml.bz2")):
+        text = clean_wikitext(page.text) if page.namespace == 0 and not page.text.startswith("#REDIRECT") else ""
+        if text:
+            lines.append(f"wiki-{page.page_id} {text}\n")
+            chars += len(text)
+        if chars > 300_000:
+            break
+    path = tmp_path_factory.mktemp("wiki") / "wiki-0.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def test_static_masking_statistics_on_wikipedia(tmp_path, vocab, wiki_source):
+    """Google's statistics on real text, through the forked pool: per row round(15 %) of the tokens predicted
+    (cap 20), 80 % [MASK] / 10 % kept / 10 % random; positions never [CLS]/[SEP]; about half the B's random;
+    and the shards load through the project's loader."""
+    settings = _settings(vocab, masking=True, duplicate_factor=3)
+    sink = tmp_path / "wiki"
+    summary = pre.run(settings, [wiki_source], str(sink), block_size_mb=0.15, num_workers=2, executor="pool")
+    rows = list(_read_all(sink).values())
+    assert len(rows) == summary["instances"] > 1500
+    kinds, predicted, tokens, random_next = collections.Counter(), 0, 0, 0
+    for row in rows:
+        seq = ["[CLS]"] + row["A"].split() + ["[SEP]"] + row["B"].split() + ["[SEP]"]
+        positions = fmt.decode_positions(row["masked_lm_positions"])
+        labels = row["masked_lm_labels"].split()
+        assert len(seq) == row["num_tokens"] <= 128
+        assert len(positions) == len(labels) == min(20, max(1, round(0.15 * row["num_tokens"])))
+        assert list(positions) == sorted(set(positions)) and 0 < min(positions) and max(positions) < len(seq) - 1
+        assert (len(row["A"].split()) + 1) not in positions  # the middle [SEP]
+        assert "[CLS]" not in labels and "[SEP]" not in labels
+        for pos, label in zip(positions, labels):
+            kinds["mask" if seq[pos] == "[MASK]" else "keep" if seq[pos] == label else "random"] += 1
+        predicted, tokens = predicted + len(positions), tokens + len(seq)
+        random_next += row["is_random_next"]
+    assert abs(predicted / tokens - 0.15) < 0.005
+    total = sum(kinds.values())
+    assert abs(kinds["mask"] / total - 0.8) < 0.015
+    assert abs(kinds["keep"] / total - 0.1) < 0.012
+    assert abs(kinds["random"] / total - 0.1) < 0.012
+    assert summary["blocks"] >= 2 and 0.45 < random_next / len(rows) < 0.62
+    from data.loader.lddl_loader import get_bert_pretrain_data_loader
+
+    batch = next(iter(get_bert_pretrain_data_loader(str(sink), vocab_file=vocab, batch_size=8, num_workers=0)))
+    assert len(batch) > 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,3 +396,16 @@ def test_vocab_with_many_unknown_tokens_warns_with_the_rate(tmp_path, vocab, sou
     with caplog.at_level("WARNING"):
         summary = pre.run(_settings(vocab), [source], str(tmp_path / "out2"), block_size_mb=0.03, num_workers=0)
     assert summary["unk_rate"] < 0.05 and not [r for r in caplog.records if "[UNK]" in r.getMessage()]
+
+
+def test_bad_file_through_the_pool_is_one_error_line_and_no_sink(tmp_path, vocab, source, capsys):
+    """A worker's ValueError (a non-UTF-8 file) comes back as the command's one error line, exit 2."""
+    bad = tmp_path / "src"
+    bad.mkdir()
+    (bad / "a.txt").write_text("".join(f"d{i} Plain sentence number {i}. Another one here.\n" for i in range(400)))
+    (bad / "b.txt").write_bytes(b"d1 caf\xe9 au lait.\n" * 50)
+    sink = tmp_path / "out"
+    err = _cli_error(["--source", str(bad), "--sink", str(sink), "--vocab-file", vocab, "--num-workers", "2",
+                      "--executor", "pool", "--block-size-mb", "0.005", "--input-format", "lines"], capsys)
+    assert "b.txt" in err and "UTF-8" in err
+    assert not sink.exists()

@@ -242,3 +242,13 @@ def test_deterministic_for_same_seed():
     c = pp.create_instances(docs, random.Random(10), 128, 0.1)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_randint_is_random_randint():
+    """The pair loop's `randint` draws exactly what `random.Random.randint` draws, from the same stream."""
+    import random
+
+    ours, ref = random.Random(1234), random.Random(1234)
+    bounds = [(0, 0), (1, 1), (0, 1), (2, 125), (0, 2**40), (5, 7)] * 200
+    assert [pp.randint(ours, a, b) for a, b in bounds] == [ref.randint(a, b) for a, b in bounds]
+    assert ours.random() == ref.random()  # and leaves the stream in the same place

@@ -1,4 +1,4 @@
-"""Dask preprocessing: text corpora -> (optionally masked, binned) LDDL-format Parquet for BERT pretraining.
+"""Preprocessing: text corpora -> (optionally masked, binned) LDDL-format Parquet for BERT pretraining.
 
 Usage (from the repo root):
   python -m data.prep.preprocess_bert_pretrain --wikipedia data/download/wikipedia/source \\
@@ -7,7 +7,11 @@ Usage (from the repo root):
   then: python -m data.prep.balance_dask_output --indir data/pretrain/phase1 --num-shards 256
 
 Owns: finding input files, cutting them into blocks, the per-block pipeline (read -> sentences ->
-tokens -> pairs x duplicate_factor -> static masking -> per-bin Parquet files) and running blocks on Dask.
+tokens -> pairs x duplicate_factor -> static masking -> per-bin Parquet files) and running blocks: in this
+process (`--num-workers 0`), on a pool of local processes forked from this one, or on Dask (a LocalCluster,
+a running scheduler or dask-mpi); `--executor auto` takes the pool for local corpora up to 1 GiB, whose
+workers start in milliseconds where a LocalCluster takes seconds (`choose_executor`). Tokenization goes
+through `tokenizer.BertTokenizer.encode_ids_batch` (a word cache in front of HF `tokenizers`).
 Pair semantics live in `data.prep.pretraining_pairs`, masking in `data.masking`, the file format in
 `data.lddl_format`.
 
@@ -40,10 +44,13 @@ import hashlib
 import importlib
 import itertools
 import logging
+import multiprocessing
 import os
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
 import numpy as np
@@ -450,7 +457,7 @@ def process_block(block, settings, out_dir, holdout_dir=None):
 def _process_part(block, settings, out_dir, part):
     tok, vocab_strings = _tokenizer(settings.vocab_file, settings.do_lower_case)
     docs_text = read_block_documents(block, settings.seed, settings.sample_ratio, settings.holdout_fraction, part)
-    docs = tokenize_documents(docs_text, tok.tokenize_batch, tok.vocab)
+    docs = tokenize_documents(docs_text, encode_ids_batch=tok.encode_ids_batch)
     table, order = block_rows(docs, block.block_id, settings, tok.special_ids, vocab_strings)
     files = _write_block(table, order, block.block_id, settings, out_dir) if len(order) else {}
     return {"files": files, "documents": docs.num_documents,
@@ -462,11 +469,53 @@ def _process_part(block, settings, out_dir, part):
 # Driver
 # ----------------------------------------------------------------------------------------------------
 
+EXECUTORS = ("auto", "pool", "dask")
+# `--executor auto` runs a local corpus up to this size on a forked process pool, larger ones on Dask's
+# LocalCluster. The pool starts in milliseconds (workers are forked with the tokenizer already built and its
+# word cache warm from the probe) where a LocalCluster takes seconds (see README, preprocessing benchmark);
+# past this size those seconds are noise and Dask's memory limits, spilling and worker restarts matter more.
+_POOL_MAX_BYTES = 1 << 30
+
+
+def choose_executor(executor, schedule, scheduler, num_workers, input_bytes):
+    """Which engine runs the blocks: 'inline' (this process), 'pool' (forked local processes) or 'dask'.
+
+    Args:
+      executor: '--executor': 'auto', 'pool' or 'dask'.
+      schedule, scheduler, num_workers: the flags of the same names.
+      input_bytes: int, size of the input files (compressed files count as their size on disk).
+
+    Returns:
+      str.
+
+    Raises:
+      ValueError: '--executor pool' with --scheduler or --schedule mpi (a pool is one machine's processes).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor {executor!r} is invalid: it must be one of {', '.join(EXECUTORS)}")
+    distributed = bool(scheduler) or schedule != "local"
+    if executor == "pool" and distributed:
+        raise ValueError("--executor pool runs local processes only; drop it with --scheduler / --schedule mpi")
+    if distributed:
+        return "dask"
+    if num_workers == 0:
+        return "inline"
+    if executor == "auto":
+        return "pool" if input_bytes <= _POOL_MAX_BYTES or not hasattr(os, "fork") else "dask"
+    return executor
+
+
 @contextlib.contextmanager
-def _dask_client(schedule, scheduler, num_workers, threads_per_worker):
-    """A Dask client (and, for `local`, its cluster, shut down on exit); None when num_workers == 0."""
-    if not scheduler and schedule == "local" and num_workers == 0:
+def _executor(kind, schedule, scheduler, num_workers, threads_per_worker):
+    """What `_run_blocks` submits to: None (inline), a ProcessPoolExecutor, or a Dask client (and, for a
+    local schedule, its cluster); shut down on exit."""
+    if kind == "inline":
         yield None  # decided before importing distributed: that import alone costs about a second
+        return
+    if kind == "pool":
+        # fork: the workers start with this process's modules, tokenizer and warm word cache, no import.
+        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield pool
         return
     from distributed import Client, LocalCluster
 
@@ -491,6 +540,21 @@ def _dask_client(schedule, scheduler, num_workers, threads_per_worker):
             yield client
 
 
+@contextlib.contextmanager
+def _tokenizers_single_threaded():
+    """TOKENIZERS_PARALLELISM=false (unless the user set it) while a forked pool runs: each worker is one
+    process per core already, and HF refuses (with a warning on stderr) to use its thread pool in a
+    process forked after the parent used it."""
+    if "TOKENIZERS_PARALLELISM" in os.environ:
+        yield
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
 def _connect(client_class, scheduler):
     """A client of the running scheduler at `scheduler`, or ValueError naming the address.
 
@@ -507,6 +571,7 @@ def _connect(client_class, scheduler):
 
 UNK_WARN_RATE = 0.05  # above this fraction of [UNK] tokens the vocab most likely does not fit the corpus
 _PROBE_DOCUMENTS = 200
+_PROBE_CHARS = 1 << 20
 
 
 def _unk_hint(settings):
@@ -515,13 +580,22 @@ def _unk_hint(settings):
 
 
 def _probe_unknown(tok, files, input_format, settings):
-    """Refuse now, before any block runs, when the corpus's first documents are nothing but [UNK]."""
-    texts = [text for _, text in itertools.islice(
-        corpus.iter_documents(files[:1], input_format, unique_ids=False),
-        _PROBE_DOCUMENTS)]
-    tokens = [t for toks in tok.tokenize_batch(texts) for t in toks] if texts else []
-    if tokens and all(t == "[UNK]" for t in tokens):
-        raise ValueError(f"all {len(tokens)} tokens of the first {len(texts)} documents of '{files[0]}' are "
+    """Refuse now, before any block runs, when the corpus's first documents are nothing but [UNK].
+
+    Looks at the first `_PROBE_DOCUMENTS` documents or `_PROBE_CHARS` characters, whichever comes first: a
+    vocab that does not fit shows within a few pages, and a bounded probe keeps small runs' start-up short.
+    It goes through the tokenizer's word cache, which it leaves warm for the blocks.
+    """
+    texts, chars = [], 0
+    for _, text in itertools.islice(corpus.iter_documents(files[:1], input_format, unique_ids=False),
+                                    _PROBE_DOCUMENTS):
+        texts.append(text)
+        chars += len(text)
+        if chars >= _PROBE_CHARS:
+            break
+    ids = tok.encode_ids_batch(texts)[0] if texts else np.zeros(0, dtype=np.int32)
+    if len(ids) and np.all(ids == tok.special_ids["unk"]):
+        raise ValueError(f"all {len(ids)} tokens of the first {len(texts)} documents of '{files[0]}' are "
                          f"[UNK]: {_unk_hint(settings)}")
 
 
@@ -534,6 +608,10 @@ def _check_unknown(tokens, unk, settings):
                        tokens, 100 * UNK_WARN_RATE, _unk_hint(settings))
 
 
+def _block_bytes(block):
+    return (os.path.getsize(block.path) if block.end == sys.maxsize else block.end - block.start)
+
+
 def _run_blocks(client, blocks, settings, out_dir, holdout_dir=None):
     # Submit the task by its importable name: under `python -m` this file is `__main__`, which workers
     # cannot import, so pickling `process_block` from here would fail or copy it by value.
@@ -541,15 +619,31 @@ def _run_blocks(client, blocks, settings, out_dir, holdout_dir=None):
     if client is None:
         yield from (task(b, settings, out_dir, holdout_dir) for b in progress(blocks, desc="blocks", unit="block"))
         return
-    from distributed import as_completed
+    if isinstance(client, ProcessPoolExecutor):
+        # Largest blocks first, so the last ones to finish are small and no worker idles long at the end
+        # (blocks' outputs do not depend on the order they run in).
+        ordered = sorted(blocks, key=_block_bytes, reverse=True)
+        futures = [client.submit(task, b, settings, out_dir, holdout_dir) for b in ordered]
+        try:
+            for future in progress(as_completed(futures), total=len(futures), desc="blocks", unit="block"):
+                yield future.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a preprocessing worker process died (killed, or out of memory); rerun with "
+                               "fewer --num-workers or a smaller --block-size-mb") from None
+        finally:  # on an error (a bad input file, say), do not run the blocks still queued
+            for future in futures:
+                future.cancel()
+        return
+    from distributed import as_completed as dask_as_completed
 
     futures = client.map(task, blocks, settings=settings, out_dir=out_dir, holdout_dir=holdout_dir, pure=False)
-    for future in progress(as_completed(futures), total=len(futures), desc="blocks", unit="block"):
+    for future in progress(dask_as_completed(futures), total=len(futures), desc="blocks", unit="block"):
         yield future.result()
 
 
 def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num_workers=0,
-        threads_per_worker=1, schedule="local", scheduler=None, overwrite=False, holdout_sink=None):
+        threads_per_worker=1, schedule="local", scheduler=None, overwrite=False, holdout_sink=None,
+        executor="auto"):
     """Preprocess `sources` into an LDDL dataset at `sink` (see module docstring).
 
     Args:
@@ -558,13 +652,15 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
       sink: output directory; built under a temporary name and renamed when complete.
       block_size_mb: float > 0, input bytes per block.
       input_format: 'auto', 'lines' or 'bert'.
-      num_workers: int >= 0 local Dask worker processes; 0 runs blocks in this process.
-      threads_per_worker: int >= 1.
+      num_workers: int >= 0 local worker processes; 0 runs blocks in this process.
+      threads_per_worker: int >= 1 (Dask workers only).
       schedule: 'local' or 'mpi'.
       scheduler: address of a running Dask scheduler, or None.
       overwrite: replace an existing sink (and hold-out sink).
       holdout_sink: with `settings.holdout_fraction` > 0, the directory of the evaluation set: the held-out
         documents' rows, same settings and layout as the sink, never in the sink (default `<sink>_holdout`).
+      executor: 'auto', 'pool' or 'dask': how local workers run (see `choose_executor`); the output is the
+        same bytes whichever runs it.
 
     Returns:
       dict summary: blocks, documents, instances, files, text_chars, seconds, sink, unk_rate (fraction of
@@ -584,17 +680,31 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
         if path is not None and os.path.exists(path) and not overwrite:
             raise ValueError(f"{flag} '{path}' already exists; remove it or pass --overwrite")
     files = corpus.list_corpus_files(sources)
+    kind = choose_executor(executor, schedule, scheduler, num_workers, sum(os.path.getsize(f) for f in files))
+    with contextlib.ExitStack() as stack:
+        if kind == "pool":
+            stack.enter_context(_tokenizers_single_threaded())  # before the probe's first HF call
+        return _run(settings, sources, files, sink, holdout_sink, kind, block_size_mb=block_size_mb,
+                    input_format=input_format, num_workers=num_workers, threads_per_worker=threads_per_worker,
+                    schedule=schedule, scheduler=scheduler, overwrite=overwrite, started=started)
+
+
+def _run(settings, sources, files, sink, holdout_sink, kind, *, block_size_mb, input_format, num_workers,
+         threads_per_worker, schedule, scheduler, overwrite, started):
+    """`run` once the inputs and the executor are known."""
     tok, _ = _tokenizer(settings.vocab_file, settings.do_lower_case)  # vocab errors surface here, early
     _probe_unknown(tok, files, input_format, settings)
     blocks = plan_blocks(files, max(1, int(block_size_mb * _MB)), input_format)
-    logger.info("%d input files -> %d blocks; vocab %s (%d tokens)", len(files), len(blocks),
-                settings.vocab_file, tok.vocab_size)
+    logger.info("%d input files -> %d blocks; vocab %s (%d tokens); %s", len(files), len(blocks),
+                settings.vocab_file, tok.vocab_size,
+                "in this process" if kind == "inline" else f"{num_workers} {kind} workers" if kind == "pool"
+                else "on Dask")
     # The output locations first: an unwritable --sink is reported before a cluster is started. Both are
     # renamed into place only when every block is done: never a training set without its hold-out.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output_dir(sink, overwrite=overwrite))
         holdout_tmp = stack.enter_context(atomic_output_dir(holdout_sink, overwrite=overwrite)) if holdout_sink else None
-        client = stack.enter_context(_dask_client(schedule, scheduler, num_workers, threads_per_worker))
+        client = stack.enter_context(_executor(kind, schedule, scheduler, num_workers, threads_per_worker))
         total, held = _tally(_run_blocks(client, blocks, settings, tmp, holdout_tmp))
         _check_unknown(total["tokens"], total["unk_tokens"], settings)  # inside: an all-[UNK] set is never written
         if sum(total["files"].values()) == 0:
@@ -693,6 +803,10 @@ def _parser():
     p.add_argument("--num-workers", "--local-n-workers", dest="num_workers", type=int,
                    default=os.cpu_count() or 1, help="local Dask worker processes (0: run in this process)")
     p.add_argument("--local-threads-per-worker", type=int, default=1, help="threads of each local Dask worker")
+    p.add_argument("--executor", choices=EXECUTORS, default="auto",
+                   help="how local workers run: pool = processes forked from this one (starts in milliseconds), "
+                        "dask = Dask LocalCluster (dashboard, memory limits); auto = pool up to 1 GiB of input, "
+                        "else dask. --scheduler / --schedule mpi always use Dask. Same output either way")
     p.add_argument("--schedule", choices=["local", "mpi"], default="local",
                    help="local Dask workers, or dask-mpi across the ranks of an MPI job")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
@@ -719,7 +833,8 @@ def main(argv=None):
     return run(settings, sources, args.sink, block_size_mb=args.block_size_mb,
                input_format=args.input_format, num_workers=args.num_workers,
                threads_per_worker=args.local_threads_per_worker, schedule=args.schedule,
-               scheduler=args.scheduler, overwrite=args.overwrite, holdout_sink=args.holdout_sink)
+               scheduler=args.scheduler, overwrite=args.overwrite, holdout_sink=args.holdout_sink,
+               executor=args.executor)
 
 
 def cli(argv=None):
