@@ -215,14 +215,21 @@ def _check_text(field, text, limits):
     return problems
 
 
-def _validate_text(item, limits, pair, task):
-    """A TextRequest, or a list of problems {"field", "message"[, "limit"]}."""
+def _parse(item, schema, what):
+    """`schema.model_validate(item)`, or the list of problems {"field", "message"} naming each bad field."""
     if not isinstance(item, dict):
-        return [{"field": "", "message": f"each text must be a JSON object, got {_json_type(item)}"}]
+        return [{"field": "", "message": f"each {what} must be a JSON object, got {_json_type(item)}"}]
     try:
-        fields = TextItem.model_validate(item)
+        return schema.model_validate(item)
     except ValidationError as err:
         return [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]} for e in err.errors()]
+
+
+def _validate_text(item, limits, pair, task):
+    """A TextRequest, or a list of problems {"field", "message"[, "limit"]}."""
+    fields = _parse(item, TextItem, "text")
+    if isinstance(fields, list):
+        return fields
     if fields.text is not None and fields.text_a is not None:
         return [{"field": "text_a", "message": "give text or text_a, not both (they are the same sentence)"}]
     first_name = "text" if fields.text is not None else "text_a"
@@ -245,12 +252,9 @@ def _validate_text(item, limits, pair, task):
 
 def _validate(item, limits):
     """A Question, or a list of problems {"field", "message"[, "limit"]}."""
-    if not isinstance(item, dict):
-        return [{"field": "", "message": f"each question must be a JSON object, got {_json_type(item)}"}]
-    try:
-        question = Question.model_validate(item)
-    except ValidationError as err:
-        return [{"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]} for e in err.errors()]
+    question = _parse(item, Question, "question")
+    if isinstance(question, list):
+        return question
     # The question's length is bounded by the body only (max_query_length truncates it), so the character
     # limit is the context's.
     problems = [p for p in _check_text("question", question.question, limits) if "limit" not in p]
