@@ -271,6 +271,8 @@ def count_nonfinite_updates(program, startup, prefix="train_metrics"):
 LAMB_SLOTS_IN = ("Param", "Grad", "LearningRate", "Moment1", "Moment2", "Beta1Pow", "Beta2Pow", "SkipUpdate")
 LAMB_SLOTS_OUT = ("ParamOut", "Moment1Out", "Moment2Out", "Beta1PowOut", "Beta2PowOut")
 LAMB_ATTRS = ("weight_decay", "beta1", "beta2", "epsilon", "always_adapt")
+# The kernel declares SkipUpdate optional, and a custom op's optional input slot is "<name>@OPTIONAL".
+KERNEL_SLOTS = {"SkipUpdate": "SkipUpdate@OPTIONAL"}
 # Attributes every op carries that passes (gradient merge, fleet) and the profiler read: kept on the swap.
 COMMON_ATTRS = ("op_role", "op_role_var", "op_namescope", "op_device")
 
@@ -313,14 +315,11 @@ def use_cpu_lamb_kernel(program, kernel=None):
         index = block.ops.index(op)
         attrs = {name: op.attr(name) for name in LAMB_ATTRS}
         attrs.update({name: op.attr(name) for name in COMMON_ATTRS if op.has_attr(name)})
-        def variables(names):  # objects, not names: the gradient-merge block reads its parent's vars
-            return [block._var_recursive(name) for name in names]
-
-        inputs = {slot: variables(_slot(op, slot)) for slot in LAMB_SLOTS_IN if _slot(op, slot)}
-        if "SkipUpdate" in inputs:  # the kernel declares it optional: its slot is named SkipUpdate@OPTIONAL
-            inputs["SkipUpdate@OPTIONAL"] = inputs.pop("SkipUpdate")
-        block._insert_op(index, type=kernel.op_type, inputs=inputs,
-                         outputs={slot: variables(op.output(slot)) for slot in LAMB_SLOTS_OUT}, attrs=attrs)
+        # Variable objects, not names: the gradient-merge block reads its parent block's variables.
+        inputs = {KERNEL_SLOTS.get(slot, slot): [block._var_recursive(n) for n in _slot(op, slot)]
+                  for slot in LAMB_SLOTS_IN if _slot(op, slot)}
+        outputs = {slot: [block._var_recursive(n) for n in op.output(slot)] for slot in LAMB_SLOTS_OUT}
+        block._insert_op(index, type=kernel.op_type, inputs=inputs, outputs=outputs, attrs=attrs)
         block._remove_op(index + 1)
         swapped += 1
     program._sync_with_cpp()

@@ -42,6 +42,7 @@ SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "lamb_cpu.cc
 # -ffp-contract=off: no fused multiply-adds, so every element rounds exactly as Paddle's own kernel does.
 # -fno-math-errno: sqrt need not set errno, which is what lets the compiler vectorise it.
 CXX_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
+LD_FLAGS = ("-pthread",)  # the kernel's threads are std::threads (see lamb_cpu.cc)
 ENABLE_VAR, CACHE_VAR = "BERT_PADDLE_CPU_KERNELS", "BERT_PADDLE_KERNEL_CACHE"
 BUILD_TIMEOUT_S = 600
 
@@ -95,7 +96,7 @@ def cache_key(paddle_version, compiler, cpu=None):
     for path in SOURCES:
         with open(path, "rb") as f:
             digest.update(f.read())
-    for part in (*CXX_FLAGS, "|", *link_flags(), "|", paddle_version, compiler, cpu or _cpu_identity()):
+    for part in (*CXX_FLAGS, "|", *LD_FLAGS, "|", paddle_version, compiler, cpu or _cpu_identity()):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -103,11 +104,6 @@ def cache_key(paddle_version, compiler, cpu=None):
 def _paddle_version():
     import paddle
     return f"{paddle.__version__}+{paddle.version.commit}"
-
-
-def link_flags():
-    """Linker flags: the kernel's threads are std::threads (see lamb_cpu.cc), so only -pthread."""
-    return ("-pthread",)
 
 
 def _compile(out_dir):
@@ -119,7 +115,7 @@ def _compile(out_dir):
     code = ("import zlib, sys\n"
             "from paddle.utils.cpp_extension import load\n"
             f"load(name={LIBRARY!r}, sources={list(SOURCES)!r}, extra_cxx_cflags={list(CXX_FLAGS)!r}, "
-            f"extra_ldflags={list(link_flags())!r}, build_directory={out_dir!r})\n")
+            f"extra_ldflags={list(LD_FLAGS)!r}, build_directory={out_dir!r})\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=out_dir,
                           timeout=BUILD_TIMEOUT_S)
     built = sorted(glob.glob(os.path.join(out_dir, LIBRARY, "**", f"{LIBRARY}*.so"), recursive=True))
