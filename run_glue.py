@@ -87,6 +87,7 @@ def build_parser():
                    help="the task's GLUE directory: train.tsv, dev.tsv (MNLI: dev_matched/dev_mismatched.tsv), "
                         "test.tsv (MNLI: test_matched/test_mismatched.tsv)")
     g.add_argument("--output-dir", required=True, help="results go to <output-dir>/<bert-model>/glue/<Task>/")
+    finetune.add_replace_model_flag(g)
     g.add_argument("--mode", type=_mode, default=None,
                    help="train | eval | prediction or a combination (train_eval, train_prediction, "
                         "eval_prediction, train_eval_prediction; 'train eval' also works); adds to --do-*")
@@ -125,7 +126,8 @@ class Plan:
     decide); model_cfg (modeling.BertConfig); init_path; require_head (False only when fine-tuning a
     pretrained encoder); device; optim (OptimConfig, None without training); precision (PrecisionConfig);
     out_dir (<output-dir>/<bert-model>/glue/<Task>); report_file; export_dir (--from-checkpoint when it is an
-    `inference.export` directory, else None).
+    `inference.export` directory, else None); replace_model (--replace-model on a run that saves a model:
+    the old model directory is moved aside first).
     """
     spec: object
     do_train: bool
@@ -141,6 +143,7 @@ class Plan:
     out_dir: str
     report_file: str
     export_dir: object = None
+    replace_model: bool = False
 
     @property
     def amp(self):
@@ -207,6 +210,8 @@ def validate_args(args):
     model_name = finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
     out_dir = os.path.join(args.output_dir, model_name, "glue", spec.name)
     finetune.check_writable("--output-dir", args.output_dir, out_dir)
+    saves_model = do_train and not args.benchmark
+    finetune.check_model_output(out_dir, init_path, will_save=saves_model, replace=args.replace_model)
     if args.report_file:
         finetune.check_writable("--report-file", args.report_file, os.path.dirname(os.path.abspath(args.report_file)))
     if args.max_seq_length > model_cfg.max_position_embeddings:
@@ -221,7 +226,7 @@ def validate_args(args):
                 max_steps=None if args.max_steps in (None, -1) else args.max_steps, model_cfg=model_cfg,
                 init_path=init_path, require_head=require_head, device=device, optim=optim, precision=precision,
                 out_dir=out_dir, report_file=args.report_file or os.path.join(out_dir, "report.json"),
-                export_dir=export_dir)
+                export_dir=export_dir, replace_model=saves_model and args.replace_model)
 
 
 def _check_export(args, init_path, do_train, spec):
@@ -272,6 +277,8 @@ def main(argv=None):
     plan = validate_args(args)
     data = _read_splits(args, plan)  # malformed rows fail here, before the runtime starts
     rt = init_runtime(plan.device, seed=args.seed)
+    if rt.dist.is_main:
+        finetune.make_room_for_model(plan.out_dir, plan.replace_model)
     with paddle.static.scope_guard(paddle.static.Scope()):
         return run(args, plan, rt, data)
 

@@ -79,6 +79,7 @@ def build_parser():
     g.add_argument("--max-steps", type=int, default=None,
                    help="cap on optimizer updates; None or -1 = --epochs decide")
     g.add_argument("--output-dir", required=True, help="results go to <output-dir>/<bert-model>/squad/")
+    finetune.add_replace_model_flag(g)
     g.add_argument("--log-freq", type=int, default=10, help="log the loss every N updates")
     g.add_argument("--num-steps-per-checkpoint", type=int, default=100,
                    help="accepted for compatibility: SQuAD fine-tuning saves once, at the end")
@@ -145,7 +146,8 @@ class Plan:
     model_name (--bert-model, or the name of the architecture in use); out_dir
     (<output-dir>/<model_name>/squad); report_file (--report-file, default <out_dir>/report.json); context
     (the --question's text, else None); export_dir (--from-checkpoint when it is an `inference.export`
-    directory, else None).
+    directory, else None); replace_model (--replace-model on a run that saves a model: the old model
+    directory is moved aside first).
     """
     do_train: bool
     do_predict: bool
@@ -166,6 +168,7 @@ class Plan:
     model_name: str = finetune.DEFAULT_BERT_MODEL
     context: object = None
     export_dir: object = None
+    replace_model: bool = False
 
 
 def _modes(args):
@@ -346,6 +349,8 @@ def validate_args(args):
     out_dir = os.path.join(args.output_dir, model_name, "squad")
     if do_train or do_predict:  # a single --question writes nothing
         _check_outputs(args, out_dir)
+    saves_model = do_train and not args.benchmark
+    finetune.check_model_output(out_dir, init_path, will_save=saves_model, replace=args.replace_model)
     if args.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({model_cfg.max_position_embeddings})")
@@ -366,7 +371,7 @@ def validate_args(args):
                 model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
                 amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir, model_name=model_name,
                 report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context,
-                export_dir=export_dir)
+                export_dir=export_dir, replace_model=saves_model and args.replace_model)
 
 
 def main(argv=None):
@@ -386,6 +391,8 @@ def main(argv=None):
             logging.getLogger(name).setLevel(logging.DEBUG)
 
     rt = init_runtime(plan.device, seed=args.seed)
+    if rt.dist.is_main:
+        finetune.make_room_for_model(plan.out_dir, plan.replace_model)
     with paddle.static.scope_guard(paddle.static.Scope()):
         if args.question is not None:
             return answer_question(args, plan, rt)

@@ -270,13 +270,21 @@ def detect_task(init_path, task_name):
     return spec
 
 
+def _input_paths(args):
+    """(flag, path) of everything an export reads: the output may be none of them, hold none, lie in none."""
+    checkpoint = args.checkpoint if os.path.exists(args.checkpoint) else args.checkpoint + ".pdparams"
+    return [("--checkpoint", checkpoint), ("--vocab-file", args.vocab_file), ("--config-file", args.config_file),
+            ("--int8-calibration-file", args.int8_calibration_file), ("--int8-eval-file", args.int8_eval_file)]
+
+
 def _check_common(args):
     from tasks import flags as common
-    from utils.fs import probe_writable
+    from utils.fs import probe_writable, refuse_output_over_inputs
 
     common.require_existing("--vocab-file", args.vocab_file, "file")
     if not (os.path.exists(args.checkpoint) or os.path.isfile(args.checkpoint + ".pdparams")):
         raise ValueError(f"--checkpoint '{args.checkpoint}' does not exist")
+    refuse_output_over_inputs("--output-dir", args.output_dir, _input_paths(args))
     if os.path.exists(args.output_dir) and not args.overwrite:
         raise ValueError(f"--output-dir '{args.output_dir}' already exists; remove it or add --overwrite")
     try:

@@ -53,7 +53,8 @@ step "3/4 SQuAD fine-tuning and evaluation"
 squad_args=($(source configs/squad_config.sh && cpu_demo))
 [[ ${squad_args[8]} == */data/samples/squad ]] &&
   echo "(no downloaded SQuAD in data/download/squad/v1.1: using the embedded sample data/samples/squad)"
-bash scripts/run_squad.sh "${squad_args[@]}"
+# A second demo run keeps the first fine-tuned model: moved aside to bert-tiny/squad.superseded-<time>.
+REPLACE_MODEL=1 bash scripts/run_squad.sh "${squad_args[@]}"
 
 step "4/4 a question for the fine-tuned model (one it was fine-tuned on: a tiny model only recalls those)"
 $PY run_squad.py --from-checkpoint "$RESULTS_DIR/bert-tiny/squad" --vocab-file "$DEMO_DIR/vocab.txt" \

@@ -31,6 +31,8 @@
 #   DRY_RUN=1             print the command (shell-quoted, one line) on stdout, list on stderr (`missing:`)
 #                         the inputs a real run needs that are absent, and run nothing (the GPU check
 #                         below is skipped: a dry run describes the command, not this machine)
+#   REPLACE_MODEL=1       --replace-model: training into an output that holds a fine-tuned model moves the
+#                         old directory aside (<dir>.superseded-<time>) instead of being refused
 #   BERT_PREP_WORKING_DIR where glue/<Task> lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else custom;
 #                         without a config file none is passed: run_glue.py names the model after the
@@ -64,6 +66,7 @@ seed=${14:-2}
 if (( $# >= 15 )); then mode="${*:15}"; else mode="train eval"; fi
 DEVICE=${DEVICE:-auto}
 DRY_RUN=${DRY_RUN:-0}
+REPLACE_MODEL=${REPLACE_MODEL:-0}
 MAX_STEPS=${MAX_STEPS:--1}
 
 # ------------------------------------------------------------------------------------------ validation
@@ -88,6 +91,7 @@ for word in $mode_words; do
 done
 [[ $MAX_STEPS == -1 ]] || need_int MAX_STEPS env "$MAX_STEPS" 1
 case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
+need_choice REPLACE_MODEL env "$REPLACE_MODEL" 0 1
 
 bert_model=$(bert_model_for "$config_file")
 DO_LOWER_CASE=$(lower_case_for "$bert_model")
@@ -109,6 +113,7 @@ cmd=("${launcher[@]}" "$REPO_ROOT/run_glue.py" "--task-name=$task_name" "--data-
 [[ -n $bert_model ]] && cmd+=("--bert-model=$bert_model")
 [[ $DO_LOWER_CASE == true ]] && cmd+=(--do-lower-case)
 [[ $config_file == None ]] || cmd+=("--config-file=$config_file")
+[[ $REPLACE_MODEL == 1 ]] && cmd+=(--replace-model)
 case $precision in
   fp16) cmd+=(--amp --use-dynamic-loss-scaling) ;;
   bf16) cmd+=(--amp --amp-dtype=bfloat16) ;;

@@ -31,6 +31,8 @@
 #   DRY_RUN=1             print the command (shell-quoted, one line) on stdout and run nothing (the GPU
 #                         check below is skipped: a dry run describes the command, not this machine); then
 #                         list on stderr (`missing:` lines) the inputs a real run needs that are absent
+#   REPLACE_MODEL=1       --replace-model: training into an output that holds a fine-tuned model moves the
+#                         old directory aside (<dir>.superseded-<time>) instead of being refused
 #   BERT_PREP_WORKING_DIR where squad/v1.1 lives (default <repo>/data/download)
 #   BERT_MODEL            --bert-model (default: the config file's name when it is in bert_configs/, else
 #                         custom; without a config file none is passed: run_squad.py names the model after
@@ -71,6 +73,7 @@ benchmark_warmup_steps=${17:-100}
 fuse_mha=${18:-true}
 DEVICE=${DEVICE:-auto}
 DRY_RUN=${DRY_RUN:-0}
+REPLACE_MODEL=${REPLACE_MODEL:-0}
 SQUAD_VERSION=${SQUAD_VERSION:-1.1}
 
 # ------------------------------------------------------------------------------------------ validation
@@ -89,6 +92,7 @@ need_int benchmark_steps 16 "$benchmark_steps" 1
 need_int benchmark_warmup_steps 17 "$benchmark_warmup_steps" 0
 need_choice fuse_mha 18 "$fuse_mha" true false
 case $DEVICE in auto|cpu|gpu) ;; *) die "DEVICE must be auto, cpu or gpu, got '$DEVICE'" ;; esac
+need_choice REPLACE_MODEL env "$REPLACE_MODEL" 0 1
 case $SQUAD_VERSION in 1.1|2.0) ;; *) die "SQUAD_VERSION must be 1.1 or 2.0, got '$SQUAD_VERSION'" ;; esac
 
 bert_model=$(bert_model_for "$config_file")
@@ -112,6 +116,7 @@ cmd+=("--learning-rate=$learning_rate" "--warmup-proportion=$warmup_proportion"
       "--doc-stride=${DOC_STRIDE:-128}" "--max-query-length=${MAX_QUERY_LENGTH:-64}" "--output-dir=$out_dir" "--vocab-file=$vocab_file")
 [[ $config_file == None ]] || cmd+=("--config-file=$config_file")
 cmd+=("--max-steps=$max_steps" --optimizer=AdamW "--log-freq=${LOG_FREQ:-100}" "--device=$DEVICE")
+[[ $REPLACE_MODEL == 1 ]] && cmd+=(--replace-model)
 case $precision in
   amp) cmd+=(--amp --use-dynamic-loss-scaling --scale-loss=128.0) ;;
   bf16) cmd+=(--amp --amp-dtype=bfloat16) ;;

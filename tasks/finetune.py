@@ -2,8 +2,9 @@
 
 Owns: `check_vocab` (a usable BERT vocab whose casing matches --do-lower-case), `model_config` (the
 architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json),
-`check_writable` (an output location that can be written, probed before any work) and `init_path` (the
---from-checkpoint / --from-pretrained-params choice, never a random initialisation). Does not own: a task's own
+`check_writable` (an output location that can be written, probed before any work), `init_path` (the
+--from-checkpoint / --from-pretrained-params choice, never a random initialisation) and the rule that a
+training run never replaces a fine-tuned model silently (`check_model_output`, `make_room_for_model`). Does not own: a task's own
 flags or rules (each entry point's `validate_args`), loading weights (`tasks.squad.init_parameters`).
 
 Errors are ValueErrors in the flags' words; the entry points print them as one `error:` line (exit 2).
@@ -15,7 +16,7 @@ from modeling import BertConfig
 from tasks import flags as common
 from tasks.squad import resolve_init_path, saved_config_next_to
 from tokenizer import check_vocab_case, load_vocab, special_token_ids
-from utils.fs import probe_writable
+from utils.fs import move_aside, probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -128,3 +129,63 @@ def init_path(from_checkpoint, from_pretrained_params, model_prefix, do_train, t
     if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
         raise ValueError(f"{flag} '{path}' does not exist")
     return resolve_init_path(path, model_prefix), not (do_train and from_pretrained_params)
+
+
+REPLACE_MODEL_FLAG = "--replace-model"
+
+
+def add_replace_model_flag(group):
+    """The flag that lets a training run take an output directory holding a fine-tuned model."""
+    group.add_argument(REPLACE_MODEL_FLAG, action="store_true",
+                       help="train even though the output directory already holds a fine-tuned model: the old "
+                            "directory (model, predictions, reports) is moved aside to "
+                            "<dir>.superseded-<time>, never deleted")
+
+
+def fine_tuned_models(out_dir):
+    """Names of the fine-tuned weight files (`*.pdparams`) directly in `out_dir`, sorted; [] when none."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(n for n in os.listdir(out_dir) if n.endswith(".pdparams"))
+
+
+def check_model_output(out_dir, init_path, *, will_save, replace):
+    """Refuse a training run whose output directory already holds a fine-tuned model, unless `replace`.
+
+    Why: saving would silently overwrite that model and leave its predictions and reports beside the new
+    one, as if they described it. As pretraining does with checkpoints, the run is refused, naming what is
+    there and the way out; `--replace-model` moves the old directory aside whole (`make_room_for_model`).
+
+    Args:
+      out_dir: str, <output-dir>/<bert-model>/<task dir>.
+      init_path: str, the weights this run starts from (they must not be moved away before loading).
+      will_save: bool, the run writes a model (training, not --benchmark).
+      replace: bool, --replace-model.
+
+    Raises:
+      ValueError: a model is there and `replace` is not set; or `replace` would move the run's own
+        starting weights.
+    """
+    found = fine_tuned_models(out_dir) if will_save else []
+    if not found:
+        return
+    if not replace:
+        raise ValueError(f"--output-dir: {out_dir} already holds a fine-tuned model ({', '.join(found)}); "
+                         f"use another --output-dir, or pass {REPLACE_MODEL_FLAG} to move that directory aside "
+                         f"(kept as {os.path.basename(out_dir)}.superseded-<time>) and train anew")
+    if os.path.commonpath([os.path.realpath(out_dir), os.path.realpath(init_path)]) == os.path.realpath(out_dir):
+        raise ValueError(f"{REPLACE_MODEL_FLAG} would move aside {out_dir}, which holds the weights this run "
+                         f"starts from ('{init_path}'); give another --output-dir")
+
+
+def make_room_for_model(out_dir, replace):
+    """With --replace-model on a run that saves a model (`replace`), move a directory holding a fine-tuned
+    model aside before the run writes into it (its reports and predictions included, so nothing old sits
+    beside the new model). Call it on the process that writes, after `check_model_output`.
+
+    Returns:
+      str, where the old directory went, or None when nothing was moved.
+    """
+    if not (replace and fine_tuned_models(out_dir)):
+        return None
+    return move_aside(out_dir, f"{REPLACE_MODEL_FLAG}: this run writes a new fine-tuned model there")

@@ -225,7 +225,8 @@ class PretrainSession:
         self.bundle.lr_scheduler.set_state_dict(restored.lr_state)
         self.loader.load_state_dict(restored.loader_state)
         if source_manager.root_dir == self.manager.root_dir:
-            later = [s for s in self.manager.available_steps() if s > restored.global_step]
+            complete, damaged = self.manager.scan()  # damaged ones too: a replay must not meet them later
+            later = sorted(s for s in [*complete, *damaged] if s > restored.global_step)
             self.manager.supersede(later, f"resuming from step {restored.global_step}: this run replays "
                                           f"those steps, and 'auto' must not pick the old ones")
         if self.cfg.checkpointing.from_phase1_final_params:

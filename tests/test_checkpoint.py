@@ -155,7 +155,11 @@ def test_interrupted_save_is_ignored_and_cleaned(tmp_path, exe):
         manager.restore(exe, prog.main, step=3)
 
     manager.save(exe, prog.main, _progress(5, prog))
-    assert sorted(os.listdir(tmp_path)) == ["2", "5"]
+    # The killed save's temporary directory is deleted; the damaged step directories are moved aside.
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith("superseded-")) == ["2", "5"]
+    aside = sorted(p.relative_to(tmp_path).parts[1] for p in tmp_path.glob("superseded-*/*"))
+    assert aside == ["3", "6"]
+    assert next(tmp_path.glob("superseded-*/6/progress.json")).read_text() == '{"global_step": 6, "pha'
 
 
 def test_keep_last_purges_by_disk_scan_across_managers(tmp_path, exe):
@@ -175,8 +179,10 @@ def test_save_replaces_same_step_and_other_ranks_write_nothing(tmp_path, exe):
     manager = CheckpointManager(tmp_path)
     manager.save(exe, prog.main, _progress(3, prog, epoch=0))
     manager.save(exe, prog.main, _progress(3, prog, epoch=1))
-    assert sorted(os.listdir(tmp_path)) == ["3"]
+    assert [n for n in os.listdir(tmp_path) if not n.startswith("superseded-")] == ["3"]
     assert manager.restore(exe, prog.main, step=3).epoch == 1
+    old, = tmp_path.glob("superseded-*/3")  # the replaced checkpoint is kept, whole
+    assert json.loads((old / "progress.json").read_text())["epoch"] == 0
     other = CheckpointManager(tmp_path / "rank1", rank=1)
     assert other.save(exe, prog.main, _progress(3, prog)) is None
     assert not (tmp_path / "rank1").exists()

@@ -3,6 +3,7 @@
 Each test reproduces a defect found by fault testing (issue 8) on the tiny two-layer program of
 test_checkpoint.py, in its own scope.
 """
+import json
 import logging
 import os
 import pickle
@@ -208,13 +209,78 @@ def test_supersede_moves_aside_and_auto_no_longer_sees_them(tmp_path, exe):
     assert sorted(os.listdir(aside)) == ["2", "3"]  # retention never touches superseded checkpoints
 
 
-def test_incomplete_step_dirs_are_removed_by_purge_with_their_reason(tmp_path, exe, caplog):
+def test_incomplete_step_dirs_are_moved_aside_by_purge_with_their_reason(tmp_path, exe, caplog):
     prog, manager, _ = _three_checkpoints(tmp_path, exe)
     (tmp_path / "9").mkdir()
     (tmp_path / "9" / "bert_paddle.pdparams").write_bytes(b"partial")
     with caplog.at_level(logging.WARNING, logger="utils.checkpoint"):
         manager.save(exe, prog.main, _progress(4, prog))
     assert not (tmp_path / "9").exists() and "has no progress.json" in caplog.text
+    kept, = tmp_path.glob("superseded-*/9/bert_paddle.pdparams")
+    assert kept.read_bytes() == b"partial" and "moved checkpoint(s) of step 9 aside" in caplog.text
+
+
+def _damage(step_dir, how):
+    """Damage of the kinds `auto` skips cheaply (so a resumed run meets the directory again at that step)."""
+    params = step_dir / "bert_paddle.pdparams"
+    if how == "missing_progress":
+        (step_dir / "progress.json").unlink()
+    elif how == "truncated_params":
+        params.write_bytes(params.read_bytes()[:-40])
+    else:  # a progress.json that names another step
+        record = json.loads((step_dir / "progress.json").read_text())
+        (step_dir / "progress.json").write_text(json.dumps(dict(record, global_step=7)))
+
+
+@pytest.mark.parametrize("how", ["missing_progress", "truncated_params", "lying_global_step"])
+def test_a_damaged_step_saved_again_is_moved_aside_never_deleted(tmp_path, exe, caplog, how):
+    """Issue 20 item 4: a resumed run reaching the step of a damaged directory logged 'replacing existing
+    checkpoint' and deleted it; only a SHA mismatch (seen at load time) was moved aside."""
+    prog, manager, _ = _three_checkpoints(tmp_path, exe)
+    _damage(tmp_path / "3", how)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "3").iterdir()}
+    assert manager.available_steps() == [1, 2]
+    with caplog.at_level(logging.INFO, logger="utils.checkpoint"):
+        manager.save(exe, prog.main, _progress(3, prog))
+    assert manager.available_steps() == [1, 2, 3]
+    kept, = tmp_path.glob("superseded-*/3")
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert "replacing" not in caplog.text and "removing" not in caplog.text
+
+
+def test_a_step_directory_replaced_by_the_same_step_is_kept(tmp_path, exe):
+    prog, manager, _ = _three_checkpoints(tmp_path, exe)
+    before = (tmp_path / "3" / "bert_paddle.pdparams").read_bytes()
+    manager.save(exe, prog.main, _progress(3, prog))
+    kept, = tmp_path.glob("superseded-*/3/bert_paddle.pdparams")
+    assert kept.read_bytes() == before
+
+
+def test_retention_that_cannot_delete_does_not_claim_it_did(tmp_path, exe, caplog, monkeypatch):
+    """Issue 20 item 4: `rmtree(ignore_errors=True)` on an immutable directory logged 'removed'."""
+    import shutil
+
+    import utils.checkpoint as ckpt
+
+    prog, manager, _ = _three_checkpoints(tmp_path, exe)
+
+    def refuse(path, *args, **kwargs):
+        if os.path.basename(path) == "1":
+            raise PermissionError(1, "Operation not permitted", path)
+        return shutil.rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", refuse)
+    with caplog.at_level(logging.INFO, logger="utils.checkpoint"):
+        manager.save(exe, prog.main, _progress(4, prog))
+    assert (tmp_path / "1" / "progress.json").exists()
+    assert f"removed old checkpoint {tmp_path / '1'}" not in caplog.text
+    assert f"could not remove old checkpoint {tmp_path / '1'} (Operation not permitted)" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="utils.checkpoint"):
+        manager.save(exe, prog.main, _progress(5, prog))
+    assert not (tmp_path / "1").exists() and not (tmp_path / "2").exists()
+    assert f"removed old checkpoint {tmp_path / '1'}" in caplog.text
 
 
 def test_a_reference_checkpoint_dir_is_explained_and_never_removed(tmp_path, exe, caplog):

@@ -77,12 +77,17 @@ def test_truncated_newest_checkpoint_falls_back_and_ends_identical(shards, six_s
     out = _copy_run(six_steps, tmp_path / "out")
     root = out / "bert-tiny" / "phase1"
     params = root / "6" / "bert_paddle.pdparams"
-    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    damaged = params.read_bytes()[: params.stat().st_size // 2]
+    params.write_bytes(damaged)
     proc = _run(_pretrain_args(shards, out, "--from-checkpoint", str(root), "--last-step-of-checkpoint",
                                "auto", steps=6))
     assert f"ignoring checkpoint directory {root / '6'}" in proc.stderr and "bert_paddle.pdparams has" in proc.stderr
     assert "restored step 4" in proc.stderr
     _assert_same_state(root / "6", six_steps / "bert-tiny" / "phase1" / "6")
+    # Issue 20 item 4: the damaged step 6 was deleted when the replay saved step 6 again; now it is kept.
+    assert "moved checkpoint(s) of step 6 aside" in proc.stderr and "replacing existing" not in proc.stderr
+    kept, = root.glob("superseded-*/6/bert_paddle.pdparams")
+    assert kept.read_bytes() == damaged
 
 
 def test_phase2_from_a_phase1_checkpoint_is_refused(shards, six_steps, tmp_path):  # noqa: F811

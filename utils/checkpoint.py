@@ -33,7 +33,11 @@ Layout on disk (`phase_dir` builds the root):
 A save writes `<step>.tmp-XXXX/`, fsyncs every file and the directory, then renames it to `<step>/`, so
 a crash or power cut leaves either the previous set of checkpoints or the new one, never a directory that
 looks complete but is not. Retention scans the disk, so a resumed process (or a second manager) purges
-the checkpoints of earlier processes. A save refuses parameters holding NaN/inf.
+the checkpoints of earlier processes. What is deleted: complete checkpoints older than the newest
+`keep_last` (retention), and the `<step>.tmp-*` directories of saves that were killed. Everything else
+that must make way (a damaged step directory, one replaced by a new save of the same step, the later
+steps of a run resumed from an older one) is moved aside to `superseded-*`. A save refuses parameters
+holding NaN/inf.
 
 Restores match variables by name. Programs must therefore name their parameters explicitly and be built
 the same way (optimizer accumulator names such as `l1.w_moment1_0` come from `paddle.utils.unique_name`;
@@ -462,18 +466,23 @@ class CheckpointManager:
         return self.step_dir(step)
 
     def _move_into_place(self, tmp, final):
-        if os.path.exists(final):
-            logger.warning("replacing existing checkpoint %s", final)
-            # The old copy is renamed to a *.tmp-* name first, so a crash here leaves it as stale debris
-            # for the next purge rather than as a half-replaced checkpoint.
-            aside = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-replaced-", dir=self.root_dir)
-            os.rmdir(aside)
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        """Rename the finished `tmp` to `final`; a directory already there (a damaged checkpoint of the same
+        step that resume skipped, or one of a replayed step) is moved aside first, never deleted."""
+        if os.path.lexists(final):
+            self.supersede([int(os.path.basename(final))], "a new checkpoint of the same step replaces it")
+        os.replace(tmp, final)
         fsync_path(self.root_dir)
+
+    def _remove_old(self, step):
+        """Retention: delete an old complete checkpoint, saying whether that really happened."""
+        path = self.step_dir(step)
+        try:
+            shutil.rmtree(path)
+        except OSError as err:
+            logger.warning("could not remove old checkpoint %s (%s); it stays on disk: remove it by hand", path,
+                           err.strerror or err)
+            return
+        logger.info("removed old checkpoint %s (retention: the newest %d are kept)", path, self.keep_last)
 
     def _purge(self, keep):
         complete, problems = self.scan()
@@ -484,14 +493,12 @@ class CheckpointManager:
         kept = set(complete[-self.keep_last:]) | {keep} | set(newer)
         for step in complete:
             if step not in kept:
-                shutil.rmtree(self.step_dir(step), ignore_errors=True)
-                logger.info("removed old checkpoint %s", self.step_dir(step))
+                self._remove_old(step)
         for step, reason in problems.items():
             if self._written_by_the_reference(step):
                 logger.warning("leaving %s alone: %s", self.step_dir(step), reason)
                 continue
-            logger.warning("removing incomplete checkpoint directory %s: %s", self.step_dir(step), reason)
-            shutil.rmtree(self.step_dir(step), ignore_errors=True)
+            self.supersede([step], f"not a usable checkpoint ({reason})")
         for name in os.listdir(self.root_dir):
             path = os.path.join(self.root_dir, name)
             if os.path.isdir(path) and _TMP_DIR.match(name):

@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +306,63 @@ def atomic_output_dir(path, overwrite=False):
     os.replace(tmp, path)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _relation(output, given):
+    """How path `output` stands to path `given` (both resolved through symlinks): 'is', 'contains',
+    'lies inside' or None when they are apart."""
+    out, inp = os.path.realpath(output), os.path.realpath(given)
+    if out == inp:
+        return "is"
+    if os.path.commonpath([out, inp]) == out:
+        return "contains"
+    if os.path.commonpath([out, inp]) == inp:
+        return "lies inside"
+    return None
+
+
+def refuse_output_over_inputs(output_flag, output, inputs):
+    """Refuse an output location that is, contains or lies inside any input, `--overwrite` or not.
+
+    Why: every output is written under a temporary name and renamed over the old one, so an output that
+    is (or holds) an input would replace that input with the result built from it: the corpus, the vocab
+    or the checkpoint the user pointed at would be gone after a run that "succeeded". An output inside an
+    input directory is refused too: the input would change under the user (and a re-run would read it).
+
+    Args:
+      output_flag: str, the flag naming the output (for the message), e.g. "--sink".
+      output: str path of the output file or directory (need not exist).
+      inputs: iterable of (flag, path or None): every file or directory the command reads; None is skipped.
+
+    Raises:
+      ValueError: naming both flags, both paths and how they overlap.
+    """
+    for flag, given in inputs:
+        if given is None:
+            continue
+        relation = _relation(output, given)
+        if relation is not None:
+            raise ValueError(f"{output_flag} '{output}' {relation} {flag} '{given}': writing there would replace "
+                             f"an input; give {output_flag} a path outside every input")
+
+
+def move_aside(path, reason):
+    """Rename `path` (a file or directory) to a sibling `<name>.superseded-<UTC time>-XXXX` and say so.
+
+    Why: when a command must make room for a new output where an old one stands (the user asked for
+    that), the old one is kept, never deleted: the user decides what to remove.
+
+    Args:
+      path: str, an existing file or directory.
+      reason: str, why it is moved (logged in the warning with both paths).
+
+    Returns:
+      str, the new path.
+    """
+    path = os.path.abspath(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    holder = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.superseded-{stamp}-", dir=os.path.dirname(path))
+    os.rmdir(holder)  # only its unique name is wanted: the rename below creates it
+    os.replace(path, holder)
+    logger.warning("moved %s aside to %s: %s", path, holder, reason)
+    return holder

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from data import lddl_format as fmt
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_output_dir
+from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,14 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
     """
     if num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
-    in_place = outdir is None or os.path.abspath(outdir) == os.path.abspath(indir)
+    in_place = outdir is None
+    if not in_place:
+        # Rewriting --indir is what leaving out --outdir asks for (LDDL's interface): the same rows, moved
+        # between files. An --outdir that is, holds or lies in --indir would instead replace or alter it.
+        try:
+            refuse_output_over_inputs("--outdir", outdir, [("--indir", indir)])
+        except ValueError as err:
+            raise ValueError(f"{err} (to rebalance --indir in place, leave out --outdir)") from None
     if not in_place and os.path.exists(outdir) and not overwrite:
         raise ValueError(f"--outdir '{outdir}' already exists; remove it or pass --overwrite")
     shards = fmt.list_shards(indir)

@@ -20,7 +20,7 @@ import sys
 
 from tokenizer import SPECIAL_TOKENS, hf_normalizer, hf_pre_tokenizer, load_vocab
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_write_text, check_writable_dir
+from utils.fs import atomic_write_text, check_writable_dir, refuse_output_over_inputs
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
     output_path = os.fspath(output_path)
     if os.path.isdir(output_path):
         raise ValueError(f"--output '{output_path}' is a directory; give the vocab file's path")
+    refuse_output_over_inputs("--output", output_path, [("--input", os.fspath(p)) for p in paths])
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"--output '{output_path}' already exists; remove it or pass --overwrite")
     check_writable_dir(os.path.dirname(os.path.abspath(output_path)), "--output")  # now, not after training

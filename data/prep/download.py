@@ -37,7 +37,7 @@ import urllib.parse
 import urllib.request
 
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_write_text
+from utils.fs import atomic_write_text, move_aside
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -294,8 +294,8 @@ def _extract_task(archive, task, glue_dir):
         source = roots[0] if len(roots) == 1 and os.path.isdir(roots[0]) else tmp
         if not _task_complete(source):
             raise DownloadError(f"{archive} holds no {task} train.tsv / dev.tsv; delete it and run again")
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        if os.path.exists(final):  # incomplete (a complete task is never extracted again): kept, not deleted
+            move_aside(final, f"it lacks {task}'s train.tsv or dev.tsv; extracting {os.path.basename(archive)}")
         os.replace(source, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -62,7 +62,7 @@ from data import lddl_format as fmt
 from data.masking import mask_batch
 from data.prep.pretraining_pairs import create_instances, split_sentences, tokenize_documents
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_output_dir
+from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -676,6 +676,10 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
     if block_size_mb <= 0 or num_workers < 0 or threads_per_worker < 1:
         raise ValueError("--block-size-mb must be > 0, --num-workers >= 0, --local-threads-per-worker >= 1")
     holdout_sink = _holdout_sink(settings, sink, holdout_sink)
+    inputs = [("--source", path) for path in sources] + [("--vocab-file", settings.vocab_file)]
+    for flag, path in (("--sink", sink), ("--holdout-sink", holdout_sink)):
+        if path is not None:
+            refuse_output_over_inputs(flag, path, inputs)
     for flag, path in (("--sink", sink), ("--holdout-sink", holdout_sink)):
         if path is not None and os.path.exists(path) and not overwrite:
             raise ValueError(f"{flag} '{path}' already exists; remove it or pass --overwrite")

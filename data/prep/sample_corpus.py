@@ -29,7 +29,7 @@ import sysconfig
 import warnings
 
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_output_dir
+from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def build_sample_corpus(output_dir, num_files=4, max_documents=None, max_bytes=N
     """
     _check_limits(num_files, max_documents, max_bytes)
     root = stdlib_dir() if root is None else os.fspath(root)
+    refuse_output_over_inputs("--output-dir", output_dir, [("the standard library directory", root)])
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"--output-dir '{output_dir}' already exists; remove it or pass --overwrite")
     docs = progress(iter_documents(root), desc="stdlib modules", unit="doc")

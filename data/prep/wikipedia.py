@@ -37,7 +37,7 @@ from mwparserfromhell import nodes as mwnodes
 
 from data.prep.corpus import open_binary
 from utils.cli import ArgumentParser, run_cli
-from utils.fs import atomic_output_dir
+from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -477,6 +477,7 @@ def extract(dump_path, output_dir, num_files=16, num_workers=None, min_chars=1, 
             raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
     if not os.path.isfile(dump_path):
         raise ValueError(f"--dump '{dump_path}' does not exist or is not a file")
+    refuse_output_over_inputs("--output-dir", output_dir, [("--dump", dump_path)])
     replace = _check_output_dir(output_dir, overwrite)
     stats = ExtractStats()
     with atomic_output_dir(output_dir, overwrite=replace) as tmp:
