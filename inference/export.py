@@ -150,7 +150,6 @@ def source_record(path):
 
 SQUAD_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's default
-QA_HEAD, GLUE_HEAD = "qa_outputs.", "classifier."
 
 
 def build_parser():
@@ -191,30 +190,6 @@ def build_parser():
     return parser
 
 
-def head_parameters(init_path):
-    """{parameter name (ours): shape} of the task-head parameters (qa_outputs.* / classifier.*) in a
-    checkpoint: our .pdparams (file, prefix or directory) or a Hugging Face safetensors checkpoint.
-
-    Raises:
-      ValueError: the checkpoint cannot be read.
-    """
-    from utils.checkpoint import _read_params, _resolve_params_file
-    from utils.hf_import import hf_checkpoint_files, is_hf_checkpoint, our_name
-
-    if is_hf_checkpoint(init_path):
-        from safetensors import safe_open
-
-        weights, _ = hf_checkpoint_files(init_path)
-        try:
-            with safe_open(weights, "np") as f:
-                shapes = {our_name(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as err:  # safetensors raises its own error types for foreign or truncated files
-            raise ValueError(f"cannot read '{weights}' as safetensors: {err}") from err
-    else:
-        shapes = {k: tuple(v.shape) for k, v in _read_params(_resolve_params_file(init_path)).items()}
-    return {k: v for k, v in shapes.items() if k.startswith((QA_HEAD, GLUE_HEAD))}
-
-
 def _recorded_task(init_path):
     """The GLUE task a run_glue output directory names: eval_results.json's "task", else the directory's
     own name (<output-dir>/<bert-model>/glue/<Task>); None when neither says."""
@@ -247,10 +222,11 @@ def detect_task(init_path, task_name):
         records, or one whose width is not the task's label count.
     """
     from data.features.glue import task_spec
+    from tasks.squad import TASK_HEAD_PREFIXES, head_parameters
 
     heads = head_parameters(init_path)
-    has_qa = any(k.startswith(QA_HEAD) for k in heads)
-    width = heads.get(GLUE_HEAD + "bias")
+    has_qa = any(k.startswith(TASK_HEAD_PREFIXES["SQuAD"]) for k in heads)
+    width = heads.get(TASK_HEAD_PREFIXES["GLUE"] + "bias")
     if task_name is not None:
         spec = task_spec(task_name)
         if has_qa and width is None:
@@ -278,10 +254,14 @@ def _input_paths(args):
 
 
 def _check_common(args):
+    from tasks import finetune
     from tasks import flags as common
     from utils.fs import probe_writable, refuse_output_over_inputs
 
     common.require_existing("--vocab-file", args.vocab_file, "file")
+    # Casing now, as run_squad/run_glue check it before training: the export's settings would otherwise
+    # record a lower-casing the vocab contradicts, and every later loader would refuse it.
+    finetune.check_vocab(args.vocab_file, args.do_lower_case)
     if not (os.path.exists(args.checkpoint) or os.path.isfile(args.checkpoint + ".pdparams")):
         raise ValueError(f"--checkpoint '{args.checkpoint}' does not exist")
     refuse_output_over_inputs("--output-dir", args.output_dir, _input_paths(args))

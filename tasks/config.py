@@ -59,6 +59,7 @@ _KNOB_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "max_query_length")}
 _KNOB_FLAGS["gradient_accumulation_steps"] = "--gradient-merge-steps"
 _KNOB_FLAGS["warmup proportion"] = "--warmup-proportion"
+_KNOB_FLAGS["base_lr"] = "--learning-rate"  # the LR schedule's name for the peak rate
 
 
 def in_flag_terms(message):

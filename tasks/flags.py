@@ -10,6 +10,7 @@ Errors are `ValueError`s naming the flag; the run scripts print them as one line
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -218,13 +219,14 @@ def require_existing(flag, path, kind="path"):
 
 
 def require_positive(args, *names, allow_zero=()):
-    """Raise ValueError for the first `--name` that is not a positive (or, if allowed, zero) number."""
+    """Raise ValueError for the first `--name` that is not a finite positive (or, if allowed, zero) number."""
     for name in names:
         value = getattr(args, name)
-        low_ok = value >= 0 if name in allow_zero else value > 0
-        if value is None or not low_ok:
-            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name in allow_zero else '> 0'}, "
-                             f"got {value!r}")
+        flag = "--" + name.replace("_", "-")
+        if value is None or not (value >= 0 if name in allow_zero else value > 0):
+            raise ValueError(f"{flag} must be {'>= 0' if name in allow_zero else '> 0'}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value!r}")
 
 
 def resolve_bert_config(bert_model, config_file, vocab_file):

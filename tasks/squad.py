@@ -25,13 +25,16 @@ import paddle
 
 from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, split_on_whitespace
 from tasks.engine import run_updates
-from utils.checkpoint import load_pretrained, resolve_init_path  # noqa: F401 -- resolve_init_path: run_squad
+from utils.checkpoint import load_pretrained, parameter_shapes
+from utils.checkpoint import resolve_init_path  # noqa: F401 -- run_squad and tasks.finetune import it from here
 from utils.fs import atomic_write_bytes, atomic_write_json
-from utils.hf_import import is_hf_checkpoint, load_hf_pretrained
+from utils.hf_import import hf_parameter_shapes, is_hf_checkpoint, load_hf_pretrained
 
 logger = logging.getLogger(__name__)
 
 QA_HEAD_PREFIX = "qa_outputs"
+# The task heads fine-tuning adds to the encoder, by the task that trains them (parameter name prefixes).
+TASK_HEAD_PREFIXES = {"SQuAD": QA_HEAD_PREFIX + ".", "GLUE": "classifier."}
 PAD_LOGIT = -10000.0  # logits of positions cut off by batch trimming (padding: never a valid answer)
 SEQ_ALIGN = 8
 CONFIG_FILE_NAME = "bert_config.json"  # the architecture, saved beside fine-tuned parameters
@@ -181,10 +184,24 @@ def init_parameters(exe, program, path, *, require_qa_head, vocab_size, head_pre
             raise ValueError(f"{err}{_reference_checkpoint_hint(path)}") from None
     fresh = sorted(n for n, s in sources.items() if "NEWLY" in s)
     if require_qa_head and fresh:
-        raise ValueError(f"'{path}' has no {head_name} ({', '.join(fresh)}): it is a pretrained BERT, not "
-                         f"a fine-tuned {task} model; fine-tune it first (--mode train or train_eval with "
-                         f"--from-pretrained-params) or give a fine-tuned model to --from-checkpoint")
+        other = [name for name, prefix in TASK_HEAD_PREFIXES.items()
+                 if name != task and any(k.startswith(prefix) for k in head_parameters(path))]
+        what = f"a model fine-tuned for {other[0]}" if other else "a pretrained BERT"
+        raise ValueError(f"'{path}' has no {head_name} ({', '.join(fresh)}): it is {what}, not a fine-tuned "
+                         f"{task} model; fine-tune it first (--mode train or train_eval with "
+                         f"--from-pretrained-params) or give a fine-tuned {task} model to --from-checkpoint")
     return sources
+
+
+def head_parameters(path):
+    """{parameter name: shape} of the task-head parameters (see TASK_HEAD_PREFIXES) in a checkpoint: our
+    .pdparams (file, prefix or directory) or a Hugging Face safetensors checkpoint.
+
+    Raises:
+      ValueError: the checkpoint cannot be read.
+    """
+    shapes = hf_parameter_shapes(path) if is_hf_checkpoint(path) else parameter_shapes(path)
+    return {k: v for k, v in shapes.items() if k.startswith(tuple(TASK_HEAD_PREFIXES.values()))}
 
 
 def _log_update(metrics, epoch, update, loss, lr, opts, updates):

@@ -261,7 +261,8 @@ def test_glue_training_into_a_fine_tuned_model_is_refused(tmp_path, capsys):
     before = tree(tmp_path)
     argv = ["--task-name", "MRPC", "--data-dir", str(tmp_path / "MRPC"), "--vocab-file", str(tmp_path / "vocab.txt"),
             "--do-lower-case", "--bert-model", "custom", "--config-file", str(tmp_path / "tiny.json"),
-            "--output-dir", str(tmp_path / "R"), "--device", "cpu", "--from-pretrained-params", str(tmp_path / "pre.pdparams"), "--mode", "train_eval"]
+            "--output-dir", str(tmp_path / "R"), "--device", "cpu", "--mode", "train_eval",
+            "--from-pretrained-params", str(tmp_path / "pre.pdparams")]
     assert run_glue.cli(argv) == 2
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and f"{glue} already holds a fine-tuned model (bert_paddle.pdparams)" in errors[0]

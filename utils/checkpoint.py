@@ -79,13 +79,15 @@ _STEP_DIR = re.compile(r"^\d+$")
 _TMP_DIR = re.compile(r"^\d+\.tmp-")
 SUPERSEDED_PREFIX = "superseded-"
 MASTER_SUFFIX = "_fp32_master_0"  # Paddle's name for the fp32 copy of a parameter under pure fp16
-_PREVIEW = 20  # names listed in an error message before "... and N more"
+_PREVIEW = 5  # names listed in a message before "... and N more": a line a reader takes in at a glance
 
 
 def _preview(names):
+    """`names` for one log or error line: all of a few; else the count and the first `_PREVIEW`."""
     names = [str(n) for n in names]  # steps are ints, variable names str: both are listed
-    shown = ", ".join(names[:_PREVIEW])
-    return shown + (f", ... and {len(names) - _PREVIEW} more" if len(names) > _PREVIEW else "")
+    if len(names) <= _PREVIEW:
+        return ", ".join(names)
+    return f"{len(names)}: " + ", ".join(names[:_PREVIEW]) + f", ... and {len(names) - _PREVIEW} more"
 
 
 def _json_default(value):
@@ -724,13 +726,29 @@ def _resolve_params_file(path):
     if os.path.isfile(path + ".pdparams"):
         return path + ".pdparams"
     if os.path.isdir(path):
-        found = sorted(n for n in os.listdir(path) if n.endswith(".pdparams"))
+        names = os.listdir(path)
+        found = sorted(n for n in names if n.endswith(".pdparams"))
         if len(found) == 1:
             return os.path.join(path, found[0])
+        inference_files = sorted(n for n in names if n.endswith(".pdiparams"))
+        if not found and inference_files:  # an `inference.export` directory is recognised by its manifest
+            raise ValueError(f"'{path}' holds Paddle Inference files ({', '.join(inference_files)}) but no "
+                             "manifest.json: an export directory that is damaged or incomplete (or not ours); "
+                             "export the model again with python -m inference.export")
         raise ValueError(f"pretrained directory '{path}' must hold exactly one .pdparams file, "
                          f"found {found if found else 'none'}")
     raise ValueError(f"pretrained checkpoint '{path}' does not exist; refusing to fall back to random "
                      "initialisation")
+
+
+def parameter_shapes(path):
+    """{parameter name: shape tuple} of one of our `.pdparams` checkpoints (a file, its prefix, or a
+    directory holding exactly one), e.g. to tell which task head it carries.
+
+    Raises:
+      ValueError: `path` does not exist, holds no or several `.pdparams`, or cannot be read.
+    """
+    return {k: tuple(np.shape(v)) for k, v in _read_params(_resolve_params_file(path)).items()}
 
 
 def _read_params(path):

@@ -142,6 +142,23 @@ def our_name(hf_name):
                   re.sub(r"\.LayerNorm\.beta$", ".LayerNorm.bias", name))
 
 
+def hf_parameter_shapes(path):
+    """{our parameter name: shape tuple} of an HF safetensors checkpoint (file or directory), read from its
+    header only (no tensor is loaded).
+
+    Raises:
+      ValueError: the file cannot be read as safetensors.
+    """
+    from safetensors import safe_open
+
+    weights, _ = hf_checkpoint_files(path)
+    try:
+        with safe_open(weights, "np") as f:
+            return {our_name(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for foreign or truncated files
+        raise ValueError(f"cannot read '{weights}' as safetensors: {err}") from err
+
+
 def _to_our_layout(name, value, want_shape, vocab_size):
     """(array in our layout, note) for one tensor; raises ValueError when the shapes cannot match."""
     value, note = np.asarray(value), []

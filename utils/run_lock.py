@@ -50,6 +50,8 @@ def _read_holder(path):
 
 
 def _describe(holder):
+    if not (isinstance(holder.get("pid"), int) and holder.get("host")):
+        return "the lock file is unreadable: empty or not a lock record (a run writing it right now, or debris)"
     since = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {when}"

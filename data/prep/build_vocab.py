@@ -168,7 +168,8 @@ def train_wordpiece_vocab(paths, vocab_size, do_lower_case, output_path, min_fre
     output_path = os.fspath(output_path)
     if os.path.isdir(output_path):
         raise ValueError(f"--output '{output_path}' is a directory; give the vocab file's path")
-    refuse_output_over_inputs("--output", output_path, [("--input", os.fspath(p)) for p in paths])
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    refuse_output_over_inputs("--output", output_path, [("--input", os.fspath(p)) for p in given])
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"--output '{output_path}' already exists; remove it or pass --overwrite")
     check_writable_dir(os.path.dirname(os.path.abspath(output_path)), "--output")  # now, not after training

@@ -246,7 +246,8 @@ def convert(paths, output_dir, fmt="auto", num_files=1, prefix="corpus", overwri
         raise ValueError(f"--num-files must be an integer >= 1, got {num_files!r}")
     if not prefix or any(c in prefix for c in "/\\ \t"):
         raise ValueError(f"--prefix must be a non-empty file-name prefix without spaces or slashes, got {prefix!r}")
-    refuse_output_over_inputs("--output-dir", output_dir, [("--input", os.fspath(p)) for p in paths])
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    refuse_output_over_inputs("--output-dir", output_dir, [("--input", os.fspath(p)) for p in given])
     docs = iter_documents(paths, fmt)  # validates paths before the output directory is created
     count = 0
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
