@@ -341,5 +341,5 @@ def test_a_mismatch_of_many_parameters_is_one_readable_line(tmp_path, exe):
     arrays["l1.w"] = np.zeros((3, 3), np.float32)
     with pytest.raises(ValueError) as err:
         assign_to_scope(exe, arrays, "x.pdparams")
-    assert str(err.value).count("not initialised") == 20 and err.value.args[0].endswith("and 11 more")
+    assert str(err.value).count("not initialised") == 5 and err.value.args[0].endswith("and 26 more")
     del prog

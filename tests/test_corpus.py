@@ -156,8 +156,12 @@ def test_convert_round_trip(tmp_path):
 
 def test_convert_errors_leave_nothing(tmp_path):
     src = _write(tmp_path / "in.txt", "ok Fine.\n")
+    with pytest.raises(ValueError, match="contains --input"):  # replacing it would delete the input
+        convert(src, tmp_path, overwrite=True)
+    (tmp_path / "o0").mkdir()
     with pytest.raises(FileExistsError):
-        convert(src, tmp_path)  # existing directory
+        convert(src, tmp_path / "o0")  # existing directory
+    (tmp_path / "o0").rmdir()
     with pytest.raises(ValueError, match="--num-files"):
         convert(src, tmp_path / "o", num_files=0)
     bad = _write(tmp_path / "bad.txt", b"ok Fine.\n\xff\n")

@@ -182,6 +182,16 @@ def test_preprocess_as_a_user_runs_it_keeps_the_corpus(corpus):
     assert sorted(os.listdir(corpus / "S")) == ["part-0.txt", "part-1.txt"]
 
 
+def test_the_plot_never_replaces_a_report(tmp_path):
+    from utils.plot_report import plot_reports
+
+    report = tmp_path / "phase1.png"  # an odd name, but the user's file
+    report.write_text('DLLL {"step": [0, 1], "data": {"loss": 1.0}}\n')
+    with pytest.raises(ValueError, match=r"--output '.*phase1.png' is the report '.*phase1.png'"):
+        plot_reports([str(report)], str(report))
+    assert report.read_text().startswith("DLLL")
+
+
 def test_an_incomplete_glue_task_directory_is_moved_aside_not_deleted(tmp_path):
     import zipfile
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.checks import is_int
-from utils.fs import atomic_write_bytes
+from utils.fs import atomic_write_bytes, refuse_output_over_inputs
 from utils.cli import ArgumentParser, run_cli
 from utils.report import LR_KEYS, THROUGHPUT_KEYS, read_dllogger_report
 
@@ -227,6 +227,7 @@ def plot_reports(report_paths, output, title=None, dpi=100):
         raise ValueError("give at least one report file")
     if not str(output).lower().endswith(".png"):
         raise ValueError(f"--output must be a .png file, got '{output}'")
+    refuse_output_over_inputs("--output", output, [("the report", path) for path in report_paths])
     if not is_int(dpi) or dpi <= 0:
         raise ValueError(f"--dpi must be a positive int, got {dpi!r}")
     phases = load_phases(report_paths)
