@@ -60,6 +60,7 @@ from inference.answer_request import Limits, RequestError, body_too_large, parse
 from inference.batching import READY, MicroBatcher, QueueFull, Unavailable
 from inference.predictor import load_predictor
 from utils.cli import ArgumentParser, run_cli
+from utils.runtime import DEVICES, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="math-library threads of the model "
                                                              "(default: OMP_NUM_THREADS, i.e. the usable cores)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default %(default)s")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="default %(default)s")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="gpu is refused when this Paddle has no usable GPU; auto = gpu if usable, else cpu "
+                        "(default %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=8, help="most questions per model run (default "
                                                                  "%(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -107,7 +110,8 @@ def parse_args(argv):
 
 
 def validate_args(args):
-    """Range checks of the parsed flags; raises ValueError naming the first bad one."""
+    """Range checks of the parsed flags, and --device resolved to "cpu" | "gpu"; raises ValueError naming the
+    first bad one."""
     if not os.path.isdir(args.model_dir):
         raise ValueError(f"--model-dir '{args.model_dir}' does not exist or is not a directory")
     if not os.path.isfile(os.path.join(args.model_dir, layout.MANIFEST_FILE)):
@@ -124,6 +128,8 @@ def validate_args(args):
     if args.max_queue < args.max_batch_size:
         raise ValueError(f"--max-queue ({args.max_queue}) must be >= --max-batch-size ({args.max_batch_size}): "
                          "a batch can only hold questions that were queued")
+    # run_pretraining's check: a CPU-only Paddle would otherwise serve on the CPU and report "gpu".
+    args.device = resolve_device(args.device)
 
 
 def bind_socket(host, port):

@@ -278,6 +278,20 @@ def test_bad_flags_and_a_busy_port_are_refused_before_the_model_loads(model, tmp
             cli.bind_socket("127.0.0.1", busy.getsockname()[1])
 
 
+def test_device_gpu_is_refused_on_a_cpu_only_paddle_and_auto_resolves_to_cpu(model):
+    import paddle
+
+    from inference import server as cli
+
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("this Paddle has CUDA: --device gpu may be valid here")
+    with pytest.raises(ValueError) as err:
+        cli.parse_args(["--model-dir", str(model[0]), "--device", "gpu"])
+    assert str(err.value) == ("--device gpu: this paddlepaddle build has no CUDA (install paddlepaddle-gpu==2.6.2); "
+                              "use --device cpu or auto")
+    assert cli.parse_args(["--model-dir", str(model[0]), "--device", "auto"]).device == "cpu"
+
+
 def test_a_model_that_fails_to_load_stops_the_server_with_one_line_and_exit_2(model, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(model[0], damaged)
