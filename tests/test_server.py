@@ -147,6 +147,34 @@ def test_limits_are_reported_in_the_detail_and_a_chunked_body_is_bounded_too(cli
     assert reply.status_code == 413 and reply.json()["limit"] == MAX_BODY
 
 
+def test_a_python_client_that_sends_a_whole_oversized_body_receives_the_413(server):
+    """urllib sends the whole body before it reads the answer: a server that answered 413 and closed on
+    the unread rest reset the connection and urllib raised "Broken pipe" instead."""
+    import urllib.error
+    import urllib.request
+
+    big = 8 << 20  # far more than the kernel's socket buffers hold, so the server must read it
+    with_length = b'{"question": "q", "context": "' + b"x" * big + b'"}'
+    for data, size in [(with_length, len(with_length)), ((b"x" * (1 << 20) for _ in range(8)), None)]:  # chunked
+        request = urllib.request.Request(f"{server.url}/v1/answer", data=data,
+                                         headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413
+        reply = json.loads(refused.value.read())
+        assert reply["limit"] == MAX_BODY and f"more than the limit of {MAX_BODY}" in reply["error"]
+        assert size is None or reply["error"].startswith(f"the body has {size} bytes")
+
+
+def test_a_client_that_expects_100_continue_gets_the_413_without_sending_the_body(server):
+    host, port = server.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n")
+        head = s.recv(1000)
+    assert head.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in head
+
+
 def test_wrong_routes_and_methods_answer_json_and_the_server_survives_everything(client, server):
     assert client.get("/v1/answer").status_code == 405
     assert client.get("/nowhere").json() == {"error": "Not Found"}
