@@ -285,6 +285,71 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(slow_batching_serve
         slow_batching_server.log()
 
 
+def _open_request(url, body, sent):
+    """A raw connection that has sent a POST /v1/answer's headers and the first `sent` bytes of `body`."""
+    host, port = url.split("//")[1].split(":")
+    conn = socket.create_connection((host, int(port)), timeout=60)
+    conn.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:sent])
+    return conn
+
+
+def _finish_request(conn, rest=b""):
+    """Send `rest` of the body, read the answer until the server closes: (status, headers, JSON body)."""
+    conn.sendall(rest)
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _wait_not_listening(url, timeout=20):
+    """Return once the server refuses new connections: its graceful shutdown has begun."""
+    host, port = url.split("//")[1].split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server kept accepting connections after SIGTERM")
+
+
+def test_at_the_drain_deadline_what_is_unanswered_gets_a_json_503_and_nothing_a_traceback(model, tmp_path):
+    """Answers computed during the drain are delivered; a question still queued and a body still being sent
+    at the deadline get JSON 503 + Retry-After (uvicorn used to cancel them: plain-text 500, tracebacks)."""
+    (q1, c1, a1), (q2, c2, a2), (q3, c3, _) = model[1][:3]
+    server = ServerProcess(model[0], tmp_path / "server.log", "--threads", "1", "--max-batch-size", "2",
+                           "--max-queue", "4", "--max-wait-ms", "600000", "--drain-timeout", "4")
+    try:
+        bodies = [json.dumps({"question": q, "context": c}).encode() for q, c in [(q2, c2), (q3, c3), (q3, c3)]]
+        paired, queued, unfinished = (_open_request(server.url, body, 10) for body in bodies)
+        waiting, box = _ask_in_background(server.url, {"question": q1, "context": c1})
+        _wait_queued(server.url, 1)  # waits (for 10 minutes) for a second question to share its batch
+        server.terminate()
+        _wait_not_listening(server.url)
+        assert _finish_request(paired, bodies[0][10:])[2]["answer"] == a2  # the batch of two runs in the drain
+        waiting.join(30)
+        assert box["reply"].status_code == 200 and box["reply"].json()["answer"] == a1
+        for conn, rest in [(queued, bodies[1][10:]), (unfinished, b"")]:  # waits alone / never ends its body
+            status, headers, reply = _finish_request(conn, rest)
+            assert (status, headers["retry-after"], headers["content-type"]) == (503, "1", "application/json")
+            assert reply == {"error": "the server is shutting down and did not answer within --drain-timeout (4 s); "
+                                      "retry"}
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert "2 requests were not answered within --drain-timeout (4 s) and got 503" in log
+    assert ": 2 questions answered in 1 batches" in log
+
+
 def test_bad_flags_and_a_busy_port_are_refused_before_the_model_loads(model, tmp_path):
     from inference import server as cli
 
