@@ -236,6 +236,22 @@ class _CleanTable(dict):
 
 
 _CLEAN_TABLE = _CleanTable()
+
+
+def has_words(text):
+    """True when the basic tokenizer finds at least one word in `text` (before case and accent handling).
+
+    A text of only whitespace, control, zero-width or other format characters (e.g. "\\x00\\x01",
+    "\\u200b\\u200b") is cleaned to nothing: the model would be shown an empty question or context, so
+    callers that refuse empty text must refuse these too; `str.strip` alone lets them through.
+
+    Args:
+      text: str.
+
+    Returns:
+      bool; the same as `bool(clean_text(text).split())`, computed with the fast path's translate table.
+    """
+    return bool(text.translate(_CLEAN_TABLE).strip())  # strip and split share str's whitespace definition
 # The ASCII characters `clean_text` drops. Without them, `clean_text(t).split() == t.split()` for an ASCII
 # `t` (the control characters it maps to ' ' -- \t \n \r -- are ones `str.split` splits on anyway), so the
 # usual ASCII sentence skips `str.translate`.

@@ -12,15 +12,19 @@ Status codes, so that a client can tell its own mistake from the server's state:
   400  the body is not UTF-8 or not JSON (with the offset / line and column);
   413  the body, or the number of questions in it, exceeds a limit (the limit is in the answer);
   422  JSON of the wrong shape: a missing or unknown field, a wrong type, an empty question, context or
-       text, an option out of range, a context or text over the character limit, a pair task's item
-       without `text_b` (or a single-sentence task's with one);
+       text (also one of only control or format characters, which the tokenizer drops), an integer
+       literal of more than 4300 digits, an option out of range, a context or text over the character
+       limit, a pair task's item without `text_b` (or a single-sentence task's with one);
 (503, queue full or model not ready, is the server's and lives in `inference.server`.)
 """
 import dataclasses
 import json
+import sys
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenizer import has_words
 
 MAX_N_BEST = 20          # the n-best list SQuAD post-processing keeps (run_squad's --n-best-size default)
 MAX_ANSWER_TOKENS = 512  # no window is longer than BERT's 512 positions, so no answer span can be either
@@ -109,7 +113,8 @@ def read_json(body, limits, example='{"question": "...", "context": "..."}'):
 
     Raises:
       RequestError: 413 for a body over the limit; 400 for an empty body, bytes that are not UTF-8, text
-        that is not JSON, or JSON nested too deeply for the parser.
+        that is not JSON, or JSON nested too deeply for the parser; 422 for an integer literal longer than
+        Python converts (`sys.get_int_max_str_digits()`, 4300 by default): valid JSON, but no field's value.
     """
     if len(body) > limits.max_body_bytes:
         raise body_too_large(len(body), limits)
@@ -127,6 +132,9 @@ def read_json(body, limits, example='{"question": "...", "context": "..."}'):
                            ) from None
     except RecursionError:
         raise RequestError(400, "the body is JSON nested too deeply to read") from None
+    except ValueError:  # not a syntax error: CPython refuses to convert an integer literal this long
+        raise RequestError(422, f"the body has an integer of more than {sys.get_int_max_str_digits()} digits; "
+                                "no field takes one") from None
 
 
 def body_too_large(size, limits):
@@ -200,10 +208,12 @@ def _parse_items(value, limits, validate, noun):
 
 
 def _check_text(field, text, limits):
-    """Problems of one text field: empty, an unpaired surrogate, over the character limit."""
+    """Problems of one text field: empty (nothing the tokenizer keeps), an unpaired surrogate, over the
+    character limit."""
     problems = []
-    if not text.strip():
-        problems.append({"field": field, "message": "must not be empty or only whitespace"})
+    if not has_words(text):  # "\x00\x01" or "\u200b" is as empty to the model as ""
+        problems.append({"field": field, "message": "must not be empty or only whitespace, control or format "
+                                                    "characters (the tokenizer drops them)"})
     surrogate = _unpaired_surrogate(text)
     if surrogate is not None:  # JSON's "\ud800" escapes decode to text no tokenizer or encoder takes
         problems.append({"field": field, "message": f"has an unpaired surrogate (U+{ord(text[surrogate]):04X}) "

@@ -25,7 +25,9 @@ with "limit" when a limit was passed.
 
 Concurrency: the event loop parses requests and hands questions to the MicroBatcher; its one worker thread
 loads the model and runs every batch (a Paddle predictor must not run concurrently). SIGTERM or Ctrl-C
-stops accepting connections, answers what is in flight, then exits 0 (a second Ctrl-C: at once).
+stops accepting connections, answers what is in flight, then exits 0 (a second Ctrl-C: at once); a
+request not answered within --drain-timeout gets a JSON 503 with Retry-After, and its questions still
+queued are dropped.
 
 Usage (from the repo root):
   python -m inference.server --model-dir exported/squad --port 8000 [--threads 2 --precision fp32]
@@ -42,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -53,6 +56,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from data.features.glue import task_spec
 from inference import model_dir as layout
@@ -60,11 +64,16 @@ from inference.answer_request import Limits, RequestError, body_too_large, parse
 from inference.batching import READY, MicroBatcher, QueueFull, Unavailable
 from inference.predictor import load_predictor
 from utils.cli import ArgumentParser, run_cli
+from utils.runtime import DEVICES, resolve_device
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 RETRY_AFTER_S = 1  # what a 503 asks a client to wait: a batch takes well under a second
+DRAIN_GRACE_S = 2.0  # after the drain deadline, time to write the 503s before uvicorn cancels what is left
+# Most bytes of a refused body read (and dropped) so that a client that sends it all before reading, as
+# Python's urllib and requests do, gets the 413 instead of a reset connection (64 MiB: ~0.3 s on loopback).
+DISCARD_MAX_BYTES = 64 << 20
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -82,7 +91,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="math-library threads of the model "
                                                              "(default: OMP_NUM_THREADS, i.e. the usable cores)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default %(default)s")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="default %(default)s")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="gpu is refused when this Paddle has no usable GPU; auto = gpu if usable, else cpu "
+                        "(default %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=8, help="most questions per model run (default "
                                                                  "%(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -95,8 +106,8 @@ def parse_args(argv):
     p.add_argument("--max-body-bytes", type=int, default=1 << 20,
                    help="largest request body; larger gets 413 (default %(default)s)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
-                   help="seconds SIGTERM waits for requests in flight before cancelling them (default "
-                        "%(default)s)")
+                   help="seconds SIGTERM waits for requests in flight; those not answered by then get 503 with "
+                        "Retry-After (default %(default)s)")
     p.add_argument("--access-log", action="store_true", help="log one line per request (off: it costs "
                                                               "under load)")
     args = p.parse_args(argv)
@@ -107,7 +118,8 @@ def parse_args(argv):
 
 
 def validate_args(args):
-    """Range checks of the parsed flags; raises ValueError naming the first bad one."""
+    """Range checks of the parsed flags, and --device resolved to "cpu" | "gpu"; raises ValueError naming the
+    first bad one."""
     if not os.path.isdir(args.model_dir):
         raise ValueError(f"--model-dir '{args.model_dir}' does not exist or is not a directory")
     if not os.path.isfile(os.path.join(args.model_dir, layout.MANIFEST_FILE)):
@@ -124,6 +136,8 @@ def validate_args(args):
     if args.max_queue < args.max_batch_size:
         raise ValueError(f"--max-queue ({args.max_queue}) must be >= --max-batch-size ({args.max_batch_size}): "
                          "a batch can only hold questions that were queued")
+    # run_pretraining's check: a CPU-only Paddle would otherwise serve on the CPU and report "gpu".
+    args.device = resolve_device(args.device)
 
 
 def bind_socket(host, port):
@@ -168,6 +182,79 @@ class StatusCounter:
         return await self.app(scope, receive, counting_send)
 
 
+class Drain:
+    """The deadline of a graceful stop. `begin()` (the server's shutdown, on SIGTERM / Ctrl-C) starts it:
+    `timeout_s` later every request not yet being answered gets a JSON 503 with Retry-After from
+    `DrainDeadline`. Without it uvicorn cancels such requests itself: a plain-text 500 each, and a
+    CancelledError traceback in the log.
+    """
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+        self.refused = 0  # requests answered 503 at the deadline (DrainDeadline counts them)
+        self._expired = asyncio.Event()  # binds to the running loop at first use, not here
+
+    def begin(self):
+        """Start the countdown; call from the event loop."""
+        asyncio.get_running_loop().call_later(self.timeout_s, self._expired.set)
+
+    async def wait(self):
+        """Return once the deadline has passed."""
+        await self._expired.wait()
+
+
+class DrainDeadline:
+    """ASGI middleware: runs each request as its own task and, when the drain deadline passes before that
+    request's response has started, cancels it (its questions still queued are dropped with it, see
+    `run` in `create_app`) and answers 503 with Retry-After. A response already started, such as an
+    answer computed before the deadline, is left to finish."""
+
+    def __init__(self, app, drain):
+        self.app, self.drain = app, drain
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = asyncio.Event()
+
+        async def noting_send(message):
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        request = asyncio.ensure_future(self.app(scope, receive, noting_send))
+        deadline = asyncio.ensure_future(self.drain.wait())
+        try:
+            await asyncio.wait({request, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # uvicorn gave up on this connection: the request goes with it
+            request.cancel()
+            raise
+        finally:
+            deadline.cancel()
+        if request.done() or started.is_set():
+            return await request  # (cancelling this task while it waits here cancels `request` too)
+        request.cancel()
+        await asyncio.wait({request})  # unlike `await request`, does not raise its CancelledError here
+        if started.is_set():  # cannot happen (cancelled before it could run again); never send two answers
+            return None
+        self.drain.refused += 1
+        await _error(503, {"error": f"the server is shutting down and did not answer within --drain-timeout "
+                                    f"({self.drain.timeout_s:g} s); retry"},
+                     {"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with one addition: its graceful shutdown starts the app's `Drain` first."""
+
+    def __init__(self, config, drain):
+        super().__init__(config)
+        self.drain = drain
+
+    async def shutdown(self, sockets=None):
+        self.drain.begin()
+        await super().shutdown(sockets)
+
+
 def _error(status, body, headers=None):
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -180,7 +267,12 @@ def _answer_json(answer, n_best):
 
 
 async def read_body(request, limits):
-    """The request body, refused with 413 as soon as it (or its Content-Length) passes the limit.
+    """The request body, refused with 413 once it (or its Content-Length) passes the limit.
+
+    A refused body is still read, up to DISCARD_MAX_BYTES, and dropped: a client such as Python's urllib or
+    requests sends the whole body before it reads the answer, and a connection closed on unread data is
+    reset, so it would see "Broken pipe" instead of the 413. A client that sent `Expect: 100-continue`
+    (curl, for large bodies) has not sent the body yet: it gets the 413 at once and never sends it.
 
     Raises:
       RequestError: 413 over the limit; 400 for a Content-Length that is not a number.
@@ -190,17 +282,33 @@ async def read_body(request, limits):
         if not declared.isdigit():
             raise RequestError(400, f"Content-Length {declared!r} is not a number")
         if int(declared) > limits.max_body_bytes:
+            if request.headers.get("expect", "").lower() != "100-continue":
+                await _discard(request.stream(), 0)
             raise body_too_large(int(declared), limits)
     chunks, size = [], 0
-    async for chunk in request.stream():  # also bounds a chunked body, which has no Content-Length
+    stream = request.stream()
+    async for chunk in stream:  # also bounds a chunked body, which has no Content-Length
         size += len(chunk)
         if size > limits.max_body_bytes:
-            raise body_too_large(size, limits)
+            raise body_too_large(await _discard(stream, size), limits)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def create_app(batcher, limits, describe_server, settings=None):
+async def _discard(stream, size):
+    """Read and drop the rest of `stream` (a refused body, `size` bytes of it seen) until it ends, the
+    client leaves, or DISCARD_MAX_BYTES were seen. Returns the bytes seen."""
+    try:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > DISCARD_MAX_BYTES:  # not worth reading: close the connection (curl still sees the 413)
+                break
+    except ClientDisconnect:  # nobody left to answer; the 413 goes nowhere
+        pass
+    return size
+
+
+def create_app(batcher, limits, describe_server, settings=None, drain=None):
     """The FastAPI application over a started-or-not MicroBatcher of a QAPredictor or ClassifierPredictor.
 
     Args:
@@ -211,9 +319,10 @@ def create_app(batcher, limits, describe_server, settings=None):
       describe_server: callable() -> dict, the server settings shown by /v1/model.
       settings: the export's inference.model_dir.ExportSettings (None: a SQuAD model), which picks the
         route served; the other route answers 404 naming the right one.
+      drain: the Drain the server's shutdown begins (None: requests are never cut off).
 
     Returns:
-      A Starlette/ASGI application (the FastAPI app wrapped by the status counter).
+      A Starlette/ASGI application (the FastAPI app wrapped by the drain deadline and the status counter).
     """
     responses = collections.Counter()
 
@@ -278,7 +387,7 @@ def create_app(batcher, limits, describe_server, settings=None):
             return _error(503, {"error": err.reason, "limit": err.limit}, {"Retry-After": str(RETRY_AFTER_S)})
         except Unavailable as err:
             return _error(503, {"error": err.reason}, {"Retry-After": str(RETRY_AFTER_S)})
-        try:
+        try:  # cancelled at the drain deadline: the gather cancels the futures, the batcher skips them
             return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except ValueError as err:  # the predictor refused this input (e.g. a context without any word)
             return _error(422, {"error": f"the model cannot {'answer' if squad else 'classify'} this: {err}"})
@@ -307,7 +416,7 @@ def create_app(batcher, limits, describe_server, settings=None):
         out = [r.to_dict() for r in results]
         return out if is_batch else out[0]
 
-    return StatusCounter(app, responses)
+    return StatusCounter(DrainDeadline(app, drain if drain is not None else Drain(math.inf)), responses)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -363,10 +472,11 @@ def main(argv=None):
         return {"host": host, "port": port, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                 "max_queue": args.max_queue, **limits.as_dict()}
 
-    app = create_app(batcher, limits, describe_server, args.settings)
+    drain = Drain(args.drain_timeout)
+    app = create_app(batcher, limits, describe_server, args.settings, drain)
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=args.access_log,
-                            timeout_graceful_shutdown=args.drain_timeout, lifespan="on")
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=args.drain_timeout + DRAIN_GRACE_S, lifespan="on")
+    server = DrainingServer(config, drain)
     server_box.append(server)
     logger.info("loading %s (%s, %s) in the predictor thread; http://%s:%d/health says ready when done",
                 args.model_dir, args.precision, args.device, host, port)
@@ -382,6 +492,9 @@ def main(argv=None):
     if batcher.load_error is not None:
         raise batcher.load_error
     stats = {"batching": batcher.stats()}
+    if drain.refused:
+        logger.warning("%d requests were not answered within --drain-timeout (%g s) and got 503",
+                       drain.refused, args.drain_timeout)
     logger.info("stopped%s: %d questions answered in %d batches, %d refused (queue full)",
                 f" on {termination.received} after answering the requests in flight" if termination.received else "",
                 stats["batching"]["answered"], stats["batching"]["batches"], stats["batching"]["refused_queue_full"])

@@ -147,6 +147,34 @@ def test_limits_are_reported_in_the_detail_and_a_chunked_body_is_bounded_too(cli
     assert reply.status_code == 413 and reply.json()["limit"] == MAX_BODY
 
 
+def test_a_python_client_that_sends_a_whole_oversized_body_receives_the_413(server):
+    """urllib sends the whole body before it reads the answer: a server that answered 413 and closed on
+    the unread rest reset the connection and urllib raised "Broken pipe" instead."""
+    import urllib.error
+    import urllib.request
+
+    big = 8 << 20  # far more than the kernel's socket buffers hold, so the server must read it
+    with_length = b'{"question": "q", "context": "' + b"x" * big + b'"}'
+    for data, size in [(with_length, len(with_length)), ((b"x" * (1 << 20) for _ in range(8)), None)]:  # chunked
+        request = urllib.request.Request(f"{server.url}/v1/answer", data=data,
+                                         headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413
+        reply = json.loads(refused.value.read())
+        assert reply["limit"] == MAX_BODY and f"more than the limit of {MAX_BODY}" in reply["error"]
+        assert size is None or reply["error"].startswith(f"the body has {size} bytes")
+
+
+def test_a_client_that_expects_100_continue_gets_the_413_without_sending_the_body(server):
+    host, port = server.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n")
+        head = s.recv(1000)
+    assert head.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in head
+
+
 def test_wrong_routes_and_methods_answer_json_and_the_server_survives_everything(client, server):
     assert client.get("/v1/answer").status_code == 405
     assert client.get("/nowhere").json() == {"error": "Not Found"}
@@ -257,6 +285,71 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(slow_batching_serve
         slow_batching_server.log()
 
 
+def _open_request(url, body, sent):
+    """A raw connection that has sent a POST /v1/answer's headers and the first `sent` bytes of `body`."""
+    host, port = url.split("//")[1].split(":")
+    conn = socket.create_connection((host, int(port)), timeout=60)
+    conn.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:sent])
+    return conn
+
+
+def _finish_request(conn, rest=b""):
+    """Send `rest` of the body, read the answer until the server closes: (status, headers, JSON body)."""
+    conn.sendall(rest)
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _wait_not_listening(url, timeout=20):
+    """Return once the server refuses new connections: its graceful shutdown has begun."""
+    host, port = url.split("//")[1].split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server kept accepting connections after SIGTERM")
+
+
+def test_at_the_drain_deadline_what_is_unanswered_gets_a_json_503_and_nothing_a_traceback(model, tmp_path):
+    """Answers computed during the drain are delivered; a question still queued and a body still being sent
+    at the deadline get JSON 503 + Retry-After (uvicorn used to cancel them: plain-text 500, tracebacks)."""
+    (q1, c1, a1), (q2, c2, a2), (q3, c3, _) = model[1][:3]
+    server = ServerProcess(model[0], tmp_path / "server.log", "--threads", "1", "--max-batch-size", "2",
+                           "--max-queue", "4", "--max-wait-ms", "600000", "--drain-timeout", "4")
+    try:
+        bodies = [json.dumps({"question": q, "context": c}).encode() for q, c in [(q2, c2), (q3, c3), (q3, c3)]]
+        paired, queued, unfinished = (_open_request(server.url, body, 10) for body in bodies)
+        waiting, box = _ask_in_background(server.url, {"question": q1, "context": c1})
+        _wait_queued(server.url, 1)  # waits (for 10 minutes) for a second question to share its batch
+        server.terminate()
+        _wait_not_listening(server.url)
+        assert _finish_request(paired, bodies[0][10:])[2]["answer"] == a2  # the batch of two runs in the drain
+        waiting.join(30)
+        assert box["reply"].status_code == 200 and box["reply"].json()["answer"] == a1
+        for conn, rest in [(queued, bodies[1][10:]), (unfinished, b"")]:  # waits alone / never ends its body
+            status, headers, reply = _finish_request(conn, rest)
+            assert (status, headers["retry-after"], headers["content-type"]) == (503, "1", "application/json")
+            assert reply == {"error": "the server is shutting down and did not answer within --drain-timeout (4 s); "
+                                      "retry"}
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert "2 requests were not answered within --drain-timeout (4 s) and got 503" in log
+    assert ": 2 questions answered in 1 batches" in log
+
+
 def test_bad_flags_and_a_busy_port_are_refused_before_the_model_loads(model, tmp_path):
     from inference import server as cli
 
@@ -276,6 +369,20 @@ def test_bad_flags_and_a_busy_port_are_refused_before_the_model_loads(model, tmp
         busy.listen()
         with pytest.raises(ValueError, match="cannot listen on 127.0.0.1:.*choose another --port"):
             cli.bind_socket("127.0.0.1", busy.getsockname()[1])
+
+
+def test_device_gpu_is_refused_on_a_cpu_only_paddle_and_auto_resolves_to_cpu(model):
+    import paddle
+
+    from inference import server as cli
+
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("this Paddle has CUDA: --device gpu may be valid here")
+    with pytest.raises(ValueError) as err:
+        cli.parse_args(["--model-dir", str(model[0]), "--device", "gpu"])
+    assert str(err.value) == ("--device gpu: this paddlepaddle build has no CUDA (install paddlepaddle-gpu==2.6.2); "
+                              "use --device cpu or auto")
+    assert cli.parse_args(["--model-dir", str(model[0]), "--device", "auto"]).device == "cpu"
 
 
 def test_a_model_that_fails_to_load_stops_the_server_with_one_line_and_exit_2(model, tmp_path):

@@ -82,3 +82,45 @@ def test_a_model_that_refuses_or_breaks_answers_json_and_keeps_serving(context, 
             [{"answer": "anna", "score": 0.5, "start": 0, "end": 4,
               "nbest": [{"text": "anna", "probability": 0.5, "start": 0, "end": 4}] * 2}]
         assert client.get("/v1/metrics").json()["responses"] == {"200": 1, str(status): 1}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"question": "q", "context": "\u0000\u0001\u0002"}, "context"),       # control characters only
+    ({"question": "\u200b\u200b", "context": "tom has"}, "question"),      # zero-width spaces only
+    ({"question": "\ufeff\u2028 \u00ad", "context": "tom has"}, "question"),  # BOM, line separator, soft hyphen
+])
+def test_text_the_tokenizer_drops_entirely_is_empty_422_naming_the_field(body, field):
+    client, batcher = make_client(Double)
+    with client:
+        batcher.wait_ready(10)
+        reply = client.post("/v1/answer", json=body)
+        assert reply.status_code == 422, reply.text  # the double would answer it: only the validation refuses
+        assert reply.json()["detail"][0]["field"] == field
+        assert f"{field}: must not be empty" in reply.json()["error"]
+        assert batcher.stats()["submitted"] == 0
+
+
+def test_an_integer_too_long_for_python_anywhere_in_the_body_is_422_not_a_500(caplog):
+    client, batcher = make_client(Double)
+    digits = "7" * 4301  # one over CPython's default int_max_str_digits
+    with client:
+        batcher.wait_ready(10)
+        for body in (f'{{"question": "q", "context": "tom has", "n_best": {digits}}}',
+                     f'[{{"question": "q", "context": "tom has", "extra": [{digits}]}}]'):
+            reply = client.post("/v1/answer", content=body.encode(), headers={"content-type": "application/json"})
+            assert reply.status_code == 422, reply.text
+            assert reply.json() == {"error": "the body has an integer of more than 4300 digits; no field takes one"}
+        assert client.get("/v1/metrics").json()["responses"] == {"422": 2}
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
+def test_glue_texts_the_tokenizer_drops_entirely_are_empty_422_naming_the_field():
+    from inference.answer_request import RequestError, parse_texts
+
+    for value, pair, field in [({"text": "\u0000\u0001"}, False, "text"),
+                               ({"text_a": "\u200b", "text_b": "tom has"}, True, "text_a"),
+                               ([{"text_a": "tom", "text_b": "ok"}, {"text_a": "tom", "text_b": "\u2060\u00ad"}],
+                                True, "[1].text_b")]:
+        with pytest.raises(RequestError) as err:
+            parse_texts(value, LIMITS, pair=pair, task="MRPC" if pair else "SST-2")
+        assert err.value.status == 422 and [p["field"] for p in err.value.body["detail"]] == [field]

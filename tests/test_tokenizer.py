@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tokenizer import (BasicTokenizer, BertTokenizer, FullTokenizer, WordpieceTokenizer, check_vocab_case,
-                       clean_text, load_vocab, whitespace_tokenize)
+                       clean_text, has_words, load_vocab, whitespace_tokenize)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -99,6 +99,14 @@ def test_helpers():
     # NUL and \x1f (Cc) are dropped, tab and the ideographic space (Zs) become ' '
     assert clean_text("a\x00\tb\x1fc\u3000d") == "a bc d"
     assert WordpieceTokenizer({"un", "##aff", "##able"}).tokenize("unaffable") == ["un", "##aff", "##able"]
+
+
+def test_has_words_is_whether_the_reference_basic_tokenizer_finds_a_word():
+    cased = BasicTokenizer(do_lower_case=False)  # has_words is about cleaning, not case or accents
+    texts = [chr(cp) for cp in range(0x3000)] + [chr(cp) for cp in range(0xFE00, 0x10000)] + \
+        ["\u200b\u200b", "\x00\x01\x02", "\ufeff\u2028 \u00ad", "\u200ba", "", " \t\n", "\U000E0001"]
+    assert [has_words(t) for t in texts] == [bool(cased.tokenize(t)) for t in texts]
+    assert not has_words("\x00\x01\x02") and not has_words("\u200b\u200b") and has_words("\u200bx")
 
 
 # --------------------------------------------------------------------------------------------- vocab
