@@ -214,6 +214,24 @@ def test_malformed_row_and_missing_split_stop_before_any_output(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_dev_copied_over_test_is_one_error_line_and_no_submission(data, tmp_path, capsys):
+    # Issue 20 item 11: the submission's index column was dev's 0/1 labels.
+    import run_glue
+
+    copy = tmp_path / "MRPC"
+    copy.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (copy / name).write_bytes((data / "MRPC" / name).read_bytes())
+    (copy / "test.tsv").write_bytes((data / "MRPC" / "dev.tsv").read_bytes())
+    args = _base(data, tmp_path / "o", "--config-file", str(data / "tiny.json"), "--from-pretrained-params",
+                 str(data / "pretrained"), "--mode", "prediction")
+    args[args.index("--data-dir") + 1] = str(copy)
+    assert run_glue.cli(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{copy / 'test.tsv'}:1: expected the MRPC test header" in errors[0], errors
+    assert not (tmp_path / "o").exists()
+
+
 def test_mode_words():
     import run_glue
 
