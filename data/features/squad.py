@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 
 from utils.checks import is_int
-from utils.fs import atomic_write_bytes
+from utils.fs import atomic_write_bytes, sha256_file
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -499,17 +499,10 @@ def _stack(blocks, max_seq_length, id_to_token):
 
 
 # ------------------------------------------------------------------------------------------------ cache
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(path, vocab_file, do_lower_case, params, is_training, version_2_with_negative):
     """The dict that identifies a feature cache entry: content hashes of both files plus every setting."""
-    return {"format": CACHE_FORMAT_VERSION, "input_sha256": _sha256(path), "vocab_sha256": _sha256(vocab_file),
+    return {"format": CACHE_FORMAT_VERSION, "input_sha256": sha256_file(path),
+            "vocab_sha256": sha256_file(vocab_file),
             "do_lower_case": bool(do_lower_case), "max_seq_length": params.max_seq_length,
             "doc_stride": params.doc_stride, "max_query_length": params.max_query_length,
             "is_training": bool(is_training), "version_2_with_negative": bool(version_2_with_negative)}
