@@ -398,6 +398,51 @@ def test_vocab_with_many_unknown_tokens_warns_with_the_rate(tmp_path, vocab, sou
     assert summary["unk_rate"] < 0.05 and not [r for r in caplog.records if "[UNK]" in r.getMessage()]
 
 
+def _random_next_rows(sink):
+    rows = list(_read_all(sink).values())
+    return sum(r["is_random_next"] for r in rows), len(rows)
+
+
+def test_random_next_share_is_logged_as_counted_in_the_output(caplog, vocab, source, tmp_path):
+    # Issue 20 item 12: the share of random-next pairs is logged, equal to the rows actually written.
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [source], str(tmp_path / "out"), block_size_mb=0.03, num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "out")
+    assert (summary["random_next"], summary["instances"]) == (random_next, rows)
+    assert 0.4 < random_next / rows < 0.7 and summary["random_next_share"] == random_next / rows
+    assert (f"--sink: {random_next} of {rows} instances ({100 * random_next / rows:.1f} %) have a random next "
+            "sentence (about half expected)") in caplog.messages
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_single_document_corpus_warns_that_no_random_next_sentence_was_made(tmp_path, vocab, source, caplog):
+    # Issue 20 item 12: one long line (one document) gave every pair is_random_next False, and nothing said so.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    text = " ".join(f"Sentence number {i} of the only document goes on here." for i in range(600))
+    (lone / "one.txt").write_text(f"doc1 {text}\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [str(lone)], str(tmp_path / "out"), num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "out")
+    assert random_next == summary["random_next"] == 0 and rows == summary["instances"] > 100
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["--sink: too few documents for random next sentences: 1 of 1 blocks held a single document "
+                        "(B is drawn from another document of the same block), so only 0.0 % of the instances "
+                        "have a random next sentence instead of about half; give the corpus as many documents "
+                        "(one per line in the lines format, blank-line separated in Google's), or raise "
+                        "--block-size-mb if its documents are only spread thin"]
+    # Beside a corpus of many documents, the lone block is still named and the share is the one written.
+    caplog.clear()
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [str(lone), source], str(tmp_path / "mixed"), block_size_mb=0.03,
+                          num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "mixed")
+    assert (summary["random_next"], summary["instances"]) == (random_next, rows) and 0 < random_next < rows
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (f"1 of {summary['blocks']} blocks held a single document" in warning
+            and f"only {100 * random_next / rows:.1f} % of the instances" in warning)
+
+
 def test_bad_file_through_the_pool_is_one_error_line_and_no_sink(tmp_path, vocab, source, capsys):
     """A worker's ValueError (a non-UTF-8 file) comes back as the command's one error line, exit 2."""
     bad = tmp_path / "src"
