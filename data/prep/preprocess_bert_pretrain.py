@@ -44,7 +44,6 @@ import hashlib
 import importlib
 import itertools
 import logging
-import multiprocessing
 import os
 import random
 import sys
@@ -64,6 +63,7 @@ from data.prep.pretraining_pairs import create_instances, split_sentences, token
 from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir
 from utils.logger import progress
+from utils.workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +517,8 @@ def _executor(kind, schedule, scheduler, num_workers, threads_per_worker):
         return
     if kind == "pool":
         # fork: the workers start with this process's modules, tokenizer and warm word cache, no import.
-        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        # They end with this process, even when it is SIGKILLed (utils.workers.exit_with_parent).
+        with process_pool(num_workers, "fork") as pool:
             yield pool
         return
     from distributed import Client, LocalCluster
