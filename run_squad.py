@@ -29,8 +29,8 @@ an error, never a random initialisation; `--from-checkpoint` with `--from-pretra
 `--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
 `config.json`]); the v2 null score is per example.
 
-A single question's context (`--context`, `--context-file`) is at most MAX_CONTEXT_CHARS (1,000,000)
-characters: about 1,600 windows of 384 tokens at the default --doc-stride 128 (English Wikipedia text) to
+A single question's context (`--context`, `--context-file`) is at most MAX_CONTEXT_CHARS (2,000,000)
+characters: about 3,200 windows of 384 tokens at the default --doc-stride 128 (English Wikipedia text) to
 run the model over. A longer one is refused, and a file is not read beyond the limit; give the passage that
 should hold the answer.
 """
@@ -65,7 +65,7 @@ from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger("run_squad")
 
-MAX_CONTEXT_CHARS = 1_000_000  # --context / --context-file; see the module docstring
+MAX_CONTEXT_CHARS = 2_000_000  # --context / --context-file; see the module docstring
 MODES = ("train", "eval", "prediction", "train_eval")
 INFER_DTYPES = ("float32", "bfloat16", "int8")
 PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}  # inference.predictor's names
