@@ -50,7 +50,7 @@ from inference.export import load_from_scope
 from inference.predictor import ClassifierPredictor
 from tasks import finetune
 from tasks import flags as common
-from tasks import glue
+from tasks import glue, outcome
 from tasks.config import OptimConfig, PrecisionConfig, train_config
 from tasks.squad import TrainOptions, init_parameters, plan_updates, save_params
 from tokenizer import BertTokenizer
@@ -395,7 +395,8 @@ def _evaluate(args, plan, rt, bundle, data, metrics, predictor):
     if not args.benchmark:
         results["eval_results_file"] = os.path.join(plan.out_dir, "eval_results.json")
         os.makedirs(plan.out_dir, exist_ok=True)
-        atomic_write_json(results["eval_results_file"], dict(scores, task=spec.name))
+        # strict JSON: an undefined correlation (a constant column; tasks.glue warns) is null, not NaN
+        atomic_write_json(results["eval_results_file"], outcome.json_scalars(dict(scores, task=spec.name)))
         for key, value in sorted(scores.items()):
             logger.info("%s %s = %.4f", spec.name, key, value)
     return results

@@ -28,6 +28,11 @@ and ignored); `--warmup-proportion` and `--optimizer` are honoured; a missing or
 an error, never a random initialisation; `--from-checkpoint` with `--from-pretrained-params` is an error;
 `--from-pretrained-params` may also be a Hugging Face BERT checkpoint (`model.safetensors` [+
 `config.json`]); the v2 null score is per example.
+
+A single question's context (`--context`, `--context-file`) is at most MAX_CONTEXT_CHARS (2,000,000)
+characters: about 3,200 windows of 384 tokens at the default --doc-stride 128 (English Wikipedia text) to
+run the model over. A longer one is refused, and a file is not read beyond the limit; give the passage that
+should hold the answer.
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -60,6 +65,7 @@ from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger("run_squad")
 
+MAX_CONTEXT_CHARS = 2_000_000  # --context / --context-file; see the module docstring
 MODES = ("train", "eval", "prediction", "train_eval")
 INFER_DTYPES = ("float32", "bfloat16", "int8")
 PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}  # inference.predictor's names
@@ -98,8 +104,10 @@ def build_parser():
     _add_squad_args(parser)
     q = parser.add_argument_group("Single question")
     q.add_argument("--question", default=None, help="answer this question with a fine-tuned model")
-    q.add_argument("--context", default=None, help="the text to find the answer in")
-    q.add_argument("--context-file", default=None, help="UTF-8 file holding the context")
+    q.add_argument("--context", default=None,
+                   help=f"the text to find the answer in (at most {MAX_CONTEXT_CHARS:,} characters)")
+    q.add_argument("--context-file", default=None,
+                   help=f"UTF-8 file holding the context (at most {MAX_CONTEXT_CHARS:,} characters)")
     common.add_amp_args(parser)
     return parser
 
@@ -273,12 +281,15 @@ def _context(args):
         where = f"--context-file '{args.context_file}'"
         try:
             with open(args.context_file, encoding="utf-8") as f:
-                text = f.read()
+                text = f.read(MAX_CONTEXT_CHARS + 1)  # a larger file is refused below, not read whole
         except UnicodeDecodeError as e:
             raise ValueError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
                              f"iconv -f latin1 -t utf-8") from None
     if not text.strip():
         raise ValueError(f"{where} is empty: there is no text to find the answer in")
+    if len(text) > MAX_CONTEXT_CHARS:
+        raise ValueError(f"{where} has more than {MAX_CONTEXT_CHARS:,} characters, the most one question is "
+                         "answered from: give the passage that should hold the answer")
     return text
 
 

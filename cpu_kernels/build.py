@@ -9,7 +9,9 @@ and ABI, and `-march=native` lets the compiler use the vector width of the CPU i
 about 20 s once per machine (`scripts/setup.sh` does it ahead of time); later processes only load the
 library (~10 ms). The cache key covers the source, the Paddle build, the compiler and this CPU's model and
 flags, so a changed kernel, a Paddle upgrade or a different CPU (a shared home directory on a cluster)
-gets its own build instead of a wrong one.
+gets its own build instead of a wrong one. The built library's SHA-256 is recorded beside it
+(`<library>.so.sha256`) and checked before every load: a cached file that was truncated, overwritten or
+never completely copied is rebuilt (one warning says so) instead of failing to load in every later run.
 
 Where: `$BERT_PADDLE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/bert-paddle/kernels`, else
 `~/.cache/bert-paddle/kernels`. `BERT_PADDLE_CPU_KERNELS=0` keeps Paddle's own ops (nothing is built).
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from utils.fs import atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -146,24 +150,50 @@ def build_library(environ=os.environ):
     key = cache_key(_paddle_version(), compiler)
     root = cache_root(environ)
     target = os.path.join(root, key, f"{LIBRARY}.so")
-    if os.path.isfile(target):
+    if _cached_problem(target) is None:
         return target, 0.0
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f"{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isfile(target):
+        problem = _cached_problem(target)  # another process may have built it while we waited
+        if problem is None:
             return target, 0.0
+        if os.path.exists(target):
+            logger.warning("CPU kernel cache: %s %s: rebuilding it", target, problem)
         start = time.perf_counter()
         work = tempfile.mkdtemp(prefix=f"build-{key}-", dir=root)
         try:
-            built = _compile(work)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            staged = f"{target}.tmp{os.getpid()}"
-            shutil.copyfile(built, staged)
-            os.replace(staged, target)
+            _install(_compile(work), target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target, time.perf_counter() - start
+
+
+def _cached_problem(target):
+    """None when `target` exists and its SHA-256 is the one recorded when it was built, else what is wrong.
+
+    Why check: the loader maps whatever file is there; a damaged one would fail to load (and fall back to
+    Paddle's op) in every later run, since its name alone says it is built."""
+    if not os.path.isfile(target):
+        return "is missing"
+    try:
+        with open(target + ".sha256", encoding="ascii") as f:
+            recorded = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return "has no recorded SHA-256"
+    if sha256_file(target) != recorded:
+        return "does not match the SHA-256 recorded when it was built (a damaged or replaced file)"
+    return None
+
+
+def _install(built, target):
+    """Copy the built library to `target` atomically, its SHA-256 recorded first: if we die between the two,
+    the old file meets the new hash and is rebuilt, never trusted."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    atomic_write_text(target + ".sha256", sha256_file(built) + "\n")
+    staged = f"{target}.tmp{os.getpid()}"
+    shutil.copyfile(built, staged)
+    os.replace(staged, target)
 
 
 _STATUS = None

@@ -102,7 +102,20 @@ def evaluate(spec, outputs, features):
     predictions = outputs[:, 0] if spec.is_regression else decide(spec, outputs)
     result = {"eval_loss": glue_metrics.mean_loss(outputs, features.labels)}
     result.update(glue_metrics.task_metrics(spec.name, predictions, features.labels))
+    _warn_undefined(spec, result, predictions, features.labels)
     return result
+
+
+def _warn_undefined(spec, result, predictions, labels):
+    """Say why a correlation came out NaN (a constant column has none), so that the null it becomes in
+    eval_results.json is not taken for a bug or a zero."""
+    undefined = sorted(k for k, v in result.items() if isinstance(v, float) and np.isnan(v))
+    if not undefined:
+        return
+    constant = [what for what, values in (("gold scores", labels), ("predictions", predictions))
+                if np.ptp(np.asarray(values, np.float64)) == 0]
+    logger.warning("%s: %s undefined (%s over %d rows): written as null", spec.name, ", ".join(undefined),
+                   " and ".join(constant) + " constant" if constant else "NaN inputs", len(labels))
 
 
 def label_strings(spec, predictions):

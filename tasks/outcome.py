@@ -61,11 +61,17 @@ def write_results(report_file, results):
     Returns:
       the path written.
     """
-    flat = {key: _plain(value) for key, value in results.items()}
-    flat = {key: value for key, value in flat.items() if value is not _SKIP}
     path = results_path(report_file)
-    atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(json_scalars(results), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def json_scalars(results):
+    """The scalar entries of `results` as strict-JSON values: numpy numbers become Python ones and NaN or
+    infinities null (Python's `json` would write the literals NaN / Infinity, which strict parsers reject);
+    lists, dicts and other non-scalars are left out."""
+    flat = {key: _plain(value) for key, value in results.items()}
+    return {key: value for key, value in flat.items() if value is not _SKIP}
 
 
 def _command(words):

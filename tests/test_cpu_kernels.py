@@ -5,6 +5,7 @@ Second implementation: Paddle's `lamb` op run on the same tensors in the same ki
 promises Paddle's arithmetic: moments and beta powers bit-identical, parameters equal to within a few ulp
 (only the order of the two norm sums differs), and a result that does not depend on the thread count.
 """
+import hashlib
 import json
 import logging
 import os
@@ -198,6 +199,54 @@ def test_cache_key_follows_source_paddle_and_cpu():
     assert kernels.cache_root({"XDG_CACHE_HOME": "/c"}) == "/c/bert-paddle/kernels"
 
 
+@pytest.fixture
+def fake_compiler(monkeypatch, tmp_path):
+    """build_library with `_compile` replaced by one that writes a distinct fake library per call (no C++
+    compiler needed); returns the list of build directories it was called with."""
+    calls = []
+
+    def compile_(out_dir):
+        calls.append(out_dir)
+        path = os.path.join(out_dir, kernels.LIBRARY, f"{kernels.LIBRARY}.so")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(b"\x7fELF fake library, build %d" % len(calls))
+        return path
+
+    monkeypatch.setattr(kernels, "_compile", compile_)
+    monkeypatch.setattr(kernels, "_compiler_version", lambda: "g++ (fake) 12")
+    return calls
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "empty", "no recorded hash"])
+def test_a_damaged_cached_library_is_rebuilt_with_one_warning(fake_compiler, tmp_path, caplog, damage):
+    # Issue 20 item 19: a corrupt cached .so was loaded (and failed) in every later run, never rebuilt.
+    env = {kernels.CACHE_VAR: str(tmp_path / "cache")}
+    path, seconds = kernels.build_library(env)
+    with open(path, "rb") as f:
+        first = f.read()
+    with open(path + ".sha256") as f:
+        assert f.read() == hashlib.sha256(first).hexdigest() + "\n"
+    assert kernels.build_library(env) == (path, 0.0) and len(fake_compiler) == 1  # verified: cached
+    if damage == "no recorded hash":
+        os.remove(path + ".sha256")
+    else:
+        with open(path, "wb") as f:
+            f.write(os.urandom(4096) if damage == "random bytes" else b"")
+    caplog.set_level(logging.INFO, logger=kernels.__name__)
+    again, seconds = kernels.build_library(env)
+    assert again == path and seconds > 0 and len(fake_compiler) == 2
+    reason = ("has no recorded SHA-256" if damage == "no recorded hash" else
+              "does not match the SHA-256 recorded when it was built (a damaged or replaced file)")
+    assert [r.getMessage() for r in caplog.records] == [f"CPU kernel cache: {path} {reason}: rebuilding it"]
+    with open(path, "rb") as f:
+        rebuilt = f.read()
+    assert rebuilt == b"\x7fELF fake library, build 2"
+    with open(path + ".sha256") as f:
+        assert f.read() == hashlib.sha256(rebuilt).hexdigest() + "\n"
+    assert kernels.build_library(env) == (path, 0.0) and len(fake_compiler) == 2
+
+
 def test_concurrent_first_builds_share_one_library(tmp_path):
     """Two processes that find no library (a multi-process run's first start) build it once, atomically."""
     env = dict(os.environ, **{kernels.CACHE_VAR: str(tmp_path / "cache")})
@@ -212,3 +261,9 @@ def test_concurrent_first_builds_share_one_library(tmp_path):
     logs = "".join(o[1] for o in outs)
     assert logs.count("built in") == 1 and logs.count("cached") == 1
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("build-")]  # no leftovers
+    # Issue 20 item 19: a library damaged in the cache is rebuilt and loads, instead of failing every run.
+    libraries[0].write_bytes(os.urandom(4096))
+    proc = subprocess.run([sys.executable, "-m", "cpu_kernels.build"], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(libraries[0]), proc.stderr
+    assert "does not match the SHA-256 recorded when it was built" in proc.stderr and "built in" in proc.stderr

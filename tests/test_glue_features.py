@@ -172,8 +172,54 @@ def test_stsb_score_outside_0_5_and_wrong_header(tmp_path):
     with pytest.raises(ValueError, match=r"train\.tsv:3: STS-B score '5.5' is not a number in \[0, 5\]"):
         G.read_examples(str(path), spec, "train")
     path.write_text(FIXTURES["MRPC"]["train"], encoding="utf-8")  # MRPC's file given as STS-B
-    with pytest.raises(ValueError, match=r"train\.tsv:1: the header has 5 .* STS-B train file has 10"):
+    with pytest.raises(ValueError, match=r"train\.tsv:1: expected the STS-B train header 'index\\tgenre.*"
+                                         r"\(that is the header of a MRPC train/dev file\)"):
         G.read_examples(str(path), spec, "train")
+
+
+def test_real_mrpc_train_without_its_header_is_refused_not_one_row_short(tmp_path):
+    # Issue 20 item 11: the first row was taken for the header and silently dropped.
+    lines = shared_path("data", "glue", "MRPC", "train.tsv").read_text(encoding="utf-8-sig").splitlines(True)
+    path = tmp_path / "train.tsv"
+    path.write_text("".join(lines[1:]), encoding="utf-8")
+    first = lines[1].rstrip("\n")
+    with pytest.raises(ValueError) as err:
+        G.read_examples(str(path), G.TASKS["MRPC"], "train")
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    assert str(err.value) == (f"{path}:1: expected the MRPC train header {header!r}, found "
+                              f"{first[:120] + '...'!r} (a file without its header line, or not a GLUE file)")
+
+
+def test_real_mrpc_dev_copied_over_test_is_refused(tmp_path):
+    # Issue 20 item 11: dev.tsv as test.tsv had the same column count, so its 0/1 labels became the index.
+    path = tmp_path / "test.tsv"
+    path.write_bytes(shared_path("data", "glue", "MRPC", "dev.tsv").read_bytes())
+    with pytest.raises(ValueError, match=r"test\.tsv:1: expected the MRPC test header 'index\\t#1 ID.*found "
+                                         r"'Quality\\t#1 ID.*\(that is the header of a MRPC train/dev file\)"):
+        G.read_examples(str(path), G.TASKS["MRPC"], "test")
+
+
+@pytest.mark.parametrize("task", sorted(FIXTURES))
+def test_every_headed_split_refuses_its_first_row_as_header_and_a_sibling_split(tmp_path, task):
+    spec = G.TASKS[task]
+    splits = ["train", *spec.dev_splits, *(s for s, _ in spec.test_splits)]
+    for split in splits:
+        text = FIXTURES[task][split]
+        path = tmp_path / f"{split}.tsv"
+        if spec.layout(split).header is None:  # CoLA train/dev: a header line is a bad label on line 1
+            path.write_text("source\tlabel\tjudgement\tsentence\n" + text, encoding="utf-8")
+            with pytest.raises(ValueError, match=rf"{split}\.tsv:1: label 'label' is not one of"):
+                G.read_examples(str(path), spec, split)
+            continue
+        path.write_text(text.split("\n", 1)[1], encoding="utf-8")  # header dropped
+        with pytest.raises(ValueError, match=rf"{split}\.tsv:1: expected the {task} {split} header"):
+            G.read_examples(str(path), spec, split)
+        other = next((s for s in splits if spec.layout(s).header not in (None, spec.layout(split).header)), None)
+        if other is None:  # CoLA's test file: no other split has a header
+            continue
+        path.write_text(FIXTURES[task][other], encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"{split}\.tsv:1: .*\(that is the header of a {task} [a-z/]+ file\)"):
+            G.read_examples(str(path), spec, split)
 
 
 def test_carriage_returns_inside_a_field_stay_in_it(tmp_path):

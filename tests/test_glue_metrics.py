@@ -78,3 +78,18 @@ def test_against_scipy_with_ties(seed):
     assert M.pearson(pred, gold) == pytest.approx(stats.pearsonr(pred, gold)[0])
     assert M.spearman(pred, gold) == pytest.approx(stats.spearmanr(pred, gold)[0])
     assert M.average_ranks(gold).tolist() == pytest.approx(stats.rankdata(gold).tolist())
+
+
+def test_a_constant_score_dev_set_warns_that_the_correlations_are_undefined(caplog):
+    # Issue 20 item 17: four rows all scored 3.0 by the annotators, varied predictions.
+    from data.features.glue import GlueFeatures, task_spec
+    from tasks import glue
+
+    labels = np.full(4, 3.0, np.float32)
+    features = GlueFeatures(np.zeros((4, 3), np.int32), np.zeros((4, 3), np.int8), np.full(4, 3, np.int32), labels)
+    outputs = np.array([[1.0], [2.0], [2.5], [4.0]], np.float32)
+    result = glue.evaluate(task_spec("STS-B"), outputs, features)
+    assert np.isnan(result["pearson"]) and np.isnan(result["corr"])
+    assert result["eval_loss"] == pytest.approx(np.mean((outputs[:, 0] - 3.0) ** 2))
+    assert caplog.messages == ["STS-B: corr, pearson, spearmanr undefined (gold scores constant over 4 rows): "
+                               "written as null"]

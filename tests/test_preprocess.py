@@ -1,9 +1,15 @@
 """Dask preprocessing: block splitting, sampling, static masking, binning, determinism across workers, errors."""
 import collections
+import contextlib
 import filecmp
 import gzip
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +20,8 @@ from data.prep import corpus
 from data import lddl_format as fmt
 from data.prep import preprocess_bert_pretrain as pre
 from utils.cli import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -398,6 +406,51 @@ def test_vocab_with_many_unknown_tokens_warns_with_the_rate(tmp_path, vocab, sou
     assert summary["unk_rate"] < 0.05 and not [r for r in caplog.records if "[UNK]" in r.getMessage()]
 
 
+def _random_next_rows(sink):
+    rows = list(_read_all(sink).values())
+    return sum(r["is_random_next"] for r in rows), len(rows)
+
+
+def test_random_next_share_is_logged_as_counted_in_the_output(caplog, vocab, source, tmp_path):
+    # Issue 20 item 12: the share of random-next pairs is logged, equal to the rows actually written.
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [source], str(tmp_path / "out"), block_size_mb=0.03, num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "out")
+    assert (summary["random_next"], summary["instances"]) == (random_next, rows)
+    assert 0.4 < random_next / rows < 0.7 and summary["random_next_share"] == random_next / rows
+    assert (f"--sink: {random_next} of {rows} instances ({100 * random_next / rows:.1f} %) have a random next "
+            "sentence (about half expected)") in caplog.messages
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_single_document_corpus_warns_that_no_random_next_sentence_was_made(tmp_path, vocab, source, caplog):
+    # Issue 20 item 12: one long line (one document) gave every pair is_random_next False, and nothing said so.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    text = " ".join(f"Sentence number {i} of the only document goes on here." for i in range(600))
+    (lone / "one.txt").write_text(f"doc1 {text}\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [str(lone)], str(tmp_path / "out"), num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "out")
+    assert random_next == summary["random_next"] == 0 and rows == summary["instances"] > 100
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["--sink: too few documents for random next sentences: 1 of 1 blocks held a single document "
+                        "(B is drawn from another document of the same block), so only 0.0 % of the instances "
+                        "have a random next sentence instead of about half; give the corpus as many documents "
+                        "(one per line in the lines format, blank-line separated in Google's), or raise "
+                        "--block-size-mb if its documents are only spread thin"]
+    # Beside a corpus of many documents, the lone block is still named and the share is the one written.
+    caplog.clear()
+    with caplog.at_level("INFO", logger=pre.__name__):
+        summary = pre.run(_settings(vocab), [str(lone), source], str(tmp_path / "mixed"), block_size_mb=0.03,
+                          num_workers=0)
+    random_next, rows = _random_next_rows(tmp_path / "mixed")
+    assert (summary["random_next"], summary["instances"]) == (random_next, rows) and 0 < random_next < rows
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (f"1 of {summary['blocks']} blocks held a single document" in warning
+            and f"only {100 * random_next / rows:.1f} % of the instances" in warning)
+
+
 def test_bad_file_through_the_pool_is_one_error_line_and_no_sink(tmp_path, vocab, source, capsys):
     """A worker's ValueError (a non-UTF-8 file) comes back as the command's one error line, exit 2."""
     bad = tmp_path / "src"
@@ -409,3 +462,44 @@ def test_bad_file_through_the_pool_is_one_error_line_and_no_sink(tmp_path, vocab
                       "--executor", "pool", "--block-size-mb", "0.005", "--input-format", "lines"], capsys)
     assert "b.txt" in err and "UTF-8" in err
     assert not sink.exists()
+
+
+def test_pool_workers_exit_when_the_command_is_killed(tmp_path, vocab):
+    # Issue 20 item 21: after `kill -9` of the command its two pool workers ran on (528 MB, still busy 60 s
+    # later). They now end with it, by the mechanism the Wikipedia pool uses (utils.workers).
+    psutil = pytest.importorskip("psutil")
+    words = ["history", "river", "city", "music", "science", "people", "century", "village", "school", "war"]
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    # 13 MB, 100 masked duplicates: about a minute of work for two workers, far longer than the test waits
+    with open(src / "big.txt", "w", encoding="utf-8") as f:
+        for d in range(8000):
+            sentences = (" ".join(rng.choice(words, 12)) + "." for _ in range(20))
+            f.write(f"d{d} {' '.join(sentences)}\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "data.prep.preprocess_bert_pretrain", "--source", str(src),
+                             "--sink", str(tmp_path / "out"), "--vocab-file", vocab, "--num-workers", "2",
+                             "--executor", "pool", "--block-size-mb", "0.5", "--duplicate-factor", "100",
+                             "--masking"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = []
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            workers = parent.children(recursive=True)
+        assert len(workers) == 2, f"workers did not start (exit {proc.poll()})"
+        time.sleep(0.5)  # the workers are now busy with blocks
+        assert proc.poll() is None and all(w.is_running() for w in workers)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"still running 5 s after the command was killed: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for worker in workers:  # orphans of a failed test must not run on
+            with contextlib.suppress(psutil.Error):
+                worker.kill()

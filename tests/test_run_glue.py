@@ -214,6 +214,24 @@ def test_malformed_row_and_missing_split_stop_before_any_output(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_dev_copied_over_test_is_one_error_line_and_no_submission(data, tmp_path, capsys):
+    # Issue 20 item 11: the submission's index column was dev's 0/1 labels.
+    import run_glue
+
+    copy = tmp_path / "MRPC"
+    copy.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (copy / name).write_bytes((data / "MRPC" / name).read_bytes())
+    (copy / "test.tsv").write_bytes((data / "MRPC" / "dev.tsv").read_bytes())
+    args = _base(data, tmp_path / "o", "--config-file", str(data / "tiny.json"), "--from-pretrained-params",
+                 str(data / "pretrained"), "--mode", "prediction")
+    args[args.index("--data-dir") + 1] = str(copy)
+    assert run_glue.cli(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{copy / 'test.tsv'}:1: expected the MRPC test header" in errors[0], errors
+    assert not (tmp_path / "o").exists()
+
+
 def test_mode_words():
     import run_glue
 
@@ -226,7 +244,7 @@ def test_mode_words():
 
 
 @pytest.mark.parametrize("task", ["MNLI", "STS-B"])
-def test_mnli_and_stsb_runs_write_their_metrics_and_submission_files(data, tmp_path, task):
+def test_mnli_and_stsb_runs_write_their_metrics_and_submission_files(data, tmp_path, task, caplog):
     import run_glue
     from test_glue_features import FIXTURES, write_task
 
@@ -242,6 +260,14 @@ def test_mnli_and_stsb_runs_write_their_metrics_and_submission_files(data, tmp_p
     else:  # regression: correlations (NaN on a one-row dev set), no accuracy key
         assert {"pearson", "spearmanr", "corr", "eval_loss"} <= set(results) and "exact_match" not in results
         names = ["STS-B.tsv"]
+        # Issue 20 item 17: the undefined correlations are null in strict JSON, and the log says why.
+        def no_constants(word):
+            raise AssertionError(f"eval_results.json holds the non-JSON literal {word}")
+        written = json.loads((run_dir / "eval_results.json").read_text(), parse_constant=no_constants)
+        assert written["pearson"] is written["spearmanr"] is written["corr"] is None
+        assert written["eval_loss"] == pytest.approx(results["eval_loss"])
+        assert ("STS-B: corr, pearson, spearmanr undefined (gold scores and predictions constant over 1 rows): "
+                "written as null") in caplog.text
     assert results["submission_files"] == [str(run_dir / n) for n in names]
     for name in names:
         header, row = (run_dir / name).read_text().splitlines()

@@ -302,6 +302,24 @@ def test_context_file_errors_name_the_file(data, tmp_path, content, message):
                                  "--context-file", str(page)))
 
 
+@pytest.mark.parametrize("how", ["--context", "--context-file"])
+def test_a_context_over_the_cap_is_one_error_line_and_nothing_written(data, tmp_path, capsys, how):
+    # Issue 20 item 16: a 50 MB context asked for 8 TiB; the cap is documented in run_squad's docstring.
+    text = "word " * (run_squad.MAX_CONTEXT_CHARS // 5) + "x"
+    assert len(text) == run_squad.MAX_CONTEXT_CHARS + 1 == 2_000_001
+    page = tmp_path / "page.txt"
+    page.write_text(text, encoding="utf-8")
+    value = str(page) if how == "--context-file" else text
+    args = base_args(data, tmp_path / "out", "--from-pretrained-params", str(data / "pretrained"), "--config-file",
+                     str(data / "tiny.json"), "--question", "what ?", how, value)
+    assert run_squad.cli(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    where = f"--context-file '{page}'" if how == "--context-file" else "--context"
+    assert errors == [f"error: {where} has more than 2,000,000 characters, the most one question is answered "
+                      "from: give the passage that should hold the answer"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("question, context, message", [("  ", "text", "--question is empty"),
                                                         ("why ?", "", "--context is empty")])
 def test_empty_question_or_context_is_refused(data, tmp_path, question, context, message):

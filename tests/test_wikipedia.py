@@ -329,6 +329,6 @@ def test_workers_exit_when_the_cli_is_killed(tmp_path, sig):
 
 def test_worker_whose_parent_is_already_gone_exits_at_once():
     # The race prctl cannot cover: the parent died between the worker's start and its initializer.
-    code = "import os; from data.prep.wikipedia import _exit_with_parent as e; e(os.getppid() + 1); print('ran on')"
+    code = "import os; from utils.workers import exit_with_parent as e; e(os.getppid() + 1); print('ran on')"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout == ""

@@ -7,9 +7,12 @@ extracted text, checkpoints, reports) goes through these helpers.
 Why: a crash or Ctrl-C halfway through a multi-hour preprocessing run must not leave a directory that
 looks finished. We write into a sibling temporary path on the same filesystem and `os.replace` it into
 place at the end (rename is atomic on POSIX within one filesystem).
+
+Also owns `sha256_file`, the content hash with which caches check that a file is still the one they wrote.
 """
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -149,6 +152,15 @@ def atomic_write_text(path, text):
 def atomic_write_json(path, obj, indent=2):
     """Write `obj` as JSON to `path` atomically (keys sorted, so output is reproducible)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _owner_tag():

@@ -12,9 +12,10 @@ Reading rules (what Google's `run_classifier.py` does, made strict):
   * fields are split on tabs with no quoting at all (csv.QUOTE_NONE): GLUE sentences contain unbalanced
     double quotes (MRPC dev row 1 starts with one), which a quoting CSV reader would merge with the
     following rows;
-  * the header line, where the layout has one, is skipped; every row must have the layout's exact number of
-    columns and a label from the task's label set (STS-B: a number in [0, 5]); the first row that does not
-    raises one ValueError naming `file:line`. Empty lines are skipped.
+  * where the layout has a header, the first line must be exactly that header (the column names as GLUE
+    released them; CoLA's train/dev files alone have none) and is then skipped; every row must have the
+    layout's exact number of columns and a label from the task's label set (STS-B: a number in [0, 5]); the
+    first line that does not raises one ValueError naming `file:line`. Empty lines are skipped.
 
 Features are Google BERT's: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, segment 1 from b's first token to
 its [SEP], and a pair longer than `max_seq_length - 3` loses tokens from the end of the longer side first
@@ -36,15 +37,25 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where things are in one split's TSV: a header line or not, the exact column count, and the column
-    index of the first sentence, the second sentence (None: single sentence), the label (None: unlabeled
-    test file) and the row index (test files: what the submission file's `index` column repeats)."""
-    header: bool
+    """Where things are in one split's TSV: its header line (the column names, or None when the file has no
+    header), the exact column count, and the column index of the first sentence, the second sentence (None:
+    single sentence), the label (None: unlabeled test file) and the row index (test files: what the
+    submission file's `index` column repeats)."""
+    header: Optional[Tuple[str, ...]]
     columns: int
     text_a: int
     text_b: Optional[int] = None
     label: Optional[int] = None
     index: Optional[int] = None
+
+
+def _headed(names, text_a, text_b=None, label=None, index=None):
+    """The Layout of a file whose first line is `names` (tab-separated), with the columns given by name so the
+    indices cannot drift from the header they are read under."""
+    header = tuple(names.split("\t"))
+    position = {name: i for i, name in enumerate(header)}
+    pick = lambda name: None if name is None else position[name]  # noqa: E731
+    return Layout(header, len(header), pick(text_a), pick(text_b), pick(label), pick(index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,29 +98,43 @@ def _task(name, labels, train, dev, test, **kwargs):
 
 _BINARY = ("0", "1")
 _ENTAILMENT = ("entailment", "not_entailment")
-# Column layouts as released by GLUE (https://gluebenchmark.com/tasks); test files have an index column
-# and no label.
+# Headers as released by GLUE (https://gluebenchmark.com/tasks; MRPC as GLUE's download script builds it from
+# Microsoft's files, see data.prep.download.build_mrpc). CoLA's train and dev files alone have no header.
+_MRPC = "#1 ID\t#2 ID\t#1 String\t#2 String"
+_STSB = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
+_MNLI = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+         "sentence2_parse\tsentence1\tsentence2")
+_RTE = "index\tsentence1\tsentence2"  # also WNLI's
+_PAIR = ("sentence1", "sentence2")
 TASKS = {spec.name: spec for spec in (
-    _task("CoLA", _BINARY, Layout(False, 4, 3, label=1), Layout(False, 4, 3, label=1),
-               Layout(True, 2, 1, index=0)),
-    _task("SST-2", _BINARY, Layout(True, 2, 0, label=1), Layout(True, 2, 0, label=1),
-               Layout(True, 2, 1, index=0)),
-    _task("MRPC", _BINARY, Layout(True, 5, 3, 4, label=0), Layout(True, 5, 3, 4, label=0),
-               Layout(True, 5, 3, 4, index=0)),
-    _task("STS-B", None, Layout(True, 10, 7, 8, label=9), Layout(True, 10, 7, 8, label=9),
-               Layout(True, 9, 7, 8, index=0)),
-    _task("QQP", _BINARY, Layout(True, 6, 3, 4, label=5), Layout(True, 6, 3, 4, label=5),
-               Layout(True, 3, 1, 2, index=0)),
-    _task("MNLI", ("contradiction", "entailment", "neutral"), Layout(True, 12, 8, 9, label=11),
-               Layout(True, 16, 8, 9, label=15), Layout(True, 10, 8, 9, index=0),
-               dev_splits=("dev_matched", "dev_mismatched"),
-               test_splits=(("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv"))),
-    _task("QNLI", _ENTAILMENT, Layout(True, 4, 1, 2, label=3), Layout(True, 4, 1, 2, label=3),
-               Layout(True, 3, 1, 2, index=0)),
-    _task("RTE", _ENTAILMENT, Layout(True, 4, 1, 2, label=3), Layout(True, 4, 1, 2, label=3),
-               Layout(True, 3, 1, 2, index=0)),
-    _task("WNLI", _BINARY, Layout(True, 4, 1, 2, label=3), Layout(True, 4, 1, 2, label=3),
-               Layout(True, 3, 1, 2, index=0)),
+    _task("CoLA", _BINARY, Layout(None, 4, 3, label=1), Layout(None, 4, 3, label=1),
+          _headed("index\tsentence", "sentence", index="index")),
+    _task("SST-2", _BINARY, _headed("sentence\tlabel", "sentence", label="label"),
+          _headed("sentence\tlabel", "sentence", label="label"),
+          _headed("index\tsentence", "sentence", index="index")),
+    _task("MRPC", _BINARY, _headed("Quality\t" + _MRPC, "#1 String", "#2 String", label="Quality"),
+          _headed("Quality\t" + _MRPC, "#1 String", "#2 String", label="Quality"),
+          _headed("index\t" + _MRPC, "#1 String", "#2 String", index="index")),
+    _task("STS-B", None, _headed(_STSB + "\tscore", *_PAIR, label="score"),
+          _headed(_STSB + "\tscore", *_PAIR, label="score"), _headed(_STSB, *_PAIR, index="index")),
+    _task("QQP", _BINARY, _headed("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "question1", "question2",
+                                  label="is_duplicate"),
+          _headed("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "question1", "question2",
+                  label="is_duplicate"),
+          _headed("id\tquestion1\tquestion2", "question1", "question2", index="id")),
+    _task("MNLI", ("contradiction", "entailment", "neutral"),
+          _headed(_MNLI + "\tlabel1\tgold_label", *_PAIR, label="gold_label"),
+          _headed(_MNLI + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label", *_PAIR, label="gold_label"),
+          _headed(_MNLI, *_PAIR, index="index"),
+          dev_splits=("dev_matched", "dev_mismatched"),
+          test_splits=(("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv"))),
+    _task("QNLI", _ENTAILMENT, _headed("index\tquestion\tsentence\tlabel", "question", "sentence", label="label"),
+          _headed("index\tquestion\tsentence\tlabel", "question", "sentence", label="label"),
+          _headed("index\tquestion\tsentence", "question", "sentence", index="index")),
+    _task("RTE", _ENTAILMENT, _headed(_RTE + "\tlabel", *_PAIR, label="label"),
+          _headed(_RTE + "\tlabel", *_PAIR, label="label"), _headed(_RTE, *_PAIR, index="index")),
+    _task("WNLI", _BINARY, _headed(_RTE + "\tlabel", *_PAIR, label="label"),
+          _headed(_RTE + "\tlabel", *_PAIR, label="label"), _headed(_RTE, *_PAIR, index="index")),
 )}
 STSB_RANGE = (0.0, 5.0)
 
@@ -183,7 +208,7 @@ def read_examples(path, spec, split):
         with open(path, encoding="utf-8-sig", newline="\n") as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
-                if lineno == 1 and layout.header:
+                if lineno == 1 and layout.header is not None:
                     _check_header(line, layout, spec, split, path)
                     continue
                 if not line:
@@ -197,9 +222,32 @@ def read_examples(path, spec, split):
 
 
 def _check_header(line, layout, spec, split, path):
-    if len(line.split("\t")) != layout.columns:
-        raise ValueError(f"{path}:1: the header has {len(line.split(chr(9)))} tab-separated columns, a {spec.name} "
-                         f"{split} file has {layout.columns}: is this the right task / file?")
+    """Refuse a first line that is not this split's header: a file that lost its header would otherwise
+    lose its first row to it, and another split's file (dev.tsv copied over test.tsv) would be read by the
+    wrong columns (its labels taken for the submission's index)."""
+    found = tuple(name.strip() for name in line.split("\t"))
+    if found == layout.header:
+        return
+    known = _known_header(found, spec)
+    hint = (f"that is the header of {known}" if known else
+            "a file without its header line, or not a GLUE file" if len(found) == layout.columns else
+            "another task's or split's file?")
+    raise ValueError(f"{path}:1: expected the {spec.name} {split} header {chr(9).join(layout.header)!r}, found "
+                     f"{_shorten(line)!r} ({hint})")
+
+
+def _known_header(found, spec):
+    """'a MRPC train/dev file' style description of the splits whose header is `found` (this task's own
+    splits if it is one of theirs, else every task's), or None."""
+    def splits_of(other):
+        return "/".join(s for s in ("train", "dev", "test") if getattr(other, s).header == found)
+    owners = [f"{other.name} {splits_of(other)}" for other in ([spec] if splits_of(spec) else TASKS.values())
+              if splits_of(other)]
+    return f"a {' or '.join(owners)} file" if owners else None
+
+
+def _shorten(text, limit=120):
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _example(fields, layout, spec, guid, where):

@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 
 from utils.checks import is_int
-from utils.fs import atomic_write_bytes
+from utils.fs import atomic_write_bytes, sha256_file
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
@@ -297,20 +297,28 @@ def doc_spans(num_doc_tokens, max_tokens_for_doc, doc_stride):
 def max_context_owner(spans, num_doc_tokens):
     """For each doc sub-token, the window where it has the most context (Google's `_check_is_max_context`).
 
+    A token's score in a window covering it is min(tokens left of it, tokens right of it) + 0.01 * the
+    window's length. Windows are visited in order and a token moves only to a strictly better score, so the
+    first window wins ties, as in Google's loop. Time and memory are linear in the windows' total length (the
+    size of the features themselves), not tokens x windows: a dense [tokens, windows] score matrix grows with
+    the square of the document (a 1 MB context asked for 3 GiB).
+
     Args:
-      spans: list of (start, length) from `doc_spans`.
+      spans: list of (start, length) from `doc_spans` (any order of overlapping windows works).
       num_doc_tokens: int.
 
     Returns:
-      int64 [num_doc_tokens], window index; the first window wins ties.
+      int64 [num_doc_tokens], window index; 0 for a token no window covers.
     """
-    starts = np.array([s for s, _ in spans], dtype=np.int64)
-    lengths = np.array([n for _, n in spans], dtype=np.int64)
-    ends = starts + lengths - 1
-    pos = np.arange(num_doc_tokens, dtype=np.int64)[:, None]
-    score = np.minimum(pos - starts, ends - pos) + 0.01 * lengths
-    score[(pos < starts) | (pos > ends)] = -np.inf
-    return np.argmax(score, axis=1)
+    owner = np.zeros(num_doc_tokens, np.int64)
+    best = np.full(num_doc_tokens, -np.inf)
+    for k, (start, length) in enumerate(spans):
+        pos = np.arange(start, start + length, dtype=np.int64)
+        score = np.minimum(pos - start, start + length - 1 - pos) + 0.01 * length
+        better = score > best[start:start + length]
+        best[start:start + length][better] = score[better]
+        owner[start:start + length][better] = k
+    return owner
 
 
 def improve_answer_span(doc_tokens, start, end, answer_tokens):
@@ -491,17 +499,10 @@ def _stack(blocks, max_seq_length, id_to_token):
 
 
 # ------------------------------------------------------------------------------------------------ cache
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(path, vocab_file, do_lower_case, params, is_training, version_2_with_negative):
     """The dict that identifies a feature cache entry: content hashes of both files plus every setting."""
-    return {"format": CACHE_FORMAT_VERSION, "input_sha256": _sha256(path), "vocab_sha256": _sha256(vocab_file),
+    return {"format": CACHE_FORMAT_VERSION, "input_sha256": sha256_file(path),
+            "vocab_sha256": sha256_file(vocab_file),
             "do_lower_case": bool(do_lower_case), "max_seq_length": params.max_seq_length,
             "doc_stride": params.doc_stride, "max_query_length": params.max_query_length,
             "is_training": bool(is_training), "version_2_with_negative": bool(version_2_with_negative)}

@@ -44,7 +44,6 @@ import hashlib
 import importlib
 import itertools
 import logging
-import multiprocessing
 import os
 import random
 import sys
@@ -64,6 +63,7 @@ from data.prep.pretraining_pairs import create_instances, split_sentences, token
 from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
+from utils.workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -445,8 +445,9 @@ def process_block(block, settings, out_dir, holdout_dir=None):
     Returns:
       dict: 'files' {basename: rows} (empty when the block yields no rows), 'documents' (kept, non-empty),
       'text_chars' (characters of their sentences), 'tokens' and 'unk_tokens' (WordPiece tokens of those
-      documents, and how many of them are [UNK]); with a hold-out also 'holdout' (the same dict for the
-      held-out documents).
+      documents, and how many of them are [UNK]), 'random_next' (rows whose B is a random next sentence)
+      and 'lone_documents' (1 when the block's rows all come from one document, so none can have a random
+      B; else 0); with a hold-out also 'holdout' (the same dict for the held-out documents).
     """
     stats = _process_part(block, settings, out_dir, "train")
     if holdout_dir is not None and settings.holdout_fraction > 0:
@@ -462,7 +463,9 @@ def _process_part(block, settings, out_dir, part):
     files = _write_block(table, order, block.block_id, settings, out_dir) if len(order) else {}
     return {"files": files, "documents": docs.num_documents,
             "text_chars": sum(len(s) for d in docs_text for s in d), "tokens": int(len(docs.token_ids)),
-            "unk_tokens": int(np.count_nonzero(docs.token_ids == tok.special_ids["unk"]))}
+            "unk_tokens": int(np.count_nonzero(docs.token_ids == tok.special_ids["unk"])),
+            "random_next": int(np.count_nonzero(table.column("is_random_next").to_numpy(zero_copy_only=False))),
+            "lone_documents": int(docs.num_documents == 1 and len(order) > 0)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -514,7 +517,8 @@ def _executor(kind, schedule, scheduler, num_workers, threads_per_worker):
         return
     if kind == "pool":
         # fork: the workers start with this process's modules, tokenizer and warm word cache, no import.
-        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        # They end with this process, even when it is SIGKILLed (utils.workers.exit_with_parent).
+        with process_pool(num_workers, "fork") as pool:
             yield pool
         return
     from distributed import Client, LocalCluster
@@ -664,8 +668,10 @@ def run(settings, sources, sink, *, block_size_mb=32.0, input_format="auto", num
 
     Returns:
       dict summary: blocks, documents, instances, files, text_chars, seconds, sink, unk_rate (fraction of
-      the tokens that are [UNK]; above UNK_WARN_RATE a warning is logged); with a hold-out also
-      holdout_sink, holdout_documents, holdout_instances.
+      the tokens that are [UNK]; above UNK_WARN_RATE a warning is logged), random_next and random_next_share
+      (instances whose B is a random next sentence, and their fraction; a warning says when blocks held a
+      single document, which gives none); with a hold-out also holdout_sink, holdout_documents,
+      holdout_instances, holdout_random_next_share.
 
     Raises:
       ValueError: bad sources/vocab/flags, output exists, the corpus yields zero instances (or zero held-out
@@ -723,10 +729,13 @@ def _run(settings, sources, files, sink, holdout_sink, kind, *, block_size_mb, i
     counts, tokens = total["files"], total["tokens"]
     summary = {"blocks": len(blocks), "documents": total["documents"], "instances": sum(counts.values()),
                "files": len(counts), "text_chars": total["text_chars"], "seconds": time.perf_counter() - started,
-               "sink": os.path.abspath(sink), "unk_rate": total["unk_tokens"] / tokens if tokens else 0.0}
+               "sink": os.path.abspath(sink), "unk_rate": total["unk_tokens"] / tokens if tokens else 0.0,
+               "random_next": total["random_next"],
+               "random_next_share": _report_random_next(total, len(blocks), "--sink")}
     if holdout_sink:
         summary.update(holdout_sink=os.path.abspath(holdout_sink), holdout_documents=held["documents"],
-                       holdout_instances=sum(held["files"].values()))
+                       holdout_instances=sum(held["files"].values()),
+                       holdout_random_next_share=_report_random_next(held, len(blocks), "--holdout-sink"))
         logger.info("held out %(holdout_instances)d instances from %(holdout_documents)d documents in "
                     "%(holdout_sink)s (never in the training sink)", summary)
     logger.info("wrote %(instances)d instances from %(documents)d documents into %(files)d files in %(sink)s "
@@ -738,18 +747,45 @@ def _run(settings, sources, files, sink, holdout_sink, kind, *, block_size_mb, i
     return summary
 
 
+_COUNTERS = ("documents", "text_chars", "tokens", "unk_tokens", "random_next", "lone_documents")
+
+
 def _tally(block_stats):
     """Sum `process_block` results: (training totals, hold-out totals), each with 'files' {basename: rows} and
-    the counters 'documents', 'text_chars', 'tokens', 'unk_tokens'."""
-    totals = [{"files": {}, "documents": 0, "text_chars": 0, "tokens": 0, "unk_tokens": 0} for _ in range(2)]
+    the counters of _COUNTERS."""
+    totals = [dict({"files": {}}, **dict.fromkeys(_COUNTERS, 0)) for _ in range(2)]
     for stats in block_stats:
         for total, part in zip(totals, (stats, stats.get("holdout"))):
             if part is None:
                 continue
             total["files"].update(part["files"])
-            for key in ("documents", "text_chars", "tokens", "unk_tokens"):
+            for key in _COUNTERS:
                 total[key] += part[key]
     return totals
+
+
+def _report_random_next(total, blocks, what):
+    """Log the share of rows whose B is a random next sentence, and warn when blocks held one document only.
+
+    Why: B is drawn from another document of the same block (as Google draws from another document of the
+    same input), so a block holding a single document -- a corpus that is one long line, say -- makes only
+    actual next sentences; next-sentence prediction then learns nothing, and nothing else would say so.
+
+    Returns:
+      float, the random-next share of `total`'s rows (0.0 without rows).
+    """
+    rows = sum(total["files"].values())
+    share = total["random_next"] / rows if rows else 0.0
+    logger.info("%s: %d of %d instances (%.1f %%) have a random next sentence (about half expected)", what,
+                total["random_next"], rows, 100 * share)
+    if total["lone_documents"]:
+        logger.warning("%s: too few documents for random next sentences: %d of %d blocks held a single document "
+                       "(B is drawn from another document of the same block), so only %.1f %% of the instances "
+                       "have a random next sentence instead of about half; give the corpus as many documents "
+                       "(one per line in the lines format, blank-line separated in Google's), or raise "
+                       "--block-size-mb if its documents are only spread thin", what, total["lone_documents"],
+                       blocks, 100 * share)
+    return share
 
 
 def _holdout_sink(settings, sink, holdout_sink):

@@ -17,19 +17,13 @@ Usage (from the repo root):
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import html
 import logging
-import multiprocessing
 import os
 import re
-import signal
 import sys
-import threading
-import time
 import xml.etree.ElementTree as ET
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import mwparserfromhell
@@ -39,6 +33,7 @@ from data.prep.corpus import open_binary
 from utils.cli import ArgumentParser, run_cli
 from utils.fs import atomic_output_dir, refuse_output_over_inputs
 from utils.logger import progress
+from utils.workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -327,42 +322,6 @@ def _clean_batch(clean, batch):
     return [clean(job) for job in batch]
 
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-_WATCHDOG_SECONDS = 1.0
-
-
-def _exit_with_parent(parent_pid):
-    """Worker initializer: end this worker as soon as the process that started it is gone.
-
-    Why: a pool worker blocks on its task queue, and it holds that queue's write end itself, so it never
-    sees end-of-file when the main process is SIGKILLed (or dies of SIGTERM's default action, which runs
-    no cleanup): the workers of a killed extraction ran on for 40 s and more, each holding hundreds of MB.
-    On Linux the kernel delivers SIGKILL to this worker when its parent dies (prctl PR_SET_PDEATHSIG; a
-    worker has nothing to clean up, its results only matter to the dead parent). Elsewhere, or if prctl
-    fails, a daemon thread polls the parent pid once a second. Either way a parent that died before this
-    ran is caught by the first check.
-
-    PR_SET_PDEATHSIG fires when the parent *thread* that started the worker ends, so `ordered_clean` must
-    be consumed in a thread that lives as long as the pool (the CLI consumes it in its main thread).
-
-    Args:
-      parent_pid: int, pid of the process that created the pool.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(_WATCHDOG_SECONDS)
-        os._exit(1)  # no cleanup: nobody is left to receive this worker's results
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
 def _batch_results(future):
     try:
         return future.result()
@@ -378,7 +337,8 @@ def ordered_clean(jobs, num_workers, max_pages=64, max_chars=4 << 20, clean=_cle
     Pool.imap would pull the whole dump into its task queue ahead of the workers, so jobs go out in
     small batches with at most 2 * num_workers in flight: workers stay busy, memory stays bounded.
     A worker that dies makes this raise instead of hanging (concurrent.futures, not multiprocessing.Pool);
-    a killed parent takes its workers with it within about a second (`_exit_with_parent`).
+    a killed parent takes its workers with it (`utils.workers.exit_with_parent`); consume it in a thread
+    that lives as long as the pool (the CLI consumes it in its main thread).
 
     Args:
       jobs: iterable of (str page_id, str wikitext).
@@ -396,9 +356,8 @@ def ordered_clean(jobs, num_workers, max_pages=64, max_chars=4 << 20, clean=_cle
         yield from map(clean, jobs)
         return
     # spawn: forked children would inherit whatever threads the parent runs (e.g. paddle's, under pytest).
-    # Workers end with this process, even when it is SIGKILLed (see _exit_with_parent).
-    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+    # Workers end with this process, even when it is SIGKILLed.
+    pool = process_pool(num_workers, "spawn")
     try:
         pending = collections.deque()
         for batch in _batches(jobs, max_pages, max_chars):
