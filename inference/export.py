@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 from inference import model_dir as layout
-from utils.fs import atomic_write_json
+from utils.fs import atomic_write_json, sha256_file
 
 logger = logging.getLogger("inference.export")
 
@@ -145,7 +145,7 @@ def source_record(path):
         files = [path]
     else:
         files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith((".pdparams", ".safetensors")))
-    return {"path": path, "weights": {os.path.basename(f): layout.sha256_file(f) for f in files}}
+    return {"path": path, "weights": {os.path.basename(f): sha256_file(f) for f in files}}
 
 
 SQUAD_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}

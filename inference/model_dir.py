@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Optional
 
-from utils.fs import atomic_write_json
+from utils.fs import atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +103,6 @@ def is_export_dir(path):
     """True when `path` is a directory with a manifest.json (an export, complete or not: `read_manifest`
     says which)."""
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST_FILE))
-
-
-def sha256_file(path):
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(directory, *, source, extra=None, task=TASK):

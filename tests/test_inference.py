@@ -14,6 +14,7 @@ import paddle
 import pytest
 
 from test_run_squad import PARAGRAPHS, SPECIAL, TINY, squad_json
+from utils.fs import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA_WORDS = ["what", "who", "the", "is", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "."]
@@ -97,10 +98,10 @@ def test_export_writes_a_verified_self_contained_directory(exported, model):
     out, manifest = exported
     assert sorted(p.name for p in out.iterdir()) == sorted(layout.REQUIRED_FILES + (layout.MANIFEST_FILE,))
     assert 0 <= manifest["verified_max_abs_logit_diff"] < 1e-4
-    assert manifest["source_checkpoint"]["weights"]["bert_paddle.pdparams"] == layout.sha256_file(
+    assert manifest["source_checkpoint"]["weights"]["bert_paddle.pdparams"] == sha256_file(
         model[0] / "ckpt" / "bert_paddle.pdparams")
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == layout.sha256_file(out / name)
+        assert entry["sha256"] == sha256_file(out / name)
     assert manifest["paddle_version"] == paddle.__version__
     settings = json.loads((out / "settings.json").read_text())
     assert (settings["max_seq_length"], settings["doc_stride"], settings["max_query_length"]) == (32, 16, 12)
