@@ -28,7 +28,7 @@ import sys
 from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
                           RunSettings, section, train_config)
-from utils.checkpoint import resolve_init_path
+from utils.checkpoint import check_init_vocab, resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
 
@@ -142,6 +142,10 @@ def validate_args(args):
         if getattr(args, flag):
             common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
     pretrained = args.from_pretrained_params and resolve_init_path(args.from_pretrained_params, args.model_prefix)
+    for flag, path in (("--from-pretrained-params", pretrained),
+                       ("--from-phase1-final-params", args.from_phase1_final_params)):
+        if path:
+            check_init_vocab(path, args.vocab_file, flag)
     steps_this_run, evaluation = _check_steps_this_run(args), _evaluation(args)
     if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
