@@ -1,4 +1,4 @@
-"""Atomic file and directory output.
+"""Atomic file and directory output, and the digest of a file.
 
 Owns: writing a file or a whole directory so that readers see either the old state or the complete new
 one, never a half-written result. Every tool that writes user-visible output (shards, vocabularies,
@@ -10,6 +10,7 @@ place at the end (rename is atomic on POSIX within one filesystem).
 """
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -112,6 +113,17 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_digest(path, chunk_size=8 << 20):
+    """{"size": bytes, "sha256": hex} of a file as it is on disk now (what checkpoints and shard directories
+    record of their files, so a later reader can tell the same bytes from changed ones)."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": sha.hexdigest()}
 
 
 def _sibling_tmp(path, suffix):
