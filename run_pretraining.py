@@ -16,7 +16,9 @@ one); `--warmup-start-lr` is honoured; `--last-step-of-checkpoint auto` with no 
 Reliability: one run per phase directory (a lock naming the holder; a killed run's lock is taken over);
 a fresh run into a directory holding checkpoints is refused unless `--replace-checkpoints`; resuming
 from an older step moves the later checkpoints aside; `auto` verifies checksums and falls back past a
-damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused.
+damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused; a resume
+that changes a setting outside `tasks.config.RESUME_MAY_CHANGE`, the vocab (SHA-256) or the shards' contents
+is refused in one line naming what changed.
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle

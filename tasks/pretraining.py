@@ -13,6 +13,9 @@ loader position and the LR-scheduler state. What is left is the randomness of dr
 generator would have advanced differently in an interrupted run, so it is re-seeded before every
 micro-batch from (seed, rank, micro-batch index). Together, a run killed at any point and resumed with
 `--last-step-of-checkpoint auto` computes exactly what an uninterrupted run computes (tested on CPU fp32).
+So that "resumed" cannot mean "continued as another training", each checkpoint also records the settings
+outside `tasks.config.RESUME_MAY_CHANGE`, the vocab's SHA-256 and (in the loader state) the shards'
+contents; a resume that changes any of them is refused before a tensor is loaded.
 """
 import logging
 import os
@@ -22,8 +25,8 @@ import paddle
 
 import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
-from utils.amp_state import init_pure_fp16
 from optimizer import decay_exclusion_summary
+from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, load_pretrained, phase_dir, vocab_sha256)
 from tasks.config import resume_settings, train_config

@@ -2,17 +2,21 @@
 
 Owns:
   * `Progress`: the JSON record saved with every checkpoint (step, epoch, loader position, LR-scheduler
-    state, seeds, config fingerprint, world size, global batch, file sizes and checksums, schema version).
+    state, seeds, config fingerprint, world size, global batch, the settings a resume must keep, the
+    vocab's SHA-256, file sizes and checksums, schema version), signed with its own SHA-256 and
+    cross-checked (step vs LR and loader state) when read: an edited record is a damaged checkpoint.
   * `CheckpointManager`: atomic, checksummed saves; retention by disk scan; `restore()` of every
     persistable from the newest checkpoint that verifies, falling back (with a warning naming the file
     and why) past damaged ones; `supersede()` to move another run's checkpoints out of the way.
-  * `check_compatible`: refusing to resume with a changed architecture, world size or global batch.
+  * `check_compatible`: refusing to resume with a changed architecture, world size, global batch, vocab or
+    recorded setting (one line: flag, checkpoint value, new value); `check_init_vocab`: refusing to
+    initialise from a pretraining checkpoint with another vocab.
   * `load_pretrained`: initialising parameters BY NAME from a `.pdparams` file, logging where each came from.
 
 Does not own: the bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
 `Progress.lr_state` / `Progress.loader_state` (the run scripts do that with the returned `Progress`),
-deciding the config fingerprint's inputs, or the lock that keeps two runs out of one directory
-(`utils.run_lock`).
+deciding the config fingerprint's inputs or which settings a resume may change (`tasks.config`), or the
+lock that keeps two runs out of one directory (`utils.run_lock`).
 
 Layout on disk (`phase_dir` builds the root):
 
@@ -682,7 +686,8 @@ class CheckpointManager:
         """The Progress of a complete step.
 
         Raises:
-          DamagedCheckpoint: progress.json unreadable; ValueError: an unsupported schema.
+          DamagedCheckpoint: progress.json unreadable, not matching its own checksum, or contradicting
+            itself (`Progress.inconsistency`); ValueError: an unsupported schema.
         """
         path = os.path.join(self.step_dir(step), PROGRESS_FILE)
         try:
