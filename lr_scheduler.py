@@ -36,6 +36,11 @@ def _check_schedule(base_lr, warmup_start_lr, warmup_steps, total_steps, power, 
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if power == 0:
         raise ValueError("power must be > 0 (power 0 would never decay)")
+    # A warm-up climbs to the peak: starting above it would train the first steps at a rate the user
+    # never meant as a peak (e.g. 5 -> 1e-3 diverges), so it is a typo, not a schedule.
+    if warmup_start_lr > base_lr:
+        raise ValueError(f"warmup_start_lr ({warmup_start_lr:g}) must not exceed base_lr ({base_lr:g}), the "
+                         f"peak the warm-up climbs to")
 
 
 def lr_at(step, *, base_lr, warmup_start_lr, warmup_steps, total_steps, power=1.0, end_lr=0.0):

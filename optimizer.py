@@ -10,6 +10,7 @@ Weight decay is not applied to biases and LayerNorm parameters (Google's `exclud
 
 DistributedFusedLamb (the reference's option) is removed, not silently replaced: see `REMOVED_OPTIMIZERS`.
 """
+import hashlib
 import logging
 
 import paddle
@@ -36,6 +37,17 @@ def exclude_from_weight_decay(name):
         e.g. "bert.encoder.layer.0.output.LayerNorm.weight".
     """
     return name.endswith(".bias") or ".LayerNorm." in name
+
+
+def decay_exclusion_summary(names):
+    """"<n> of <m> parameters, sha256 <16 hex>" for the parameters of `names` that get no weight decay.
+
+    A checkpoint records it, so a resume under a changed exclusion rule is refused rather than decaying
+    other parameters than the run did so far.
+    """
+    excluded = sorted(n for n in names if exclude_from_weight_decay(n))
+    digest = hashlib.sha256("\n".join(excluded).encode("utf-8")).hexdigest()[:16]
+    return f"{len(excluded)} of {len(names)} parameters, sha256 {digest}"
 
 
 def check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm):

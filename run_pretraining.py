@@ -16,7 +16,9 @@ one); `--warmup-start-lr` is honoured; `--last-step-of-checkpoint auto` with no 
 Reliability: one run per phase directory (a lock naming the holder; a killed run's lock is taken over);
 a fresh run into a directory holding checkpoints is refused unless `--replace-checkpoints`; resuming
 from an older step moves the later checkpoints aside; `auto` verifies checksums and falls back past a
-damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused.
+damaged newest checkpoint; a phase-1 checkpoint given to `--phase2 --from-checkpoint` is refused; a resume
+that changes a setting outside `tasks.config.RESUME_MAY_CHANGE`, the vocab (SHA-256) or the shards' contents
+is refused in one line naming what changed.
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -28,7 +30,7 @@ import sys
 from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
                           RunSettings, section, train_config)
-from utils.checkpoint import resolve_init_path
+from utils.checkpoint import check_init_vocab, resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
 
@@ -142,6 +144,10 @@ def validate_args(args):
         if getattr(args, flag):
             common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
     pretrained = args.from_pretrained_params and resolve_init_path(args.from_pretrained_params, args.model_prefix)
+    for flag, path in (("--from-pretrained-params", pretrained),
+                       ("--from-phase1-final-params", args.from_phase1_final_params)):
+        if path:
+            check_init_vocab(path, args.vocab_file, flag)
     steps_this_run, evaluation = _check_steps_this_run(args), _evaluation(args)
     if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")

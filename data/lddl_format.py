@@ -15,6 +15,8 @@ Owns everything that must agree between the writer (`data.prep.preprocess_bert_p
   * which shard and bin a file name stands for (`shard_stem`, `shard_numbers`, `bin_of_name`);
   * the bin rule `bin = min((num_tokens - 1) // bin_size, nbins - 1)`, `nbins = target_seq_length // bin_size`;
   * `.num_samples.json` = {basename: rows}, the row-count cache LDDL's loader reads;
+  * `.shard_digests.json` = {basename: {"size", "sha256"}}, written by our writers with the row counts (LDDL
+    writes none): the contents a dataset was made with, so an exact resume can prove it reads the same data;
   * listing a dataset directory (`list_shards`) with bin ids and row counts, checked against the cache.
 
 Does not own: how samples are built (`data.prep.pretraining_pairs`), masking (`data.masking`), Dask, balancing
@@ -34,10 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from utils.fs import atomic_write_json
+from utils.fs import atomic_write_json, file_digest
 
 
 NUM_SAMPLES_FILE = ".num_samples.json"
+SHARD_DIGESTS_FILE = ".shard_digests.json"
 COMPRESSION = "snappy"  # what LDDL asks dask for when snappy is available; readers need nothing extra
 
 _BASE_FIELDS = (("A", pa.string(), "unicode", "object"),
@@ -316,12 +319,56 @@ def write_num_samples(directory, counts):
     atomic_write_json(os.path.join(directory, NUM_SAMPLES_FILE), {k: int(v) for k, v in counts.items()})
 
 
+def write_shard_digests(directory, names):
+    """Write `.shard_digests.json` ({basename: {"size", "sha256"}}) of the data files `names` of `directory`.
+
+    Why: names and row counts do not tell a dataset from one whose rows were permuted or edited, and a
+    resume that reads other rows is not the training it continues. The hashes are computed once here, where
+    the shards are written (one more read of data just written), so a reader can check sizes for free and
+    each file's SHA-256 as it reads the file anyway.
+    """
+    digests = {name: file_digest(os.path.join(directory, name)) for name in sorted(names)}
+    atomic_write_json(os.path.join(directory, SHARD_DIGESTS_FILE), digests)
+
+
+def read_shard_digests(directory):
+    """The `.shard_digests.json` of a directory as {basename: {"size", "sha256"}}, or None when absent.
+
+    Raises:
+      ValueError: the file exists but is not a JSON object of {"size": int, "sha256": str} entries.
+    """
+    path = os.path.join(directory, SHARD_DIGESTS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            digests = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"'{path}' is not readable JSON: {exc}") from exc
+    if not isinstance(digests, dict) or not all(
+            isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("sha256"), str)
+            for d in digests.values()):
+        raise ValueError(f"'{path}' must map file names to {{\"size\": bytes, \"sha256\": hex}}")
+    return digests
+
+
+def _check_sizes(directory, digests):
+    """Every data file must have the size `.shard_digests.json` recorded (a stat: free even on a huge set)."""
+    for name, digest in sorted(digests.items()):
+        size = os.path.getsize(os.path.join(directory, name))
+        if size != digest["size"]:
+            raise ValueError(f"'{os.path.join(directory, name)}' has {size} bytes but {SHARD_DIGESTS_FILE} "
+                             f"recorded {digest['size']} when the shards were written (altered or replaced); "
+                             f"restore it from the original, or rebuild the dataset")
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardFile:
-    """One data file of a dataset directory."""
+    """One data file of a dataset directory; `sha256` is its recorded digest, None without a digest file."""
     path: str
     bin_id: object  # int, or None for unbinned datasets
     num_rows: int
+    sha256: object = None
 
     @property
     def name(self):
@@ -343,7 +390,7 @@ def _preview(names, limit=5):
     return ", ".join(names[:limit]) + more
 
 
-def check_listing(directory, names, cache):
+def check_listing(directory, names, cache, listing=NUM_SAMPLES_FILE):
     """The data files found in `directory` must be exactly the ones its `.num_samples.json` lists.
 
     Why: the row-count cache is written last, when a dataset is complete, so it is the record of which
@@ -354,7 +401,8 @@ def check_listing(directory, names, cache):
     Args:
       directory: str, the directory holding the files (for messages).
       names: iterable of data-file basenames on disk.
-      cache: {basename: rows} from `read_num_samples`.
+      cache: {basename: rows} from `read_num_samples` (or any dict keyed by basename).
+      listing: the file `cache` was read from, for the message.
 
     Raises:
       ValueError: naming the directory and the missing and/or unlisted files.
@@ -363,9 +411,9 @@ def check_listing(directory, names, cache):
     missing, unlisted = set(cache) - names, names - set(cache)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} file(s) listed in {NUM_SAMPLES_FILE} are missing: {_preview(missing)}")
+        problems.append(f"{len(missing)} file(s) listed in {listing} are missing: {_preview(missing)}")
     if unlisted:
-        problems.append(f"{len(unlisted)} data file(s) are not listed in {NUM_SAMPLES_FILE}: "
+        problems.append(f"{len(unlisted)} data file(s) are not listed in {listing}: "
                         f"{_preview(unlisted)}")
     if problems:
         raise ValueError(f"dataset directory '{directory}' is damaged: " + "; ".join(problems)
@@ -393,27 +441,32 @@ def list_shards(directory):
       ValueError: the directory is missing or holds no data files; binned and unbinned files are mixed;
         bin ids are not 0..n-1 (LDDL's rule); a file is unreadable; `.num_samples.json` is malformed,
         lists files that are missing, misses files that are present, or gives another row count than a
-        file's footer (a stale cache).
+        file's footer (a stale cache); `.shard_digests.json` is malformed, lists other files, or records
+        another size than a file has.
     """
     if not os.path.isdir(directory):
         raise ValueError(f"dataset directory '{directory}' does not exist")
-    found = []  # (path, cache of its directory or None)
+    found = []  # (path, cache of its directory or None, digests of its directory or None)
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         names = sorted((n for n in files if is_data_file(n)), key=natural_key)
-        cache = read_num_samples(root)
+        cache, digests = read_num_samples(root), read_shard_digests(root)
         if cache is not None:
             check_listing(root, names, cache)
-        found.extend((os.path.join(root, name), cache) for name in names)
+        if digests is not None:
+            check_listing(root, names, digests, SHARD_DIGESTS_FILE)
+            _check_sizes(root, digests)
+        found.extend((os.path.join(root, name), cache, digests) for name in names)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        rows = list(pool.map(_footer_rows, [path for path, _ in found]))
+        rows = list(pool.map(_footer_rows, [path for path, _, _ in found]))
     shards = []
-    for (path, cache), num_rows in zip(found, rows):
+    for (path, cache, digests), num_rows in zip(found, rows):
         name = os.path.basename(path)
         if cache is not None and cache[name] != num_rows:
             raise ValueError(f"'{path}' has {num_rows} rows but {NUM_SAMPLES_FILE} says {cache[name]}; the "
                              "row-count cache is stale (the file was replaced?); rebuild the dataset")
-        shards.append(ShardFile(path, bin_of_name(name), num_rows))
+        sha256 = digests[name]["sha256"] if digests else None
+        shards.append(ShardFile(path, bin_of_name(name), num_rows, sha256))
     if not shards:
         raise ValueError(f"'{directory}' holds no LDDL data files (*.parquet, *.parquet_<bin>)")
     binned = {s.bin_id is not None for s in shards}

@@ -112,8 +112,12 @@ def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, sou
     if not diff <= tolerance:
         raise ValueError(f"the exported model's logits differ from the training program's by {diff:.3g} "
                          f"(> --tolerance {tolerance}); nothing was written")
+    # The vocab's SHA-256 as pretraining records it (`utils.checkpoint.vocab_sha256`): `finetune.model_config`
+    # has refused a --vocab-file whose hash differs from the source checkpoint's, so this is that hash.
+    # Loading verifies the copied vocab.txt against the manifest's per-file SHA-256 (`read_manifest`).
     return layout.write_manifest(directory, source=source, task=settings.task,
-                                 extra=dict(extra or {}, verified_max_abs_logit_diff=diff))
+                                 extra=dict(extra or {}, verified_max_abs_logit_diff=diff,
+                                            vocab_sha256=sha256_file(vocab_file)))
 
 
 def load_from_scope(exe, bundle, *, model_cfg, vocab_file, settings, source, precision="fp32", device="cpu",

@@ -154,6 +154,31 @@ class Checkpointing:
     replace_checkpoints: bool
 
 
+# The flags a pretraining resume may change: how far and how long this invocation runs, where it writes and
+# reports, how visibly, on which hardware and with how many loader workers -- none changes what an update
+# computes. Paths whose CONTENTS matter are checked by content instead: --input-dir (the loader's dataset
+# fingerprint), --vocab-file (its SHA-256), --bert-model/--config-file (the architecture fingerprint), and
+# the phase by `tasks.pretraining`. --max-steps stretches the LR schedule: `lr_scheduler` warns when the
+# resumed step's rate changes. EVERY other flag (optimizer, betas, epsilon, weight decay, LR and warm-up,
+# batch, gradient merge, sequence and masking settings, seed, AMP) is recorded in each checkpoint and a
+# resume that changes one is refused (`utils.checkpoint.check_compatible`); a flag added later is
+# compared unless it is listed here.
+RESUME_MAY_CHANGE = frozenset({
+    "max_steps", "steps_this_run", "log_freq", "num_steps_per_checkpoint", "keep_checkpoints",
+    "max_nonfinite_steps", "num_workers", "num_threads", "device", "enable_cpu_affinity",
+    "output_dir", "report_file", "show_config", "model_prefix", "replace_checkpoints",
+    "from_checkpoint", "last_step_of_checkpoint", "from_pretrained_params", "from_phase1_final_params",
+    "benchmark", "benchmark_steps", "benchmark_warmup_steps",
+    "eval_dir", "num_eval_batches", "eval_freq", "eval_batch_size",
+    "input_dir", "vocab_file", "bert_model", "config_file", "phase", "phase1", "phase2"})
+
+
+def resume_settings(flags):
+    """{"--flag": value} of the parsed `flags` (a dict) that a resume must not change (see RESUME_MAY_CHANGE)."""
+    return {"--" + name.replace("_", "-"): value for name, value in sorted(flags.items())
+            if name not in RESUME_MAY_CHANGE}
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """One pretraining phase, validated (run_pretraining.validate_args builds it; nothing reads the flags

@@ -16,6 +16,7 @@ from modeling import BertConfig
 from tasks import flags as common
 from tasks.squad import resolve_init_path, saved_config_next_to
 from tokenizer import check_vocab_case, load_vocab, special_token_ids
+from utils.checkpoint import check_init_vocab
 from utils.fs import move_aside, probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 
@@ -69,9 +70,11 @@ def model_config(bert_model, config_file, vocab_file, init_path):
         fine-tuned run saved beside its parameters, is used when --config-file is not given).
 
     Raises:
-      ValueError: a bad config, or a checkpoint config whose vocab_size differs from the vocab file.
+      ValueError: a bad config, a checkpoint config whose vocab_size differs from the vocab file, or a
+        pretraining checkpoint that recorded another vocab's SHA-256 (`utils.checkpoint.check_init_vocab`).
     """
     vocab_size = len(load_vocab(vocab_file))
+    check_init_vocab(init_path, vocab_file, None)
     found = None
     if config_file is None and is_hf_checkpoint(init_path):
         found = hf_checkpoint_files(init_path)[1]

@@ -13,6 +13,9 @@ loader position and the LR-scheduler state. What is left is the randomness of dr
 generator would have advanced differently in an interrupted run, so it is re-seeded before every
 micro-batch from (seed, rank, micro-batch index). Together, a run killed at any point and resumed with
 `--last-step-of-checkpoint auto` computes exactly what an uninterrupted run computes (tested on CPU fp32).
+So that "resumed" cannot mean "continued as another training", each checkpoint also records the settings
+outside `tasks.config.RESUME_MAY_CHANGE`, the vocab's SHA-256 and (in the loader state) the shards'
+contents; a resume that changes any of them is refused before a tensor is loaded.
 """
 import logging
 import os
@@ -22,10 +25,11 @@ import paddle
 
 import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
+from optimizer import decay_exclusion_summary
 from utils.amp_state import init_pure_fp16
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
-                              fingerprint_config, load_pretrained, phase_dir)
-from tasks.config import train_config
+                              fingerprint_config, load_pretrained, phase_dir, vocab_sha256)
+from tasks.config import resume_settings, train_config
 from tasks.engine import run_updates
 from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
 from tasks.progress import UpdateProgress
@@ -64,6 +68,7 @@ class PretrainSession:
         self.total_steps = cfg.total_steps
         self.global_batch = cfg.data.batch_size * cfg.optim.gradient_merge_steps * self.world
         self.fingerprint = fingerprint_config(cfg.model.to_dict())
+        self.vocab_sha256 = vocab_sha256(cfg.data.vocab_file)
         ckpt = cfg.checkpointing
         self.manager = CheckpointManager(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase),
                                          keep_last=ckpt.keep_checkpoints, rank=self.rank,
@@ -87,9 +92,18 @@ class PretrainSession:
                                           seed=cfg.run.seed, device=self.rt.device,
                                           dist_kwargs=self.rt.train_config_kwargs())
             self.bundle = program_lib.build_pretraining(cfg.model, self.train_cfg)
+            self.settings = self._settings()
         except BaseException:
             self.close()
             raise
+
+    def _settings(self):
+        """What a resume must not change (`Progress.settings`): the flags outside RESUME_MAY_CHANGE, plus the
+        optimizer's rules that no flag sets (they are code, and code changes between two invocations)."""
+        params = [p.name for p in self.bundle.main_program.all_parameters()]
+        return {**resume_settings(self.cfg.flags),
+                "gradient clipping (global norm)": self.train_cfg.grad_clip_norm,
+                "weight-decay exclusions": decay_exclusion_summary(params)}
 
     def _eval_batches(self):
         """The fixed evaluation set of --eval-dir (rank 0 only: it alone evaluates), or None."""
@@ -165,7 +179,8 @@ class PretrainSession:
                 f"--from-phase1-final-params {step_dir}, and give --from-checkpoint the phase 2 directory "
                 f"(or leave it out)")
         check_compatible(progress, config_fingerprint=self.fingerprint, world_size=self.world,
-                         global_batch_size=self.global_batch)
+                         global_batch_size=self.global_batch, settings=self.settings,
+                         vocab_sha256=self.vocab_sha256)
 
     def _initialise(self):
         """Run startup and load the initial state. Returns the resumed Progress or None.
@@ -349,6 +364,7 @@ class PretrainSession:
                         lr_state=self.bundle.lr_scheduler.state_dict(),
                         seeds={"base": self.cfg.run.seed}, config_fingerprint=self.fingerprint,
                         world_size=self.world, global_batch_size=self.global_batch,
+                        settings=self.settings, vocab_sha256=self.vocab_sha256,
                         extra={"config": self.cfg.model.to_dict(),
                                "loss": last.get("loss") if last else None})
 

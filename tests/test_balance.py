@@ -85,7 +85,7 @@ def test_in_place_replaces_inputs_and_keeps_other_files(tmp_path):
     before = collections.Counter(a for rows in _rows_by_file(directory).values() for a in rows)
     bal.balance(str(directory), 2)
     names = sorted(os.listdir(directory))
-    assert names == sorted([".num_samples.json", "_common_metadata"] +
+    assert names == sorted([".num_samples.json", ".shard_digests.json", "_common_metadata"] +
                            [fmt.shard_name(k, b) for k in range(2) for b in range(2)])
     assert (directory / "_common_metadata").read_bytes() == b"kept"
     after = collections.Counter(a for rows in _rows_by_file(directory).values() for a in rows)

@@ -136,8 +136,8 @@ def test_static_binned_end_to_end(run):
 def test_dynamic_unbinned_in_place_end_to_end(run):
     root, report = run["root"], run["dynamic"]
     _check_balanced(run["dynamic_raw_rows"], root / "dynamic", 2)
-    assert sorted(p.name for p in (root / "dynamic").iterdir()) == [fmt.NUM_SAMPLES_FILE, "shard-0.parquet",
-                                                                   "shard-1.parquet"]
+    assert sorted(p.name for p in (root / "dynamic").iterdir()) == [fmt.NUM_SAMPLES_FILE, fmt.SHARD_DIGESTS_FILE,
+                                                                   "shard-0.parquet", "shard-1.parquet"]
     assert (report["masking"], report["binned"], report["balanced"]) == ("dynamic", False, True)
     assert report["num_rows"] == sum(len(r) for r in run["dynamic_raw_rows"].values())
     _check_batches(report["loader"], 8)

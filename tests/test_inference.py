@@ -108,6 +108,25 @@ def test_export_writes_a_verified_self_contained_directory(exported, model):
     assert (out / "vocab.txt").read_bytes() == (model[0] / "vocab.txt").read_bytes()
 
 
+def test_export_records_the_vocab_hash_and_loading_refuses_a_permuted_vocab(exported, model, tmp_path):
+    """The manifest names the vocab's SHA-256 (as pretraining checkpoints record it); the per-file SHA-256
+    check of `read_manifest` is what refuses an exported vocab with two lines swapped (same size)."""
+    from inference import model_dir as layout
+    from inference.predictor import QAPredictor
+    from utils.checkpoint import vocab_sha256
+
+    out, manifest = exported
+    assert manifest["vocab_sha256"] == vocab_sha256(model[0] / "vocab.txt") == manifest["files"]["vocab.txt"]["sha256"]
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
+    lines = (changed / layout.VOCAB_FILE).read_text().splitlines()
+    lines[10], lines[11] = lines[11], lines[10]
+    (changed / layout.VOCAB_FILE).write_text("\n".join(lines) + "\n")
+    assert (changed / layout.VOCAB_FILE).stat().st_size == (out / layout.VOCAB_FILE).stat().st_size
+    with pytest.raises(ValueError, match="vocab.txt' does not match manifest.json"):
+        QAPredictor.load(str(changed))
+
+
 def test_predictor_logits_equal_the_training_program_and_bucketing_changes_nothing(exported, model):
     from inference.predictor import QAPredictor
     from utils.squad_postprocess import postprocess_predictions

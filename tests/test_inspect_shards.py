@@ -177,6 +177,9 @@ def test_bad_directories_are_one_line_errors(tmp_path, datasets, vocab_file, cap
     for path in Path(datasets[False, False][1]).iterdir():
         (corrupt / path.name).write_bytes(path.read_bytes())
     (corrupt / "shard-1.parquet").write_bytes(b"PAR1 this is not parquet")
+    err = _error([str(corrupt)], capsys)  # our shards record their sizes: caught before opening the file
+    assert str(corrupt / "shard-1.parquet") in err and "has 24 bytes but .shard_digests.json recorded" in err
+    (corrupt / fmt.SHARD_DIGESTS_FILE).unlink()  # as LDDL's own shards: the file itself is unreadable
     err = _error([str(corrupt)], capsys)
     assert str(corrupt / "shard-1.parquet") in err and "not a readable Parquet file" in err
     (corrupt / "shard-1.parquet").write_bytes((Path(datasets[False, False][1]) / "shard-1.parquet").read_bytes())

@@ -64,6 +64,7 @@ def _session(bundle, exe, place, root):
     session.manager = CheckpointManager(root)
     session.source = (session.manager, "auto")
     session.fingerprint, session.world, session.global_batch, session.loader = "f", 1, 4, _Loader()
+    session.settings, session.vocab_sha256 = {}, None
     return session
 
 

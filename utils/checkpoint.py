@@ -2,17 +2,21 @@
 
 Owns:
   * `Progress`: the JSON record saved with every checkpoint (step, epoch, loader position, LR-scheduler
-    state, seeds, config fingerprint, world size, global batch, file sizes and checksums, schema version).
+    state, seeds, config fingerprint, world size, global batch, the settings a resume must keep, the
+    vocab's SHA-256, file sizes and checksums, schema version), signed with its own SHA-256 and
+    cross-checked (step vs LR and loader state) when read: an edited record is a damaged checkpoint.
   * `CheckpointManager`: atomic, checksummed saves; retention by disk scan; `restore()` of every
     persistable from the newest checkpoint that verifies, falling back (with a warning naming the file
     and why) past damaged ones; `supersede()` to move another run's checkpoints out of the way.
-  * `check_compatible`: refusing to resume with a changed architecture, world size or global batch.
+  * `check_compatible`: refusing to resume with a changed architecture, world size, global batch, vocab or
+    recorded setting (one line: flag, checkpoint value, new value); `check_init_vocab`: refusing to
+    initialise from a pretraining checkpoint with another vocab.
   * `load_pretrained`: initialising parameters BY NAME from a `.pdparams` file, logging where each came from.
 
 Does not own: the bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
 `Progress.lr_state` / `Progress.loader_state` (the run scripts do that with the returned `Progress`),
-deciding the config fingerprint's inputs, or the lock that keeps two runs out of one directory
-(`utils.run_lock`).
+deciding the config fingerprint's inputs or which settings a resume may change (`tasks.config`), or the
+lock that keeps two runs out of one directory (`utils.run_lock`).
 
 Layout on disk (`phase_dir` builds the root):
 
@@ -65,9 +69,14 @@ from utils.nonfinite import TrainingDiverged
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-# Version 1 had no `files` (sizes and checksums); such checkpoints are still read, unverified.
-_READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# Version 1 had no `files` (sizes and checksums); version 2 no `settings`, `vocab_sha256` nor a checksum of
+# the record itself. Both are still read; what they cannot prove is named in one warning on resume
+# (`Progress.unverified`).
+_READABLE_VERSIONS = (1, 2, 3)
+# The record's own SHA-256, over its other keys as canonical JSON: a hand-edited or corrupted progress.json
+# (say lr_state.last_epoch 9 in step 4's record) is a damaged checkpoint, not a different training.
+RECORD_CHECKSUM = "record_sha256"
 PROGRESS_FILE = "progress.json"
 # NVIDIA's reference writes `<model_prefix>_progress.json` (epoch, step, file list) beside its tensors;
 # recognised so that resuming one of its directories is explained instead of looking like a broken save.
@@ -150,7 +159,11 @@ class Progress:
       extra: dict, free-form JSON-serialisable data (e.g. the resolved config, last loss).
       files: dict file basename -> {"size": int, "sha256": str} of the checkpoint's tensor files, filled
         in by `CheckpointManager.save` and verified by `restore`.
-      schema_version: int, must equal SCHEMA_VERSION.
+      settings: dict "--flag" (or a named non-flag setting) -> value of everything that fixes what an
+        update computes (optimizer, betas, weight decay and its exclusions, clipping, masking, seed...);
+        a resume must bring the same (`check_compatible`). Empty in records of schema < 3.
+      vocab_sha256: str, SHA-256 of the vocab file the run tokenised with (None in records of schema < 3).
+      schema_version: int, one of the readable versions (records of older ones keep theirs when read).
 
     Raises (on construction):
       ValueError: a field has the wrong type or range, or the schema version is unknown.
@@ -167,40 +180,48 @@ class Progress:
     global_batch_size: int
     extra: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
+    settings: dict = dataclasses.field(default_factory=dict)
+    vocab_sha256: object = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in _READABLE_VERSIONS:
             raise ValueError(f"progress schema_version {self.schema_version!r} is not supported "
-                             f"(this code reads version {SCHEMA_VERSION})")
+                             f"(this code reads versions {list(_READABLE_VERSIONS)})")
         for name, low in (("phase", 1), ("global_step", 0), ("epoch", 0), ("world_size", 1),
                           ("global_batch_size", 1)):
             value = getattr(self, name)
             if not is_int(value) or value < low:
                 raise ValueError(f"progress.{name} must be an int >= {low}, got {value!r}")
-        for name in ("loader_state", "lr_state", "seeds", "extra", "files"):
+        for name in ("loader_state", "lr_state", "seeds", "extra", "files", "settings"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"progress.{name} must be a dict, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.config_fingerprint, str) or not self.config_fingerprint:
             raise ValueError(f"progress.config_fingerprint must be a non-empty str, "
                              f"got {self.config_fingerprint!r}")
+        if self.vocab_sha256 is not None and not isinstance(self.vocab_sha256, str):
+            raise ValueError(f"progress.vocab_sha256 must be a str or None, got {self.vocab_sha256!r}")
 
     def to_json(self):
-        """Serialise to JSON text (sorted keys; numpy scalars become Python numbers).
+        """Serialise to JSON text (sorted keys; numpy scalars become Python numbers), with the record's own
+        checksum under RECORD_CHECKSUM.
 
         Raises:
           ValueError: a dict field holds something JSON cannot encode.
         """
         try:
-            return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=_json_default) + "\n"
+            data = json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
         except (TypeError, ValueError) as err:
             raise ValueError(f"progress is not JSON serialisable: {err}") from err
+        return json.dumps({**data, RECORD_CHECKSUM: _record_digest(data)}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text):
-        """Parse `to_json` output.
+        """Parse `to_json` output (or a record of an older readable schema).
 
         Raises:
+          DamagedCheckpoint: the record's checksum does not match its contents, or its step disagrees with
+            its LR-scheduler or loader state (`inconsistency`): edited or corrupted.
           ValueError: not JSON, not an object, an unknown schema_version, or missing/unknown keys.
         """
         data = json.loads(text)  # JSONDecodeError is a ValueError
@@ -210,29 +231,92 @@ class Progress:
         if version not in _READABLE_VERSIONS:
             raise ValueError(f"progress schema_version {version!r} is not supported "
                              f"(this code reads versions {list(_READABLE_VERSIONS)})")
+        recorded = data.pop(RECORD_CHECKSUM, None)
+        if version >= 3 and recorded != _record_digest(data):
+            raise DamagedCheckpoint(f"its {RECORD_CHECKSUM} does not match its contents (edited or corrupted)")
         if version == 1:  # same record without checksums
-            data = dict(data, files={}, schema_version=SCHEMA_VERSION)
+            data = dict(data, files={})
+        if version <= 2:  # nor settings nor vocab
+            data = dict(data, settings={}, vocab_sha256=None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(data) - known), sorted(known - set(data))
         if unknown or missing:
-            raise ValueError(f"progress JSON keys do not match schema {SCHEMA_VERSION}: "
+            raise ValueError(f"progress JSON keys do not match schema {version}: "
                              f"unknown {unknown}, missing {missing}")
-        return cls(**data)
+        progress = cls(**data)
+        problem = progress.inconsistency()
+        if problem:
+            raise DamagedCheckpoint(problem)
+        return progress
+
+    def inconsistency(self):
+        """Why the record contradicts itself, or None.
+
+        The step must equal the LR scheduler's `last_epoch` and the loader's position (micro-batches
+        consumed = step x gradient-merge steps): a record where they differ would resume at another rate
+        or data position than the step it claims. Only a trainer's record is checked, recognised by its
+        `data.loader` state: other users of the manager may step their schedulers otherwise.
+        """
+        loader = self.loader_state
+        keys = ("epoch", "batches_consumed", "batches_per_epoch", "batch_size")
+        if not all(is_int(loader.get(k)) for k in keys) or loader["batch_size"] < 1:
+            return None
+        last_epoch = self.lr_state.get("last_epoch")
+        if last_epoch != self.global_step:
+            return f"lr_state.last_epoch is {last_epoch!r} but global_step is {self.global_step}"
+        if loader["epoch"] != self.epoch:
+            return f"loader_state.epoch is {loader['epoch']} but epoch is {self.epoch}"
+        merge, rest = divmod(self.global_batch_size, self.world_size * loader["batch_size"])
+        consumed = loader["epoch"] * loader["batches_per_epoch"] + loader["batches_consumed"]
+        if rest or consumed != self.global_step * merge:
+            return (f"loader_state has consumed {consumed} batches (epoch {loader['epoch']}, batches_consumed "
+                    f"{loader['batches_consumed']}) but global_step {self.global_step} x {merge} micro-batches "
+                    f"per update is {self.global_step * merge}")
+        return None
+
+    def unverified(self):
+        """What a record of an older schema cannot prove about its run (empty for the current schema)."""
+        missing = []
+        if self.schema_version < 3:
+            missing.append(f"{PROGRESS_FILE}'s own checksum")
+        if not self.settings:
+            missing.append("the settings (optimizer, weight decay, LR, masking, seed, ...)")
+        if self.vocab_sha256 is None:
+            missing.append("the vocab's SHA-256")
+        return missing
 
 
-def check_compatible(progress, *, config_fingerprint, world_size, global_batch_size):
+def _record_digest(data):
+    """SHA-256 of a progress record's keys (without RECORD_CHECKSUM) as canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def check_compatible(progress, *, config_fingerprint, world_size, global_batch_size, settings=None,
+                     vocab_sha256=None):
     """Refuse to resume a checkpoint under settings that would change what the run computes.
+
+    A record of an older schema is resumed with one warning naming what it cannot prove.
 
     Args:
       progress: the `Progress` returned by `CheckpointManager.restore`.
       config_fingerprint: str, fingerprint of the current architecture config.
       world_size: int, current number of processes.
       global_batch_size: int, current sequences per optimizer step.
+      settings: dict "--flag" -> value now (`Progress.settings`' keys); a key the record lacks (a setting
+        added later) is not compared.
+      vocab_sha256: str, SHA-256 of the vocab file now.
 
     Raises:
       ValueError: naming every setting that differs, with both values.
     """
-    changes = []
+    unverified = progress.unverified()
+    if unverified:
+        logger.warning("the checkpoint of step %d was written by an older version: %s could not be verified; "
+                       "resuming on trust", progress.global_step, ", ".join(unverified))
+    changes = _setting_changes(progress.settings, settings or {})
+    if progress.vocab_sha256 and vocab_sha256 and progress.vocab_sha256 != vocab_sha256:
+        changes.append(f"--vocab-file: SHA-256 {progress.vocab_sha256} in the checkpoint, {vocab_sha256} now "
+                       f"(another vocab maps the shards' tokens to other ids)")
     if progress.config_fingerprint != config_fingerprint:
         changes.append(f"model architecture changed (config fingerprint {progress.config_fingerprint[:12]}... "
                        f"in the checkpoint, {str(config_fingerprint)[:12]}... now)")
@@ -245,6 +329,59 @@ def check_compatible(progress, *, config_fingerprint, world_size, global_batch_s
         raise ValueError(f"cannot resume from step {progress.global_step}: " + "; ".join(changes)
                          + ". Resume with the original settings, or start a new run in a fresh --output-dir "
                            "with --from-pretrained-params <this checkpoint's step directory>.")
+
+
+def _setting_changes(saved, now):
+    """["--flag: <checkpoint value> in the checkpoint, <new value> now", ...] for every differing key."""
+    now = json.loads(json.dumps(now, default=_json_default))  # compare as the record stores them (tuples: lists)
+    return [f"{name}: {saved[name]!r} in the checkpoint, {now[name]!r} now"
+            for name in sorted(set(saved) & set(now)) if saved[name] != now[name]]
+
+
+def vocab_sha256(vocab_file):
+    """Hex SHA-256 of a vocab file's bytes: token ids are line numbers, so any change to it counts."""
+    return checkpoint_io.file_digest(vocab_file)["sha256"]
+
+
+def recorded_vocab_sha256(init_path):
+    """The vocab SHA-256 that the pretraining checkpoint holding `init_path` recorded, or None.
+
+    Args:
+      init_path: a step directory, or a `.pdparams` file (or its prefix) inside one; anything else (an HF
+        checkpoint, a fine-tuned model, a checkpoint written before vocabs were recorded) gives None.
+    """
+    directory = init_path if os.path.isdir(init_path) else os.path.dirname(os.path.abspath(init_path))
+    try:
+        with open(os.path.join(directory, PROGRESS_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    value = data.get("vocab_sha256") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_init_vocab(init_path, vocab_file, flag):
+    """Refuse to initialise from a pretraining checkpoint with another vocab than the one it was trained with.
+
+    Same size is not enough: two swapped lines give every parameter of the embedding the wrong word.
+
+    Args:
+      init_path: the resolved weights path (see `recorded_vocab_sha256`).
+      vocab_file: the --vocab-file given now.
+      flag: the flag `init_path` came from, for the message (None: "the checkpoint").
+
+    Raises:
+      ValueError: naming both files' hashes.
+    """
+    recorded = recorded_vocab_sha256(init_path)
+    if recorded is None:
+        return
+    actual = vocab_sha256(vocab_file)
+    if actual != recorded:
+        raise ValueError(f"--vocab-file '{vocab_file}' has SHA-256 {actual}, but {flag or 'the checkpoint'} "
+                         f"'{init_path}' was "
+                         f"trained with a vocab of SHA-256 {recorded}: give the vocab the checkpoint was "
+                         f"trained with")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,7 +695,8 @@ class CheckpointManager:
         """The Progress of a complete step.
 
         Raises:
-          DamagedCheckpoint: progress.json unreadable; ValueError: an unsupported schema.
+          DamagedCheckpoint: progress.json unreadable, not matching its own checksum, or contradicting
+            itself (`Progress.inconsistency`); ValueError: an unsupported schema.
         """
         path = os.path.join(self.step_dir(step), PROGRESS_FILE)
         try:
@@ -570,6 +708,8 @@ class CheckpointManager:
             return Progress.from_json(text)
         except json.JSONDecodeError as err:
             raise DamagedCheckpoint(f"{path} is not valid JSON ({err})") from err
+        except DamagedCheckpoint as err:
+            raise DamagedCheckpoint(f"{path} is damaged: {err}") from err
 
     def _load_verified(self, step):
         """(Progress, tensors) of `step`, every recorded file checked as it is read. Raises DamagedCheckpoint."""

@@ -22,12 +22,13 @@ import pickle
 import numpy as np
 import paddle
 
+from utils.fs import file_digest
+
 PARAMS_SUFFIX = ".pdparams"
 OPT_SUFFIX = ".pdopt"
 MODEL_SUFFIX = ".pdmodel"
 GRADIENT_MERGE_SUFFIX = "@GRAD@GradientMerge"
 _PICKLE_PROTOCOL = 4  # what paddle.static.save uses by default; handles arrays over 4 GB
-_CHUNK = 8 << 20
 _CHECKSUM_MISMATCH = ("{path} does not match the SHA-256 recorded when it was saved (the file was altered or "
                       "corrupted on disk)")
 
@@ -66,16 +67,6 @@ def _write_digested(path, dump):
         f.flush()
         os.fsync(f.fileno())
     return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
-
-
-def file_digest(path):
-    """{"size": bytes, "sha256": hex} of a file as it is on disk now."""
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            sha.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": sha.hexdigest()}
 
 
 # Persistables that start at zero and may be absent from a checkpoint, restored as zeros: gradient-merge

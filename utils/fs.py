@@ -1,4 +1,4 @@
-"""Atomic file and directory output.
+"""Atomic file and directory output, and the digest of a file.
 
 Owns: writing a file or a whole directory so that readers see either the old state or the complete new
 one, never a half-written result. Every tool that writes user-visible output (shards, vocabularies,
@@ -118,6 +118,17 @@ def _current_umask():
     return mask
 
 
+def file_digest(path, chunk_size=8 << 20):
+    """{"size": bytes, "sha256": hex} of a file as it is on disk now (what checkpoints and shard directories
+    record of their files, so a later reader can tell the same bytes from changed ones)."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": sha.hexdigest()}
+
+
 def _sibling_tmp(path, suffix):
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
@@ -155,12 +166,8 @@ def atomic_write_json(path, obj, indent=2):
 
 
 def sha256_file(path):
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file (`file_digest` without the size)."""
+    return file_digest(path)["sha256"]
 
 
 def _owner_tag():

@@ -149,8 +149,29 @@ class BertPretrainLoader:
         if old.get("sha256") != new["sha256"]:
             changed.append(f"dataset: {old.get('num_files')} files / {old.get('num_rows')} rows in the "
                            f"checkpoint, {new['num_files']} files / {new['num_rows']} rows now (or renamed)")
+        else:
+            changed += _content_change(old.get("content_sha256"), new["content_sha256"])
         if changed:
             raise ValueError("cannot resume the data loader exactly, the setup changed: " + "; ".join(changed))
+
+
+def _content_change(old, new):
+    """[why the dataset's recorded contents (`dataset_fingerprint`'s content_sha256) rule out a resume], or [].
+
+    A checkpoint that recorded contents needs the same ones, proven by the directory's digest file; one that
+    recorded none (written before digests, or on LDDL's shards) is resumed with a warning.
+    """
+    digests = lddl_format.SHARD_DIGESTS_FILE
+    if old and new and old != new:
+        return [f"dataset contents: {digests} gives content fingerprint {new[:16]}..., the checkpoint recorded "
+                f"{old[:16]}... (same names and row counts, other bytes: rows edited or permuted)"]
+    if old and not new:
+        return [f"dataset contents: the checkpoint recorded them (content fingerprint {old[:16]}...) but the "
+                f"directory has no {digests} to prove they are the same (copy it with the shards)"]
+    if new and not old:
+        logger.warning("the checkpoint's loader state records no dataset contents (written before %s were "
+                       "recorded): the shards' contents could not be verified against it", digests)
+    return []
 
 
 class _SerialBatches:
@@ -215,6 +236,10 @@ def get_bert_pretrain_data_loader(path, *, vocab_file, batch_size, rank=None, wo
                         shuffle_buffer_size=shuffle_buffer_size, drop_last=drop_last, where=path)
     logger.info("%s loader: %s, %d files, rank %d/%d, %d batches of %d per epoch", kind, path, len(files),
                 rank, world_size, plan.num_batches, batch_size)
+    if kind == "lddl" and not all(f.sha256 for f in files):
+        logger.warning("%s has no %s (shards written by LDDL or an older version): their contents cannot be "
+                       "verified, so a resume checks file names and row counts only", path,
+                       lddl_format.SHARD_DIGESTS_FILE)
     return BertPretrainLoader(plan, reader, fingerprint=dataset_fingerprint(files), kind=kind,
                               num_workers=num_workers, start_epoch=start_epoch)
 
@@ -281,7 +306,7 @@ def list_data_files(path):
     """
     listed = lddl_format.list_shards(path)
     numbers = lddl_format.shard_numbers([f.path for f in listed])
-    files = [DataFile(path=f.path, shard=k, bin_id=int(f.bin_id or 0), rows=int(f.num_rows))
+    files = [DataFile(path=f.path, shard=k, bin_id=int(f.bin_id or 0), rows=int(f.num_rows), sha256=f.sha256)
              for f, k in zip(listed, numbers)]
     rows = np.zeros(max(numbers) + 1, np.int64)
     np.add.at(rows, numbers, [f.rows for f in files])

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -44,25 +45,34 @@ _TAG_SHARDS, _TAG_BINS, _TAG_WINDOW, _TAG_MASK = 101, 202, 303, 404
 
 @dataclass(frozen=True)
 class DataFile:
-    """One data file as the plan sees it: bin `bin_id` of the `shard`-th shard, holding `rows` samples."""
+    """One data file as the plan sees it: bin `bin_id` of the `shard`-th shard, holding `rows` samples;
+    `sha256` is the digest its directory recorded when it was written (None: not recorded)."""
     path: str
     shard: int
     bin_id: int
     rows: int
+    sha256: Optional[str] = None
 
 
 def dataset_fingerprint(files):
-    """A short description of a dataset that changes when any file name or row count changes.
+    """A short description of a dataset that changes when any file name or row count changes, and, when
+    every file has a recorded digest, when any file's contents change.
 
     Args:
-      files: iterable of DataFile.
+      files: list of DataFile.
 
     Returns:
-      dict with 'sha256' (hex str over sorted (basename, rows)), 'num_files' (int), 'num_rows' (int).
+      dict with 'sha256' (hex str over sorted (basename, rows)), 'num_files' (int), 'num_rows' (int) and
+      'content_sha256' (hex str over sorted (basename, file SHA-256), or None when a file has no digest).
     """
     items = sorted((os.path.basename(f.path), int(f.rows)) for f in files)
     digest = hashlib.sha256(json.dumps(items).encode("utf-8")).hexdigest()
-    return {"sha256": digest, "num_files": len(items), "num_rows": sum(rows for _, rows in items)}
+    content = None
+    if files and all(f.sha256 for f in files):
+        pairs = sorted((os.path.basename(f.path), f.sha256) for f in files)
+        content = hashlib.sha256(json.dumps(pairs).encode("utf-8")).hexdigest()
+    return {"sha256": digest, "num_files": len(items), "num_rows": sum(rows for _, rows in items),
+            "content_sha256": content}
 
 
 class SamplingPlan:

@@ -175,13 +175,13 @@ def _check_layouts(shards):
 
 
 def _carry_over(indir, out_dir):
-    """In-place mode: keep indir's non-data files (except the stale row-count cache)."""
+    """In-place mode: keep indir's non-data files (except the stale row-count cache and digests)."""
     for name in sorted(os.listdir(indir)):
         path = os.path.join(indir, name)
         if os.path.isdir(path):
             raise ValueError(f"in-place balancing needs a flat --indir, but '{path}' is a directory; "
                              "pass --outdir")
-        if not fmt.is_data_file(name) and name != fmt.NUM_SAMPLES_FILE:
+        if not fmt.is_data_file(name) and name not in (fmt.NUM_SAMPLES_FILE, fmt.SHARD_DIGESTS_FILE):
             shutil.copy2(path, os.path.join(out_dir, name))
 
 
@@ -227,6 +227,7 @@ def balance(indir, num_shards, outdir=None, overwrite=False, buffer_mb=256):
             files = [s for s in shards if s.bin_id == bin_id]
             counts.update(balance_bin(files, num_shards, tmp, bin_id, buffer_mb=buffer_mb))
         fmt.write_num_samples(tmp, counts)
+        fmt.write_shard_digests(tmp, counts)
     logger.info("wrote %d shard files (%d rows) into %s", len(counts), sum(counts.values()),
                 indir if in_place else outdir)
     return counts

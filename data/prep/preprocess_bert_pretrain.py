@@ -725,7 +725,9 @@ def _run(settings, sources, files, sink, holdout_sink, kind, *, block_size_mb, i
                 raise ValueError(f"--holdout-fraction {settings.holdout_fraction} held out {held['documents']} "
                                  f"documents, which gave zero instances; raise it (or give a larger corpus)")
             fmt.write_num_samples(holdout_tmp, held["files"])
+            fmt.write_shard_digests(holdout_tmp, held["files"])
         fmt.write_num_samples(tmp, total["files"])
+        fmt.write_shard_digests(tmp, total["files"])
     counts, tokens = total["files"], total["tokens"]
     summary = {"blocks": len(blocks), "documents": total["documents"], "instances": sum(counts.values()),
                "files": len(counts), "text_chars": total["text_chars"], "seconds": time.perf_counter() - started,
