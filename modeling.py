@@ -47,6 +47,10 @@ _REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attenti
 # Additive attention bias for masked keys. -1e4 (Google's value) fits fp16 exactly (bf16 rounds it
 # to -9984) and exp(-1e4) underflows to 0, whereas -inf would turn fully-masked rows into NaN.
 MASK_NEG = -10000.0
+# The heads fine-tuning adds to the encoder, by the task that trains them: the parameter-name prefix of the
+# layer (`BertForQuestionAnswering.qa_outputs`, `BertForSequenceClassification.classifier`, HF's names too)
+# and what a message calls it.
+TASK_HEADS = {"SQuAD": ("qa_outputs", "SQuAD answer head"), "GLUE": ("classifier", "classification head")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,7 +517,7 @@ class BertForQuestionAnswering(nn.Layer):
     def __init__(self, cfg, attention_impl="plain"):
         super().__init__()
         self.bert = BertModel(cfg, attention_impl)
-        self.qa_outputs = _linear(cfg.hidden_size, 2, "qa_outputs", cfg)
+        self.qa_outputs = _linear(cfg.hidden_size, 2, TASK_HEADS["SQuAD"][0], cfg)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         """Feeds as `BertModel.forward`.
@@ -544,7 +548,7 @@ class BertForSequenceClassification(nn.Layer):
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
         self.bert = BertModel(cfg, attention_impl)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.classifier = _linear(cfg.hidden_size, num_labels, "classifier", cfg)
+        self.classifier = _linear(cfg.hidden_size, num_labels, TASK_HEADS["GLUE"][0], cfg)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         """Feeds as `BertModel.forward`.

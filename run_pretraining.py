@@ -30,7 +30,8 @@ import sys
 from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
                           RunSettings, section, train_config)
-from utils.checkpoint import check_init_vocab, resolve_init_path
+from utils.checkpoint import check_init_vocab
+from utils.weights import resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
 

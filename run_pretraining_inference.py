@@ -70,7 +70,7 @@ def validate_args(args):
     num_batches = args.num_eval_batches
     if args.benchmark:
         num_batches = args.benchmark_warmup_steps + args.benchmark_steps
-    from utils.checkpoint import resolve_init_path
+    from utils.weights import resolve_init_path
     return model_cfg, resolve_init_path(args.init_checkpoint, args.model_prefix), num_batches
 
 
@@ -89,7 +89,7 @@ def main(argv=None):
     model_cfg, init_path, num_batches = validate_args(args)
     import program as program_lib
     from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
-    from utils.checkpoint import load_pretrained
+    from utils.weights import load_pretrained
     from utils.report import build_metric_logger
     from utils.runtime import init_runtime
 

@@ -12,7 +12,9 @@ Owns the command line: the NVIDIA reference's run_squad.py flags with the same n
 (`--do-train/--do-predict/--do-eval`, `--train-batch-size/--predict-batch-size`, ...), plus `--mode`
 (run_squad.sh's mode word), `--batch-size` (both batch sizes), `--device`, `--infer-dtype`,
 `--features-cache-dir`, `--question/--context/--context-file`; and `validate_args`, the one place that
-rejects bad flags before any file is written. The loops live in `tasks.squad`. Prediction (eval,
+rejects bad flags before any file is written, returning a frozen `tasks.finetune_config.FinetuneConfig`;
+nothing below it reads the flags. The run is `tasks.finetune.FinetuneSession` with SQuAD's adapter
+(`tasks.squad`). Prediction (eval,
 prediction, --question) runs through `inference.predictor.QAPredictor` (Paddle Inference, oneDNN,
 length-bucketed batches): a fine-tuned checkpoint is exported to a temporary directory and verified first;
 `--from-checkpoint` may also be an `inference.export` directory (then `--infer-dtype int8` is possible).
@@ -37,31 +39,26 @@ should hold the answer.
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
-import dataclasses
 import logging
 import os
 import sys
 
 import paddle
 
-import program
-from data.features.squad import FeatureParams, load_or_build_features
+from data.features.squad import FeatureParams
 from inference import model_dir as export_layout
-from inference.export import load_from_scope
-from inference.predictor import QAPredictor
-from tasks import finetune
+from tasks import finetune_config as finetune
 from tasks import flags as common
 from tasks import outcome
-from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
-from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
-                         save_params, single_question_example, train)
-from utils import runtime, squad_metrics
-from utils.amp_state import init_pure_fp16
+from tasks.config import OptimConfig, PrecisionConfig, RunSettings, in_flag_terms, section, train_config
+from tasks.finetune import FinetuneSession
+from tasks.finetune_config import (FinetuneConfig, ModelInit, Modes, Outputs, Schedule, TextSettings,
+                                   make_room_for_model)
+from tasks.squad import SquadAdapter, SquadSettings, answer_question, describe_answer
+from utils import runtime
 from utils.cli import run_cli
-from utils.report import build_metric_logger
 from utils.runtime import DistEnv, init_runtime, resolve_device
 from utils.squad_metrics import check_v1_answerable
-from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger("run_squad")
 
@@ -140,43 +137,6 @@ def _add_squad_args(parser):
                    help="prediction precision; bfloat16 runs matmuls in bf16 (oneDNN CPUs with bf16); int8 "
                         "needs --from-checkpoint <export dir> with an int8 copy (python -m inference.export "
                         "--int8-calibration-file ...)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What validate_args resolved from the flags (nothing here is read from args again).
-
-    Fields: do_train / do_predict / do_eval; train_batch_size / predict_batch_size (per process);
-    max_steps (None = --epochs decide); feature_params (data.features.squad.FeatureParams); model_cfg
-    (modeling.BertConfig); init_path (weights to load); require_qa_head (False only when fine-tuning a
-    pretrained encoder); device ("cpu" | "gpu"); amp (program.TrainConfig AMP fields); optim
-    (tasks.config.OptimConfig, None without training); precision (tasks.config.PrecisionConfig);
-    model_name (--bert-model, or the name of the architecture in use); out_dir
-    (<output-dir>/<model_name>/squad); report_file (--report-file, default <out_dir>/report.json); context
-    (the --question's text, else None); export_dir (--from-checkpoint when it is an `inference.export`
-    directory, else None); replace_model (--replace-model on a run that saves a model: the old model
-    directory is moved aside first).
-    """
-    do_train: bool
-    do_predict: bool
-    do_eval: bool
-    train_batch_size: int
-    predict_batch_size: int
-    max_steps: object
-    feature_params: object
-    model_cfg: object
-    init_path: str
-    require_qa_head: bool
-    device: str
-    amp: dict
-    optim: object
-    precision: object
-    out_dir: str
-    report_file: str
-    model_name: str = finetune.DEFAULT_BERT_MODEL
-    context: object = None
-    export_dir: object = None
-    replace_model: bool = False
 
 
 def _modes(args):
@@ -339,7 +299,7 @@ def _check_bf16_cpu():
 
 
 def validate_args(args):
-    """Check every flag, file and cross-flag rule before any work; resolve them into a Plan.
+    """Check every flag, file and cross-flag rule before any work; resolve them into a FinetuneConfig.
 
     Raises:
       ValueError: naming the flag (and file) and the fix.
@@ -362,9 +322,6 @@ def validate_args(args):
         _check_outputs(args, out_dir)
     saves_model = do_train and not args.benchmark
     finetune.check_model_output(out_dir, init_path, will_save=saves_model, replace=args.replace_model)
-    if args.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
-                         f"max_position_embeddings ({model_cfg.max_position_embeddings})")
     if args.eval_script:
         logger.info("--eval-script %s ignored: EM/F1 are computed in-process", args.eval_script)
     device = resolve_device(args.device)
@@ -374,15 +331,27 @@ def validate_args(args):
     optim = OptimConfig.from_args(args) if do_train else None
     # the optimizer, schedule and AMP values, checked now rather than after feature building
     train_config(optim, precision, total_steps=1, seed=args.seed, device=device)
-    batch = args.batch_size
-    return Plan(do_train=do_train, do_predict=do_predict, do_eval=do_eval,
-                train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
-                predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH,
-                max_steps=None if args.max_steps in (None, -1) else args.max_steps, feature_params=params,
-                model_cfg=model_cfg, init_path=init_path, require_qa_head=require_qa_head, device=device,
-                amp=precision.amp, optim=optim, precision=precision, out_dir=out_dir, model_name=model_name,
-                report_file=args.report_file or os.path.join(out_dir, "report.json"), context=context,
-                export_dir=export_dir, replace_model=saves_model and args.replace_model)
+    batch, report_file = args.batch_size, args.report_file or os.path.join(out_dir, "report.json")
+    return FinetuneConfig(
+        task="SQuAD", modes=Modes(do_train=do_train, do_eval=do_eval, do_predict=do_predict),
+        model=ModelInit(config=model_cfg, name=model_name, init_path=init_path, require_head=require_qa_head,
+                        export_dir=export_dir, model_prefix=args.model_prefix),
+        text=TextSettings(vocab_file=args.vocab_file, do_lower_case=args.do_lower_case,
+                          max_seq_length=params.max_seq_length),
+        schedule=Schedule(epochs=args.epochs, max_steps=None if args.max_steps in (None, -1) else args.max_steps,
+                          train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
+                          predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH),
+        optim=optim, precision=precision, run=section(RunSettings, args, report_file=report_file), device=device,
+        outputs=Outputs(out_dir=out_dir, report_file=report_file, save_model=saves_model,
+                        replace_model=saves_model and args.replace_model),
+        settings=SquadSettings(
+            train_file=args.train_file if do_train else None, predict_file=args.predict_file if do_predict else None,
+            features=params, version_2_with_negative=args.version_2_with_negative,
+            null_score_diff_threshold=args.null_score_diff_threshold, n_best_size=args.n_best_size,
+            max_answer_length=args.max_answer_length, infer_precision=PRECISION_OF_DTYPE[args.infer_dtype],
+            features_cache_dir=args.features_cache_dir, question=args.question, context=context,
+            verbose_logging=args.verbose_logging),
+        flags=dict(sorted({**vars(args), "bert_model": model_name}.items())))
 
 
 def main(argv=None):
@@ -395,166 +364,27 @@ def main(argv=None):
     Raises:
       ValueError: bad flags or input files (run as a script: one `error:` line, exit status 2).
     """
-    args = build_parser().parse_args(argv)
-    plan = validate_args(args)
-    if args.verbose_logging:  # the reference's meaning: show every data-processing detail
+    cfg = validate_args(build_parser().parse_args(argv))
+    if cfg.settings.verbose_logging:  # the reference's meaning: show every data-processing detail
         for name in ("data.features.squad", "utils.squad_postprocess"):
             logging.getLogger(name).setLevel(logging.DEBUG)
-
-    rt = init_runtime(plan.device, seed=args.seed)
+    rt = init_runtime(cfg.device, seed=cfg.run.seed)
     if rt.dist.is_main:
-        finetune.make_room_for_model(plan.out_dir, plan.replace_model)
+        make_room_for_model(cfg.outputs.out_dir, cfg.outputs.replace_model)
+    session = FinetuneSession(cfg, SquadAdapter(cfg), rt)
     with paddle.static.scope_guard(paddle.static.Scope()):
-        if args.question is not None:
-            return answer_question(args, plan, rt)
-        results = train_and_predict(args, plan, rt)
+        if cfg.settings.question is not None:
+            answer = answer_question(session)
+            for line in describe_answer(answer["answer"], answer["probability"], answer["nbest"],
+                                        cfg.settings.verbose_logging):
+                print(line)
+            return answer
+        results = session.run()
     if rt.dist.is_main:
-        logger.info("results: %s", outcome.write_results(plan.report_file, results))
-        for line in outcome.squad_next_steps(results, plan.out_dir):
+        logger.info("results: %s", outcome.write_results(cfg.outputs.report_file, results))
+        for line in outcome.squad_next_steps(results, cfg.outputs.out_dir):
             logger.info("%s", line)
     return results
-
-
-# ------------------------------------------------------------------------------------------------- phases
-def _features(args, plan, path, is_training):
-
-    return load_or_build_features(path, args.vocab_file, args.do_lower_case, plan.feature_params,
-                                  args.features_cache_dir, is_training=is_training,
-                                  version_2_with_negative=args.version_2_with_negative)
-
-
-def _train_options(args, plan):
-    return TrainOptions.from_flags(args, max_steps=plan.max_steps, batch_size=plan.train_batch_size)
-
-
-def _build(args, plan, rt, train_features):
-    """(bundle, TrainOptions or None): the training bundle when training, else a predict-only one."""
-
-    if train_features is None:
-        cfg = train_config(None, plan.precision, total_steps=1, seed=args.seed, device=rt.device)
-        return program.build_squad(plan.model_cfg, cfg, is_training=False), None
-    opts = _train_options(args, plan)
-    _, updates = plan_updates(len(train_features), opts, rt.dist.world_size)
-    cfg = train_config(plan.optim, plan.precision, total_steps=updates, seed=args.seed, device=rt.device,
-                       dist_kwargs=rt.train_config_kwargs())
-    return program.build_squad(plan.model_cfg, cfg), opts
-
-
-def train_and_predict(args, plan, rt):
-    """--mode train / eval / prediction / train_eval. Returns the results dict (see `main`)."""
-
-    if plan.export_dir is not None:  # an exported model predicts by itself: no program to build
-        metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
-        try:
-            return _predict_and_score(args, plan, rt, None, metrics) if rt.dist.is_main else {}
-        finally:
-            metrics.close()
-    train_features = _features(args, plan, args.train_file, True)[1] if plan.do_train else None
-    bundle, opts = _build(args, plan, rt, train_features)
-    rt.exe.run(bundle.startup_program)
-    init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=plan.require_qa_head,
-                    vocab_size=plan.model_cfg.vocab_size)
-    if plan.amp.get("use_pure_fp16"):  # O2: parameters to fp16, master weights from the loaded values
-        init_pure_fp16(bundle, rt.place)
-    results = {}
-    metrics = build_metric_logger(rt.dist.rank, plan.report_file, logger=logger)
-    try:
-        if args.show_config:
-            metrics.log_parameters({**vars(args), "bert_model": plan.model_name})
-        if opts is not None:
-            results.update(train(rt.exe, bundle, train_features, opts, rt.dist.rank, rt.dist.world_size,
-                                 metrics, rt.runnable(bundle.main_program, bundle.build_strategy)))
-            metrics.log_summary({k: results[k] for k in ("e2e_train_time", "training_sequences_per_second",
-                                                         "final_loss") if k in results})
-            if rt.dist.is_main and not args.benchmark:
-                results["params_file"] = save_params(bundle.main_program, plan.out_dir, args.model_prefix,
-                                                     plan.model_cfg)
-        if plan.do_predict and rt.dist.is_main:
-            results.update(_predict_and_score(args, plan, rt, bundle, metrics))
-    finally:
-        metrics.close()
-    return results
-
-
-def _predictor(args, plan, rt, bundle):
-    """The QAPredictor that predicts: the exported --from-checkpoint itself, or the parameters now in the
-    scope exported (and verified against the executor) through a temporary directory."""
-
-    precision = PRECISION_OF_DTYPE[args.infer_dtype]
-    if plan.export_dir is not None:
-        return QAPredictor.load(plan.export_dir, precision=precision, device=rt.device,
-                                batch_size=plan.predict_batch_size)
-    fp = plan.feature_params
-    settings = export_layout.ExportSettings(model_name=plan.model_name, do_lower_case=args.do_lower_case,
-                                            max_seq_length=fp.max_seq_length, doc_stride=fp.doc_stride,
-                                            max_query_length=fp.max_query_length)
-    return load_from_scope(rt.exe, bundle, model_cfg=plan.model_cfg, vocab_file=args.vocab_file,
-                           settings=settings, source={"path": os.path.abspath(plan.init_path), "in_process": True},
-                           precision=precision, device=rt.device, batch_size=plan.predict_batch_size)
-
-
-def _executor_benchmark(args, rt, bundle, features, batch_size):
-    """--benchmark: the reference's measurement of the training-time program (warm-up, then timed batches)."""
-
-    infer = bundle.eval_program if args.infer_dtype == "float32" else program.to_bf16_inference(
-        bundle.eval_program)
-    return predict_logits(rt.exe, infer, bundle.eval_fetches, features, batch_size,
-                          (args.benchmark_warmup_steps, args.benchmark_steps))[2]
-
-
-def _predict_and_score(args, plan, rt, bundle, metrics):
-
-    examples, features = _features(args, plan, args.predict_file, False)
-    if args.benchmark:
-        stats = _executor_benchmark(args, rt, bundle, features, plan.predict_batch_size)
-        metrics.log_summary(stats)
-        return stats
-    predictor = _predictor(args, plan, rt, bundle)
-    start, end, stats = predictor.predict_logits(features, show_progress=True)
-    stats = {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
-    metrics.log_summary(stats)
-    preds, _, null_odds = postprocess_predictions(
-        examples, features, start, end, n_best_size=args.n_best_size,
-        max_answer_length=args.max_answer_length, do_lower_case=args.do_lower_case,
-        version_2_with_negative=args.version_2_with_negative,
-        null_score_diff_threshold=args.null_score_diff_threshold, output_dir=plan.out_dir)
-    results = dict(stats, predictions_file=os.path.join(plan.out_dir, "predictions.json"), predictions=preds)
-    if plan.do_eval:
-        scores = _score(args, preds, null_odds)
-        metrics.log_summary(scores)
-        results.update(scores)
-    return results
-
-
-def _score(args, preds, null_odds):
-    """{"exact_match", "F1"} (+ the v2 breakdown), in percent."""
-
-    if not args.version_2_with_negative:
-        scores = squad_metrics.evaluate_v1(args.predict_file, preds)
-        return {"exact_match": scores["exact_match"], "F1": scores["f1"]}
-    scores = squad_metrics.evaluate_v2(args.predict_file, preds, na_probs=null_odds)
-    extra = {k: v for k, v in scores.items() if k not in ("exact", "f1")}
-    return dict(extra, exact_match=scores["exact"], F1=scores["f1"])
-
-
-def answer_question(args, plan, rt):
-    """--question: the best answer (printed with its probability) from a fine-tuned model."""
-
-    example = single_question_example(args.question, plan.context)  # its errors name the flags
-    bundle = None
-    if plan.export_dir is None:
-        bundle, _ = _build(args, plan, rt, None)
-        rt.exe.run(bundle.startup_program)
-        init_parameters(rt.exe, bundle.main_program, plan.init_path, require_qa_head=True,
-                        vocab_size=plan.model_cfg.vocab_size)
-    answer = _predictor(args, plan, rt, bundle).answer(
-        [(example.question_text, plan.context)], n_best=args.n_best_size, max_answer_length=args.max_answer_length,
-        version_2_with_negative=args.version_2_with_negative,
-        null_score_diff_threshold=args.null_score_diff_threshold)[0]
-    for line in describe_answer(answer.text, answer.score, answer.nbest, args.verbose_logging):
-        print(line)
-    return {"answer": answer.text, "probability": answer.score, "start": answer.start, "end": answer.end,
-            "nbest": answer.nbest}
 
 
 def cli(argv=None):

@@ -92,7 +92,7 @@ def _export_random_model(cfg, seq_length, directory, with_int8):
 
     import program
     from inference import model_dir as layout
-    from inference.export import write_export
+    from inference.verified_export import write_export
 
     paddle.enable_static()
     exe = paddle.static.Executor(paddle.CPUPlace())

@@ -56,8 +56,9 @@ def main(argv=None):
     from inference import model_dir as layout
     from inference.predictor import QAPredictor
     from inference.quantize import first_questions
-    from tasks import finetune
-    from tasks.squad import init_parameters, predict_logits
+    from tasks import finetune_config as finetune
+    from tasks.squad import predict_logits
+    from utils.weights import init_parameters
     from utils import squad_metrics
     from utils.logger import init_logging
     from utils.squad_postprocess import postprocess_predictions
@@ -78,7 +79,7 @@ def main(argv=None):
     bundle = program.build_squad(cfg, program.TrainConfig(), is_training=False)
     with paddle.static.scope_guard(scope):
         exe.run(bundle.startup_program)
-        init_parameters(exe, bundle.main_program, args.checkpoint, require_qa_head=True, vocab_size=cfg.vocab_size)
+        init_parameters(exe, bundle.main_program, args.checkpoint, require_head=True, vocab_size=cfg.vocab_size)
     routes = {"executor": None}
     for precision in [p for p in args.precisions.split(",") if p]:
         try:

@@ -13,153 +13,45 @@ The head is read from the checkpoint: `qa_outputs.*` parameters make a SQuAD exp
 one, whose task comes from `--task-name`, else the run's eval_results.json, else the run_glue output
 directory's name (`.../glue/<Task>`); the task, its labels and regression-or-not go into settings.json.
 
-Owns: detecting the head, building the eval program, loading the checkpoint into it,
-`paddle.static.save_inference_model`, writing the directory (`inference.model_dir` layout) atomically, and
-the parity check: the exported model, run by `inference.predictor` (Paddle Inference, oneDNN), must
-reproduce the training program's outputs (static executor) on a few windows within `--tolerance`, or nothing
-is written. With `--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy
-(`inference.quantize`). Does not own: the directory layout and manifest (`inference.model_dir`), running
-answers and classifications (`inference.predictor`).
+Owns the command: its flags and their checks (no output over an input, the vocab's casing, the window
+settings), detecting the head, building the eval program, loading the checkpoint into it, and writing the
+directory atomically through `inference.verified_export` (which also checks that the exported model
+reproduces the training program's outputs within `--tolerance`, or nothing is written). With
+`--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy (`inference.quantize`).
+Does not own: the export and its parity check (`inference.verified_export`), the directory layout and
+manifest (`inference.model_dir`), running answers and classifications (`inference.predictor`).
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
 
+import json
 import logging
 import os
-import shutil
 import sys
 
-import numpy as np
+import paddle
 
+import program
+from data.features.glue import task_spec
+from data.features.squad import FeatureParams
 from inference import model_dir as layout
-from utils.fs import atomic_write_json, sha256_file
+from inference.quantize import add_int8_model
+from inference.verified_export import DEFAULT_TOLERANCE, source_record, write_export
+from modeling import TASK_HEADS
+from tasks import finetune_config as finetune
+from tasks import flags as common
+from tasks.config import in_flag_terms
+from utils.cli import run_cli
+from utils.fs import atomic_output_dir, probe_writable, refuse_output_over_inputs
+from utils.weights import head_parameters, init_parameters, resolve_init_path
 
 logger = logging.getLogger("inference.export")
-
-DEFAULT_TOLERANCE = 1e-3   # max |delta logit| exported vs executor (measured: ~1e-6 in fp32)
-VERIFY_WINDOWS = 4
-
-
-def save_program(exe, bundle, directory, fetch_names=layout.ExportSettings.fetch_names):
-    """Write model.pdmodel / model.pdiparams of `bundle.eval_program` (outputs `fetch_names`, keys of
-    `bundle.eval_fetches`) with the current scope's values."""
-    import paddle
-
-    program = bundle.eval_program
-    feeds = [program.global_block().var(name) for name in bundle.eval_feed_names]
-    fetches = [program.global_block().var(bundle.eval_fetches[k].name) for k in fetch_names]
-    paddle.static.save_inference_model(os.path.join(directory, layout.MODEL_PREFIX), feeds, fetches, exe,
-                                       program=program)
-
-
-def verification_feed(vocab_size, max_seq_length, windows=VERIFY_WINDOWS, seed=0):
-    """Windows of different real lengths (random ids, padding after them) to compare two runtimes on."""
-    rng = np.random.default_rng(seed)
-    lengths = np.linspace(max(4, max_seq_length // 4), max_seq_length, windows).astype(np.int64)
-    ids = rng.integers(0, vocab_size, (windows, max_seq_length)).astype(np.int64)
-    positions = np.arange(max_seq_length)[None, :]
-    mask = (positions < lengths[:, None]).astype(np.int64)
-    types = ((positions >= lengths[:, None] // 3) & (mask > 0)).astype(np.int64)
-    return {"input_ids": ids * mask, "token_type_ids": types, "attention_mask": mask[:, None, None, :]}
-
-
-def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX,
-                         fetch_names=layout.ExportSettings.fetch_names):
-    """max |delta| between the executor's eval-program outputs `fetch_names` and the exported model's (Paddle
-    Inference) on `feed`: over real (unpadded) positions for per-token logits (SQuAD's [B, L]), over every
-    value for per-sequence ones (GLUE's [B, num_labels])."""
-    import paddle.inference as paddle_infer
-
-    from inference.predictor import make_config
-
-    names = [bundle.eval_fetches[k].name for k in fetch_names]
-    want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
-    predictor = paddle_infer.create_predictor(make_config(
-        os.path.join(directory, prefix + ".pdmodel"), os.path.join(directory, prefix + ".pdiparams"),
-        precision=precision))
-    for name in predictor.get_input_names():
-        handle = predictor.get_input_handle(name)
-        handle.reshape(feed[name].shape)
-        handle.copy_from_cpu(feed[name])
-    predictor.run()
-    got = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
-    real = feed["attention_mask"][:, 0, 0, :] > 0
-    per_token = [np.abs(np.asarray(w) - g) for w, g in zip(want, got)]
-    return float(max((d[real] if d.shape == real.shape else d).max() for d in per_token))
-
-
-def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, source, tolerance=DEFAULT_TOLERANCE,
-                 extra=None):
-    """Fill `directory` (empty, e.g. from utils.fs.atomic_output_dir) with a verified export.
-
-    The scope must hold the model's parameters (loaded, or just trained).
-
-    Returns:
-      the manifest dict (with verified_max_abs_logit_diff).
-
-    Raises:
-      ValueError: the exported model's logits differ from the executor's by more than `tolerance`.
-    """
-    save_program(exe, bundle, directory, settings.fetch_names)
-    atomic_write_json(os.path.join(directory, layout.CONFIG_FILE), model_cfg.to_dict())
-    shutil.copyfile(vocab_file, os.path.join(directory, layout.VOCAB_FILE))
-    atomic_write_json(os.path.join(directory, layout.SETTINGS_FILE), settings.to_dict())
-    diff = max_logit_difference(exe, bundle, directory, verification_feed(model_cfg.vocab_size,
-                                                                          settings.max_seq_length),
-                                fetch_names=settings.fetch_names)
-    logger.info("exported model vs training program: max |delta logit| = %.3g on %d windows (tolerance %g)",
-                diff, VERIFY_WINDOWS, tolerance)
-    if not diff <= tolerance:
-        raise ValueError(f"the exported model's logits differ from the training program's by {diff:.3g} "
-                         f"(> --tolerance {tolerance}); nothing was written")
-    # The vocab's SHA-256 as pretraining records it (`utils.checkpoint.vocab_sha256`): `finetune.model_config`
-    # has refused a --vocab-file whose hash differs from the source checkpoint's, so this is that hash.
-    # Loading verifies the copied vocab.txt against the manifest's per-file SHA-256 (`read_manifest`).
-    return layout.write_manifest(directory, source=source, task=settings.task,
-                                 extra=dict(extra or {}, verified_max_abs_logit_diff=diff,
-                                            vocab_sha256=sha256_file(vocab_file)))
-
-
-def load_from_scope(exe, bundle, *, model_cfg, vocab_file, settings, source, precision="fp32", device="cpu",
-                    threads=None, batch_size=None):
-    """A predictor (QAPredictor or ClassifierPredictor, as `settings.task` says) for the parameters now in
-    the scope (just trained, or loaded from a checkpoint): the program is exported and verified in a
-    temporary directory, loaded, and the directory removed.
-
-    Raises:
-      ValueError: as `write_export` and `ExportedModel.load`.
-    """
-    import tempfile
-
-    from inference.predictor import DEFAULT_BATCH_SIZE, load_predictor
-
-    with tempfile.TemporaryDirectory(prefix=f"{settings.task.lower()}-export-") as tmp:
-        write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=vocab_file, settings=settings,
-                     source=source)
-        return load_predictor(tmp, precision=precision, device=device, threads=threads,
-                              batch_size=batch_size or DEFAULT_BATCH_SIZE)
-
-
-def source_record(path):
-    """The manifest's description of a checkpoint: its path and the SHA-256 of its weights file(s)."""
-    path = os.path.abspath(path)
-    if os.path.isfile(path + ".pdparams"):
-        path += ".pdparams"
-    if os.path.isfile(path):
-        files = [path]
-    else:
-        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith((".pdparams", ".safetensors")))
-    return {"path": path, "weights": {os.path.basename(f): sha256_file(f) for f in files}}
-
 
 SQUAD_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's default
 
 
 def build_parser():
-    from tasks import finetune
-    from tasks import flags as common
-
     parser = common.Parser(description="Export a fine-tuned SQuAD or GLUE model for Paddle Inference.")
     parser.add_argument("--checkpoint", required=True,
                         help="fine-tuned model: a directory with bert_paddle.pdparams (run_squad's "
@@ -197,10 +89,6 @@ def build_parser():
 def _recorded_task(init_path):
     """The GLUE task a run_glue output directory names: eval_results.json's "task", else the directory's
     own name (<output-dir>/<bert-model>/glue/<Task>); None when neither says."""
-    import json
-
-    from data.features.glue import task_spec
-
     directory = init_path if os.path.isdir(init_path) else os.path.dirname(os.path.abspath(init_path))
     try:
         with open(os.path.join(directory, "eval_results.json"), encoding="utf-8") as f:
@@ -225,12 +113,9 @@ def detect_task(init_path, task_name):
       ValueError: --task-name on a SQuAD checkpoint, an unknown task, a classifier whose task nothing
         records, or one whose width is not the task's label count.
     """
-    from data.features.glue import task_spec
-    from tasks.squad import TASK_HEAD_PREFIXES, head_parameters
-
     heads = head_parameters(init_path)
-    has_qa = any(k.startswith(TASK_HEAD_PREFIXES["SQuAD"]) for k in heads)
-    width = heads.get(TASK_HEAD_PREFIXES["GLUE"] + "bias")
+    has_qa = any(k.startswith(TASK_HEADS["SQuAD"][0] + ".") for k in heads)
+    width = heads.get(TASK_HEADS["GLUE"][0] + ".bias")
     if task_name is not None:
         spec = task_spec(task_name)
         if has_qa and width is None:
@@ -258,10 +143,6 @@ def _input_paths(args):
 
 
 def _check_common(args):
-    from tasks import finetune
-    from tasks import flags as common
-    from utils.fs import probe_writable, refuse_output_over_inputs
-
     common.require_existing("--vocab-file", args.vocab_file, "file")
     # Casing now, as run_squad/run_glue check it before training: the export's settings would otherwise
     # record a lower-casing the vocab contradicts, and every later loader would refuse it.
@@ -281,10 +162,6 @@ def _check_common(args):
 
 def _squad_settings(args, name):
     """ExportSettings of a SQuAD export from the flags (SQuAD's defaults filled in)."""
-    from data.features.squad import FeatureParams
-    from tasks import flags as common
-    from tasks.config import in_flag_terms
-
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SQUAD_DEFAULTS.items()}
     try:
         params = FeatureParams(values["max_seq_length"], values["doc_stride"], values["max_query_length"])
@@ -328,13 +205,6 @@ def export_checkpoint(args):
     Raises:
       ValueError: a bad flag or file, naming it; a parity failure (nothing is written).
     """
-    import paddle
-
-    import program
-    from tasks import finetune
-    from tasks.squad import init_parameters, resolve_init_path
-    from utils.fs import atomic_output_dir
-
     _check_common(args)
     init_path = resolve_init_path(args.checkpoint, args.model_prefix)
     spec = detect_task(init_path, args.task_name)
@@ -349,20 +219,15 @@ def export_checkpoint(args):
     with paddle.static.scope_guard(paddle.static.Scope()):
         if spec is None:
             bundle = program.build_squad(model_cfg, program.TrainConfig(), is_training=False)
-            head = {}
         else:
-            from tasks.glue import HEAD_PREFIX
-
             bundle = program.build_glue(model_cfg, program.TrainConfig(), spec.num_labels, is_training=False)
-            head = {"head_prefix": HEAD_PREFIX, "head_name": "classification head", "task": "GLUE"}
         exe.run(bundle.startup_program)
-        init_parameters(exe, bundle.main_program, init_path, require_qa_head=True,
-                        vocab_size=model_cfg.vocab_size, **head)
+        init_parameters(exe, bundle.main_program, init_path, require_head=True, vocab_size=model_cfg.vocab_size,
+                        task="SQuAD" if spec is None else "GLUE")
         with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as tmp:
             manifest = write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=args.vocab_file,
                                     settings=settings, source=source_record(init_path), tolerance=args.tolerance)
             if args.int8_calibration_file:
-                from inference.quantize import add_int8_model
 
                 manifest = add_int8_model(tmp, args.int8_calibration_file, windows=args.calibration_windows,
                                           eval_file=args.int8_eval_file, eval_questions=args.int8_eval_questions)
@@ -383,8 +248,6 @@ def main(argv=None):
 
 def cli(argv=None):
     """`main` as a command: exit 0, or 2 with one `error:` line for bad input."""
-    from utils.cli import run_cli
-
     return run_cli(main, argv)
 
 

@@ -27,11 +27,18 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import paddle.inference as paddle_infer
 
+from data.features.glue import STSB_RANGE, GlueExample, task_spec
+from data.features.glue import batch_of_rows as glue_batch
+from data.features.glue import examples_to_features as glue_features
 from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, examples_to_features,
                                  split_on_whitespace)
 from inference import model_dir as layout
+from tokenizer import BertTokenizer
 from utils.logger import progress
+from utils.preflight import default_threads as cores_share
+from utils.runtime import cpu_bf16_support
 from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
@@ -73,8 +80,6 @@ class Answer:
 
 def default_threads():
     """Math-library threads when none are asked for: OMP_NUM_THREADS (utils.preflight sets it)."""
-    from utils.preflight import default_threads as cores_share
-
     try:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
@@ -90,7 +95,6 @@ def _check_precision(precision, device):
     if device == "gpu" and precision != "fp32":
         raise ValueError(f"precision '{precision}' is a CPU (oneDNN) route; use fp32 on GPU")
     if precision == "bf16":
-        from utils.runtime import cpu_bf16_support
 
         support = cpu_bf16_support()
         if not support.usable:
@@ -110,8 +114,6 @@ def make_config(model_file, params_file, *, precision="fp32", device="cpu", thre
     Raises:
       ValueError: as `_check_precision`.
     """
-    import paddle.inference as paddle_infer
-
     _check_precision(precision, device)
     config = paddle_infer.Config(model_file, params_file)
     config.switch_ir_optim(ir_optim)
@@ -198,10 +200,6 @@ class ExportedModel:
             another task than this class runs (naming the class that runs it), an unknown or unavailable
             precision (saying why), int8 without a quantized model, bad threads/batch size.
         """
-        import paddle.inference as paddle_infer
-
-        from tokenizer import BertTokenizer
-
         for name, value in (("threads", threads), ("batch_size", batch_size)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -422,7 +420,6 @@ class ClassifierPredictor(ExportedModel):
         if settings.is_squad:
             raise ValueError(f"'{model_dir}' is a SQuAD question-answering model, not a GLUE classifier: it "
                              "answers questions (inference.predictor.QAPredictor, the server's /v1/answer)")
-        from data.features.glue import task_spec
 
         spec = task_spec(settings.task)
         if tuple(spec.labels or ()) != tuple(settings.labels) or spec.is_regression != settings.regression:
@@ -431,7 +428,6 @@ class ClassifierPredictor(ExportedModel):
 
     @classmethod
     def _task_info(cls, settings):
-        from data.features.glue import task_spec
 
         return {"labels": list(settings.labels), "regression": settings.regression,
                 "pair": task_spec(settings.task).train.text_b is not None}
@@ -439,8 +435,6 @@ class ClassifierPredictor(ExportedModel):
     @property
     def spec(self):
         """data.features.glue.TaskSpec of the exported task."""
-        from data.features.glue import task_spec
-
         return task_spec(self.settings.task)
 
     @property
@@ -457,8 +451,6 @@ class ClassifierPredictor(ExportedModel):
         Raises:
           ValueError: an item of the wrong kind for this task, or an empty text (naming the item).
         """
-        from data.features.glue import GlueExample, examples_to_features
-
         examples = []
         for index, item in enumerate(items):
             if self.is_pair:
@@ -476,7 +468,7 @@ class ClassifierPredictor(ExportedModel):
                 if text is not None and not text.strip():
                     raise ValueError(f"item {index}: {name if self.is_pair else 'the text'} is empty")
             examples.append(GlueExample(str(index), text_a, text_b))
-        return examples_to_features(examples, self.tokenizer, self.spec, self.settings.max_seq_length)
+        return glue_features(examples, self.tokenizer, self.spec, self.settings.max_seq_length)
 
     def predict_logits(self, features, batch_size=None, *, bucket=True, show_progress=False):
         """The classifier's outputs of every row, in feature order.
@@ -491,8 +483,6 @@ class ClassifierPredictor(ExportedModel):
           (float32 [N, num_labels] logits (STS-B: [N, 1] scores), stats dict: e2e_inference_time (s),
           inference_sequences_per_second, padded_tokens / real_tokens of the run).
         """
-        from data.features.glue import batch_of_rows as glue_batch
-
         n, length = len(features), features.max_seq_length
         out = np.zeros((n, self.spec.num_labels), np.float32)
         begin, padded = time.perf_counter(), 0
@@ -510,8 +500,6 @@ class ClassifierPredictor(ExportedModel):
     def decide(self, logits):
         """Classifications of [N, num_labels] outputs: argmax label + softmax probabilities, or the
         STS-B score clipped to [0, 5]."""
-        from data.features.glue import STSB_RANGE
-
         if self.settings.regression:
             return [Classification(None, score=float(np.clip(v, *STSB_RANGE))) for v in logits[:, 0]]
         labels = self.settings.labels

@@ -11,12 +11,19 @@ What int8 does on an AVX2-only CPU (no AVX-512 VNNI / AVX-VNNI): oneDNN's int8 G
 8-bit dot products with 16-bit multiplies (vpmaddubsw), so int8 is NOT faster than fp32 there and the
 quantize/dequantize steps around each layer add cost; `benchmarks.bench_inference` measures it.
 """
+import json
 import logging
 import os
+import tempfile
 
 import numpy as np
+import paddle
 
+from data.features.squad import PREDICT_ONLY_KEYS, FeatureParams, batch_of_rows, load_or_build_features
 from inference import model_dir as layout
+from inference.predictor import BUCKET_MULTIPLE, QAPredictor
+from utils import squad_metrics
+from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +37,6 @@ QUANTIZABLE_OPS = ("matmul", "matmul_v2", "mul")
 
 def _calibration_batches(model_dir, squad_file, windows, seed=0):
     """Feed dicts of `windows` randomly chosen windows of `squad_file`, bucketed by length."""
-    from data.features.squad import FeatureParams, PREDICT_ONLY_KEYS, batch_of_rows, load_or_build_features
-    from inference.predictor import BUCKET_MULTIPLE
-
     s = layout.read_settings(model_dir)
     _, features = load_or_build_features(squad_file, os.path.join(model_dir, layout.VOCAB_FILE), s.do_lower_case,
                                          FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length),
@@ -57,8 +61,6 @@ def _feeds_loader(batches):
     its len(); a DataLoader over a Dataset cannot yield our per-batch (bucketed) lengths, so this
     subclass serves the prepared feed dicts directly.
     """
-    import paddle
-
     class _Feeds(paddle.io.DataLoader):
         def __init__(self, feeds):  # noqa: super().__init__ would build workers for a Dataset we lack
             self._feeds = feeds
@@ -77,7 +79,6 @@ def quantize(model_dir, squad_file=None, windows=300, out_dir=None, batches=None
 
     batches: instead of a file, the calibration feed dicts themselves (benchmarks with random weights).
     """
-    import paddle
     from paddle.static.quantization import PostTrainingQuantization
 
     if batches is None:
@@ -105,11 +106,6 @@ def compare_accuracy(model_dir, eval_file, questions=500):
       dict: questions, fp32 {exact_match, F1}, int8 {exact_match, F1}, delta_exact_match, delta_F1,
       summary (one line for people).
     """
-    from data.features.squad import FeatureParams, load_or_build_features
-    from inference.predictor import QAPredictor
-    from utils import squad_metrics
-    from utils.squad_postprocess import postprocess_predictions
-
     path = eval_file
     if questions:
         path = first_questions(eval_file, questions)
@@ -140,9 +136,6 @@ def compare_accuracy(model_dir, eval_file, questions=500):
 
 def first_questions(squad_file, questions):
     """A temporary SQuAD file with the first `questions` questions of `squad_file` (whole paragraphs kept)."""
-    import json
-    import tempfile
-
     with open(squad_file, encoding="utf-8") as f:
         data = json.load(f)
     kept, count = [], 0

@@ -1,194 +1,291 @@
-"""Checks every fine-tuning entry point (run_squad.py, run_glue.py) makes on its flags, written once.
+"""The fine-tuning layer: one `FinetuneSession` (build -> startup -> init -> train -> save -> predict through
+the predictor) for every task, parameterised by a small task adapter, and the training loop it runs.
 
-Owns: `check_vocab` (a usable BERT vocab whose casing matches --do-lower-case), `model_config` (the
-architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json),
-`check_writable` (an output location that can be written, probed before any work), `init_path` (the
---from-checkpoint / --from-pretrained-params choice, never a random initialisation) and the rule that a
-training run never replaces a fine-tuned model silently (`check_model_output`, `make_room_for_model`). Does not own: a task's own
-flags or rules (each entry point's `validate_args`), loading weights (`tasks.squad.init_parameters`).
+Owns: the steps of a fine-tuning run given a `tasks.finetune_config.FinetuneConfig` and a `TaskAdapter`;
+planning the number of updates (`plan_updates`), the per-rank shuffled batch stream (`rank_batches`),
+trimming batches to their longest row (`trim_batch`), the training loop (`train`, on
+`tasks.engine.run_updates`), and the predictor that evaluates and predicts (the exported `--from-checkpoint`
+itself, or the parameters in the scope exported and verified through a temporary directory).
+Does not own: flags and their validation (the entry points and `tasks.finetune_config`), a task's features,
+scoring and output files (its adapter: `tasks.squad.SquadAdapter`, `tasks.glue.GlueAdapter`), building
+programs (`program`), or weight I/O (`utils.weights`).
 
-Errors are ValueErrors in the flags' words; the entry points print them as one `error:` line (exit 2).
+Steps are the reference's: one pass over this rank's rows is `ceil(rows / batch_size)` micro-batches;
+`epochs` passes, `gradient_merge_steps` micro-batches per optimizer update, and `max_steps > 0` caps the
+updates (`min(max_steps, updates in epochs)`). The LR scheduler steps once per update, so warm-up and decay
+follow `--warmup-proportion` of the updates actually run (the reference ignored it).
 """
+import contextlib
+import dataclasses
+import itertools
 import logging
 import os
+from typing import Protocol
 
-from modeling import BertConfig
-from tasks import flags as common
-from tasks.squad import resolve_init_path, saved_config_next_to
-from tokenizer import check_vocab_case, load_vocab, special_token_ids
-from utils.checkpoint import check_init_vocab
-from utils.fs import move_aside, probe_writable
-from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
+import numpy as np
+
+from inference.verified_export import load_from_scope
+from tasks.config import train_config
+from tasks.engine import run_updates
+from utils.amp_state import init_pure_fp16
+from utils.report import build_metric_logger
+from utils.weights import init_parameters, save_params
 
 logger = logging.getLogger(__name__)
 
+SEQ_ALIGN = 8  # trimmed batches keep a multiple of this many columns
 
-def check_vocab(vocab_file, do_lower_case):
-    """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case.
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Training-loop settings (from a validated FinetuneConfig: `train_options`).
+
+    Fields: epochs >= 1; max_steps None or > 0 (caps updates); batch_size per process; gradient_merge_steps
+    micro-batches per update; log_freq in updates; benchmark, benchmark_steps, benchmark_warmup_steps as
+    the reference (measure updates warmup+1 .. warmup+steps, then stop); seed of the shuffle.
+    """
+    epochs: int = 2
+    max_steps: int = None
+    batch_size: int = 32
+    gradient_merge_steps: int = 1
+    log_freq: int = 10
+    benchmark: bool = False
+    benchmark_steps: int = 20
+    benchmark_warmup_steps: int = 20
+    seed: int = 42
+
+
+def train_options(cfg):
+    """The TrainOptions of a FinetuneConfig that trains."""
+    run = cfg.run
+    return TrainOptions(epochs=cfg.schedule.epochs, max_steps=cfg.schedule.max_steps,
+                        batch_size=cfg.schedule.train_batch_size,
+                        gradient_merge_steps=cfg.optim.gradient_merge_steps, log_freq=run.log_freq,
+                        benchmark=run.benchmark, benchmark_steps=run.benchmark_steps,
+                        benchmark_warmup_steps=run.benchmark_warmup_steps, seed=run.seed)
+
+
+def rows_per_rank(num_features, world_size):
+    """Rows each process trains on per epoch: equal on every rank (the all-reduce needs equal steps)."""
+    return num_features // world_size
+
+
+def plan_updates(num_features, opts, world_size=1):
+    """(micro-batches per epoch, optimizer updates to run) for a training set.
 
     Raises:
-      ValueError: empty / unreadable vocab, a missing special token, or the casing mismatch with its fix.
+      ValueError: the data is too small for a single update (naming the numbers).
     """
-    vocab = load_vocab(vocab_file)  # its errors (empty, not UTF-8, ...) name the file
-    special_token_ids(vocab, vocab_file)
-    try:
-        check_vocab_case(vocab, do_lower_case, vocab_file)
-    except ValueError:  # reworded: check_vocab_case speaks in keyword arguments, a user in flags
-        state, fix = ("uncased", "add --do-lower-case") if not do_lower_case else ("cased", "drop --do-lower-case")
-        raise ValueError(f"--vocab-file '{vocab_file}' is {state} but --do-lower-case is "
-                         f"{'set' if do_lower_case else 'not set'}: {fix}") from None
+    rows = rows_per_rank(num_features, world_size)
+    per_epoch = -(-rows // opts.batch_size)
+    updates = per_epoch * opts.epochs // opts.gradient_merge_steps
+    if opts.max_steps is not None and opts.max_steps > 0:
+        updates = min(updates, opts.max_steps)
+    if opts.benchmark:
+        updates = opts.benchmark_warmup_steps + opts.benchmark_steps
+    if updates < 1:
+        raise ValueError(f"the training file gives {num_features} windows ({rows} per process): fewer "
+                         f"than one update of --train-batch-size {opts.batch_size} x "
+                         f"--gradient-merge-steps {opts.gradient_merge_steps}; add data or lower them")
+    return per_epoch, updates
 
 
-DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model default
-# --help text of a --bert-model whose default is resolved by `model_name`.
-BERT_MODEL_DEFAULT_HELP = (f"the architecture's name when it comes from the checkpoint's bert_config.json or "
-                           f"--config-file, else {DEFAULT_BERT_MODEL}")
+def trim_batch(batch, multiple=SEQ_ALIGN):
+    """Cut the padding columns every row of a batch shares (keeps a multiple of `multiple` columns).
 
-
-def model_name(bert_model, config_file, vocab_file, model_cfg):
-    """The name outputs go under (<output-dir>/<name>/...) and the report records.
-
-    --bert-model when given; else, when the architecture came from a file (the checkpoint's own config
-    or --config-file), the bert_configs/ name whose JSON it equals ("custom" when none does); else the
-    reference's default. Why: a fine-tuned custom model evaluated without --bert-model was filed under
-    bert-large-uncased although its own config had been read.
-    """
-    if bert_model:
-        return bert_model
-    if config_file is None and model_cfg == common.resolve_bert_config(DEFAULT_BERT_MODEL, None, vocab_file)[0]:
-        return DEFAULT_BERT_MODEL
-    return common.known_model_name(model_cfg.to_dict())
-
-
-def model_config(bert_model, config_file, vocab_file, init_path):
-    """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json
-    (bert-large-uncased when --bert-model is None).
+    Attention masks exclude padding, so the real positions' outputs are unchanged; the work shrinks with
+    the longest row instead of max_seq_length.
 
     Args:
-      bert_model, config_file, vocab_file: the flags.
-      init_path: the resolved weights path (an HF checkpoint's config.json, or the bert_config.json a
-        fine-tuned run saved beside its parameters, is used when --config-file is not given).
-
-    Raises:
-      ValueError: a bad config, a checkpoint config whose vocab_size differs from the vocab file, or a
-        pretraining checkpoint that recorded another vocab's SHA-256 (`utils.checkpoint.check_init_vocab`).
-    """
-    vocab_size = len(load_vocab(vocab_file))
-    check_init_vocab(init_path, vocab_file, None)
-    found = None
-    if config_file is None and is_hf_checkpoint(init_path):
-        found = hf_checkpoint_files(init_path)[1]
-        cfg = bert_config_from_hf(found) if found else None
-    elif config_file is None and saved_config_next_to(init_path):
-        found = saved_config_next_to(init_path)
-        cfg = BertConfig.from_json_file(found)
-    if found is None:
-        return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab_file)[0]
-    if cfg.vocab_size != vocab_size:
-        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab_file}' "
-                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
-    logger.info("model config from the checkpoint: %s", found)
-    return cfg
-
-
-def check_writable(flag, value, directory):
-    """Refuse an output `directory` that could not be created or written, before any work
-    (`utils.fs.probe_writable`: nothing is created). `value` is what the user gave for `flag`.
-
-    Raises:
-      ValueError: naming the flag, its value and what blocks it (a file in the way, or no write
-        permission / a read-only file system).
-    """
-    try:
-        probe_writable(directory)
-    except NotADirectoryError as err:
-        raise ValueError(f"{flag} '{value}' cannot be written: '{err.filename}' is a file, "
-                         "not a directory") from None
-    except OSError as err:
-        raise ValueError(f"{flag} '{value}' cannot be written: no write permission in '{err.filename}' (or a "
-                         f"read-only file system); give a {flag} you can write to") from None
-
-
-def init_path(from_checkpoint, from_pretrained_params, model_prefix, do_train, task):
-    """(path, require_head) of the weights to start from; never None (no silent random init).
-
-    Args:
-      from_checkpoint, from_pretrained_params: the flags (at most one given).
-      model_prefix: --model-prefix (a phase directory resolves to its latest step's file).
-      do_train: bool; only fine-tuning from a pretrained encoder may start the task head from random values.
-      task: "SQuAD" | "GLUE", for the messages.
-
-    Raises:
-      ValueError: both or neither flag, or a path that does not exist.
-    """
-    if from_checkpoint and from_pretrained_params:
-        raise ValueError("--from-checkpoint and --from-pretrained-params are exclusive: give the fine-tuned "
-                         "model OR the pretrained BERT to fine-tune")
-    flag = "--from-checkpoint" if from_checkpoint else "--from-pretrained-params"
-    path = from_checkpoint or from_pretrained_params
-    if path is None:
-        raise ValueError(f"give --from-pretrained-params (a pretrained BERT to fine-tune) or --from-checkpoint "
-                         f"(a fine-tuned {task} model); random initialisation is not supported")
-    if not (os.path.exists(path) or os.path.isfile(path + ".pdparams")):
-        raise ValueError(f"{flag} '{path}' does not exist")
-    return resolve_init_path(path, model_prefix), not (do_train and from_pretrained_params)
-
-
-REPLACE_MODEL_FLAG = "--replace-model"
-
-
-def add_replace_model_flag(group):
-    """The flag that lets a training run take an output directory holding a fine-tuned model."""
-    group.add_argument(REPLACE_MODEL_FLAG, action="store_true",
-                       help="train even though the output directory already holds a fine-tuned model: the old "
-                            "directory (model, predictions, reports) is moved aside to "
-                            "<dir>.superseded-<time>, never deleted")
-
-
-def fine_tuned_models(out_dir):
-    """Names of the fine-tuned weight files (`*.pdparams`) directly in `out_dir`, sorted; [] when none."""
-    if not os.path.isdir(out_dir):
-        return []
-    return sorted(n for n in os.listdir(out_dir) if n.endswith(".pdparams"))
-
-
-def check_model_output(out_dir, init_path, *, will_save, replace):
-    """Refuse a training run whose output directory already holds a fine-tuned model, unless `replace`.
-
-    Why: saving would silently overwrite that model and leave its predictions and reports beside the new
-    one, as if they described it. As pretraining does with checkpoints, the run is refused, naming what is
-    there and the way out; `--replace-model` moves the old directory aside whole (`make_room_for_model`).
-
-    Args:
-      out_dir: str, <output-dir>/<bert-model>/<task dir>.
-      init_path: str, the weights this run starts from (they must not be moved away before loading).
-      will_save: bool, the run writes a model (training, not --benchmark).
-      replace: bool, --replace-model.
-
-    Raises:
-      ValueError: a model is there and `replace` is not set; or `replace` would move the run's own
-        starting weights.
-    """
-    found = fine_tuned_models(out_dir) if will_save else []
-    if not found:
-        return
-    if not replace:
-        raise ValueError(f"--output-dir: {out_dir} already holds a fine-tuned model ({', '.join(found)}); "
-                         f"use another --output-dir, or pass {REPLACE_MODEL_FLAG} to move that directory aside "
-                         f"(kept as {os.path.basename(out_dir)}.superseded-<time>) and train anew")
-    if os.path.commonpath([os.path.realpath(out_dir), os.path.realpath(init_path)]) == os.path.realpath(out_dir):
-        raise ValueError(f"{REPLACE_MODEL_FLAG} would move aside {out_dir}, which holds the weights this run "
-                         f"starts from ('{init_path}'); give another --output-dir")
-
-
-def make_room_for_model(out_dir, replace):
-    """With --replace-model on a run that saves a model (`replace`), move a directory holding a fine-tuned
-    model aside before the run writes into it (its reports and predictions included, so nothing old sits
-    beside the new model). Call it on the process that writes, after `check_model_output`.
+      batch: dict of int64 [B, L] / [B, 1, 1, L] arrays (a task's batch, e.g. `data.features.squad`'s).
 
     Returns:
-      str, where the old directory went, or None when nothing was moved.
+      (new dict with [B, L'] arrays, L').
     """
-    if not (replace and fine_tuned_models(out_dir)):
-        return None
-    return move_aside(out_dir, f"{REPLACE_MODEL_FLAG}: this run writes a new fine-tuned model there")
+    mask = batch["attention_mask"]
+    longest = int(mask.reshape(mask.shape[0], -1).sum(axis=1).max())
+    length = min(mask.shape[-1], -(-longest // multiple) * multiple)
+    out = dict(batch)
+    for key in ("input_ids", "token_type_ids"):
+        out[key] = np.ascontiguousarray(batch[key][:, :length])
+    out["attention_mask"] = np.ascontiguousarray(mask[..., :length])
+    return out, length
+
+
+def rank_batches(features, batch_size, rank, world_size, rng, make_batch):
+    """One epoch of training feeds for one rank: a shared permutation, every world_size-th row.
+
+    Args:
+      features: the training set's features (its len() is the number of rows).
+      batch_size: int, rows per micro-batch.
+      rank, world_size: ints; every rank draws the same permutation (same rng state) and takes its slice.
+      rng: numpy.random.Generator, advanced by one permutation.
+      make_batch: sorted row indices -> the task's training feed dict.
+
+    Yields:
+      feed dicts (int64 arrays, trimmed with `trim_batch`) with the task's training feeds.
+    """
+    order = rng.permutation(len(features))[rank::world_size][:rows_per_rank(len(features), world_size)]
+    for start in range(0, len(order), batch_size):
+        rows = np.sort(order[start:start + batch_size])
+        yield trim_batch(make_batch(rows))[0]
+
+
+def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metrics=None, program=None,
+          desc="train"):
+    """Fine-tune: run micro-batches until the planned number of optimizer updates is done.
+
+    Args:
+      exe: executor; parameters initialised.
+      bundle: program.ProgramBundle built for training (its lr_scheduler is stepped once per update).
+      features: the training set's features; make_batch: sorted row indices -> training feed dict.
+      opts: TrainOptions.
+      rank, world_size: this process's place (each rank trains on its slice of every epoch).
+      metrics: utils.report.MetricLogger or None.
+      program: what to run instead of bundle.main_program (e.g. a CompiledProgram), optional.
+      desc: the progress bar's label.
+
+    Returns:
+      dict: updates, micro_batches, sequences (all ranks), losses (mean loss of each update, list of float),
+      e2e_train_time (s), training_sequences_per_second, final_loss; with benchmark, the measured throughput.
+    """
+    per_epoch, updates = plan_updates(len(features), opts, world_size)
+    rng, k = np.random.default_rng(opts.seed), opts.gradient_merge_steps
+    logger.info("training: %d rows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
+                len(features), per_epoch, updates, opts.batch_size, k, world_size)
+    losses, epoch = [], [0]
+
+    def epochs():  # --epochs passes (a benchmark runs on until its updates are done)
+        for index in itertools.count():
+            if index >= opts.epochs and not opts.benchmark:
+                return
+            epoch[0] = index
+            yield from rank_batches(features, opts.batch_size, rank, world_size, rng, make_batch)
+
+    def after_update(step, fetched, lr):
+        losses.append(float(np.mean([float(np.asarray(values[0]).reshape(-1)[0]) for values in fetched])))
+        if metrics is not None and (step % opts.log_freq == 0 or step == updates):
+            metrics.log({"loss": losses[-1], "learning_rate": lr}, (epoch[0], step))
+
+    result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
+                         merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
+                         fetch_list=[bundle.fetches["loss"]], after_update=after_update, progress_desc=desc,
+                         benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
+    return {"updates": len(losses), "micro_batches": result.micro_batches, "sequences": result.sequences,
+            "losses": losses, "e2e_train_time": result.elapsed,
+            "training_sequences_per_second": result.sequences_per_second, "final_loss": losses[-1]}
+
+
+# ------------------------------------------------------------------------------------------ the session
+
+
+class TaskAdapter(Protocol):
+    """What a task adds to the session (see `tasks.squad.SquadAdapter`, `tasks.glue.GlueAdapter`)."""
+
+    def build(self, model_cfg, train_cfg, is_training):
+        """The task's program.ProgramBundle."""
+
+    def training_data(self):
+        """(features, make_batch) of the training set: make_batch maps sorted row indices to a feed dict."""
+
+    def export_settings(self, cfg):
+        """The inference.model_dir.ExportSettings of a model of this run."""
+
+    def load_export(self, export_dir, device):
+        """The predictor of an `inference.export` directory of this task."""
+
+    def predict(self, session, bundle, metrics):
+        """Evaluate and / or predict as the config's modes say; returns the results dict."""
+
+
+class FinetuneSession:
+    """A fine-tuning run: build -> startup -> init -> train -> save -> predict, as `cfg` says.
+
+    Args:
+      cfg: tasks.finetune_config.FinetuneConfig.
+      adapter: the task's TaskAdapter.
+      rt: utils.runtime.Runtime (executor, place, device, ranks).
+    """
+
+    def __init__(self, cfg, adapter, rt):
+        self.cfg, self.adapter, self.rt = cfg, adapter, rt
+
+    def run(self):
+        """Train, then evaluate / predict, as the config's modes say. Returns the results dict."""
+        cfg, rt = self.cfg, self.rt
+        if cfg.model.export_dir is not None:  # an exported model predicts by itself: no program to build
+            with self.metrics() as metrics:
+                return self.adapter.predict(self, None, metrics) if rt.dist.is_main else {}
+        data = self.adapter.training_data() if cfg.modes.do_train else None
+        bundle, opts = self.build(None if data is None else len(data[0]))
+        self.initialise(bundle, cfg.model.require_head)
+        results = {}
+        with self.metrics() as metrics:
+            if cfg.run.show_config:
+                metrics.log_parameters(cfg.flags)
+            if opts is not None:
+                results.update(self.train(bundle, data, opts, metrics))
+            if rt.dist.is_main and (cfg.modes.do_eval or cfg.modes.do_predict):
+                results.update(self.adapter.predict(self, bundle, metrics))
+        return results
+
+    def build(self, train_rows=None):
+        """(bundle, TrainOptions or None): the training bundle for `train_rows` rows, else a predict-only one."""
+        cfg, rt = self.cfg, self.rt
+        if train_rows is None:
+            train_cfg = train_config(None, cfg.precision, total_steps=1, seed=cfg.run.seed, device=rt.device)
+            return self.adapter.build(cfg.model.config, train_cfg, is_training=False), None
+        opts = train_options(cfg)
+        _, updates = plan_updates(train_rows, opts, rt.dist.world_size)
+        train_cfg = train_config(cfg.optim, cfg.precision, total_steps=updates, seed=cfg.run.seed, device=rt.device,
+                                 dist_kwargs=rt.train_config_kwargs())
+        return self.adapter.build(cfg.model.config, train_cfg, is_training=True), opts
+
+    def initialise(self, bundle, require_head):
+        """Run the startup program and load the weights; under O2, cast to fp16 with fp32 masters after."""
+        cfg, rt = self.cfg, self.rt
+        rt.exe.run(bundle.startup_program)
+        init_parameters(rt.exe, bundle.main_program, cfg.model.init_path, require_head=require_head,
+                        vocab_size=cfg.model.config.vocab_size, task=cfg.task)
+        if cfg.amp.get("use_pure_fp16"):  # O2: parameters to fp16, master weights from the loaded values
+            init_pure_fp16(bundle, rt.place)
+
+    def train(self, bundle, data, opts, metrics):
+        """Train on (features, make_batch), log the summary and, on rank 0, save the model if the run saves."""
+        cfg, rt = self.cfg, self.rt
+        features, make_batch = data
+        results = train(rt.exe, bundle, features, make_batch, opts, rank=rt.dist.rank, world_size=rt.dist.world_size,
+                        metrics=metrics, program=rt.runnable(bundle.main_program, bundle.build_strategy),
+                        desc=cfg.task.lower())
+        metrics.log_summary({k: results[k] for k in ("e2e_train_time", "training_sequences_per_second",
+                                                     "final_loss") if k in results})
+        if rt.dist.is_main and cfg.outputs.save_model:
+            results["params_file"] = save_params(bundle.main_program, cfg.outputs.out_dir, cfg.model.model_prefix,
+                                                 cfg.model.config)
+        return results
+
+    def predictor(self, bundle, device=None):
+        """The task's predictor: the exported --from-checkpoint itself, or the parameters now in the scope
+        exported (and verified against the executor) through a temporary directory."""
+        cfg, device = self.cfg, device or self.rt.device
+        if cfg.model.export_dir is not None:
+            return self.adapter.load_export(cfg.model.export_dir, device)
+        settings = self.adapter.export_settings(cfg)
+        return load_from_scope(self.rt.exe, bundle, model_cfg=cfg.model.config, vocab_file=cfg.text.vocab_file,
+                               settings=settings, source={"path": os.path.abspath(cfg.model.init_path),
+                                                          "in_process": True},
+                               precision=getattr(cfg.settings, "infer_precision", "fp32"), device=device,
+                               batch_size=cfg.schedule.predict_batch_size)
+
+    def metrics(self):
+        """The run's metric logger (rank 0 writes the report), closed when the `with` block ends. Its lines
+        keep the logger name they had when each entry point ran its own loop (run_squad, run_glue)."""
+        name = _ENTRY_LOGGERS.get(self.cfg.task, __name__)
+        return contextlib.closing(build_metric_logger(self.rt.dist.rank, self.cfg.outputs.report_file,
+                                                      logger=logging.getLogger(name)))
+
+
+_ENTRY_LOGGERS = {"SQuAD": "run_squad", "GLUE": "run_glue"}

@@ -1,34 +1,67 @@
-"""What a GLUE run does, as functions of explicit arguments: features, training, evaluation, prediction and
-the submission file.
+"""GLUE on the fine-tuning layer: its settings, its adapter for `tasks.finetune.FinetuneSession`, and what a
+GLUE run does with features: reading the splits, the executor's forward over a split (`--benchmark`),
+scoring a dev split, and GLUE's submission file.
 
-Owns: building a split's features (`load_split`), fine-tuning (`train`, on the shared loop via
-`tasks.squad.train` -> `tasks.engine.run_updates`, with GLUE's batches), running the forward over a split
-(`predict`), scoring a dev split (`evaluate`: the eval loss and `utils.glue_metrics.task_metrics`), and
-writing GLUE's submission file (`write_submission`). Does not own: flags and their validation (run_glue.py),
-building programs (`program.build_glue`), reading TSV files (`data.features.glue`) or initialising and saving
-parameters (`tasks.squad.init_parameters` / `save_params`, shared by the fine-tuning tasks).
+Owns: `GlueSettings` (the validated GLUE section of a FinetuneConfig), `GlueAdapter` (the GLUE program,
+training batches, export settings, evaluation of the dev split(s) into eval_results.json and prediction of
+the test split(s) into submission files), `read_splits` / `load_split` (features of a split), `predict`
+(classifier outputs from the static executor), `evaluate` (the eval loss and
+`utils.glue_metrics.task_metrics`), `write_submission`. Does not own: flags and their validation
+(run_glue.py), the session and its training loop (`tasks.finetune`), building programs
+(`program.build_glue`), reading TSV files (`data.features.glue`) or weight I/O (`utils.weights`).
 
-Steps are SQuAD's (`tasks.squad.plan_updates`): an epoch is `ceil(rows per process / batch)` micro-batches,
-`gradient_merge_steps` of them per optimizer update, capped by `max_steps`; the LR schedule spans the updates
-actually run, with `--warmup-proportion` of them warming up.
+Steps are the fine-tuning layer's (`tasks.finetune.plan_updates`): an epoch is `ceil(rows per process / batch)`
+micro-batches, `gradient_merge_steps` of them per optimizer update, capped by `max_steps`; the LR schedule
+spans the updates actually run, with `--warmup-proportion` of them warming up.
 """
+import dataclasses
 import logging
 import os
 import time
 
 import numpy as np
 
-from data.features.glue import batch_of_rows, examples_to_features, read_examples, split_path
-from tasks.squad import train as train_loop
-from tasks.squad import trim_batch
+import program
+from data.features.glue import TaskSpec, batch_of_rows, examples_to_features, read_examples, split_path
+from inference import model_dir as export_layout
+from inference.predictor import ClassifierPredictor
+from tasks import outcome
+from tasks.finetune import trim_batch
+from tokenizer import BertTokenizer
 from utils import glue_metrics
-from utils.fs import atomic_write_text
+from utils.fs import atomic_write_json, atomic_write_text
 from utils.logger import progress
 
 logger = logging.getLogger(__name__)
 
-HEAD_PREFIX = "classifier"
 STSB_CLIP = (0.0, 5.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlueSettings:
+    """The GLUE section of a FinetuneConfig, validated by run_glue.validate_args: spec (the task's
+    data.features.glue.TaskSpec) and data_dir (its GLUE directory, every split the run needs present)."""
+    spec: TaskSpec
+    data_dir: str
+
+
+def splits_needed(spec, modes):
+    """The split stems a run reads: train to train, the dev split(s) to evaluate, the test split(s) to predict."""
+    return ((["train"] if modes.do_train else []) + (list(spec.dev_splits) if modes.do_eval else [])
+            + ([stem for stem, _ in spec.test_splits] if modes.do_predict else []))
+
+
+def read_splits(cfg):
+    """{split: (examples, features)} of every split a FinetuneConfig's run needs, read and tokenised (before
+    anything is built, so a malformed row stops the run first).
+
+    Raises:
+      ValueError: naming file:line.
+    """
+    spec, text = cfg.settings.spec, cfg.text
+    tokenizer = BertTokenizer(text.vocab_file, do_lower_case=text.do_lower_case)
+    return {split: load_split(cfg.settings.data_dir, spec, split, tokenizer, text.max_seq_length)
+            for split in splits_needed(spec, cfg.modes)}
 
 
 def load_split(data_dir, spec, split, tokenizer, max_seq_length):
@@ -40,21 +73,12 @@ def load_split(data_dir, spec, split, tokenizer, max_seq_length):
     return examples, features
 
 
-def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, program=None):
-    """Fine-tune on GLUE features: `tasks.squad.train` (the shared loop) with GLUE's labelled batches.
-
-    Args and Returns: as `tasks.squad.train` (features: data.features.glue.GlueFeatures with labels).
-    """
-    return train_loop(exe, bundle, features, opts, rank, world_size, metrics, program,
-                      make_batch=lambda rows: batch_of_rows(features, rows, with_labels=True))
-
-
-def predict(exe, program, logits_var, features, batch_size, benchmark=None):
+def predict(exe, eval_program, logits_var, features, batch_size, benchmark=None):
     """The classifier outputs of every row, in row order.
 
     Args:
       exe: executor; parameters initialised.
-      program: the for_test program (`ProgramBundle.eval_program` or its bf16 copy).
+      eval_program: the for_test program (`ProgramBundle.eval_program` or its bf16 copy).
       logits_var: the "logits" Variable (looked up by name in `program`).
       features: GlueFeatures.
       batch_size: int >= 1.
@@ -74,7 +98,7 @@ def predict(exe, program, logits_var, features, batch_size, benchmark=None):
             break
         rows = np.arange(start, min(start + batch_size, len(features)))
         feed, _ = trim_batch(batch_of_rows(features, rows, with_labels=False))
-        (logits,) = exe.run(program, feed=feed, fetch_list=[logits_var.name])
+        (logits,) = exe.run(eval_program, feed=feed, fetch_list=[logits_var.name])
         outputs.append(np.asarray(logits, np.float32))
         rows_done += len(rows)
     elapsed = time.time() - begin
@@ -148,3 +172,94 @@ def write_submission(path, examples, spec, predictions):
     atomic_write_text(path, "\n".join(lines) + "\n")
     logger.info("wrote %d predictions to %s", len(examples), path)
     return path
+
+
+class GlueAdapter:
+    """GLUE for `tasks.finetune.FinetuneSession` (see `tasks.finetune.TaskAdapter`).
+
+    Args:
+      cfg: the FinetuneConfig; data: `read_splits(cfg)`.
+    """
+
+    def __init__(self, cfg, data):
+        self.cfg, self.data, self.spec = cfg, data, cfg.settings.spec
+
+    def build(self, model_cfg, train_cfg, is_training):
+        return program.build_glue(model_cfg, train_cfg, self.spec.num_labels, is_training=is_training)
+
+    def training_data(self):
+        features = self.data["train"][1]
+        return features, lambda rows: batch_of_rows(features, rows, with_labels=True)
+
+    def export_settings(self, cfg):
+        spec = self.spec
+        return export_layout.ExportSettings(model_name=cfg.model.name, do_lower_case=cfg.text.do_lower_case,
+                                            max_seq_length=cfg.text.max_seq_length, fetch_names=("logits",),
+                                            task=spec.name, labels=tuple(spec.labels or ()),
+                                            regression=spec.is_regression)
+
+    def load_export(self, export_dir, device):
+        return ClassifierPredictor.load(export_dir, device=device, batch_size=self.cfg.schedule.predict_batch_size)
+
+    def predict(self, session, bundle, metrics):
+        """Evaluate the dev split(s) and / or write the submission file(s), as the modes say."""
+        modes, benchmark = self.cfg.modes, self.cfg.run.benchmark
+        predictor = None if benchmark else session.predictor(bundle)
+        results = self._evaluate(session, bundle, metrics, predictor) if modes.do_eval else {}
+        if modes.do_predict and not benchmark:
+            results.update(self._predict_test(metrics, not modes.do_eval, predictor))
+        return results
+
+    def _outputs(self, predictor, features):
+        """(classifier outputs [N, num_labels], the seeds' throughput keys) of one split through the predictor."""
+        outputs, stats = predictor.predict_logits(features, show_progress=True)
+        return outputs, {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
+
+    def _dev_outputs(self, session, bundle, predictor, split):
+        run = self.cfg.run
+        if not run.benchmark:
+            return self._outputs(predictor, self.data[split][1])
+        return predict(session.rt.exe, bundle.eval_program, bundle.eval_fetches["logits"], self.data[split][1],
+                       self.cfg.schedule.predict_batch_size, (run.benchmark_warmup_steps, run.benchmark_steps))
+
+    def _evaluate(self, session, bundle, metrics, predictor):
+        """Metrics of every dev split (MNLI's mismatched ones prefixed mm_) + the seeds' keys, logged and written
+        to eval_results.json; with --benchmark only the executor's throughput on the first split."""
+        spec, benchmark, out_dir = self.spec, self.cfg.run.benchmark, self.cfg.outputs.out_dir
+        results, scores = {}, {}
+        for n, split in enumerate(spec.dev_splits):
+            outputs, stats = self._dev_outputs(session, bundle, predictor, split)
+            if n == 0:
+                results.update(stats)
+            if not benchmark:
+                prefix = "mm_" if split == "dev_mismatched" else ""
+                scores.update({prefix + k: v for k, v in evaluate(spec, outputs, self.data[split][1]).items()})
+        if "acc" in scores:
+            scores["exact_match"] = 100.0 * scores["acc"]  # the seeds' DLLogger keys, in percent
+        if "f1" in scores:
+            scores["F1"] = 100.0 * scores["f1"]
+        results.update(scores)
+        metrics.log_summary(dict(scores, e2e_inference_time=results["e2e_inference_time"],
+                                 inference_sequences_per_second=results["inference_sequences_per_second"]))
+        if not benchmark:
+            results["eval_results_file"] = os.path.join(out_dir, "eval_results.json")
+            os.makedirs(out_dir, exist_ok=True)
+            # strict JSON: an undefined correlation (a constant column; `evaluate` warns) is null, not NaN
+            atomic_write_json(results["eval_results_file"], outcome.json_scalars(dict(scores, task=spec.name)))
+            for key, value in sorted(scores.items()):
+                logger.info("%s %s = %.4f", spec.name, key, value)
+        return results
+
+    def _predict_test(self, metrics, log_throughput, predictor):
+        """GLUE's submission file(s) from the test split(s); the first split's throughput when asked."""
+        spec, results, files = self.spec, {}, []
+        for split, name in spec.test_splits:
+            examples, features = self.data[split]
+            outputs, stats = self._outputs(predictor, features)
+            files.append(write_submission(os.path.join(self.cfg.outputs.out_dir, name), examples, spec,
+                                          decide(spec, outputs)))
+            if log_throughput and len(files) == 1:
+                results.update(stats)
+                metrics.log_summary(stats)
+        results["submission_files"] = files
+        return results

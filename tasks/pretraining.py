@@ -27,8 +27,9 @@ import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from optimizer import decay_exclusion_summary
 from utils.amp_state import init_pure_fp16
+from utils.weights import load_pretrained
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
-                              fingerprint_config, load_pretrained, phase_dir, vocab_sha256)
+                              fingerprint_config, phase_dir, vocab_sha256)
 from tasks.config import resume_settings, train_config
 from tasks.engine import run_updates
 from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches

@@ -1,257 +1,153 @@
-"""The SQuAD fine-tuning and prediction loops run_squad.py drives, as functions of explicit arguments.
+"""SQuAD on the fine-tuning layer: its settings, its adapter for `tasks.finetune.FinetuneSession`, the
+executor's prediction loop (`--benchmark`, the reference's measurement) and answering one question.
 
-Owns: planning the number of updates (`plan_updates`), the per-rank shuffled batch stream, trimming batches
-to their longest row, initialising a program from our `.pdparams` or an HF checkpoint (`init_parameters`),
-the training loop (`train`), the prediction loop (`predict_logits`), saving fine-tuned parameters
-atomically (`save_params`) and answering one question (`single_question_example`).
-Does not own: flags and their validation (run_squad.py), building programs (`program.build_squad`), features
-(`data.features.squad`), turning logits into answers (`utils.squad_postprocess`) or scoring (`utils.squad_metrics`).
-
-Steps are the reference's: one pass over this rank's windows is `ceil(rows / batch_size)` micro-batches;
-`epochs` passes, `gradient_merge_steps` micro-batches per optimizer update, and `max_steps > 0` caps the
-updates (`min(max_steps, updates in epochs)`). The LR scheduler steps once per update, so warm-up and decay
-follow `--warmup-proportion` of the updates actually run (the reference ignored it).
+Owns: `SquadSettings` (the validated SQuAD section of a FinetuneConfig), `SquadAdapter` (the SQuAD program,
+training batches, export settings, and evaluation: predictions.json / nbest / null_odds through
+`utils.squad_postprocess`, EM/F1 through `utils.squad_metrics`), `predict_logits` (logits of every window
+from the static executor) and the single-question helpers (`single_question_example`, `answer_question`,
+`describe_answer`).
+Does not own: flags and their validation (run_squad.py), the session and its training loop
+(`tasks.finetune`), building programs (`program.build_squad`), features (`data.features.squad`), turning
+logits into answers (`utils.squad_postprocess`) or scoring (`utils.squad_metrics`).
 """
 import dataclasses
-import itertools
 import json
 import logging
 import os
-import re
 import time
+from typing import Optional
 
 import numpy as np
-import paddle
 
-from data.features.squad import PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, split_on_whitespace
-from tasks.engine import run_updates
-from utils.checkpoint import load_pretrained, parameter_shapes
-from utils.checkpoint import resolve_init_path  # noqa: F401 -- run_squad and tasks.finetune import it from here
-from utils.fs import atomic_write_bytes, atomic_write_json
-from utils.hf_import import hf_parameter_shapes, is_hf_checkpoint, load_hf_pretrained
+import program
+from data.features.squad import (PREDICT_ONLY_KEYS, FeatureParams, SquadExample, batch_of_rows, iterate_batches,
+                                 load_or_build_features, split_on_whitespace)
+from inference import model_dir as export_layout
+from inference.predictor import QAPredictor
+from tasks.finetune import trim_batch
+from utils import squad_metrics
+from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 
-QA_HEAD_PREFIX = "qa_outputs"
-# The task heads fine-tuning adds to the encoder, by the task that trains them (parameter name prefixes).
-TASK_HEAD_PREFIXES = {"SQuAD": QA_HEAD_PREFIX + ".", "GLUE": "classifier."}
 PAD_LOGIT = -10000.0  # logits of positions cut off by batch trimming (padding: never a valid answer)
-SEQ_ALIGN = 8
-CONFIG_FILE_NAME = "bert_config.json"  # the architecture, saved beside fine-tuned parameters
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainOptions:
-    """Training-loop settings (validated by run_squad.py before any work).
+class SquadSettings:
+    """The SQuAD section of a FinetuneConfig, validated by run_squad.validate_args.
 
-    Fields: epochs >= 1; max_steps None or > 0 (caps updates); batch_size per process; gradient_merge_steps
-    micro-batches per update; log_freq in updates; benchmark, benchmark_steps, benchmark_warmup_steps as
-    the reference (measure updates warmup+1 .. warmup+steps, then stop); seed of the shuffle.
+    Fields: train_file / predict_file (None when not needed); features (data.features.squad.FeatureParams:
+    window length, stride, question length; an export's own when predicting with one); version_2_with_negative;
+    null_score_diff_threshold; n_best_size; max_answer_length; infer_precision ("fp32" | "bf16" | "int8",
+    inference.predictor's names); features_cache_dir; question / context (the single question and its text,
+    else None); verbose_logging (print the n-best list with --question).
     """
-    epochs: int = 2
-    max_steps: int = None
-    batch_size: int = 32
-    gradient_merge_steps: int = 1
-    log_freq: int = 10
-    benchmark: bool = False
-    benchmark_steps: int = 20
-    benchmark_warmup_steps: int = 20
-    seed: int = 42
-
-    @classmethod
-    def from_flags(cls, args, *, max_steps, batch_size):
-        """The options of a fine-tuning runner's parsed flags (both runners spell them alike); `max_steps`
-        and `batch_size` are the values its validate_args resolved."""
-        return cls(epochs=args.epochs, max_steps=max_steps, batch_size=batch_size,
-                   gradient_merge_steps=args.gradient_merge_steps, log_freq=args.log_freq,
-                   benchmark=args.benchmark, benchmark_steps=args.benchmark_steps,
-                   benchmark_warmup_steps=args.benchmark_warmup_steps, seed=args.seed)
+    train_file: Optional[str]
+    predict_file: Optional[str]
+    features: FeatureParams
+    version_2_with_negative: bool
+    null_score_diff_threshold: float
+    n_best_size: int
+    max_answer_length: int
+    infer_precision: str
+    features_cache_dir: Optional[str]
+    question: Optional[str] = None
+    context: Optional[str] = None
+    verbose_logging: bool = False
 
 
-def rows_per_rank(num_features, world_size):
-    """Windows each process trains on per epoch: equal on every rank (the all-reduce needs equal steps)."""
-    return num_features // world_size
+class SquadAdapter:
+    """SQuAD for `tasks.finetune.FinetuneSession` (see `tasks.finetune.TaskAdapter`)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.settings = cfg.settings
+
+    def features(self, path, is_training):
+        """(examples, SquadFeatures) of a SQuAD JSON file, from the cache when it holds them."""
+        s = self.settings
+        return load_or_build_features(path, self.cfg.text.vocab_file, self.cfg.text.do_lower_case, s.features,
+                                      s.features_cache_dir, is_training=is_training,
+                                      version_2_with_negative=s.version_2_with_negative)
+
+    def build(self, model_cfg, train_cfg, is_training):
+        return program.build_squad(model_cfg, train_cfg, is_training=is_training)
+
+    def training_data(self):
+        features = self.features(self.settings.train_file, True)[1]
+        return features, lambda rows: batch_of_rows(features, rows, is_training=True)
+
+    def export_settings(self, cfg):
+        fp = self.settings.features
+        return export_layout.ExportSettings(model_name=cfg.model.name, do_lower_case=cfg.text.do_lower_case,
+                                            max_seq_length=fp.max_seq_length, doc_stride=fp.doc_stride,
+                                            max_query_length=fp.max_query_length)
+
+    def load_export(self, export_dir, device):
+        return QAPredictor.load(export_dir, precision=self.settings.infer_precision, device=device,
+                                batch_size=self.cfg.schedule.predict_batch_size)
+
+    def predict(self, session, bundle, metrics):
+        """Predict --predict-file (predictions.json, nbest, v2 null_odds) and score it with --do-eval; with
+        --benchmark only the executor's throughput."""
+        cfg, s = self.cfg, self.settings
+        examples, features = self.features(s.predict_file, False)
+        if cfg.run.benchmark:
+            stats = self._executor_benchmark(session.rt.exe, bundle, features)
+            metrics.log_summary(stats)
+            return stats
+        start, end, stats = session.predictor(bundle).predict_logits(features, show_progress=True)
+        stats = {k: stats[k] for k in ("e2e_inference_time", "inference_sequences_per_second")}
+        metrics.log_summary(stats)
+        preds, _, null_odds = postprocess_predictions(
+            examples, features, start, end, n_best_size=s.n_best_size, max_answer_length=s.max_answer_length,
+            do_lower_case=cfg.text.do_lower_case, version_2_with_negative=s.version_2_with_negative,
+            null_score_diff_threshold=s.null_score_diff_threshold, output_dir=cfg.outputs.out_dir)
+        results = dict(stats, predictions_file=os.path.join(cfg.outputs.out_dir, "predictions.json"),
+                       predictions=preds)
+        if cfg.modes.do_eval:
+            scores = self._score(preds, null_odds)
+            metrics.log_summary(scores)
+            results.update(scores)
+        return results
+
+    def _executor_benchmark(self, exe, bundle, features):
+        """--benchmark: the reference's measurement of the training-time program (warm-up, then timed batches)."""
+        infer = bundle.eval_program if self.settings.infer_precision == "fp32" else program.to_bf16_inference(
+            bundle.eval_program)
+        run = self.cfg.run
+        return predict_logits(exe, infer, bundle.eval_fetches, features, self.cfg.schedule.predict_batch_size,
+                              (run.benchmark_warmup_steps, run.benchmark_steps))[2]
+
+    def _score(self, preds, null_odds):
+        """{"exact_match", "F1"} (+ the v2 breakdown), in percent."""
+        s = self.settings
+        if not s.version_2_with_negative:
+            scores = squad_metrics.evaluate_v1(s.predict_file, preds)
+            return {"exact_match": scores["exact_match"], "F1": scores["f1"]}
+        scores = squad_metrics.evaluate_v2(s.predict_file, preds, na_probs=null_odds)
+        extra = {k: v for k, v in scores.items() if k not in ("exact", "f1")}
+        return dict(extra, exact_match=scores["exact"], F1=scores["f1"])
 
 
-def plan_updates(num_features, opts, world_size=1):
-    """(micro-batches per epoch, optimizer updates to run) for a training set.
-
-    Raises:
-      ValueError: the data is too small for a single update (naming the numbers).
-    """
-    rows = rows_per_rank(num_features, world_size)
-    per_epoch = -(-rows // opts.batch_size)
-    updates = per_epoch * opts.epochs // opts.gradient_merge_steps
-    if opts.max_steps is not None and opts.max_steps > 0:
-        updates = min(updates, opts.max_steps)
-    if opts.benchmark:
-        updates = opts.benchmark_warmup_steps + opts.benchmark_steps
-    if updates < 1:
-        raise ValueError(f"the training file gives {num_features} windows ({rows} per process): fewer "
-                         f"than one update of --train-batch-size {opts.batch_size} x "
-                         f"--gradient-merge-steps {opts.gradient_merge_steps}; add data or lower them")
-    return per_epoch, updates
-
-
-def trim_batch(batch, multiple=SEQ_ALIGN):
-    """Cut the padding columns every row of a batch shares (keeps a multiple of `multiple` columns).
-
-    Attention masks exclude padding, so the real positions' outputs are unchanged; the work shrinks with
-    the longest row instead of max_seq_length.
-
-    Args:
-      batch: dict from `data.features.squad.iterate_batches` (int64 [B, L] / [B, 1, 1, L] arrays).
+def answer_question(session):
+    """--question: the best answer from a fine-tuned model (the caller prints `describe_answer`).
 
     Returns:
-      (new dict with [B, L'] arrays, L').
+      dict: answer, probability, start, end (character offsets into the context), nbest.
     """
-    mask = batch["attention_mask"]
-    longest = int(mask.reshape(mask.shape[0], -1).sum(axis=1).max())
-    length = min(mask.shape[-1], -(-longest // multiple) * multiple)
-    out = dict(batch)
-    for key in ("input_ids", "token_type_ids"):
-        out[key] = np.ascontiguousarray(batch[key][:, :length])
-    out["attention_mask"] = np.ascontiguousarray(mask[..., :length])
-    return out, length
-
-
-def rank_batches(features, batch_size, rank, world_size, rng, make_batch=None):
-    """One epoch of training feeds for one rank: a shared permutation, every world_size-th row.
-
-    Args:
-      features: data.features.squad.SquadFeatures.
-      batch_size: int, rows per micro-batch.
-      rank, world_size: ints; every rank draws the same permutation (same rng state) and takes its slice.
-      rng: numpy.random.Generator, advanced by one permutation.
-      make_batch: rows -> training feed dict, for another task's features (GLUE); default SQuAD's.
-
-    Yields:
-      feed dicts (int64 arrays, trimmed with `trim_batch`) with the task's training feeds.
-    """
-    if make_batch is None:
-        def make_batch(rows):
-            return batch_of_rows(features, rows, is_training=True)
-    order = rng.permutation(len(features))[rank::world_size][:rows_per_rank(len(features), world_size)]
-    for start in range(0, len(order), batch_size):
-        rows = np.sort(order[start:start + batch_size])
-        yield trim_batch(make_batch(rows))[0]
-
-
-_AUTO_NAME = re.compile(r"^(linear|embedding|layer_norm|create_parameter)_\d+\.(w|b)_\d+$")
-
-
-def _reference_checkpoint_hint(path):
-    """A hint when a .pdparams that failed to load has Paddle's auto-generated names (NVIDIA's NGC files)."""
-    try:
-        names = list(paddle.load(path if os.path.isfile(path) else path + ".pdparams", return_numpy=True))
-    except Exception:  # noqa: BLE001 -- only a hint: the original error is what matters
-        return ""
-    if names and sum(bool(_AUTO_NAME.match(n)) for n in names) > len(names) // 2:
-        return ("; its parameters have auto-generated names (linear_12.w_0, ...): an NVIDIA reference / NGC "
-                "Paddle checkpoint, whose layout cannot be mapped by name and is not supported")
-    return ""
-
-
-def init_parameters(exe, program, path, *, require_qa_head, vocab_size, head_prefix=QA_HEAD_PREFIX,
-                    head_name="SQuAD answer head", task="SQuAD"):
-    """Initialise `program` from our `.pdparams` (file, prefix or step dir) or an HF checkpoint.
-
-    Args:
-      exe: executor; the startup program has run.
-      program: the SQuAD program.
-      path: str, the --from-pretrained-params / --from-checkpoint value (see `resolve_init_path`).
-      require_qa_head: bool; False lets the QA head start from its random init (fine-tuning an encoder).
-      vocab_size: int, the vocab file's size (HF word embeddings must match it).
-      head_prefix, head_name, task: the task head's parameter prefix and how messages name it and the task
-        (GLUE: "classifier", "classification head", "GLUE").
-
-    Returns:
-      dict parameter name -> where it came from (summarised in the log, per parameter at DEBUG).
-
-    Raises:
-      ValueError: missing path, unreadable file, a missing parameter, a shape mismatch, or no QA head
-        where `require_qa_head` (a pretrained encoder given where a fine-tuned model is needed).
-    """
-    # The QA head may always be absent at load time, so that a missing head alone gets its own message
-    # below (a pretrained encoder where a fine-tuned model was needed) instead of "another model".
-    allow = (head_prefix,)
-    if is_hf_checkpoint(path):
-        sources = load_hf_pretrained(exe, program, path, allow_missing_prefixes=allow, vocab_size=vocab_size)
-    else:
-        try:
-            sources = load_pretrained(exe, program, path, allow_missing_prefixes=allow)
-        except ValueError as err:
-            raise ValueError(f"{err}{_reference_checkpoint_hint(path)}") from None
-    fresh = sorted(n for n, s in sources.items() if "NEWLY" in s)
-    if require_qa_head and fresh:
-        other = [name for name, prefix in TASK_HEAD_PREFIXES.items()
-                 if name != task and any(k.startswith(prefix) for k in head_parameters(path))]
-        what = f"a model fine-tuned for {other[0]}" if other else "a pretrained BERT"
-        raise ValueError(f"'{path}' has no {head_name} ({', '.join(fresh)}): it is {what}, not a fine-tuned "
-                         f"{task} model; fine-tune it first (--mode train or train_eval with "
-                         f"--from-pretrained-params) or give a fine-tuned {task} model to --from-checkpoint")
-    return sources
-
-
-def head_parameters(path):
-    """{parameter name: shape} of the task-head parameters (see TASK_HEAD_PREFIXES) in a checkpoint: our
-    .pdparams (file, prefix or directory) or a Hugging Face safetensors checkpoint.
-
-    Raises:
-      ValueError: the checkpoint cannot be read.
-    """
-    shapes = hf_parameter_shapes(path) if is_hf_checkpoint(path) else parameter_shapes(path)
-    return {k: v for k, v in shapes.items() if k.startswith(tuple(TASK_HEAD_PREFIXES.values()))}
-
-
-def _log_update(metrics, epoch, update, loss, lr, opts, updates):
-    if update % opts.log_freq == 0 or update == updates:
-        metrics.log({"loss": loss, "learning_rate": lr}, (epoch, update))
-
-
-def train(exe, bundle, features, opts, rank=0, world_size=1, metrics=None, program=None, make_batch=None):
-    """Fine-tune: run micro-batches until the planned number of optimizer updates is done.
-
-    Args:
-      exe: executor; parameters initialised.
-      bundle: program.ProgramBundle from `build_squad(..., is_training=True)` (its lr_scheduler is stepped
-        here once per update).
-      features: SquadFeatures of the training file.
-      opts: TrainOptions.
-      rank, world_size: this process's place (each rank trains on its slice of every epoch).
-      metrics: utils.report.MetricLogger or None.
-      program: what to run instead of bundle.main_program (e.g. a CompiledProgram), optional.
-      make_batch: as `rank_batches` (another task's features, e.g. GLUE's), optional.
-
-    Returns:
-      dict: updates, micro_batches, sequences (all ranks), losses (mean loss of each update, list of float),
-      e2e_train_time (s), training_sequences_per_second, and with benchmark the measured throughput only.
-    """
-    per_epoch, updates = plan_updates(len(features), opts, world_size)
-    rng, k = np.random.default_rng(opts.seed), opts.gradient_merge_steps
-    logger.info("training: %d rows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
-                len(features), per_epoch, updates, opts.batch_size, k, world_size)
-    losses, epoch = [], [0]
-
-    def epochs():  # --epochs passes (a benchmark runs on until its updates are done)
-        for index in itertools.count():
-            if index >= opts.epochs and not opts.benchmark:
-                return
-            epoch[0] = index
-            yield from rank_batches(features, opts.batch_size, rank, world_size, rng, make_batch)
-
-    def after_update(step, fetched, lr):
-        losses.append(float(np.mean([float(np.asarray(values[0]).reshape(-1)[0]) for values in fetched])))
-        if metrics is not None:
-            _log_update(metrics, epoch[0], step, losses[-1], lr, opts, updates)
-
-    result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
-                         merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
-                         fetch_list=[bundle.fetches["loss"]], after_update=after_update, progress_desc="squad",
-                         benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
-    return {"updates": len(losses), "micro_batches": result.micro_batches, "sequences": result.sequences,
-            "losses": losses, "e2e_train_time": result.elapsed,
-            "training_sequences_per_second": result.sequences_per_second, "final_loss": losses[-1]}
+    cfg, s = session.cfg, session.cfg.settings
+    example = single_question_example(s.question, s.context)  # its errors name the flags
+    bundle = None
+    if cfg.model.export_dir is None:
+        bundle, _ = session.build()
+        session.initialise(bundle, require_head=True)
+    answer = session.predictor(bundle).answer(
+        [(example.question_text, s.context)], n_best=s.n_best_size, max_answer_length=s.max_answer_length,
+        version_2_with_negative=s.version_2_with_negative, null_score_diff_threshold=s.null_score_diff_threshold)[0]
+    return {"answer": answer.text, "probability": answer.score, "start": answer.start, "end": answer.end,
+            "nbest": answer.nbest}
 
 
 def predict_logits(exe, program, fetches, features, batch_size, benchmark=None):
@@ -269,8 +165,6 @@ def predict_logits(exe, program, fetches, features, batch_size, benchmark=None):
       (start float32 [N, L], end float32 [N, L], stats dict with e2e_inference_time and
       inference_sequences_per_second). With benchmark, the logit arrays cover only the batches run.
     """
-    from data.features.squad import iterate_batches
-
     n, length = len(features), features.max_seq_length
     start_all = np.full((n, length), PAD_LOGIT, np.float32)
     end_all = np.full((n, length), PAD_LOGIT, np.float32)
@@ -293,35 +187,6 @@ def predict_logits(exe, program, fetches, features, batch_size, benchmark=None):
     if benchmark:
         stats["inference_sequences_per_second"] = (row - bench_rows) / max(time.time() - bench_begin, 1e-9)
     return start_all, end_all, stats
-
-
-def save_params(program, directory, model_prefix, model_cfg):
-    """Write the program's parameters (no optimizer state) and the architecture, each atomically.
-
-    Files: `<directory>/<model_prefix>.pdparams` (dict name -> float32 array, readable by `paddle.load` and
-    `utils.checkpoint.load_pretrained`) and `<directory>/bert_config.json`.
-
-    Returns:
-      str, the .pdparams path.
-    """
-    import pickle
-
-    scope = paddle.static.global_scope()
-    state = {p.name: np.array(scope.find_var(p.name).get_tensor()) for p in program.all_parameters()}
-    path = os.path.join(directory, model_prefix + ".pdparams")
-    os.makedirs(directory, exist_ok=True)
-    # paddle.load reads a plain pickle of a dict of arrays; pickling here lets the write be atomic.
-    atomic_write_bytes(path, pickle.dumps(state, protocol=4))
-    atomic_write_json(os.path.join(directory, CONFIG_FILE_NAME), model_cfg.to_dict())
-    logger.info("saved %d fine-tuned parameters to %s", len(state), path)
-    return path
-
-
-def saved_config_next_to(path):
-    """The `bert_config.json` written by `save_params` beside a params file or in a directory, or None."""
-    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    candidate = os.path.join(directory, CONFIG_FILE_NAME)
-    return candidate if os.path.isfile(candidate) else None
 
 
 def single_question_example(question, context, qas_id="question"):

@@ -13,8 +13,10 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.checkpoint import (INIT_FROM_CKPT, NEWLY_INITIALIZED, SCHEMA_VERSION, CheckpointManager, Progress,
-                              check_compatible, fingerprint_config, load_pretrained, phase_dir)
+from utils.checkpoint import (INIT_FROM_CKPT, SCHEMA_VERSION, CheckpointManager, Progress, check_compatible,
+                              fingerprint_config, phase_dir)
+from utils.hf_import import NEWLY_INITIALIZED
+from utils.weights import load_pretrained
 
 
 @pytest.fixture(scope="module", autouse=True)

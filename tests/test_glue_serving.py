@@ -55,7 +55,7 @@ def dynamic_mode_afterwards():
 def _save_classifier(directory, cfg, num_labels, seed):
     """A 'fine-tuned' GLUE checkpoint (random weights with a classifier) as run_glue saves one."""
     import program as P
-    from tasks.squad import save_params
+    from utils.weights import save_params
 
     paddle.enable_static()
     bundle = P.build_glue(cfg, P.TrainConfig(seed=seed), num_labels, is_training=False)
@@ -118,15 +118,15 @@ def _executor_logits(root, cfg, checkpoint, num_labels, features):
     """The training-side path: run_glue's eval program in the static executor (tasks.glue.predict)."""
     import program as P
     from tasks import glue
-    from tasks.squad import init_parameters
+    from utils.weights import init_parameters
 
     paddle.enable_static()
     bundle = P.build_glue(cfg, P.TrainConfig(), num_labels, is_training=False)
     with paddle.static.scope_guard(paddle.static.Scope()):
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(bundle.startup_program)
-        init_parameters(exe, bundle.main_program, str(checkpoint), require_qa_head=True, vocab_size=cfg.vocab_size,
-                        head_prefix=glue.HEAD_PREFIX, head_name="classification head", task="GLUE")
+        init_parameters(exe, bundle.main_program, str(checkpoint), require_head=True, vocab_size=cfg.vocab_size,
+                        task="GLUE")
         outputs, _ = glue.predict(exe, bundle.eval_program, bundle.eval_fetches["logits"], features, 3)
     paddle.disable_static()
     return outputs
@@ -149,10 +149,10 @@ def test_export_detects_the_task_records_it_and_verifies_parity(mrpc_export, mod
 
 
 def test_a_failed_parity_check_of_a_glue_export_writes_nothing(model, tmp_path, monkeypatch):
-    from inference import export
+    from inference import export, verified_export
 
     root, _ = model
-    monkeypatch.setattr(export, "max_logit_difference", lambda *a, **k: 0.25)
+    monkeypatch.setattr(verified_export, "max_logit_difference", lambda *a, **k: 0.25)
     with pytest.raises(ValueError, match="differ from the training program's by 0.25"):
         export.main(export_args(root, root / "out" / "custom" / "glue" / "MRPC", tmp_path / "bad"))
     assert not list(tmp_path.iterdir())

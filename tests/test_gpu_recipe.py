@@ -188,10 +188,10 @@ def test_flash_attention_is_on_the_eval_rewrite_white_list():
     assert "flash_attn" in white
 
 
-def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, monkeypatch, tmp_path):
-    """run_squad under O2 calls amp_init (through init_pure_fp16) after loading, as pretraining does."""
+def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, monkeypatch):
+    """Fine-tuning under O2 calls amp_init (through init_pure_fp16) after loading, as pretraining does."""
     from types import SimpleNamespace
-    import run_squad
+    from tasks import finetune
     from utils.amp_state import MASTER_SUFFIX
     bundle = P.build_squad(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, optimizer="AdamW"))
     place, scope = paddle.CPUPlace(), paddle.static.Scope()
@@ -203,19 +203,15 @@ def test_squad_pure_fp16_run_casts_the_parameters_after_loading(gpu_op_support, 
         var.get_tensor().set(loaded["value"], place)
         return {}
 
-    monkeypatch.setattr(run_squad, "_features", lambda *a: (None, "features"))
-    monkeypatch.setattr(run_squad, "_build", lambda *a: (bundle, None))
-    monkeypatch.setattr(run_squad, "init_parameters", fake_init)
-    plan = SimpleNamespace(do_train=True, do_predict=False, init_path="ckpt", require_qa_head=False,
-                           model_cfg=TINY, amp={"amp": "fp16", "use_pure_fp16": True}, out_dir=str(tmp_path),
-                           report_file=str(tmp_path / "report.json"), export_dir=None)
-    args = SimpleNamespace(train_file="train.json", report_file=str(tmp_path / "report.json"),
-                           show_config=False, benchmark=False, model_prefix="m")
+    monkeypatch.setattr(finetune, "init_parameters", fake_init)
+    cfg = SimpleNamespace(model=SimpleNamespace(init_path="ckpt", config=TINY), task="SQuAD",
+                          precision=SimpleNamespace(amp={"amp": "fp16", "use_pure_fp16": True}))
+    cfg.amp = cfg.precision.amp
     rt = SimpleNamespace(exe=paddle.static.Executor(place), place=place, device="gpu", uses_fleet=False,
                          runnable=lambda program, build_strategy: program,
                          dist=SimpleNamespace(rank=0, world_size=1, is_main=True))
     with paddle.static.scope_guard(scope):
-        run_squad.train_and_predict(args, plan, rt)
+        finetune.FinetuneSession(cfg, None, rt).initialise(bundle, require_head=False)
     weight = np.array(scope.find_var("qa_outputs.weight").get_tensor())
     assert weight.dtype == np.float16
     np.testing.assert_array_equal(np.array(scope.find_var("qa_outputs.weight" + MASTER_SUFFIX).get_tensor()),

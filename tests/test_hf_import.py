@@ -10,6 +10,7 @@ import pytest
 import program as P
 from modeling import BertConfig
 from utils import hf_import as H
+from utils.weights import load_hf_pretrained
 from utils.checkpoint import assign_to_scope
 
 TINY_HF_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "attention_probs_dropout_prob": 0.1,
@@ -166,7 +167,7 @@ def test_weight_by_weight_round_trip(tmp_path, prefix, tf_names):
     with paddle.static.scope_guard(paddle.static.Scope()):
         bundle, exe = build_predict(cfg)
         qa_before = scope_array("qa_outputs.weight")
-        sources = H.load_hf_pretrained(exe, bundle.main_program, path, allow_missing_prefixes=("qa_outputs",),
+        sources = load_hf_pretrained(exe, bundle.main_program, path, allow_missing_prefixes=("qa_outputs",),
                                        vocab_size=29)
         checked = 0
         for hf_name, value in state.items():
@@ -196,7 +197,7 @@ def test_forward_matches_numpy_bert(tmp_path):
     mask = (np.arange(11)[None, :] < np.array([[11], [8], [5]])).astype(np.int64)
     with paddle.static.scope_guard(paddle.static.Scope()):
         bundle, exe = build_predict(H.bert_config_from_hf(os.path.join(path, "config.json")))
-        sources = H.load_hf_pretrained(exe, bundle.main_program, path, vocab_size=29)
+        sources = load_hf_pretrained(exe, bundle.main_program, path, vocab_size=29)
         start, end = run_qa(bundle, exe, ids, types, mask)
     assert H.NEWLY_INITIALIZED not in sources.values()
     want_start, want_end = numpy_qa_forward(state, TINY_HF_CONFIG, ids, types, mask)
@@ -225,7 +226,7 @@ def test_import_errors_leave_the_program_untouched(tmp_path, edit, message):
         bundle, exe = build_predict(H.bert_config_from_hf(os.path.join(path, "config.json")))
         before = scope_array("bert.embeddings.LayerNorm.bias")
         with pytest.raises(ValueError, match=f"^Hugging Face checkpoint '{path}/model.safetensors': .*{message}"):
-            H.load_hf_pretrained(exe, bundle.main_program, path, allow_missing_prefixes=("qa_outputs",),
+            load_hf_pretrained(exe, bundle.main_program, path, allow_missing_prefixes=("qa_outputs",),
                                  vocab_size=29)
         np.testing.assert_array_equal(scope_array("bert.embeddings.LayerNorm.bias"), before)
 

@@ -31,7 +31,7 @@ def model(tmp_path_factory):
     """A tiny 'fine-tuned' SQuAD checkpoint (random weights with a QA head), its vocab and a SQuAD file."""
     import program as P
     from modeling import BertConfig
-    from tasks.squad import save_params
+    from utils.weights import save_params
 
     root = tmp_path_factory.mktemp("inference")
     words = sorted({w for c, qas in PARAGRAPHS for t in [c] + [q for _, q, _ in qas] for w in t.split()}
@@ -78,14 +78,15 @@ def _features(root):
 def _executor_logits(root, cfg, features):
     """Today's path: the eval program in the static executor (tasks.squad.predict_logits)."""
     import program as P
-    from tasks.squad import init_parameters, predict_logits
+    from tasks.squad import predict_logits
+    from utils.weights import init_parameters
 
     paddle.enable_static()
     bundle = P.build_squad(cfg, P.TrainConfig(), is_training=False)
     with paddle.static.scope_guard(paddle.static.Scope()):
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(bundle.startup_program)
-        init_parameters(exe, bundle.main_program, str(root / "ckpt"), require_qa_head=True,
+        init_parameters(exe, bundle.main_program, str(root / "ckpt"), require_head=True,
                         vocab_size=cfg.vocab_size)
         start, end, _ = predict_logits(exe, bundle.eval_program, bundle.eval_fetches, features, 4)
     paddle.disable_static()
@@ -279,10 +280,10 @@ def test_changed_or_bad_export_dirs_fail_in_one_line(exported, model, tmp_path):
 
 
 def test_a_failed_parity_check_writes_nothing(model, tmp_path, monkeypatch):
-    from inference import export
+    from inference import export, verified_export
 
     root, _ = model
-    monkeypatch.setattr(export, "max_logit_difference", lambda *a, **k: 0.5)
+    monkeypatch.setattr(verified_export, "max_logit_difference", lambda *a, **k: 0.5)
     with pytest.raises(ValueError, match="differ from the training program's by 0.5"):
         export.main(export_args(root, tmp_path / "bad"))
     assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())

@@ -12,7 +12,8 @@ import pytest
 import program as P
 from test_program import TINY, gpu_op_support, pretraining_batch, train_cfg  # noqa: F401 (fixture)
 from utils.amp_state import MASTER_SUFFIX, init_pure_fp16
-from utils.checkpoint import CheckpointManager, Progress, load_pretrained
+from utils.checkpoint import CheckpointManager, Progress
+from utils.weights import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("static_graph")
 PARAM = "bert.encoder.layer.0.attention.self.query.weight"

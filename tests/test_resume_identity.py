@@ -135,7 +135,7 @@ def test_resume_with_a_permuted_vocab_of_the_same_size_is_refused_naming_both_ha
 def test_initialising_from_a_checkpoint_with_another_vocab_is_refused(shards, run_t, tmp_path):
     """Fine-tuning (run_squad, run_glue and inference.export all take their config from
     tasks.finetune.model_config) and phase 2 refuse a vocab other than the one pretraining recorded."""
-    from tasks import finetune
+    from tasks import finetune_config as finetune
 
     step = str(run_t / "bert-tiny" / "phase1" / "4")
     swapped = _swapped_vocab(shards[1], tmp_path / "swapped.txt")

@@ -96,7 +96,7 @@ def test_head_loss_equals_numpy_on_its_logits(static_graph, num_labels):
 
 def test_hf_round_trip_of_a_classifier(static_graph, tmp_path):
     from safetensors.numpy import save_file
-    from utils import hf_import
+    from utils import hf_import, weights
 
     cfg = tiny_cfg()
     bundle = P.build_glue(cfg, P.TrainConfig(seed=11), 3, is_training=False)
@@ -116,7 +116,7 @@ def test_hf_round_trip_of_a_classifier(static_graph, tmp_path):
     with paddle.static.scope_guard(paddle.static.Scope()):
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(fresh.startup_program)
-        sources = hf_import.load_hf_pretrained(exe, fresh.main_program, str(tmp_path), vocab_size=cfg.vocab_size)
+        sources = weights.load_hf_pretrained(exe, fresh.main_program, str(tmp_path), vocab_size=cfg.vocab_size)
         scope = paddle.static.global_scope()
         loaded = {n: np.array(scope.find_var(n).get_tensor()) for n in ours}
     assert "NEWLY" not in sources["classifier.weight"]

@@ -444,7 +444,7 @@ def test_reference_checkpoint_with_auto_generated_names_is_explained(data, tmp_p
 
 # ------------------------------------------------------------------------------ tasks.squad pieces
 def test_plan_updates_hand_computed():
-    from tasks.squad import TrainOptions, plan_updates
+    from tasks.finetune import TrainOptions, plan_updates
 
     opts = TrainOptions(epochs=2, batch_size=3, gradient_merge_steps=2)
     assert plan_updates(10, opts) == (4, 4)  # ceil(10 / 3) = 4 micro-batches per epoch, 8 in all, / 2
@@ -458,7 +458,8 @@ def test_plan_updates_hand_computed():
 
 def test_rank_batches_split_every_row_once_per_epoch():
     from data.features.squad import SquadFeatures
-    from tasks.squad import rank_batches
+    from data.features.squad import batch_of_rows
+    from tasks.finetune import rank_batches
 
     n, length = 11, 16
     seq = np.arange(3, 3 + n) % length + 1
@@ -471,7 +472,8 @@ def test_rank_batches_split_every_row_once_per_epoch():
                           end_positions=np.arange(n), is_impossible=np.zeros(n, bool), id_to_token=())
     seen = []
     for rank in (0, 1):
-        for batch in rank_batches(feats, 2, rank, 2, np.random.default_rng(5)):
+        for batch in rank_batches(feats, 2, rank, 2, np.random.default_rng(5),
+                                  lambda rows: batch_of_rows(feats, rows, is_training=True)):
             rows = batch["start_positions"][:, 0]
             assert batch["input_ids"].shape[1] % 8 == 0 and batch["input_ids"].shape[1] >= seq[rows].max()
             np.testing.assert_array_equal(batch["attention_mask"][:, 0, 0, :].sum(1), seq[rows])
@@ -483,7 +485,7 @@ def test_rank_batches_split_every_row_once_per_epoch():
 def test_trimmed_batches_give_the_same_logits(data):
     import program as P
     from modeling import BertConfig
-    from tasks.squad import trim_batch
+    from tasks.finetune import trim_batch
 
     paddle.enable_static()
     bundle = P.build_squad(BertConfig.from_json_file(data / "tiny.json"), P.TrainConfig(), is_training=False)

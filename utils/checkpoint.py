@@ -1,4 +1,4 @@
-"""Checkpoints, exact resume and pretrained initialisation for static Paddle programs.
+"""Checkpoints and exact resume for static Paddle programs.
 
 Owns:
   * `Progress`: the JSON record saved with every checkpoint (step, epoch, loader position, LR-scheduler
@@ -11,9 +11,11 @@ Owns:
   * `check_compatible`: refusing to resume with a changed architecture, world size, global batch, vocab or
     recorded setting (one line: flag, checkpoint value, new value); `check_init_vocab`: refusing to
     initialise from a pretraining checkpoint with another vocab.
-  * `load_pretrained`: initialising parameters BY NAME from a `.pdparams` file, logging where each came from.
+  * writing named arrays into the scope (`assign_to_scope`) and logging where each parameter came from
+    (`log_parameter_sources`), shared with `utils.weights`.
 
-Does not own: the bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
+Does not own: loading or saving a model's parameters alone (pretrained or fine-tuned: `utils.weights`), the
+bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
 `Progress.lr_state` / `Progress.loader_state` (the run scripts do that with the returned `Progress`),
 deciding the config fingerprint's inputs or which settings a resume may change (`tasks.config`), or the
 lock that keeps two runs out of one directory (`utils.run_lock`).
@@ -64,6 +66,8 @@ import paddle
 from utils import checkpoint_io
 from utils.checkpoint_io import DamagedCheckpoint, fsync_path
 from utils.checks import is_int
+from utils.checks import PREVIEW as _PREVIEW
+from utils.checks import preview as _preview
 from utils.fs import atomic_write_text
 from utils.nonfinite import TrainingDiverged
 
@@ -78,27 +82,14 @@ _READABLE_VERSIONS = (1, 2, 3)
 # (say lr_state.last_epoch 9 in step 4's record) is a damaged checkpoint, not a different training.
 RECORD_CHECKSUM = "record_sha256"
 PROGRESS_FILE = "progress.json"
+INIT_FROM_CKPT = "*INIT_FROM_CKPT*"  # a parameter's source in the init log: loaded from a checkpoint
 # NVIDIA's reference writes `<model_prefix>_progress.json` (epoch, step, file list) beside its tensors;
 # recognised so that resuming one of its directories is explained instead of looking like a broken save.
 REFERENCE_PROGRESS_SUFFIX = "_progress.json"
-INIT_FROM_CKPT = "*INIT_FROM_CKPT*"
-NEWLY_INITIALIZED = "NEWLY INITIALIZED"
 
 _STEP_DIR = re.compile(r"^\d+$")
 _TMP_DIR = re.compile(r"^\d+\.tmp-")
 SUPERSEDED_PREFIX = "superseded-"
-MASTER_SUFFIX = "_fp32_master_0"  # Paddle's name for the fp32 copy of a parameter under pure fp16
-_PREVIEW = 5  # names listed in a message before "... and N more": a line a reader takes in at a glance
-
-
-def _preview(names):
-    """`names` for one log or error line: all of a few; else the count and the first `_PREVIEW`."""
-    names = [str(n) for n in names]  # steps are ints, variable names str: both are listed
-    if len(names) <= _PREVIEW:
-        return ", ".join(names)
-    return f"{len(names)}: " + ", ".join(names[:_PREVIEW]) + f", ... and {len(names) - _PREVIEW} more"
-
-
 def _json_default(value):
     # Loader and scheduler states often carry numpy scalars; .item() is exact for ints and floats.
     if isinstance(value, np.generic):
@@ -438,6 +429,18 @@ def assign_to_scope(exe, arrays, source):
         raise ValueError(f"cannot load '{source}': {shown}{more}")
     for tensor, value in tensors.values():
         tensor.set(value, exe.place)
+
+
+def log_parameter_sources(program, sources, origin):
+    """Say where the parameters came from: one INFO line (how many from `origin`, and the names of the
+    newly initialised ones, so a silent random init is visible), then one DEBUG line per parameter, as
+    google-research/bert's init log (BERT-large has ~400: too many for every run's log)."""
+    params = sorted(program.all_parameters(), key=lambda p: p.name)
+    fresh = [p.name for p in params if sources[p.name] != INIT_FROM_CKPT]
+    logger.info("parameters: %d of %d from %s%s", len(params) - len(fresh), len(params), origin,
+                f"; newly initialised: {', '.join(fresh)}" if fresh else "")
+    for param in params:
+        logger.debug("  %s %s %s", param.name, list(param.shape), sources[param.name])
 
 
 def _scope_arrays(names):
@@ -824,167 +827,3 @@ class CheckpointManager:
             logger.warning("checkpoint %s holds variables the program does not use: %s", path, _preview(unused))
         log_parameter_sources(program, {p.name: INIT_FROM_CKPT for p in program.all_parameters()}, path)
         logger.info("loaded %d persistables from %s", len(names), path)
-
-# ----------------------------------------------------------------------------------------------------
-# Pretrained initialisation
-
-
-def _prefixes(value, flag):
-    if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
-        raise ValueError(f"{flag} must be a list/tuple of non-empty name prefixes, got {value!r}")
-    return tuple(value)
-
-
-def latest_step_dir(path, model_prefix="bert_paddle"):
-    """The newest complete `<step>/` directory when `path` is a phase directory (`phase_dir`), else None.
-
-    Lets users pass `results/<model>/phase2` where a parameters path is expected.
-    """
-    if not os.path.isdir(path) or any(n.endswith(".pdparams") for n in os.listdir(path)):
-        return None
-    manager = CheckpointManager(path, model_prefix=model_prefix)
-    step = manager.latest_complete_step()
-    return None if step is None else manager.step_dir(step)
-
-
-def resolve_init_path(path, model_prefix="bert_paddle"):
-    """A pre-training phase directory (`<model>/phase<N>/` holding step directories) -> its latest complete
-    step directory; any other path unchanged (the loaders check it). What `--from-pretrained-params` of
-    run_pretraining.py and run_squad.py, and run_pretraining_inference.py's `--init-checkpoint`, accept."""
-    step_dir = latest_step_dir(path, model_prefix)  # None for a file, a .pdparams dir or an HF checkpoint dir
-    if step_dir is None:
-        return path
-    logger.info("'%s' is a checkpoint directory: using its latest complete step %s", path,
-                os.path.basename(step_dir))
-    return step_dir
-
-
-def _resolve_params_file(path):
-    """A `.pdparams` file from a file path, a prefix, or a directory holding exactly one."""
-    if os.path.isfile(path):
-        return path
-    if os.path.isfile(path + ".pdparams"):
-        return path + ".pdparams"
-    if os.path.isdir(path):
-        names = os.listdir(path)
-        found = sorted(n for n in names if n.endswith(".pdparams"))
-        if len(found) == 1:
-            return os.path.join(path, found[0])
-        inference_files = sorted(n for n in names if n.endswith(".pdiparams"))
-        if not found and inference_files:  # an `inference.export` directory is recognised by its manifest
-            raise ValueError(f"'{path}' holds Paddle Inference files ({', '.join(inference_files)}) but no "
-                             "manifest.json: an export directory that is damaged or incomplete (or not ours); "
-                             "export the model again with python -m inference.export")
-        raise ValueError(f"pretrained directory '{path}' must hold exactly one .pdparams file, "
-                         f"found {found if found else 'none'}")
-    raise ValueError(f"pretrained checkpoint '{path}' does not exist; refusing to fall back to random "
-                     "initialisation")
-
-
-def parameter_shapes(path):
-    """{parameter name: shape tuple} of one of our `.pdparams` checkpoints (a file, its prefix, or a
-    directory holding exactly one), e.g. to tell which task head it carries.
-
-    Raises:
-      ValueError: `path` does not exist, holds no or several `.pdparams`, or cannot be read.
-    """
-    return {k: tuple(np.shape(v)) for k, v in _read_params(_resolve_params_file(path)).items()}
-
-
-def _read_params(path):
-    try:
-        state = paddle.load(path, return_numpy=True)
-    except Exception as err:  # paddle raises assorted types for a foreign or truncated file
-        raise ValueError(f"cannot read parameters from '{path}': {err}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
-        raise ValueError(f"'{path}' does not hold a dict of name -> array")
-    return state
-
-
-def _master_weights(params_file, names):
-    """fp32 master weights `<name>_fp32_master_0` saved beside `params_file` (in its .pdopt), by name."""
-    opt_file = params_file[:-len(checkpoint_io.PARAMS_SUFFIX)] + checkpoint_io.OPT_SUFFIX
-    if not params_file.endswith(checkpoint_io.PARAMS_SUFFIX) or not os.path.isfile(opt_file):
-        return {}
-    opt_state = _read_params(opt_file)
-    return {n: opt_state[n + MASTER_SUFFIX] for n in names if n + MASTER_SUFFIX in opt_state}
-
-
-def _as_fp32_training_values(arrays, params_file):
-    """The values to load into an fp32 program: pure-fp16 (O2) checkpoints hold fp16 parameters.
-
-    Their fp32 master weights (in the .pdopt beside the .pdparams) are what the optimizer was updating,
-    so they are the exact values; without them the fp16 values are upcast (exact, but rounded once).
-    Parameters of an fp32 program are fp32 before `amp_init` casts them for O2, so this covers both a
-    phase 1 -> phase 2 hand-off and fine-tuning from an O2 run.
-    """
-    half = [n for n, v in arrays.items() if np.asarray(v).dtype == np.float16]
-    if not half:
-        return arrays
-    masters = _master_weights(params_file, half)
-    out = dict(arrays)
-    for name in half:
-        out[name] = masters[name] if name in masters else np.asarray(arrays[name]).astype(np.float32)
-    logger.info("%s holds %d fp16 parameters (pure fp16 run): loaded %d from their fp32 master weights, "
-                "upcast %d", params_file, len(half), len(masters), len(half) - len(masters))
-    return out
-
-
-def log_parameter_sources(program, sources, origin):
-    """Say where the parameters came from: one INFO line (how many from `origin`, and the names of the
-    newly initialised ones, so a silent random init is visible), then one DEBUG line per parameter, as
-    google-research/bert's init log (BERT-large has ~400: too many for every run's log)."""
-    params = sorted(program.all_parameters(), key=lambda p: p.name)
-    fresh = [p.name for p in params if sources[p.name] != INIT_FROM_CKPT]
-    logger.info("parameters: %d of %d from %s%s", len(params) - len(fresh), len(params), origin,
-                f"; newly initialised: {', '.join(fresh)}" if fresh else "")
-    for param in params:
-        logger.debug("  %s %s %s", param.name, list(param.shape), sources[param.name])
-
-
-def load_pretrained(exe, program, path, *, ignore_prefixes=(), allow_missing_prefixes=()):
-    """Initialise the parameters of `program` by name from a `.pdparams` file (no optimizer state).
-
-    Args:
-      exe: executor whose place receives the tensors; the startup program must have run.
-      program: the program to initialise (e.g. the SQuAD program from a pretraining checkpoint).
-      path: a `.pdparams` file, its prefix, or a directory holding exactly one (e.g. a step directory).
-      ignore_prefixes: parameters whose names start with one of these keep their startup values even
-        when the file has them.
-      allow_missing_prefixes: parameters with these prefixes may be absent from the file (new heads,
-        e.g. the QA head); any other absent parameter is an error.
-
-    Returns:
-      dict parameter name -> INIT_FROM_CKPT or NEWLY_INITIALIZED, for every parameter of `program`.
-      The same is logged one line per parameter.
-
-    Raises:
-      ValueError: `path` does not exist or is unreadable, a required parameter is absent, a shape or dtype
-        differs (naming the parameter and both shapes), nothing at all was loaded, or a prefix argument
-        is a bare string.
-    """
-    ignore = _prefixes(ignore_prefixes, "ignore_prefixes")
-    allow = _prefixes(allow_missing_prefixes, "allow_missing_prefixes")
-    params_file = _resolve_params_file(path)
-    state = _read_params(params_file)
-    sources, arrays, missing = {}, {}, []
-    for param in program.all_parameters():
-        name = param.name
-        if name.startswith(ignore) or (name not in state and name.startswith(allow)):
-            sources[name] = NEWLY_INITIALIZED
-        elif name in state:
-            sources[name], arrays[name] = INIT_FROM_CKPT, state[name]
-        else:
-            missing.append(name)
-    if missing:
-        raise ValueError(f"'{params_file}' lacks parameter(s) {_preview(missing)}: it was saved from another "
-                         "model than the one --bert-model/--config-file describe")
-    if not arrays:
-        raise ValueError(f"no parameter of the program was loaded from '{params_file}' (names do not match: "
-                         "is it a checkpoint of this project?)")
-    assign_to_scope(exe, _as_fp32_training_values(arrays, params_file), params_file)
-    log_parameter_sources(program, sources, params_file)
-    unused = sorted(set(state) - set(arrays))
-    if unused:
-        logger.info("not used from %s: %s", params_file, _preview(unused))
-    return sources

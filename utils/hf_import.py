@@ -1,11 +1,11 @@
 """Initialising our BERT programs from Hugging Face BERT checkpoints (`model.safetensors` + `config.json`).
 
 Owns: recognising an HF checkpoint path, reading its `config.json` into a `modeling.BertConfig`, mapping HF
-tensor names and layouts onto our parameter names (`convert_hf_state`, pure numpy), and writing the result
-into an initialised program (`load_hf_pretrained`), logging where every parameter came from, and the way back
-(`to_hf_state`: our parameters, e.g. a fine-tuned GLUE classifier, in HF's layout).
-Does not own: our own `.pdparams` checkpoints (`utils.checkpoint.load_pretrained`), building programs, or
-downloading anything.
+tensor names and layouts onto our parameter names (`convert_hf_state`, pure numpy), reading a checkpoint's
+parameter shapes from its header (`hf_parameter_shapes`), and the way back (`to_hf_state`: our parameters,
+e.g. a fine-tuned GLUE classifier, in HF's layout).
+Does not own: writing tensors into a program (`utils.weights.load_weights` does, for HF and our own
+checkpoints), building programs, or downloading anything.
 
 Name and layout mapping (our names are HF's, see modeling.py):
   * an optional missing `bert.` prefix is added (sentence-transformers' MiniLM stores `encoder.layer.0...`);
@@ -30,7 +30,6 @@ import re
 import numpy as np
 
 from modeling import BertConfig
-from utils.checkpoint import assign_to_scope, log_parameter_sources
 
 logger = logging.getLogger(__name__)
 
@@ -252,35 +251,3 @@ def to_hf_state(state, vocab_size):
             value = value.T
         out[name] = np.ascontiguousarray(value)
     return out
-
-
-def load_hf_pretrained(exe, program, path, *, allow_missing_prefixes=(), vocab_size=None):
-    """Initialise `program`'s parameters from an HF BERT checkpoint and log each parameter's source.
-
-    Args:
-      exe: executor whose place receives the tensors; the startup program must have run.
-      program: the program to initialise (e.g. the SQuAD training program).
-      path: `.safetensors` file or a directory with `model.safetensors`.
-      allow_missing_prefixes: tuple of str; parameters the checkpoint may lack (they keep their startup
-        values), e.g. ("qa_outputs",) when fine-tuning an encoder-only checkpoint.
-      vocab_size: int or None, the vocab file's size (see `convert_hf_state`).
-
-    Returns:
-      dict parameter name -> source description or NEWLY_INITIALIZED.
-
-    Raises:
-      ValueError: see `hf_checkpoint_files`, `read_safetensors`, `convert_hf_state`, or a shape/dtype that
-        differs from the scope's tensor.
-    """
-    weights, _ = hf_checkpoint_files(path)
-    params = {p.name: tuple(p.shape) for p in program.all_parameters()}
-    state = read_safetensors(weights)  # its errors name the file already
-    try:
-        arrays, sources, ignored = convert_hf_state(state, params, allow_missing_prefixes, vocab_size)
-    except ValueError as err:  # the messages above say what; this says which file
-        raise ValueError(f"Hugging Face checkpoint '{weights}': {err}") from None
-    assign_to_scope(exe, arrays, weights)
-    log_parameter_sources(program, sources, weights)
-    if ignored:
-        logger.info("not used from %s: %s", weights, ", ".join(ignored))
-    return sources
