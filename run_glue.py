@@ -45,7 +45,6 @@ import sys
 import paddle
 
 from data.features.glue import split_path, task_spec
-from inference import model_dir as export_layout
 from tasks import finetune_config as finetune
 from tasks import flags as common
 from tasks import glue
@@ -204,16 +203,11 @@ def _check_export(args, init_path, do_train, spec):
       ValueError: training or benchmarking an export, a damaged or changed one, an export of another task, or
         one made with another --max-seq-length / lower-casing than the flags (the features must match it).
     """
-    if not export_layout.is_export_dir(init_path):
+    found = finetune.exported_model(init_path, do_train=do_train, benchmark=args.benchmark,
+                                    benchmark_hint="give the fine-tuned .pdparams instead of an export")
+    if found is None:
         return None
-    if do_train:
-        raise ValueError(f"--from-checkpoint '{init_path}' is an exported inference model, which cannot be "
-                         "trained further; give the fine-tuned .pdparams it was exported from")
-    if args.benchmark:
-        raise ValueError("--benchmark times the training-time program; give the fine-tuned .pdparams instead of "
-                         "an export")
-    export_layout.read_manifest(init_path)  # a damaged or changed export fails here
-    s = export_layout.read_settings(init_path)
+    s = found[1]
     if s.task != spec.name:
         what = "a SQuAD model" if s.is_squad else f"a GLUE {s.task} classifier"
         raise ValueError(f"--from-checkpoint '{init_path}' is an export of {what}, not of {spec.name}")

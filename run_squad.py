@@ -259,23 +259,19 @@ def _check_export(args, init_path, do_train, params):
     Raises:
       ValueError: training an export, a damaged export, int8 without an int8 copy or without an export.
     """
-    if not export_layout.is_export_dir(init_path):
+    found = finetune.exported_model(init_path, do_train=do_train, benchmark=args.benchmark,
+                                    benchmark_hint="give the fine-tuned .pdparams, or time an export with "
+                                                   "python -m benchmarks.bench_inference")
+    if found is None:
         if args.infer_dtype == "int8":
             raise ValueError("--infer-dtype int8 needs --from-checkpoint <export dir> holding an int8 copy: "
                              "python -m inference.export --checkpoint ... --int8-calibration-file "
                              "<SQuAD training JSON> --output-dir DIR")
         return None, params
-    if do_train:
-        raise ValueError(f"--from-checkpoint '{init_path}' is an exported inference model, which cannot be "
-                         "trained further; give the fine-tuned .pdparams it was exported from")
-    if args.benchmark:
-        raise ValueError("--benchmark times the training-time program; give the fine-tuned .pdparams, or time "
-                         "an export with python -m benchmarks.bench_inference")
-    manifest, _ = export_layout.read_manifest(init_path)  # a damaged or changed export fails here
+    manifest, s = found
     if args.infer_dtype == "int8" and not all(n in manifest["files"] for n in export_layout.INT8_FILES):
         raise ValueError(f"--infer-dtype int8: '{init_path}' has no int8 copy; re-export with "
                          "--int8-calibration-file <SQuAD training JSON>, or use --infer-dtype float32")
-    s = export_layout.read_settings(init_path)
     if not s.is_squad:
         raise ValueError(f"--from-checkpoint '{init_path}' is an export of a GLUE {s.task} classifier, not a SQuAD "
                          "model; evaluate it with run_glue.py, or serve it (python -m inference.server)")

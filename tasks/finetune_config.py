@@ -23,6 +23,7 @@ import logging
 import os
 from typing import Optional
 
+from inference import model_dir as export_layout
 from modeling import BertConfig
 from tasks import flags as common
 from tokenizer import check_vocab_case, load_vocab, special_token_ids
@@ -204,6 +205,31 @@ def make_room_for_model(out_dir, replace):
         return None
     return move_aside(out_dir, f"{REPLACE_MODEL_FLAG}: this run writes a new fine-tuned model there")
 
+
+
+def exported_model(init_path, *, do_train, benchmark, benchmark_hint):
+    """(manifest, ExportSettings) when --from-checkpoint is an `inference.export` directory, else None.
+
+    An export predicts by itself (no program is built), so it cannot be trained or benchmarked: the executor
+    program is what --benchmark times.
+
+    Args:
+      init_path: the resolved --from-checkpoint.
+      do_train, benchmark: what the run asks for.
+      benchmark_hint: the fix a --benchmark run is told (the task's own way to time an export).
+
+    Raises:
+      ValueError: training or benchmarking an export, or a damaged or changed one (its manifest says which).
+    """
+    if not export_layout.is_export_dir(init_path):
+        return None
+    if do_train:
+        raise ValueError(f"--from-checkpoint '{init_path}' is an exported inference model, which cannot be "
+                         "trained further; give the fine-tuned .pdparams it was exported from")
+    if benchmark:
+        raise ValueError(f"--benchmark times the training-time program; {benchmark_hint}")
+    manifest, _ = export_layout.read_manifest(init_path)  # a damaged or changed export fails here
+    return manifest, export_layout.read_settings(init_path)
 
 # ------------------------------------------------------------------------------------------ the config
 
