@@ -1,7 +1,8 @@
 """Learning-rate schedule: linear warm-up, then polynomial decay (BERT's schedule).
 
 Owns: `lr_at` (a pure function, what tests and resume logic reason about), the warm-up proportion
-rule (`check_warmup_proportion`, used by every entry point through `tasks.config.OptimConfig`), and `build_lr_scheduler`, a Paddle `LRScheduler` whose value is `lr_at(last_epoch)`.
+rule (`check_warmup_proportion`, used by every entry point through `tasks.config.OptimConfig`), and
+`build_lr_scheduler`, a Paddle `LRScheduler` whose value is `lr_at(last_epoch)`.
 Does not own: stepping the scheduler (the training loop calls `step()` once per optimizer update) or
 saving its state (the checkpointer stores `state_dict()`).
 

@@ -1,6 +1,6 @@
 """Issue 21: the rules every entry point shares live once in `tasks.config` (the warm-up range, a sequence
-length the model can hold, the vocab read once), and run_pretraining_inference.py builds one frozen config
-that nothing below validation reads the flags around."""
+length the model can hold, the vocab read once), and run_pretraining_inference.py validates its flags into one
+frozen config, the only thing below validation sees."""
 import dataclasses
 import json
 
