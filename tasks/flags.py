@@ -1,7 +1,8 @@
 """Command-line flags shared by run_pretraining.py, run_squad.py and run_glue.py, and their validation helpers.
 
 Owns: the flag groups both programs have (model, runtime, AMP, optimizer, benchmark), with the NVIDIA
-reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); `str2bool`;
+reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); the one definition
+of `--max-seq-length` (`add_max_seq_length`; each program gives its own default and help); `str2bool`;
 resolving `--bert-model` / `--config-file` / `--vocab-file` into a `modeling.BertConfig`; turning the AMP
 flags into `program.TrainConfig` fields. Does not own: task-specific flags or cross-flag rules of one
 program (each run script validates its own in one function), building or running anything.
