@@ -1,7 +1,8 @@
 """Learning-rate schedule: linear warm-up, then polynomial decay (BERT's schedule).
 
 Owns: `lr_at` (a pure function, what tests and resume logic reason about), the warm-up proportion
-rule, and `build_lr_scheduler`, a Paddle `LRScheduler` whose value is `lr_at(last_epoch)`.
+rule (`check_warmup_proportion`, used by every entry point through `tasks.config.OptimConfig`), and
+`build_lr_scheduler`, a Paddle `LRScheduler` whose value is `lr_at(last_epoch)`.
 Does not own: stepping the scheduler (the training loop calls `step()` once per optimizer update) or
 saving its state (the checkpointer stores `state_dict()`).
 
@@ -72,6 +73,20 @@ def lr_at(step, *, base_lr, warmup_start_lr, warmup_steps, total_steps, power=1.
     return end_lr + (base_lr - end_lr) * remaining ** power
 
 
+def check_warmup_proportion(proportion):
+    """The warm-up range rule, the one place it lives: a proportion of the updates is in [0, 1].
+
+    Why here: the schedule is what a proportion outside [0, 1] would break (more warm-up steps than
+    updates, or a negative count). Callers that speak in flags (`tasks.config.OptimConfig`) reword the
+    message with `tasks.config.in_flag_terms`, which turns "warmup proportion" into "--warmup-proportion".
+
+    Raises:
+      ValueError: "warmup proportion must be in [0, 1], got <repr>" (NaN and non-numbers included).
+    """
+    if not isinstance(proportion, (int, float)) or not 0.0 <= proportion <= 1.0:
+        raise ValueError(f"warmup proportion must be in [0, 1], got {proportion!r}")
+
+
 def warmup_steps_from_proportion(total_steps, proportion):
     """Number of warm-up steps for a proportion of training: floor(proportion * total_steps).
 
@@ -79,12 +94,11 @@ def warmup_steps_from_proportion(total_steps, proportion):
     floating point makes it 28.999999999999996).
 
     Raises:
-      ValueError: total_steps < 1 or proportion outside [0, 1].
+      ValueError: total_steps < 1 or proportion outside [0, 1] (`check_warmup_proportion`).
     """
     if not is_int(total_steps) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-    if not isinstance(proportion, (int, float)) or not 0.0 <= proportion <= 1.0:
-        raise ValueError(f"warmup proportion must be in [0, 1], got {proportion!r}")
+    check_warmup_proportion(proportion)
     return int(math.floor(round(proportion * total_steps, 9)))
 
 

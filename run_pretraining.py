@@ -29,8 +29,7 @@ import sys
 
 from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
-                          RunSettings, section, train_config)
-from utils.checkpoint import check_init_vocab
+                          RunSettings, VocabInfo, check_fits_model, section, train_config)
 from utils.weights import resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
@@ -90,7 +89,7 @@ def build_parser():
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser)
     train = parser.add_argument_group("Sequences")
-    train.add_argument("--max-seq-length", type=int, default=512, help="longest sequence allowed")
+    common.add_max_seq_length(train, 512, "longest sequence allowed")
     train.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch per process")
     train.add_argument("--phase1", action="store_true", help="phase 1 (exactly one of --phase1/--phase2)")
     train.add_argument("--phase2", action="store_true", help="phase 2")
@@ -145,24 +144,24 @@ def validate_args(args):
         if getattr(args, flag):
             common.require_existing("--" + flag.replace("_", "-"), getattr(args, flag))
     pretrained = args.from_pretrained_params and resolve_init_path(args.from_pretrained_params, args.model_prefix)
+    vocab = VocabInfo.read(args.vocab_file)
     for flag, path in (("--from-pretrained-params", pretrained),
                        ("--from-phase1-final-params", args.from_phase1_final_params)):
         if path:
-            check_init_vocab(path, args.vocab_file, flag)
+            vocab.check_checkpoint(path, flag)
     steps_this_run, evaluation = _check_steps_this_run(args), _evaluation(args)
     if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
     precision, optim = PrecisionConfig.from_args(args), OptimConfig.from_args(args)
-    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)
-    if args.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds max_position_embeddings "
-                         f"{model_cfg.max_position_embeddings} of {config_path}")
+    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file,
+                                                           vocab_size=vocab.size)
+    check_fits_model(args.max_seq_length, model_cfg, config_path)
     from utils.runtime import resolve_device
     train_config(optim, precision, total_steps=1, seed=args.seed, device=resolve_device(args.device))
     report_file = args.report_file or os.path.join(args.output_dir, args.bert_model, f"phase{phase}", "report.json")
     return PretrainConfig(
         phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
-        optim=optim, precision=precision, data=section(PretrainData, args),
+        vocab=vocab, optim=optim, precision=precision, data=section(PretrainData, args),
         checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step,
                               from_pretrained_params=pretrained),
         run=section(RunSettings, args, report_file=report_file),

@@ -7,11 +7,13 @@ Usage (from the repo root):
         --bert-model bert-tiny --max-seq-length 128 --max-predictions-per-seq 20 --device cpu
     ... --benchmark --benchmark-warmup-steps 5 --benchmark-steps 20      # sequences/s of the forward pass
 
-Owns: the command line and its validation. The evaluation itself -- the fixed batches, the `for_test` program
-(no dropout), the token- and sequence-weighted metrics -- is `tasks.pretrain_eval`, the same code that
-run_pretraining.py --eval-dir runs during training, so the numbers of the two agree for the same checkpoint
-and shards. `--init-checkpoint` takes a `.pdparams` file (or prefix), a step directory, or a phase directory
-(its latest complete step), as run_squad.py's `--from-pretrained-params` does.
+Owns: the command line and its validation (`validate_args`: flags in, one frozen
+`tasks.config.PretrainInferenceConfig` out; nothing below it reads the flags). The evaluation itself -- the
+fixed batches, the `for_test` program (no dropout), the token- and sequence-weighted metrics -- is
+`tasks.pretrain_eval.evaluate_checkpoint`, the same code that run_pretraining.py --eval-dir runs during
+training, so the numbers of the two agree for the same checkpoint and shards. `--init-checkpoint` takes a
+`.pdparams` file (or prefix), a step directory, or a phase directory (its latest complete step), as
+run_squad.py's `--from-pretrained-params` does.
 
 Output: one log line with the metrics, the same as a DLLogger summary record in `--report-file` when given;
 `main` returns them. Exit status 0, or 2 with one `error:` line for bad flags, files or checkpoints.
@@ -24,7 +26,7 @@ import os
 import sys
 
 from tasks import flags as common
-from tasks.config import PrecisionConfig, train_config
+from tasks.config import PretrainData, PretrainInferenceConfig, RunSettings, VocabInfo, check_fits_model, section
 
 logger = logging.getLogger("run_pretraining_inference")
 
@@ -39,7 +41,7 @@ def build_parser():
     group.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
     group.add_argument("--num-eval-batches", type=int, default=None,
                        help="batches evaluated (default: one whole pass; with --benchmark: warm-up + measured)")
-    group.add_argument("--max-seq-length", type=int, default=512, help="longest sequence allowed")
+    common.add_max_seq_length(group, 512, "longest sequence allowed")
     group.add_argument("--max-predictions-per-seq", type=int, default=80,
                        help="cap of masked tokens per sequence (dynamic masking)")
     group.add_argument("--sequence-length-alignment", type=int, default=64,
@@ -50,7 +52,10 @@ def build_parser():
 
 
 def validate_args(args):
-    """Check flags and files before any runtime starts. Returns (BertConfig, init path, batches to take).
+    """Check flags and files before any runtime starts.
+
+    Returns:
+      tasks.config.PretrainInferenceConfig (the parsed Namespace is left as it was).
 
     Raises:
       ValueError: naming the flag and the fix.
@@ -63,15 +68,20 @@ def validate_args(args):
     common.require_existing("--input-dir", args.input_dir, "dir")
     if not (os.path.exists(args.init_checkpoint) or os.path.isfile(args.init_checkpoint + ".pdparams")):
         raise ValueError(f"--init-checkpoint '{args.init_checkpoint}' does not exist")
-    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file)
-    if args.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds max_position_embeddings "
-                         f"{model_cfg.max_position_embeddings} of {config_path}")
+    vocab = VocabInfo.read(args.vocab_file)
+    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file,
+                                                           vocab_size=vocab.size)
+    check_fits_model(args.max_seq_length, model_cfg, config_path)
     num_batches = args.num_eval_batches
     if args.benchmark:
         num_batches = args.benchmark_warmup_steps + args.benchmark_steps
     from utils.weights import resolve_init_path
-    return model_cfg, resolve_init_path(args.init_checkpoint, args.model_prefix), num_batches
+    init_path = resolve_init_path(args.init_checkpoint, args.model_prefix)
+    return PretrainInferenceConfig(
+        model=model_cfg, vocab=vocab, init_path=init_path, num_batches=num_batches,
+        data=section(PretrainData, args, num_workers=0),
+        run=section(RunSettings, args, log_freq=None),
+        flags=dict(sorted({**vars(args), "init_checkpoint_resolved": init_path}.items())))
 
 
 def main(argv=None):
@@ -85,37 +95,25 @@ def main(argv=None):
     Raises:
       ValueError: bad flags, shards or checkpoint (as a command: one `error:` line, exit status 2).
     """
-    args = build_parser().parse_args(argv)
-    model_cfg, init_path, num_batches = validate_args(args)
-    import program as program_lib
-    from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
-    from utils.weights import load_pretrained
-    from utils.report import build_metric_logger
-    from utils.runtime import init_runtime
+    cfg = validate_args(build_parser().parse_args(argv))
+    from tasks.pretrain_eval import evaluate_checkpoint
 
-    batches = load_eval_batches(args.input_dir, vocab_file=args.vocab_file, batch_size=args.batch_size,
-                                num_batches=num_batches, max_seq_length=args.max_seq_length,
-                                max_predictions_per_seq=args.max_predictions_per_seq,
-                                sequence_length_alignment=args.sequence_length_alignment)
-    if args.benchmark and len(batches) <= args.benchmark_warmup_steps:
-        raise ValueError(f"--input-dir '{args.input_dir}' gives {len(batches)} batches of {args.batch_size}: not "
-                         f"more than --benchmark-warmup-steps {args.benchmark_warmup_steps}; lower it")
-    rt = init_runtime(args.device, seed=args.seed, cpu_affinity=args.enable_cpu_affinity)
-    precision = PrecisionConfig(amp={"amp": "off"}, fuse_mha=False)  # fp32 forward: what CPUs run exactly
-    bundle = program_lib.build_pretraining(model_cfg, train_config(None, precision, total_steps=1, seed=args.seed,
-                                                                   device=rt.device))
-    rt.exe.run(bundle.startup_program)
-    load_pretrained(rt.exe, bundle.main_program, init_path)
-    evaluator = PretrainEvaluator(rt.exe, bundle.eval_program, bundle.eval_fetches, batches)
-    result = evaluator.evaluate(benchmark_warmup=args.benchmark_warmup_steps if args.benchmark else None)
-    metrics = build_metric_logger(0, args.report_file)
+    result = evaluate_checkpoint(cfg)
+    _report(cfg, result)
+    return result
+
+
+def _report(cfg, result):
+    """The DLLogger records: every flag (with --show-config), then the metrics as the summary."""
+    from utils.report import build_metric_logger
+
+    metrics = build_metric_logger(0, cfg.run.report_file)
     try:
-        if args.show_config:
-            metrics.log_parameters(dict(sorted({**vars(args), "init_checkpoint_resolved": init_path}.items())))
+        if cfg.run.show_config:
+            metrics.log_parameters(cfg.flags)
         metrics.log_summary(result)
     finally:
         metrics.close()
-    return result
 
 
 def cli(argv=None):

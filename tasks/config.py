@@ -3,8 +3,12 @@
 Owns: `OptimConfig` (optimizer and schedule flags) and `PrecisionConfig` (AMP flags), each built from the
 parsed flags by field name and frozen; `train_config`, which turns them plus what the run decided (the
 number of updates, device, data-parallel world) into a `program.TrainConfig`; and `in_flag_terms`, which
-rewrites the knob names in a builder's error message into the flags a user typed. Does not own flag
-definitions (`tasks.flags`) nor a task's own sections (`tasks.pretraining`, run_squad.py).
+rewrites the knob names in a builder's error message into the flags a user typed. Also the rules every
+entry point shares, each checked in one place: the warm-up range (`OptimConfig`, by
+`lr_scheduler.check_warmup_proportion`), a sequence length the model can hold (`check_fits_model`), and
+the vocab read once per validation (`VocabInfo`: size, SHA-256, casing, the checkpoint's recorded vocab).
+Then the pretraining-kind configs: `PretrainConfig` (run_pretraining.py) and `PretrainInferenceConfig`
+(run_pretraining_inference.py). Does not own flag definitions (`tasks.flags`).
 
 Why one place: a TrainConfig built from flags in three places was validated three ways; here the entry
 points call `train_config` once with `total_steps=1` while validating, before any runtime is initialised
@@ -16,9 +20,11 @@ import dataclasses
 import re
 from typing import Optional
 
-from lr_scheduler import warmup_steps_from_proportion
+from lr_scheduler import check_warmup_proportion, warmup_steps_from_proportion
 from program import TrainConfig
 from tasks import flags
+from tokenizer import check_vocab_case, load_vocab, special_token_ids
+from utils.checkpoint import recorded_vocab_sha256, vocab_sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,14 @@ class OptimConfig:
     epsilon: float
     weight_decay: float
     gradient_merge_steps: int
+
+    def __post_init__(self):
+        """Raises ValueError "--warmup-proportion must be in [0, 1], got X": the warm-up range, checked
+        here for every entry point that trains (the schedule's own rule, worded in flags)."""
+        try:
+            check_warmup_proportion(self.warmup_proportion)
+        except ValueError as err:
+            raise ValueError(in_flag_terms(str(err))) from None
 
     @classmethod
     def from_args(cls, args):
@@ -93,6 +107,72 @@ def train_config(optim: Optional[OptimConfig], precision: PrecisionConfig, *, to
         raise ValueError(in_flag_terms(str(err))) from None
 
 
+def check_fits_model(max_seq_length, model_cfg, source):
+    """Refuse a sequence length the model has no position embedding for (every entry point's one rule).
+
+    Args:
+      max_seq_length: int, the --max-seq-length asked for.
+      model_cfg: modeling.BertConfig of the model that will run.
+      source: str naming where `model_cfg` came from, for the message (e.g. the config file's path).
+
+    Raises:
+      ValueError: "--max-seq-length N exceeds max_position_embeddings M of <source>".
+    """
+    if max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {max_seq_length} exceeds max_position_embeddings "
+                         f"{model_cfg.max_position_embeddings} of {source}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabInfo:
+    """The --vocab-file, read once per validation and passed down: every later question about it (its size
+    for the model config, its SHA-256 for a checkpoint's record, its casing, its special tokens) is answered
+    from here instead of reading the file again.
+
+    Fields: path (as given); size (tokens); sha256 (hex, of the file's bytes: what checkpoints record);
+    tokens (tuple of str, id = position; left out of repr and comparisons).
+    """
+    path: str
+    size: int
+    sha256: str
+    tokens: tuple = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def read(cls, vocab_file, flag="--vocab-file"):
+        """Raises ValueError: the file is missing (naming `flag`), unreadable, empty, or has a blank or
+        repeated line (`tokenizer.load_vocab`)."""
+        flags.require_existing(flag, vocab_file, "file")
+        tokens = tuple(load_vocab(vocab_file))
+        return cls(path=vocab_file, size=len(tokens), sha256=vocab_sha256(vocab_file), tokens=tokens)
+
+    def special_ids(self):
+        """Ids of [PAD] [UNK] [CLS] [SEP] [MASK] (`tokenizer.special_token_ids`); ValueError names the missing."""
+        return special_token_ids({token: i for i, token in enumerate(self.tokens)}, self.path)
+
+    def check_case(self, do_lower_case):
+        """Refuse a vocab whose casing contradicts `do_lower_case` (`tokenizer.check_vocab_case`)."""
+        check_vocab_case(self.tokens, do_lower_case, self.path)
+
+    def check_checkpoint(self, init_path, flag):
+        """Refuse to initialise from a pretraining checkpoint trained with another vocab.
+
+        Same size is not enough: two swapped lines give every row of the embedding the wrong word.
+
+        Args:
+          init_path: the resolved weights path (`utils.checkpoint.recorded_vocab_sha256`: a checkpoint
+            written before vocabs were recorded, an HF or a fine-tuned model records none: accepted).
+          flag: the flag `init_path` came from, for the message (None: "the checkpoint").
+
+        Raises:
+          ValueError: naming both hashes.
+        """
+        recorded = recorded_vocab_sha256(init_path)
+        if recorded is not None and recorded != self.sha256:
+            raise ValueError(f"--vocab-file '{self.path}' has SHA-256 {self.sha256}, but {flag or 'the checkpoint'} "
+                             f"'{init_path}' was trained with a vocab of SHA-256 {recorded}: give the vocab the "
+                             f"checkpoint was trained with")
+
+
 def section(cls, args, **resolved):
     """A section dataclass from the parsed flags, by field name; `resolved` overrides normalised values."""
     return cls(**{f.name: resolved[f.name] if f.name in resolved else getattr(args, f.name)
@@ -102,13 +182,14 @@ def section(cls, args, **resolved):
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Where and how a run runs and reports: `--device` (as given: auto/cpu/gpu), `--seed`,
-    `--enable-cpu-affinity`, `--report-file`, `--show-config`, `--log-freq` and the benchmark flags."""
+    `--enable-cpu-affinity`, `--report-file`, `--show-config`, `--log-freq` (None for a command that logs no
+    steps: run_pretraining_inference.py) and the benchmark flags."""
     device: str
     seed: int
     enable_cpu_affinity: bool
-    report_file: str
+    report_file: Optional[str]
     show_config: bool
-    log_freq: int
+    log_freq: Optional[int]
     benchmark: bool
     benchmark_steps: int
     benchmark_warmup_steps: int
@@ -185,15 +266,16 @@ class PretrainConfig:
     again).
 
     Fields: phase (1 | 2); max_steps (updates of the phase); max_nonfinite_steps; model
-    (modeling.BertConfig, vocab size from the vocab file); optim, precision, data, checkpointing, run
-    (the sections); flags (every parsed flag as given, for the report's PARAMETER record);
-    steps_this_run (None, or the most updates this invocation runs before it saves and exits);
-    evaluation (PretrainEval or None).
+    (modeling.BertConfig, vocab size from the vocab file); vocab (VocabInfo of --vocab-file: its SHA-256
+    goes into every checkpoint); optim, precision, data, checkpointing, run (the sections); flags (every
+    parsed flag as given, for the report's PARAMETER record); steps_this_run (None, or the most updates
+    this invocation runs before it saves and exits); evaluation (PretrainEval or None).
     """
     phase: int
     max_steps: int
     max_nonfinite_steps: int
     model: object
+    vocab: VocabInfo
     optim: OptimConfig
     precision: PrecisionConfig
     data: PretrainData
@@ -209,3 +291,24 @@ class PretrainConfig:
         if self.run.benchmark:
             return self.run.benchmark_warmup_steps + self.run.benchmark_steps
         return self.max_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainInferenceConfig:
+    """One evaluation of a pretraining checkpoint, validated (run_pretraining_inference.validate_args builds
+    it; nothing reads the flags again).
+
+    Fields: model (modeling.BertConfig, vocab size from the vocab file); vocab (VocabInfo); init_path (the
+    resolved --init-checkpoint: a step directory, `.pdparams` file or prefix); data (PretrainData: the
+    shards evaluated and how they are batched; `num_workers` 0, the evaluation set is read in-process);
+    num_batches (batches taken: None for one whole pass; with --benchmark its warm-up + measured steps);
+    run (RunSettings, `log_freq` None); flags (every parsed flag plus `init_checkpoint_resolved`, for the
+    report's PARAMETER record).
+    """
+    model: object
+    vocab: VocabInfo
+    init_path: str
+    data: PretrainData
+    num_batches: Optional[int]
+    run: RunSettings
+    flags: dict

@@ -1,7 +1,8 @@
 """Command-line flags shared by run_pretraining.py, run_squad.py and run_glue.py, and their validation helpers.
 
 Owns: the flag groups both programs have (model, runtime, AMP, optimizer, benchmark), with the NVIDIA
-reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); `str2bool`;
+reference's names, defaults and meanings plus our additions (`--device`, `--amp-dtype`); the one definition
+of `--max-seq-length` (`add_max_seq_length`; each program gives its own default and help); `str2bool`;
 resolving `--bert-model` / `--config-file` / `--vocab-file` into a `modeling.BertConfig`; turning the AMP
 flags into `program.TrainConfig` fields. Does not own: task-specific flags or cross-flag rules of one
 program (each run script validates its own in one function), building or running anything.
@@ -170,6 +171,13 @@ def add_optimizer_args(parser, optimizer="Lamb", learning_rate=1e-4, warmup_prop
     return group
 
 
+def add_max_seq_length(group, default, help_text):
+    """--max-seq-length (int; each program its own default and help: 512 for pretraining, 384 for SQuAD windows,
+    128 for GLUE). Its range is checked after parsing: > 0 by `require_positive`, and within the model's
+    position embeddings by `tasks.config.check_fits_model`."""
+    return group.add_argument("--max-seq-length", type=int, default=default, help=help_text)
+
+
 def add_amp_args(parser):
     """--amp, --amp-dtype, --scale-loss, --use-dynamic-loss-scaling, --use-pure-fp16, --fuse-mha."""
     group = parser.add_argument_group("Advanced Training")
@@ -229,8 +237,12 @@ def require_positive(args, *names, allow_zero=()):
             raise ValueError(f"{flag} must be a finite number, got {value!r}")
 
 
-def resolve_bert_config(bert_model, config_file, vocab_file):
+def resolve_bert_config(bert_model, config_file, vocab_file, vocab_size=None):
     """The model config for `--bert-model` / `--config-file`, with vocab_size from `--vocab-file`.
+
+    Args:
+      vocab_size: the vocab's size when the caller has read it already (`tasks.config.VocabInfo.size`,
+        so one validation reads the file once); None reads `vocab_file` here.
 
     Returns:
       (modeling.BertConfig, config path used, vocab size).
@@ -244,7 +256,8 @@ def resolve_bert_config(bert_model, config_file, vocab_file):
         config_file = os.path.join(CONFIG_DIR, f"{bert_model}.json")
     require_existing("--config-file", config_file, "file")
     require_existing("--vocab-file", vocab_file, "file")
-    vocab_size = len(load_vocab(vocab_file))
+    if vocab_size is None:
+        vocab_size = len(load_vocab(vocab_file))
     if vocab_size == 0:
         raise ValueError(f"--vocab-file '{vocab_file}' is empty")
     return BertConfig.from_json_file(config_file).with_vocab_size(vocab_size), config_file, vocab_size

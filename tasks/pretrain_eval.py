@@ -3,8 +3,9 @@
 Owns: choosing the evaluation batches (`load_eval_batches`: always the same ones), running the `for_test`
 program over them (`PretrainEvaluator`) and combining per-batch values into set-level metrics (`combine`).
 Used during training (`tasks.pretraining`, every --eval-freq updates and at the end) and standalone
-(run_pretraining_inference.py). Does not own the programs (`program.build_pretraining`: its `eval_program` is
-the forward cloned `for_test`, so dropout is off), the loss definitions (`loss.py`), or the report.
+(`evaluate_checkpoint`, what run_pretraining_inference.py runs: runtime, program, parameters, evaluation).
+Does not own the programs (`program.build_pretraining`: its `eval_program` is the forward cloned
+`for_test`, so dropout is off), the loss definitions (`loss.py`), or the report.
 
 Determinism: the batches come from `data.loader.lddl_loader` with a fixed seed (`EVAL_SEED`, not the
 training seed, so runs with different seeds are scored on the identical set), one process's view
@@ -20,7 +21,11 @@ import time
 
 import numpy as np
 
+import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
+from tasks.config import PrecisionConfig, train_config
+from utils.weights import load_pretrained
+from utils.runtime import init_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +148,34 @@ class PretrainEvaluator:
         result["e2e_inference_time"] = now - started
         result["inference_sequences_per_second"] = timed_sequences / max(now - timed_from, 1e-9)
         return result
+
+
+def evaluate_checkpoint(cfg):
+    """Evaluate one pretraining checkpoint on fixed batches of shards, in fp32 (what CPUs run exactly).
+
+    Args:
+      cfg: tasks.config.PretrainInferenceConfig (built by `run_pretraining_inference.validate_args`).
+
+    Returns:
+      dict from `PretrainEvaluator.evaluate`; with --benchmark the throughput counts only the batches after
+      the warm-up ones.
+
+    Raises:
+      ValueError: bad shards, too few batches for the benchmark's warm-up, or parameters that do not fit.
+    """
+    data, run = cfg.data, cfg.run
+    batches = load_eval_batches(data.input_dir, vocab_file=data.vocab_file, batch_size=data.batch_size,
+                                num_batches=cfg.num_batches, max_seq_length=data.max_seq_length,
+                                max_predictions_per_seq=data.max_predictions_per_seq,
+                                sequence_length_alignment=data.sequence_length_alignment)
+    if run.benchmark and len(batches) <= run.benchmark_warmup_steps:
+        raise ValueError(f"--input-dir '{data.input_dir}' gives {len(batches)} batches of {data.batch_size}: not "
+                         f"more than --benchmark-warmup-steps {run.benchmark_warmup_steps}; lower it")
+    rt = init_runtime(run.device, seed=run.seed, cpu_affinity=run.enable_cpu_affinity)
+    precision = PrecisionConfig(amp={"amp": "off"}, fuse_mha=False)  # fp32 forward: what CPUs run exactly
+    bundle = program_lib.build_pretraining(cfg.model, train_config(None, precision, total_steps=1, seed=run.seed,
+                                                                   device=rt.device))
+    rt.exe.run(bundle.startup_program)
+    load_pretrained(rt.exe, bundle.main_program, cfg.init_path)
+    evaluator = PretrainEvaluator(rt.exe, bundle.eval_program, bundle.eval_fetches, batches)
+    return evaluator.evaluate(benchmark_warmup=run.benchmark_warmup_steps if run.benchmark else None)

@@ -29,7 +29,7 @@ from optimizer import decay_exclusion_summary
 from utils.amp_state import init_pure_fp16
 from utils.weights import load_pretrained
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
-                              fingerprint_config, phase_dir, vocab_sha256)
+                              fingerprint_config, phase_dir)
 from tasks.config import resume_settings, train_config
 from tasks.engine import run_updates
 from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
@@ -69,7 +69,7 @@ class PretrainSession:
         self.total_steps = cfg.total_steps
         self.global_batch = cfg.data.batch_size * cfg.optim.gradient_merge_steps * self.world
         self.fingerprint = fingerprint_config(cfg.model.to_dict())
-        self.vocab_sha256 = vocab_sha256(cfg.data.vocab_file)
+        self.vocab_sha256 = cfg.vocab.sha256  # read once, by validation
         ckpt = cfg.checkpointing
         self.manager = CheckpointManager(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase),
                                          keep_last=ckpt.keep_checkpoints, rank=self.rank,
