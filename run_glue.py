@@ -98,7 +98,7 @@ def build_parser():
                         "ours or a Hugging Face BertForSequenceClassification, or (eval / prediction) its "
                         "python -m inference.export directory")
     g.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
-    g.add_argument("--max-seq-length", type=int, default=128, help="WordPieces per example, [CLS]/[SEP] included")
+    common.add_max_seq_length(g, 128, "WordPieces per example, [CLS]/[SEP] included")
     g.add_argument("--train-batch-size", type=int, default=DEFAULT_TRAIN_BATCH,
                    help="sequences per micro-batch per process")
     g.add_argument("--eval-batch-size", type=int, default=DEFAULT_EVAL_BATCH, help="sequences per eval batch")
@@ -132,8 +132,6 @@ def _check_numbers(args):
                             "eval_batch_size", "max_seq_length")
     common.require_positive(args, "benchmark_warmup_steps", "warmup_start_lr",
                             allow_zero=("benchmark_warmup_steps", "warmup_start_lr"))
-    if not 0.0 <= args.warmup_proportion <= 1.0:
-        raise ValueError(f"--warmup-proportion must be in [0, 1], got {args.warmup_proportion}")
     if args.max_steps is not None and args.max_steps != -1 and args.max_steps < 1:
         raise ValueError(f"--max-steps must be -1 (use --epochs) or > 0, got {args.max_steps}")
 
@@ -154,6 +152,7 @@ def validate_args(args):
         if path is not None:
             common.require_existing(flag, path, "file")
     _check_numbers(args)
+    optim = OptimConfig.from_args(args)  # its own range checks (the warm-up), in every mode: refused, used or not
     minimum = 5 if spec.train.text_b is not None else 3
     if args.max_seq_length < minimum:
         raise ValueError(f"--max-seq-length must be >= {minimum} for {spec.name}, got {args.max_seq_length}")
@@ -165,9 +164,9 @@ def validate_args(args):
                              f"(python -m data.prep.download glue fetches the GLUE layout)")
     init_path, require_head = finetune.init_path(args.from_checkpoint, args.from_pretrained_params,
                                                  args.model_prefix, do_train, "GLUE")
-    finetune.check_vocab(args.vocab_file, args.do_lower_case)
-    model_cfg = finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
-    model_name = finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
+    vocab = finetune.read_vocab(args.vocab_file, args.do_lower_case)
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
+    model_name = finetune.model_name(args.bert_model, args.config_file, vocab, model_cfg)
     out_dir = os.path.join(args.output_dir, model_name, "glue", spec.name)
     finetune.check_writable("--output-dir", args.output_dir, out_dir)
     saves_model = do_train and not (args.benchmark or args.skip_checkpoint)
@@ -177,8 +176,7 @@ def validate_args(args):
     export_dir = _check_export(args, init_path, do_train, spec)
     device = resolve_device(args.device)
     precision = PrecisionConfig.from_args(args, training=do_train)
-    optim = OptimConfig.from_args(args) if do_train else None
-    train_config(optim, precision, total_steps=1, seed=args.seed, device=device)  # optimizer / AMP values now
+    train_config(optim if do_train else None, precision, total_steps=1, seed=args.seed, device=device)
     report_file = args.report_file or os.path.join(out_dir, "report.json")
     return FinetuneConfig(
         task="GLUE", modes=modes,
@@ -188,7 +186,7 @@ def validate_args(args):
                           max_seq_length=args.max_seq_length),
         schedule=Schedule(epochs=args.epochs, max_steps=None if args.max_steps in (None, -1) else args.max_steps,
                           train_batch_size=args.train_batch_size, predict_batch_size=args.eval_batch_size),
-        optim=optim, precision=precision, run=section(RunSettings, args, report_file=report_file), device=device,
+        optim=optim if do_train else None, precision=precision, run=section(RunSettings, args, report_file=report_file), device=device,
         outputs=Outputs(out_dir=out_dir, report_file=report_file, save_model=saves_model,
                         replace_model=saves_model and args.replace_model),
         settings=GlueSettings(spec=spec, data_dir=args.data_dir),

@@ -122,7 +122,7 @@ def _add_squad_args(parser):
                    help=f"sequences per micro-batch per process (default {DEFAULT_TRAIN_BATCH})")
     t.add_argument("--predict-batch-size", type=int, default=None,
                    help=f"sequences per prediction batch (default {DEFAULT_PREDICT_BATCH})")
-    t.add_argument("--max-seq-length", type=int, default=384, help="window length in WordPieces")
+    common.add_max_seq_length(t, 384, "window length in WordPieces")
     t.add_argument("--doc-stride", type=int, default=128, help="distance between window starts")
     t.add_argument("--max-query-length", type=int, default=64, help="question WordPieces kept")
     t.add_argument("--n-best-size", type=int, default=20, help="n-best list size")
@@ -178,22 +178,21 @@ def _init_path(args, do_train):
     return found
 
 
-def _model_config(args, init_path):
+def _model_config(args, vocab, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json."""
-    return finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
+    return finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
 
 
-def _model_name(args, model_cfg):
-    return finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
+def _model_name(args, vocab, model_cfg):
+    return finetune.model_name(args.bert_model, args.config_file, vocab, model_cfg)
 
 
 def _check_vocab(args):
     """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case."""
-    finetune.check_vocab(args.vocab_file, args.do_lower_case)
+    return finetune.read_vocab(args.vocab_file, args.do_lower_case)
 
 
 def _check_numbers(args):
-
     # The window lengths are checked by FeatureParams, the gradient merge by TrainConfig: once each.
     common.require_positive(args, "epochs", "n_best_size", "max_answer_length", "learning_rate", "log_freq",
                             "benchmark_steps")
@@ -202,8 +201,6 @@ def _check_numbers(args):
     for flag in ("batch_size", "train_batch_size", "predict_batch_size"):
         if getattr(args, flag) is not None:
             common.require_positive(args, flag)
-    if not 0.0 <= args.warmup_proportion <= 1.0:
-        raise ValueError(f"--warmup-proportion must be in [0, 1], got {args.warmup_proportion}")
     if args.max_steps is not None and args.max_steps != -1 and args.max_steps < 1:
         raise ValueError(f"--max-steps must be -1 (use --epochs) or > 0, got {args.max_steps}")
     try:
@@ -307,12 +304,13 @@ def validate_args(args):
 
         check_v1_answerable(args.predict_file, name=f"--predict-file {args.predict_file}")
     params = _check_numbers(args)
+    optim = OptimConfig.from_args(args)  # its own range checks (the warm-up), in every mode: refused, used or not
     context = _context(args)
     init_path, require_qa_head = _init_path(args, do_train)
     export_dir, params = _check_export(args, init_path, do_train, params)
-    _check_vocab(args)
-    model_cfg = _model_config(args, init_path)
-    model_name = _model_name(args, model_cfg)
+    vocab = _check_vocab(args)
+    model_cfg = _model_config(args, vocab, init_path)
+    model_name = _model_name(args, vocab, model_cfg)
     out_dir = os.path.join(args.output_dir, model_name, "squad")
     if do_train or do_predict:  # a single --question writes nothing
         _check_outputs(args, out_dir)
@@ -324,9 +322,8 @@ def validate_args(args):
     if args.infer_dtype == "bfloat16" and (do_predict or args.question is not None) and device == "cpu":
         _check_bf16_cpu()
     precision = PrecisionConfig.from_args(args, training=do_train)
-    optim = OptimConfig.from_args(args) if do_train else None
     # the optimizer, schedule and AMP values, checked now rather than after feature building
-    train_config(optim, precision, total_steps=1, seed=args.seed, device=device)
+    train_config(optim if do_train else None, precision, total_steps=1, seed=args.seed, device=device)
     batch, report_file = args.batch_size, args.report_file or os.path.join(out_dir, "report.json")
     return FinetuneConfig(
         task="SQuAD", modes=Modes(do_train=do_train, do_eval=do_eval, do_predict=do_predict),
@@ -337,7 +334,7 @@ def validate_args(args):
         schedule=Schedule(epochs=args.epochs, max_steps=None if args.max_steps in (None, -1) else args.max_steps,
                           train_batch_size=args.train_batch_size or batch or DEFAULT_TRAIN_BATCH,
                           predict_batch_size=args.predict_batch_size or batch or DEFAULT_PREDICT_BATCH),
-        optim=optim, precision=precision, run=section(RunSettings, args, report_file=report_file), device=device,
+        optim=optim if do_train else None, precision=precision, run=section(RunSettings, args, report_file=report_file), device=device,
         outputs=Outputs(out_dir=out_dir, report_file=report_file, save_model=saves_model,
                         replace_model=saves_model and args.replace_model),
         settings=SquadSettings(

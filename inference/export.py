@@ -40,7 +40,7 @@ from inference.verified_export import DEFAULT_TOLERANCE, source_record, write_ex
 from modeling import TASK_HEADS
 from tasks import finetune_config as finetune
 from tasks import flags as common
-from tasks.config import in_flag_terms
+from tasks.config import check_fits_model, in_flag_terms
 from utils.cli import run_cli
 from utils.fs import atomic_output_dir, probe_writable, refuse_output_over_inputs
 from utils.weights import head_parameters, init_parameters, resolve_init_path
@@ -65,9 +65,9 @@ def build_parser():
                              "directory name")
     common.add_model_args(parser, default_model=None, default_help=finetune.BERT_MODEL_DEFAULT_HELP)
     parser.add_argument("--do-lower-case", action="store_true", help="lower-case input (uncased vocab)")
-    parser.add_argument("--max-seq-length", type=int, default=None,
-                        help=f"window length in WordPieces (default {SQUAD_DEFAULTS['max_seq_length']} for SQuAD, "
-                             f"{GLUE_MAX_SEQ_LENGTH} for GLUE: as the runners)")
+    common.add_max_seq_length(parser, None, f"window length in WordPieces (default "
+                                            f"{SQUAD_DEFAULTS['max_seq_length']} for SQuAD, {GLUE_MAX_SEQ_LENGTH} "
+                                            "for GLUE: as the runners)")
     parser.add_argument("--doc-stride", type=int, default=None,
                         help=f"SQuAD: distance between window starts (default {SQUAD_DEFAULTS['doc_stride']})")
     parser.add_argument("--max-query-length", type=int, default=None,
@@ -143,10 +143,12 @@ def _input_paths(args):
 
 
 def _check_common(args):
-    common.require_existing("--vocab-file", args.vocab_file, "file")
-    # Casing now, as run_squad/run_glue check it before training: the export's settings would otherwise
-    # record a lower-casing the vocab contradicts, and every later loader would refuse it.
-    finetune.check_vocab(args.vocab_file, args.do_lower_case)
+    """The checks every export makes first. Returns the --vocab-file's VocabInfo.
+
+    Its casing is checked now, as run_squad/run_glue check it before training: the export's settings would
+    otherwise record a lower-casing the vocab contradicts, and every later loader would refuse it.
+    """
+    vocab = finetune.read_vocab(args.vocab_file, args.do_lower_case)
     if not (os.path.exists(args.checkpoint) or os.path.isfile(args.checkpoint + ".pdparams")):
         raise ValueError(f"--checkpoint '{args.checkpoint}' does not exist")
     refuse_output_over_inputs("--output-dir", args.output_dir, _input_paths(args))
@@ -158,6 +160,7 @@ def _check_common(args):
         raise ValueError(f"--output-dir '{args.output_dir}' cannot be written ({err})") from None
     if not args.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0, got {args.tolerance}")
+    return vocab
 
 
 def _squad_settings(args, name):
@@ -205,15 +208,13 @@ def export_checkpoint(args):
     Raises:
       ValueError: a bad flag or file, naming it; a parity failure (nothing is written).
     """
-    _check_common(args)
+    vocab = _check_common(args)
     init_path = resolve_init_path(args.checkpoint, args.model_prefix)
     spec = detect_task(init_path, args.task_name)
-    model_cfg = finetune.model_config(args.bert_model, args.config_file, args.vocab_file, init_path)
-    name = finetune.model_name(args.bert_model, args.config_file, args.vocab_file, model_cfg)
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
+    name = finetune.model_name(args.bert_model, args.config_file, vocab, model_cfg)
     settings = _squad_settings(args, name) if spec is None else _glue_settings(args, name, spec)
-    if settings.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"--max-seq-length {settings.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"({model_cfg.max_position_embeddings})")
+    check_fits_model(settings.max_seq_length, model_cfg, f"the model ({name})")
     paddle.enable_static()
     exe = paddle.static.Executor(paddle.CPUPlace())
     with paddle.static.scope_guard(paddle.static.Scope()):

@@ -8,7 +8,7 @@ its flags, each written once.
 (`tasks.squad.SquadSettings`, `tasks.glue.GlueSettings`). Nothing below validation reads the parsed flags
 again: `flags` keeps them only for the report's PARAMETER record.
 
-Owns also: `check_vocab` (a usable BERT vocab whose casing matches --do-lower-case), `model_config` (the
+Owns also: `read_vocab` (a usable BERT vocab whose casing matches --do-lower-case, read once), `model_config` (the
 architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json),
 `check_writable` (an output location that can be written, probed before any work), `init_path` (the
 --from-checkpoint / --from-pretrained-params choice, never a random initialisation) and the rule that a
@@ -26,8 +26,7 @@ from typing import Optional
 from inference import model_dir as export_layout
 from modeling import BertConfig
 from tasks import flags as common
-from tokenizer import check_vocab_case, load_vocab, special_token_ids
-from utils.checkpoint import check_init_vocab
+from tasks.config import VocabInfo, check_fits_model
 from utils.fs import move_aside, probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
 from utils.weights import resolve_init_path, saved_config_next_to
@@ -35,20 +34,31 @@ from utils.weights import resolve_init_path, saved_config_next_to
 logger = logging.getLogger(__name__)
 
 
-def check_vocab(vocab_file, do_lower_case):
-    """A readable BERT vocab (special tokens present) whose casing matches --do-lower-case.
+def read_vocab(vocab_file, do_lower_case):
+    """The --vocab-file, read once for the whole validation: a readable BERT vocab (special tokens present)
+    whose casing matches --do-lower-case.
+
+    Returns:
+      tasks.config.VocabInfo (size, SHA-256, tokens), which the later checks use instead of the file.
 
     Raises:
-      ValueError: empty / unreadable vocab, a missing special token, or the casing mismatch with its fix.
+      ValueError: missing / empty / unreadable vocab, a missing special token, or the casing mismatch with its
+        fix.
     """
-    vocab = load_vocab(vocab_file)  # its errors (empty, not UTF-8, ...) name the file
-    special_token_ids(vocab, vocab_file)
+    vocab = VocabInfo.read(vocab_file)  # its errors (missing, empty, not UTF-8, ...) name the file
+    vocab.special_ids()
     try:
-        check_vocab_case(vocab, do_lower_case, vocab_file)
+        vocab.check_case(do_lower_case)
     except ValueError:  # reworded: check_vocab_case speaks in keyword arguments, a user in flags
         state, fix = ("uncased", "add --do-lower-case") if not do_lower_case else ("cased", "drop --do-lower-case")
         raise ValueError(f"--vocab-file '{vocab_file}' is {state} but --do-lower-case is "
                          f"{'set' if do_lower_case else 'not set'}: {fix}") from None
+    return vocab
+
+
+def _vocab_info(vocab):
+    """`vocab` as a VocabInfo (callers that have not read it pass its path)."""
+    return vocab if isinstance(vocab, VocabInfo) else VocabInfo.read(vocab)
 
 
 DEFAULT_BERT_MODEL = "bert-large-uncased"  # the reference's --bert-model default
@@ -57,7 +67,7 @@ BERT_MODEL_DEFAULT_HELP = (f"the architecture's name when it comes from the chec
                            f"--config-file, else {DEFAULT_BERT_MODEL}")
 
 
-def model_name(bert_model, config_file, vocab_file, model_cfg):
+def model_name(bert_model, config_file, vocab, model_cfg):
     """The name outputs go under (<output-dir>/<name>/...) and the report records.
 
     --bert-model when given; else, when the architecture came from a file (the checkpoint's own config
@@ -67,26 +77,28 @@ def model_name(bert_model, config_file, vocab_file, model_cfg):
     """
     if bert_model:
         return bert_model
-    if config_file is None and model_cfg == common.resolve_bert_config(DEFAULT_BERT_MODEL, None, vocab_file)[0]:
+    vocab = _vocab_info(vocab)
+    default = common.resolve_bert_config(DEFAULT_BERT_MODEL, None, vocab.path, vocab_size=vocab.size)[0]
+    if config_file is None and model_cfg == default:
         return DEFAULT_BERT_MODEL
     return common.known_model_name(model_cfg.to_dict())
 
 
-def model_config(bert_model, config_file, vocab_file, init_path):
+def model_config(bert_model, config_file, vocab, init_path):
     """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json
     (bert-large-uncased when --bert-model is None).
 
     Args:
-      bert_model, config_file, vocab_file: the flags.
+      bert_model, config_file: the flags; vocab: the --vocab-file's VocabInfo (`read_vocab`), or its path.
       init_path: the resolved weights path (an HF checkpoint's config.json, or the bert_config.json a
         fine-tuned run saved beside its parameters, is used when --config-file is not given).
 
     Raises:
       ValueError: a bad config, a checkpoint config whose vocab_size differs from the vocab file, or a
-        pretraining checkpoint that recorded another vocab's SHA-256 (`utils.checkpoint.check_init_vocab`).
+        pretraining checkpoint that recorded another vocab's SHA-256 (`VocabInfo.check_checkpoint`).
     """
-    vocab_size = len(load_vocab(vocab_file))
-    check_init_vocab(init_path, vocab_file, None)
+    vocab = _vocab_info(vocab)
+    vocab.check_checkpoint(init_path, None)
     found = None
     if config_file is None and is_hf_checkpoint(init_path):
         found = hf_checkpoint_files(init_path)[1]
@@ -95,10 +107,11 @@ def model_config(bert_model, config_file, vocab_file, init_path):
         found = saved_config_next_to(init_path)
         cfg = BertConfig.from_json_file(found)
     if found is None:
-        return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab_file)[0]
-    if cfg.vocab_size != vocab_size:
-        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab_file}' "
-                         f"has {vocab_size} tokens: use the vocab the checkpoint was trained with")
+        return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab.path,
+                                          vocab_size=vocab.size)[0]
+    if cfg.vocab_size != vocab.size:
+        raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab.path}' "
+                         f"has {vocab.size} tokens: use the vocab the checkpoint was trained with")
     logger.info("model config from the checkpoint: %s", found)
     return cfg
 
@@ -318,10 +331,7 @@ class FinetuneConfig:
     flags: dict
 
     def __post_init__(self):
-        limit = self.model.config.max_position_embeddings
-        if self.text.max_seq_length > limit:
-            raise ValueError(f"--max-seq-length {self.text.max_seq_length} exceeds the model's "
-                             f"max_position_embeddings ({limit})")
+        check_fits_model(self.text.max_seq_length, self.model.config, f"the model ({self.model.name})")
 
     @property
     def amp(self):

@@ -9,8 +9,8 @@ Owns:
     persistable from the newest checkpoint that verifies, falling back (with a warning naming the file
     and why) past damaged ones; `supersede()` to move another run's checkpoints out of the way.
   * `check_compatible`: refusing to resume with a changed architecture, world size, global batch, vocab or
-    recorded setting (one line: flag, checkpoint value, new value); `check_init_vocab`: refusing to
-    initialise from a pretraining checkpoint with another vocab.
+    recorded setting (one line: flag, checkpoint value, new value); `recorded_vocab_sha256`: the vocab a
+    pretraining checkpoint was trained with (`tasks.config.VocabInfo.check_checkpoint` refuses another).
   * writing named arrays into the scope (`assign_to_scope`) and logging where each parameter came from
     (`log_parameter_sources`), shared with `utils.weights`.
 
@@ -349,30 +349,6 @@ def recorded_vocab_sha256(init_path):
         return None
     value = data.get("vocab_sha256") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
-
-
-def check_init_vocab(init_path, vocab_file, flag):
-    """Refuse to initialise from a pretraining checkpoint with another vocab than the one it was trained with.
-
-    Same size is not enough: two swapped lines give every parameter of the embedding the wrong word.
-
-    Args:
-      init_path: the resolved weights path (see `recorded_vocab_sha256`).
-      vocab_file: the --vocab-file given now.
-      flag: the flag `init_path` came from, for the message (None: "the checkpoint").
-
-    Raises:
-      ValueError: naming both files' hashes.
-    """
-    recorded = recorded_vocab_sha256(init_path)
-    if recorded is None:
-        return
-    actual = vocab_sha256(vocab_file)
-    if actual != recorded:
-        raise ValueError(f"--vocab-file '{vocab_file}' has SHA-256 {actual}, but {flag or 'the checkpoint'} "
-                         f"'{init_path}' was "
-                         f"trained with a vocab of SHA-256 {recorded}: give the vocab the checkpoint was "
-                         f"trained with")
 
 
 # ----------------------------------------------------------------------------------------------------
