@@ -62,6 +62,9 @@
 # Resuming: each phase runs with --from-checkpoint <phase dir> --last-step-of-checkpoint auto, so running
 # the same command again continues where it stopped; phase 2 starts from
 # <results>/<model>/phase1/<train_steps> (--from-phase1-final-params) when it has no checkpoint yet.
+# Whether phase 1 holds a checkpoint of its own (then <init_checkpoint> no longer seeds it) or has reached
+# <train_steps> (STEPS_THIS_RUN) is asked of `python -m tasks.launch_query latest-step`, which counts a
+# checkpoint exactly as run_pretraining.py does; the log files' gbs comes from its `global-batch`.
 # Benchmark runs (enable_benchmark=true) neither resume nor load phase 1's weights: they time steps from
 # random weights and write no checkpoint.
 #
@@ -207,11 +210,25 @@ fi
 
 # ------------------------------------------------------------------------------------------ commands
 
+# Rules Python owns (the global batch, what counts as a checkpoint) are asked of tasks.launch_query, from
+# code_dir so that `-m` finds it; its answer is on stdout, and a status other than 0 means no answer.
+query() {  # <verb> <argument>...
+  (cd "$code_dir" && "$PYTHON" -m tasks.launch_query "$@")
+}
+
+latest_step() {  # <phase dir>: its newest complete checkpoint step, or nothing when it has none
+  [[ -d $1 ]] || return 0  # nothing to ask (and a dry run on a fresh clone needs no Python)
+  query latest-step "$1"
+}
+
 # Logs of a phase go to a file too when create_logfile is true; the exit status is the command's.
-run_logged() {  # <phase> <global batch> <command>...
-  local phase=$1 gbs=$2 logfile
-  shift 2
+run_logged() {  # <phase> <batch size> <gradient-merge steps> <command>...
+  local phase=$1 batch_size=$2 merge_steps=$3 gbs logfile
+  shift 3
   if [[ $create_logfile != true || $DRY_RUN == 1 ]]; then run "$@"; return; fi
+  gbs=$(query global-batch --batch-size "$batch_size" --gradient-merge-steps "$merge_steps" \
+        --processes "$num_gpus") || die "cannot name phase $phase's log file: $PYTHON -m tasks.launch_query" \
+    "global-batch failed (see above)"
   logfile=$RESULTS_DIR/$job_name.paddle_bert_pretraining_phase${phase}_${precision}_gbs${gbs}.$(date +%y%m%d%H%M%S).log
   printf '%s: logs written to %s\n' "$PROG" "$logfile" >&2
   run "$@" 2>&1 | tee "$logfile"
@@ -272,22 +289,28 @@ bench_flags=()
 [[ $enable_benchmark == true ]] &&
   bench_flags=(--benchmark --benchmark-steps="$benchmark_steps" --benchmark-warmup-steps="$benchmark_warmup_steps")
 
-phase1_ckpt=$RESULTS_DIR/$bert_model/phase1
-# <init_checkpoint> seeds phase 1 only until phase 1 has checkpoints of its own: a re-run after a crash
-# resumes those (resuming another directory into one that holds checkpoints is refused, runs never mix).
-if [[ $init_checkpoint != None ]] && ! compgen -G "$phase1_ckpt/[0-9]*/progress.json" > /dev/null; then
-  phase1_ckpt=$init_checkpoint
-fi
-resume1=(--from-checkpoint="$phase1_ckpt" --last-step-of-checkpoint=auto)
-resume2=(--from-checkpoint="$RESULTS_DIR/$bert_model/phase2" --last-step-of-checkpoint=auto
-         --from-phase1-final-params="$RESULTS_DIR/$bert_model/phase1/$train_steps")
-if [[ $enable_benchmark == true ]]; then resume1=(); resume2=(); fi
-
 if [[ $DRY_RUN != 1 ]]; then
   need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" \
     'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo) (or DEVICE=cpu)'
   mkdir -p "$RESULTS_DIR"
 fi
+
+phase1_ckpt=$RESULTS_DIR/$bert_model/phase1
+# <init_checkpoint> seeds phase 1 only until phase 1 has checkpoints of its own: a re-run after a crash
+# resumes those (resuming another directory into one that holds checkpoints is refused, runs never mix).
+if [[ $init_checkpoint != None ]]; then
+  if own_step=$(latest_step "$phase1_ckpt"); then
+    [[ -n $own_step ]] || phase1_ckpt=$init_checkpoint
+  else  # a dry run lists this and shows the command as if phase 1 had no checkpoint
+    need "cannot tell whether '$phase1_ckpt' holds phase-1 checkpoints: $PYTHON -m tasks.launch_query" \
+      "latest-step failed (run: bash scripts/setup.sh, or set PYTHON)"
+    phase1_ckpt=$init_checkpoint
+  fi
+fi
+resume1=(--from-checkpoint="$phase1_ckpt" --last-step-of-checkpoint=auto)
+resume2=(--from-checkpoint="$RESULTS_DIR/$bert_model/phase2" --last-step-of-checkpoint=auto
+         --from-phase1-final-params="$RESULTS_DIR/$bert_model/phase1/$train_steps")
+if [[ $enable_benchmark == true ]]; then resume1=(); resume2=(); fi
 cd "$code_dir"
 ensure_sample_corpus
 
@@ -296,17 +319,20 @@ if $needs_prep1; then
   printf '%s: %s is missing or empty: building the phase-1 shards\n' "$PROG" "$data_dir_phase1" >&2
   prepare "$data_dir_phase1" --target-seq-length 128 --no-bin --max-predictions-per-seq 20
 fi
-run_logged 1 $(( train_batch_size * num_gpus * gradient_accumulation_steps )) \
+run_logged 1 "$train_batch_size" "$gradient_accumulation_steps" \
   "${launcher[@]}" "$code_dir/run_pretraining.py" --phase1 --input-dir="$data_dir_phase1" "${common_flags[@]}" \
   --batch-size="$train_batch_size" --max-seq-length=128 --max-predictions-per-seq=20 \
   --max-steps="$train_steps" --warmup-proportion="$warmup_proportion" --learning-rate="$learning_rate" \
   --gradient-merge-steps="$gradient_accumulation_steps" "${resume1[@]}" "${bench_flags[@]}" "${eval1[@]}" \
   --report-file="$RESULTS_DIR/dllogger_p1.json"
-if [[ $DRY_RUN != 1 && -n ${STEPS_THIS_RUN:-} && $enable_benchmark != true ]] &&
-    [[ ! -f $RESULTS_DIR/$bert_model/phase1/$train_steps/progress.json ]]; then
-  printf '%s: phase 1 stopped after STEPS_THIS_RUN=%s updates; run the same command again to continue\n' \
-    "$PROG" "$STEPS_THIS_RUN" >&2
-  exit 0
+if [[ $DRY_RUN != 1 && -n ${STEPS_THIS_RUN:-} && $enable_benchmark != true ]]; then
+  phase1_step=$(latest_step "$RESULTS_DIR/$bert_model/phase1") ||
+    die "cannot tell whether phase 1 finished: $PYTHON -m tasks.launch_query latest-step failed (see above)"
+  if (( ${phase1_step:-0} < 10#$train_steps )); then
+    printf '%s: phase 1 stopped after STEPS_THIS_RUN=%s updates; run the same command again to continue\n' \
+      "$PROG" "$STEPS_THIS_RUN" >&2
+    exit 0
+  fi
 fi
 [[ $DRY_RUN == 1 ]] || printf '%s: finished phase 1\n' "$PROG" >&2
 
@@ -316,7 +342,7 @@ if $needs_prep2; then
   bin_flag=(--no-bin); [[ $phase2_bin_size == none ]] || bin_flag=(--bin-size "$phase2_bin_size")
   prepare "$data_dir_phase2" --target-seq-length 512 "${bin_flag[@]}" --max-predictions-per-seq 80
 fi
-run_logged 2 $(( train_batch_size_phase2 * num_gpus * gradient_accumulation_steps_phase2 )) \
+run_logged 2 "$train_batch_size_phase2" "$gradient_accumulation_steps_phase2" \
   "${launcher[@]}" "$code_dir/run_pretraining.py" --phase2 --input-dir="$data_dir_phase2" "${common_flags[@]}" \
   --batch-size="$train_batch_size_phase2" --max-seq-length=512 --max-predictions-per-seq=80 \
   --max-steps="$train_steps_phase2" --warmup-proportion="$warmup_proportion_phase2" \

@@ -32,6 +32,7 @@ from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_
                               fingerprint_config, phase_dir)
 from tasks.config import resume_settings, train_config
 from tasks.engine import run_updates
+from tasks.launch_query import global_batch
 from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
 from tasks.progress import UpdateProgress
 from utils.metric_window import MetricWindow
@@ -67,7 +68,7 @@ class PretrainSession:
         self.rt = init_runtime(cfg.run.device, seed=cfg.run.seed, cpu_affinity=cfg.run.enable_cpu_affinity)
         self.rank, self.world = self.rt.dist.rank, self.rt.dist.world_size
         self.total_steps = cfg.total_steps
-        self.global_batch = cfg.data.batch_size * cfg.optim.gradient_merge_steps * self.world
+        self.global_batch = global_batch(cfg.data.batch_size, cfg.optim.gradient_merge_steps, self.world)
         self.fingerprint = fingerprint_config(cfg.model.to_dict())
         self.vocab_sha256 = cfg.vocab.sha256  # read once, by validation
         ckpt = cfg.checkpointing

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,11 @@ def _preset(name, **env):
 
 
 def _dry_run(args, tmp_path, **env):
-    """Run run_pretraining.sh with DRY_RUN=1; returns the printed commands as argv lists."""
+    """Run run_pretraining.sh with DRY_RUN=1 (PYTHON=fakepy unless given); returns the printed commands as argv
+    lists."""
     env.setdefault("RESULTS_DIR", tmp_path / "results")
-    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY, **env)
+    env.setdefault("PYTHON", PY)
+    proc = _bash(RUN, args, DRY_RUN=1, **env)
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line) for line in proc.stdout.splitlines()]
 
@@ -68,11 +71,16 @@ def _write_executable(path, text):
 @pytest.fixture
 def fake_bin(tmp_path):
     """A bin dir whose `recorder` appends its argv (one shell-quoted line) to $RECORD, then exits $FAKE_RC;
-    asked how many GPUs paddle sees (`-c <code>`, the scripts' pre-launch check) it answers 8."""
+    asked how many GPUs paddle sees (`-c <code>`, the scripts' pre-launch check) it answers 8. The launcher's
+    questions (`-m tasks.launch_query ...`: global batch, latest checkpoint) go to the real interpreter, unrecorded:
+    they are how the script decides, not what it runs (with $FAKE_QUERY_RC set, they fail with that status)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     _write_executable(bindir / "recorder", '#!/usr/bin/env bash\n'
                       'if [[ $1 == -c ]]; then echo 8; exit 0; fi\n'
+                      'if [[ $1 == -m && $2 == tasks.launch_query ]]; then\n'
+                      '  [[ -z ${FAKE_QUERY_RC:-} ]] || exit "$FAKE_QUERY_RC"\n'
+                      f'  exec {shlex.quote(sys.executable)} "$@"\nfi\n'
                       'printf "%q " "$@" >> "$RECORD"; printf "\\n" >> "$RECORD"\n'
                       'echo "recorder ran: $*"\nexit "${FAKE_RC:-0}"\n')
     return bindir
@@ -530,14 +538,69 @@ def test_8_gpu_preset_on_a_cpu_machine_fails_in_one_line_before_any_work(tmp_pat
     assert not results.exists() and not (tmp_path / "wikipedia" / "phase1").exists()  # no data prepared
 
 
-def test_init_checkpoint_seeds_phase1_only_until_phase1_has_checkpoints(tmp_path):
+def test_init_checkpoint_seeds_phase1_only_until_phase1_has_checkpoints(tmp_path, fake_bin):
+    from test_launch_query import write_checkpoint
     args = _dgx_args(tmp_path)
     args[19] = str(tmp_path / "ckpt")
-    step = tmp_path / "results" / "bert-large-uncased" / "phase1" / "200"
-    step.mkdir(parents=True)
-    (step / "progress.json").write_text("{}")
-    train1 = _dry_run(args, tmp_path)[2]
+    write_checkpoint(tmp_path / "results" / "bert-large-uncased" / "phase1", 200)  # a complete one, as a run saves
+    train1 = _dry_run(args, tmp_path, PYTHON=fake_bin / "recorder")[2]
     assert f"--from-checkpoint={tmp_path}/results/bert-large-uncased/phase1" in train1  # resume own run
+
+
+def test_a_damaged_phase1_checkpoint_is_no_checkpoint_for_the_launcher_either(tmp_path, fake_bin):
+    """The launcher counts checkpoints by CheckpointManager's rule, as run_pretraining.py does when it refuses to
+    mix runs: a step directory whose progress.json names no step neither stops <init_checkpoint> from seeding
+    phase 1 nor finishes phase 1 (issue 21: the shell's own glob counted it)."""
+    args = _dgx_args(tmp_path)
+    args[19] = str(tmp_path / "ckpt")
+    for step in ("200", "7038"):
+        damaged = tmp_path / "results" / "bert-large-uncased" / "phase1" / step
+        damaged.mkdir(parents=True)
+        (damaged / "progress.json").write_text("{}")
+    train1 = _dry_run(args, tmp_path, PYTHON=fake_bin / "recorder")[2]
+    assert f"--from-checkpoint={tmp_path}/ckpt" in train1
+    for phase_dir in (args[16], args[17]):
+        Path(phase_dir).mkdir(parents=True)
+        (Path(phase_dir) / "shard-0.parquet").write_bytes(b"x")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    proc = _bash(RUN, args, PYTHON=fake_bin / "recorder", RECORD=tmp_path / "record.txt", STEPS_THIS_RUN=50,
+                 RESULTS_DIR=tmp_path / "results", VOCAB_FILE=tmp_path / "vocab.txt")
+    assert proc.returncode == 0 and "phase 1 stopped after STEPS_THIS_RUN=50" in proc.stderr, proc.stderr
+    assert len(_recorded(tmp_path / "record.txt")) == 1
+
+
+def test_a_dry_run_whose_python_cannot_answer_still_prints_the_plan(tmp_path):
+    """DRY_RUN asks Python only when <init_checkpoint> is given and phase 1's directory exists; an interpreter
+    that cannot answer (here the printed-only `fakepy`) becomes a `missing:` line, as a missing vocab does."""
+    args = _dgx_args(tmp_path)
+    args[19] = str(tmp_path / "ckpt")
+    (tmp_path / "results" / "bert-large-uncased" / "phase1").mkdir(parents=True)
+    proc = _bash(RUN, args, DRY_RUN=1, PYTHON=PY, RESULTS_DIR=tmp_path / "results")
+    assert proc.returncode == 0, proc.stderr
+    train1 = shlex.split(proc.stdout.splitlines()[2])
+    assert f"--from-checkpoint={tmp_path}/ckpt" in train1
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_pretraining.sh: missing: ")]
+    assert "tasks.launch_query latest-step failed" in missing[-1]
+
+
+def test_a_real_run_whose_python_cannot_answer_stops_before_phase_2(tmp_path, fake_bin):
+    args = _dgx_args(tmp_path)
+    for phase_dir in (args[16], args[17]):
+        Path(phase_dir).mkdir(parents=True)
+        (Path(phase_dir) / "shard-0.parquet").write_bytes(b"x")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    common = dict(PYTHON=fake_bin / "recorder", RECORD=tmp_path / "record.txt", RESULTS_DIR=tmp_path / "results",
+                  VOCAB_FILE=tmp_path / "vocab.txt", FAKE_QUERY_RC=1)
+    (tmp_path / "results" / "bert-large-uncased" / "phase1").mkdir(parents=True)
+    proc = _bash(RUN, args, STEPS_THIS_RUN=50, **common)
+    assert proc.returncode == 2 and len(_recorded(tmp_path / "record.txt")) == 1  # phase 1 ran, phase 2 did not
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run_pretraining.sh: error: cannot tell whether phase 1 finished: "
+        f"{fake_bin}/recorder -m tasks.launch_query latest-step failed (see above)")
+    args[7] = "true"  # create_logfile: the log file is named by the global batch
+    proc = _bash(RUN, args, **common)
+    assert proc.returncode == 2 and "global-batch failed" in proc.stderr
+    assert len(_recorded(tmp_path / "record.txt")) == 1  # nothing more ran
 
 
 def test_create_datasets_hint_builds_the_shards_run_pretraining_looks_for(tmp_path):
@@ -575,9 +638,8 @@ def test_steps_this_run_stops_the_script_before_phase_2_and_eval_dirs_are_passed
     run_pretraining = pytest.importorskip("run_pretraining")
     assert run_pretraining.build_parser().parse_args(_flags(phase1)).steps_this_run == 50
     # Once phase 1 has its final checkpoint, the next invocation goes on to phase 2 (without phase 1's eval set).
-    final = results / "bert-large-uncased" / "phase1" / "7038"
-    final.mkdir(parents=True)
-    (final / "progress.json").write_text("{}")
+    from test_launch_query import write_checkpoint
+    write_checkpoint(results / "bert-large-uncased" / "phase1", 7038)
     record.unlink()
     proc = _bash(RUN, args, **common)
     assert proc.returncode == 0, proc.stderr
