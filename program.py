@@ -29,9 +29,9 @@ import paddle
 import loss as loss_lib
 import modeling
 import optimizer as optimizer_lib
+from gloo_data_parallel import AllReduceGradients
 from lr_scheduler import build_lr_scheduler, lr_at
 from utils.checks import is_int
-from utils.gloo_data_parallel import AllReduceGradients
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class TrainConfig:
       attention_impl: force an implementation (one of modeling.ATTENTION_IMPLS); None = choose.
       use_fleet: wrap the optimizer with `fleet.distributed_optimizer` (fleet.init done by caller).
       allreduce_world_size: > 1 averages gradients over that many CPU ranks with
-        `utils.gloo_data_parallel.AllReduceGradients` (init_parallel_env done by caller); the CPU
+        `gloo_data_parallel.AllReduceGradients` (init_parallel_env done by caller); the CPU
         stand-in for Fleet, which has no CPU communicator in Paddle 2.6. Exclusive with use_fleet.
       seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
         seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).

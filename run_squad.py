@@ -51,17 +51,17 @@ from inference.export import load_from_scope
 from inference.predictor import QAPredictor
 from tasks import finetune
 from tasks import flags as common
-from tasks import outcome
+from tasks import outcome, squad_metrics
 from tasks.config import OptimConfig, PrecisionConfig, in_flag_terms, train_config
 from tasks.squad import (TrainOptions, describe_answer, init_parameters, plan_updates, predict_logits,
                          save_params, single_question_example, train)
-from utils import runtime, squad_metrics
+from tasks.squad_metrics import check_v1_answerable
+from tasks.squad_postprocess import postprocess_predictions
+from utils import runtime
 from utils.amp_state import init_pure_fp16
 from utils.cli import run_cli
 from utils.report import build_metric_logger
 from utils.runtime import DistEnv, init_runtime, resolve_device
-from utils.squad_metrics import check_v1_answerable
-from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger("run_squad")
 
@@ -398,7 +398,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     plan = validate_args(args)
     if args.verbose_logging:  # the reference's meaning: show every data-processing detail
-        for name in ("data.features.squad", "utils.squad_postprocess"):
+        for name in ("data.features.squad", "tasks.squad_postprocess"):
             logging.getLogger(name).setLevel(logging.DEBUG)
 
     rt = init_runtime(plan.device, seed=args.seed)

@@ -56,11 +56,10 @@ def main(argv=None):
     from inference import model_dir as layout
     from inference.predictor import QAPredictor
     from inference.quantize import first_questions
-    from tasks import finetune
+    from tasks import finetune, squad_metrics
     from tasks.squad import init_parameters, predict_logits
-    from utils import squad_metrics
+    from tasks.squad_postprocess import postprocess_predictions
     from utils.logger import init_logging
-    from utils.squad_postprocess import postprocess_predictions
 
     init_logging()
     path = first_questions(args.predict_file, args.questions) if args.questions else args.predict_file

@@ -31,8 +31,8 @@ import numpy as np
 from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, examples_to_features,
                                  split_on_whitespace)
 from inference import model_dir as layout
+from tasks.squad_postprocess import postprocess_predictions
 from utils.logger import progress
-from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 

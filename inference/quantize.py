@@ -107,8 +107,8 @@ def compare_accuracy(model_dir, eval_file, questions=500):
     """
     from data.features.squad import FeatureParams, load_or_build_features
     from inference.predictor import QAPredictor
-    from utils import squad_metrics
-    from utils.squad_postprocess import postprocess_predictions
+    from tasks import squad_metrics
+    from tasks.squad_postprocess import postprocess_predictions
 
     path = eval_file
     if questions:

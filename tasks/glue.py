@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from data.features.glue import batch_of_rows, examples_to_features, read_examples, split_path
+from tasks import glue_metrics
 from tasks.squad import train as train_loop
 from tasks.squad import trim_batch
-from utils import glue_metrics
 from utils.fs import atomic_write_text
 from utils.logger import progress
 

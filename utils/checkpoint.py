@@ -759,7 +759,7 @@ class CheckpointManager:
         """The step `restore(step)` would load, with every file of it verified, without loading anything.
 
         Multi-process runs let rank 0 resolve "auto" and every rank then restores that exact step (see
-        `utils.resume_agreement`): ranks choosing alone can pick different steps.
+        `tasks.resume_agreement`): ranks choosing alone can pick different steps.
 
         Returns:
           int, or None when step == "auto" and there is no checkpoint at all.
