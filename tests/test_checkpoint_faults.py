@@ -14,8 +14,9 @@ import pytest
 
 from test_checkpoint import _build, _progress, _snapshot, _train, exe, fresh_scope, static_mode  # noqa: F401
 from utils import checkpoint_io
-from utils.checkpoint import CheckpointManager, NonFiniteParameters, load_pretrained
+from utils.checkpoint import CheckpointManager, load_pretrained
 from utils.checkpoint_io import DamagedCheckpoint
+from utils.nonfinite import NonFiniteParameters
 
 
 def _three_checkpoints(tmp_path, exe):

@@ -41,7 +41,7 @@ the checkpoints of earlier processes. What is deleted: complete checkpoints olde
 `keep_last` (retention), and the `<step>.tmp-*` directories of saves that were killed. Everything else
 that must make way (a damaged step directory, one replaced by a new save of the same step, the later
 steps of a run resumed from an older one) is moved aside to `superseded-*`. A save refuses parameters
-holding NaN/inf.
+holding NaN/inf (the non-finite policy, `utils.nonfinite`, defines the test and the error).
 
 Restores match variables by name. Programs must therefore name their parameters explicitly and be built
 the same way (optimizer accumulator names such as `l1.w_moment1_0` come from `paddle.utils.unique_name`;
@@ -65,7 +65,7 @@ from utils import checkpoint_io
 from utils.checkpoint_io import DamagedCheckpoint, fsync_path
 from utils.checks import is_int
 from utils.fs import atomic_write_text
-from utils.nonfinite import TrainingDiverged
+from utils.nonfinite import NonFiniteParameters, nonfinite_names
 
 logger = logging.getLogger(__name__)
 
@@ -445,10 +445,6 @@ def _scope_arrays(names):
     return {n: np.array(scope.find_var(n).get_tensor()) for n in names}
 
 
-class NonFiniteParameters(TrainingDiverged):
-    """A save was refused because parameters hold NaN/inf."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # Checkpoint manager
 
@@ -579,7 +575,7 @@ class CheckpointManager:
         param_names = {p.name for p in program.all_parameters()}
         arrays = _scope_arrays(names)
         parameters = {n: v for n, v in arrays.items() if n in param_names}
-        bad = checkpoint_io.nonfinite_names(parameters)
+        bad = nonfinite_names(parameters)
         if bad:
             raise NonFiniteParameters(
                 f"parameters hold NaN/inf at step {progress.global_step} ({_preview(bad)}); not saving a "
