@@ -8,8 +8,9 @@ The policy, whole, and where each part of it runs:
      every rank (the flag is computed from the all-reduced gradients). The graph side is a rewrite the
      builder runs after `minimize`: `program_rewrites.skip_nonfinite_updates` for fp32/bf16, Paddle's
      loss scaler for fp16.
-  3. Counted on the device: skipped updates in total and in a row (`program_rewrites.
-     count_nonfinite_updates`), read only when the run logs and before it saves (`tasks.metric_window`).
+  3. Counted on the device: skipped updates in total and in a row
+     (`program_rewrites.count_nonfinite_updates`), read only when the run logs and before it saves
+     (`tasks.metric_window`), never after every update.
   4. Warned about and limited, here: `NonFiniteGuard` warns about every new skip and raises
      `TrainingDiverged` once `--max-nonfinite-steps` (default 25) updates in a row were skipped.
   5. Exit status 4: `run_pretraining.cli` maps `TrainingDiverged` (so also `NonFiniteParameters`) to it,
