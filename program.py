@@ -3,9 +3,10 @@
 Owns: the feed specification (`FEED_SPECS` / `create_feeds`, the single source of feed names, shapes
 and dtypes that the data loaders must yield), `TrainConfig` (the training knobs the builders need),
 `build_pretraining`, `build_squad`, `build_glue`, `build_dist_strategy` (fleet: AMP, gradient merge, build
-strategy) and `to_bf16_inference`. Does not own: running anything (never calls `exe.run`), files,
-fleet initialisation (`fleet.init` happens in `utils/dist` before building with use_fleet=True),
-stepping the LR scheduler, or checkpoints.
+strategy) and `to_bf16_inference`, and which program rewrites a build runs, in which order. Does not
+own: running anything (never calls `exe.run`), files, fleet initialisation (`fleet.init` happens in
+`utils.runtime` before building with use_fleet=True), stepping the LR scheduler, checkpoints, or the
+rewrites themselves (`program_rewrites`: the non-finite update guard and counters, the CPU LAMB kernel).
 
 Mixed precision routes (Paddle 2.6.2 legacy static):
   * amp="fp16" + use_fleet: fleet's AMP meta-optimizer (`strategy.amp`), as the NVIDIA reference.
@@ -29,9 +30,10 @@ import paddle
 import loss as loss_lib
 import modeling
 import optimizer as optimizer_lib
+import program_rewrites
+from gloo_data_parallel import AllReduceGradients
 from lr_scheduler import build_lr_scheduler, lr_at
 from utils.checks import is_int
-from utils.gloo_data_parallel import AllReduceGradients
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class TrainConfig:
       attention_impl: force an implementation (one of modeling.ATTENTION_IMPLS); None = choose.
       use_fleet: wrap the optimizer with `fleet.distributed_optimizer` (fleet.init done by caller).
       allreduce_world_size: > 1 averages gradients over that many CPU ranks with
-        `utils.gloo_data_parallel.AllReduceGradients` (init_parallel_env done by caller); the CPU
+        `gloo_data_parallel.AllReduceGradients` (init_parallel_env done by caller); the CPU
         stand-in for Fleet, which has no CPU communicator in Paddle 2.6. Exclusive with use_fleet.
       seed: startup program random_seed: parameter init, identical on every rank. Dropout is not
         seeded here; it draws from Paddle's global generator (paddle.seed / get_rng_state).
@@ -237,7 +239,7 @@ class TrainMetrics:
         (the count stays the per-rank count).
       mean_sums: the Variable of `program` to fetch.
       nonfinite: (total, consecutive) names of the float32 [1] skipped-update counters
-        (`optimizer.count_nonfinite_updates`), or None.
+        (`program_rewrites.count_nonfinite_updates`), or None.
     """
     names: Tuple[str, ...]
     sums_var: str
@@ -452,9 +454,9 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
     outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, fp32_names)
     outer.minimize(loss, startup_program=startup)
     # fp32 and bf16 have no loss scaler checking the gradients: skip non-finite updates in the program.
-    optimizer_lib.skip_nonfinite_updates(main)
+    program_rewrites.skip_nonfinite_updates(main)
     if train_cfg.device == "cpu" and train_cfg.cpu_lamb_kernel:
-        optimizer_lib.use_cpu_lamb_kernel(main)
+        program_rewrites.use_cpu_lamb_kernel(main)
     extra = {"lr": _learning_rate_var(main)}
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
@@ -484,7 +486,7 @@ def _train_metrics(main, startup, values, world):
         row = paddle.concat([paddle.cast(paddle.reshape(values[n], [1]), "float32") for n in names]
                             + [paddle.ones([1], "float32")])
         paddle.assign(paddle.add(sums, row), output=sums)
-    nonfinite = optimizer_lib.count_nonfinite_updates(main, startup, prefix=METRICS_PREFIX)
+    nonfinite = program_rewrites.count_nonfinite_updates(main, startup, prefix=METRICS_PREFIX)
     program, unused_startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(program, unused_startup):
         window = program.global_block().create_var(name=sums_name, shape=[width], dtype="float32",

@@ -7,7 +7,7 @@ The work itself is `tasks.pretraining.PretrainSession`: init (resume / phase-1 f
 pretrained params), the training loop, checkpoints and the report.
 
 Multi-process: `python -m paddle.distributed.launch --gpus 0,1,... run_pretraining.py ...` (Fleet on GPUs);
-`--nproc_per_node 2` on CPU runs gloo processes whose gradients are all-reduced (utils.gloo_data_parallel).
+`--nproc_per_node 2` on CPU runs gloo processes whose gradients are all-reduced (gloo_data_parallel).
 
 Differences from the reference, on purpose: a missing init path is an error (the reference silently trains
 from random weights); `--from-checkpoint` with `--from-pretrained-params` is an error (the reference ignores

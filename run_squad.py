@@ -58,7 +58,7 @@ from tasks.squad import SquadAdapter, SquadSettings, answer_question, describe_a
 from utils import runtime
 from utils.cli import run_cli
 from utils.runtime import DistEnv, init_runtime, resolve_device
-from utils.squad_metrics import check_v1_answerable
+from tasks.squad_metrics import check_v1_answerable
 
 logger = logging.getLogger("run_squad")
 
@@ -359,7 +359,7 @@ def main(argv=None):
     """
     cfg = validate_args(build_parser().parse_args(argv))
     if cfg.settings.verbose_logging:  # the reference's meaning: show every data-processing detail
-        for name in ("data.features.squad", "utils.squad_postprocess"):
+        for name in ("data.features.squad", "tasks.squad_postprocess"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     rt = init_runtime(cfg.device, seed=cfg.run.seed)
     if rt.dist.is_main:

@@ -3,7 +3,7 @@
 Owns: a plain per-token / per-window Python baseline of the same algorithm (Google `run_squad.py`
 semantics, written here from the algorithm as a second implementation), the timing of both in one run,
 and the check that both give identical windows and identical predictions.
-Does not own: the implementation under test (`data.features.squad`, `utils.squad_postprocess`).
+Does not own: the implementation under test (`data.features.squad`, `tasks.squad_postprocess`).
 
 Ours: `tokenizer.BertTokenizer` on each distinct word once, numpy windows, vectorised candidates.
 Baseline: `tokenizer.FullTokenizer` (pure Python) on every doc token, Python lists and dicts per window,
@@ -26,10 +26,10 @@ import time
 import numpy as np
 
 from data.features.squad import FeatureParams, examples_to_features, read_examples
+from tasks.squad_postprocess import postprocess_predictions
 from tokenizer import BasicTokenizer, BertTokenizer, FullTokenizer
 from utils.cli import ArgumentParser
 from utils.logger import init_logging
-from utils.squad_postprocess import postprocess_predictions
 
 
 # ------------------------------------------------------------------------------- baseline: features

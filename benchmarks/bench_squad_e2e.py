@@ -57,11 +57,11 @@ def main(argv=None):
     from inference.predictor import QAPredictor
     from inference.quantize import first_questions
     from tasks import finetune_config as finetune
+    from tasks import squad_metrics
     from tasks.squad import predict_logits
+    from tasks.squad_postprocess import postprocess_predictions
     from utils.weights import init_parameters
-    from utils import squad_metrics
     from utils.logger import init_logging
-    from utils.squad_postprocess import postprocess_predictions
 
     init_logging()
     path = first_questions(args.predict_file, args.questions) if args.questions else args.predict_file

@@ -2,7 +2,7 @@
 
 Owns: where the compiled library lives, when it is rebuilt, how concurrent processes share one build, and
 the one line that says which LAMB implementation a CPU run uses. Does not own which ops of a program use
-the kernel (`optimizer.use_cpu_lamb_kernel` rewrites them) nor the kernel itself (`lamb_cpu.cc`).
+the kernel (`program_rewrites.use_cpu_lamb_kernel` rewrites them) nor the kernel itself (`lamb_cpu.cc`).
 
 Why compiled here and not shipped: a custom operator must be built against the installed Paddle's headers
 and ABI, and `-march=native` lets the compiler use the vector width of the CPU it runs on. The build takes

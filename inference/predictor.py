@@ -7,7 +7,7 @@ into `Answer`s with character offsets into the context (`QAPredictor.answer`, SQ
 pairs into labels with probabilities or a score (`ClassifierPredictor.classify`, GLUE); `load_predictor`
 picks the class from the export's settings.
 Does not own: windows / features (`data.features.squad`, `data.features.glue`), choosing spans from logits
-(`utils.squad_postprocess`), writing the model directory (`inference.export`) or serving HTTP
+(`tasks.squad_postprocess`), writing the model directory (`inference.export`) or serving HTTP
 (`inference.server`). run_squad.py's evaluation, prediction and --question modes and the server all go
 through these classes.
 
@@ -35,11 +35,11 @@ from data.features.glue import examples_to_features as glue_features
 from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, examples_to_features,
                                  split_on_whitespace)
 from inference import model_dir as layout
+from tasks.squad_postprocess import postprocess_predictions
 from tokenizer import BertTokenizer
 from utils.logger import progress
 from utils.preflight import default_threads as cores_share
 from utils.runtime import cpu_bf16_support
-from utils.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import paddle
 from data.features.squad import PREDICT_ONLY_KEYS, FeatureParams, batch_of_rows, load_or_build_features
 from inference import model_dir as layout
 from inference.predictor import BUCKET_MULTIPLE, QAPredictor
-from utils import squad_metrics
-from utils.squad_postprocess import postprocess_predictions
+from tasks import squad_metrics
+from tasks.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Owns: `GlueSettings` (the validated GLUE section of a FinetuneConfig), `GlueAdap
 training batches, export settings, evaluation of the dev split(s) into eval_results.json and prediction of
 the test split(s) into submission files), `read_splits` / `load_split` (features of a split), `predict`
 (classifier outputs from the static executor), `evaluate` (the eval loss and
-`utils.glue_metrics.task_metrics`), `write_submission`. Does not own: flags and their validation
+`tasks.glue_metrics.task_metrics`), `write_submission`. Does not own: flags and their validation
 (run_glue.py), the session and its training loop (`tasks.finetune`), building programs
 (`program.build_glue`), reading TSV files (`data.features.glue`) or weight I/O (`utils.weights`).
 
@@ -25,10 +25,9 @@ import program
 from data.features.glue import TaskSpec, batch_of_rows, examples_to_features, read_examples, split_path
 from inference import model_dir as export_layout
 from inference.predictor import ClassifierPredictor
-from tasks import outcome
+from tasks import glue_metrics, outcome
 from tasks.finetune import trim_batch
 from tokenizer import BertTokenizer
-from utils import glue_metrics
 from utils.fs import atomic_write_json, atomic_write_text
 from utils.logger import progress
 
@@ -120,7 +119,7 @@ def evaluate(spec, outputs, features):
     """Eval loss and GLUE metrics of one labelled split.
 
     Returns:
-      dict: eval_loss (the training objective on these outputs) and `utils.glue_metrics.task_metrics` of
+      dict: eval_loss (the training objective on these outputs) and `tasks.glue_metrics.task_metrics` of
       the predictions (fractions). STS-B is scored on the unclipped scores, as the seeds do.
     """
     predictions = outputs[:, 0] if spec.is_regression else decide(spec, outputs)

@@ -26,19 +26,19 @@ import paddle
 import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from optimizer import decay_exclusion_summary
+from tasks import resume_agreement
+from tasks.config import resume_settings, train_config
+from tasks.engine import run_updates
+from tasks.launch_query import global_batch
+from tasks.metric_window import MetricWindow
+from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
+from tasks.progress import UpdateProgress
 from utils.amp_state import init_pure_fp16
 from utils.weights import load_pretrained
 from utils.checkpoint import (PROGRESS_FILE, CheckpointManager, Progress, check_compatible,
                               fingerprint_config, phase_dir)
-from tasks.config import resume_settings, train_config
-from tasks.engine import run_updates
-from tasks.launch_query import global_batch
-from tasks.pretrain_eval import PretrainEvaluator, load_eval_batches
-from tasks.progress import UpdateProgress
-from utils.metric_window import MetricWindow
 from utils.nonfinite import NonFiniteGuard
 from utils.report import build_metric_logger
-from utils import resume_agreement
 from utils.run_lock import RunLock
 from utils.runtime import init_runtime
 
@@ -210,7 +210,7 @@ class PretrainSession:
 
         A directory holding only damaged checkpoints is an error, not a fresh start. With several
         processes, rank 0 chooses the step and every process restores exactly that one
-        (`utils.resume_agreement`).
+        (`tasks.resume_agreement`).
         """
         if self.world > 1:
             return self._restore_agreed(manager, requested)
@@ -296,7 +296,7 @@ class PretrainSession:
     def _train(self, step, stop, metrics):
         """The loop (`tasks.engine.run_updates`) from `step` to `stop` (the phase's end, or sooner with
         --steps-this-run). Micro-batches run without fetching anything: the metrics accumulate on the
-        device and are read every --log-freq updates (`utils.metric_window`), so a GPU is never made to
+        device and are read every --log-freq updates (`tasks.metric_window`), so a GPU is never made to
         wait. Dropout is re-seeded before every micro-batch from its global index, which is what makes a
         resumed run (or one split by --steps-this-run) equal an uninterrupted one."""
         c = self.cfg

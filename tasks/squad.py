@@ -3,12 +3,12 @@ executor's prediction loop (`--benchmark`, the reference's measurement) and answ
 
 Owns: `SquadSettings` (the validated SQuAD section of a FinetuneConfig), `SquadAdapter` (the SQuAD program,
 training batches, export settings, and evaluation: predictions.json / nbest / null_odds through
-`utils.squad_postprocess`, EM/F1 through `utils.squad_metrics`), `predict_logits` (logits of every window
+`tasks.squad_postprocess`, EM/F1 through `tasks.squad_metrics`), `predict_logits` (logits of every window
 from the static executor) and the single-question helpers (`single_question_example`, `answer_question`,
 `describe_answer`).
 Does not own: flags and their validation (run_squad.py), the session and its training loop
 (`tasks.finetune`), building programs (`program.build_squad`), features (`data.features.squad`), turning
-logits into answers (`utils.squad_postprocess`) or scoring (`utils.squad_metrics`).
+logits into answers (`tasks.squad_postprocess`) or scoring (`tasks.squad_metrics`).
 """
 import dataclasses
 import json
@@ -25,8 +25,8 @@ from data.features.squad import (PREDICT_ONLY_KEYS, FeatureParams, SquadExample,
 from inference import model_dir as export_layout
 from inference.predictor import QAPredictor
 from tasks.finetune import trim_batch
-from utils import squad_metrics
-from utils.squad_postprocess import postprocess_predictions
+from tasks import squad_metrics
+from tasks.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import pytest
 
 from test_checkpoint import _build, _progress, _snapshot, _train, exe, fresh_scope, static_mode  # noqa: F401
 from utils import checkpoint_io
-from utils.checkpoint import CheckpointManager, NonFiniteParameters
+from utils.checkpoint import CheckpointManager
 from utils.weights import load_pretrained
 from utils.checkpoint_io import DamagedCheckpoint
+from utils.nonfinite import NonFiniteParameters
 
 
 def _three_checkpoints(tmp_path, exe):

@@ -16,8 +16,8 @@ import numpy as np
 import paddle
 import pytest
 
-import optimizer as optimizer_lib
 import program as P
+import program_rewrites
 from cpu_kernels import build as kernels
 from modeling import BertConfig
 
@@ -49,7 +49,7 @@ def lamb_update(kernel_status, *, size, weight_decay, always_adapt=False, skip=F
         loss = paddle.sum(w * x)  # d loss / d w = x: the fed array is the gradient
         opt = paddle.optimizer.Lamb(learning_rate=1e-3, lamb_weight_decay=weight_decay, always_adapt=always_adapt)
         opt.minimize(loss)
-        if skip:  # a true SkipUpdate input, as optimizer.skip_nonfinite_updates wires it
+        if skip:  # a true SkipUpdate input, as program_rewrites.skip_nonfinite_updates wires it
             block = main.global_block()
             flag = block.create_var(name="skip_flag", shape=[1], dtype="bool")
             block._insert_op(0, type="fill_constant", outputs={"Out": [flag]},
@@ -59,7 +59,7 @@ def lamb_update(kernel_status, *, size, weight_decay, always_adapt=False, skip=F
                     op.desc.set_input("SkipUpdate", [flag.name])
             main._sync_with_cpp()
     if kernel_status is not None:
-        assert optimizer_lib.use_cpu_lamb_kernel(main, kernel_status) == 1
+        assert program_rewrites.use_cpu_lamb_kernel(main, kernel_status) == 1
         assert [op.type for op in main.global_block().ops].count("lamb") == 0
     exe, scope = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
     exe.run(startup, scope=scope)
@@ -163,7 +163,7 @@ def test_pretraining_program_runs_lamb_with_the_kernel_and_keeps_paddles_state(k
 def test_gpu_and_master_weight_programs_keep_paddles_op(kernel):
     gpu = P.build_pretraining(TINY, P.TrainConfig(optimizer="Lamb", total_steps=10, device="gpu"))
     assert "lamb" in [op.type for op in gpu.main_program.global_block().ops]
-    assert optimizer_lib.use_cpu_lamb_kernel(paddle.static.Program(), kernel) == 0  # nothing to swap
+    assert program_rewrites.use_cpu_lamb_kernel(paddle.static.Program(), kernel) == 0  # nothing to swap
 
 
 def test_disabled_or_unbuildable_kernel_falls_back_with_one_line(monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""utils.gloo_data_parallel: 2 CPU ranks (gloo, paddle.distributed.launch) train exactly like 1 rank.
+"""gloo_data_parallel: 2 CPU ranks (gloo, paddle.distributed.launch) train exactly like 1 rank.
 
 Each rank gets half of a global batch; the one-process run gets the whole batch. Dropout is off and both
 halves have the same number of masked tokens, so the loss over the global batch is the mean of the ranks'

@@ -1,11 +1,11 @@
-"""utils.glue_metrics against hand-computed cases, and against scikit-learn / scipy on random data (those
+"""tasks.glue_metrics against hand-computed cases, and against scikit-learn / scipy on random data (those
 comparisons skip when the libraries are not installed; requirements-test.txt pins them)."""
 import math
 
 import numpy as np
 import pytest
 
-from utils import glue_metrics as M
+from tasks import glue_metrics as M
 
 
 def test_accuracy_and_f1_by_hand():

@@ -445,7 +445,7 @@ def test_run_glue_eval_and_prediction_through_the_predictor_equal_the_executor_p
     from data.features.glue import examples_to_features, read_examples, task_spec
     from tasks import glue
     from tokenizer import BertTokenizer
-    from utils import glue_metrics
+    from tasks import glue_metrics
 
     root, cfg = model
     spec, data_dir = task_spec("MRPC"), tmp_path / "MRPC"

@@ -130,7 +130,7 @@ def test_export_records_the_vocab_hash_and_loading_refuses_a_permuted_vocab(expo
 
 def test_predictor_logits_equal_the_training_program_and_bucketing_changes_nothing(exported, model):
     from inference.predictor import QAPredictor
-    from utils.squad_postprocess import postprocess_predictions
+    from tasks.squad_postprocess import postprocess_predictions
 
     root, cfg = model
     examples, features = _features(root)
@@ -193,8 +193,8 @@ def test_word_offsets_map_back_through_irregular_whitespace():
 def test_int8_copy_reports_its_accuracy_change(model, tmp_path):
     from inference import export
     from inference.predictor import QAPredictor
-    from utils import squad_metrics
-    from utils.squad_postprocess import postprocess_predictions
+    from tasks import squad_metrics
+    from tasks.squad_postprocess import postprocess_predictions
 
     root, _ = model
     out = tmp_path / "export8"
@@ -218,8 +218,8 @@ def test_int8_copy_reports_its_accuracy_change(model, tmp_path):
 
 def test_run_squad_predicts_through_the_export_with_unchanged_scores(exported, model, tmp_path):
     import run_squad
-    from utils.squad_postprocess import postprocess_predictions
-    from utils import squad_metrics
+    from tasks.squad_postprocess import postprocess_predictions
+    from tasks import squad_metrics
 
     root, cfg = model
     common = ["--vocab-file", str(root / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",

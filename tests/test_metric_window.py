@@ -9,7 +9,7 @@ import pytest
 import program as P
 from test_program import TINY, pretraining_batch, train_cfg
 from utils import checkpoint_io
-from utils.metric_window import MetricWindow
+from tasks.metric_window import MetricWindow
 
 pytestmark = pytest.mark.usefixtures("static_graph")
 

@@ -1,10 +1,11 @@
 """Non-finite loss in fp32: the update is skipped inside the program, counted on the host, and a run that
-keeps producing NaN stops with a clear error (optimizer.skip_nonfinite_updates, utils.nonfinite)."""
+keeps producing NaN stops with a clear error (program_rewrites.skip_nonfinite_updates, utils.nonfinite)."""
 import numpy as np
 import paddle
 import pytest
 
 import optimizer as optimizer_lib
+import program_rewrites
 from utils.nonfinite import NonFiniteGuard, TrainingDiverged
 
 
@@ -21,12 +22,12 @@ def _program(name, k_steps, guard, cpu_kernel=False):
         if k_steps > 1:
             opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
         opt.minimize(loss)
-        guarded = optimizer_lib.skip_nonfinite_updates(main) if guard else 0
+        guarded = program_rewrites.skip_nonfinite_updates(main) if guard else 0
         if cpu_kernel:  # what a CPU training program does after the guard (program._minimize)
             from cpu_kernels.build import lamb_kernel
             if lamb_kernel().op_type is None:
                 pytest.skip(f"the CPU LAMB kernel cannot be built here: {lamb_kernel().reason}")
-            assert optimizer_lib.use_cpu_lamb_kernel(main) == 2
+            assert program_rewrites.use_cpu_lamb_kernel(main) == 2
     return main, startup, loss, guarded
 
 
@@ -88,7 +89,7 @@ def test_programs_with_a_loss_scaler_are_left_alone(static_graph):
     main, startup, loss, _ = _program("Lamb", 1, guard=False)
     with paddle.static.program_guard(main, startup):
         check_finite_and_unscale([paddle.full([2], 1.0)], paddle.full([1], 1.0))  # what fp16 AMP adds
-    assert optimizer_lib.skip_nonfinite_updates(main) == 0
+    assert program_rewrites.skip_nonfinite_updates(main) == 0
     assert not [op for op in main.global_block().ops if op.type == "lamb" and op.input("SkipUpdate")]
 
 
@@ -119,10 +120,10 @@ def _counted(name, k_steps, feeds, cpu_kernel=False):
         if k_steps > 1:
             opt = paddle.incubate.optimizer.GradientMergeOptimizer(opt, k_steps=k_steps)
         opt.minimize(loss)
-        optimizer_lib.skip_nonfinite_updates(main)
+        program_rewrites.skip_nonfinite_updates(main)
         if cpu_kernel:
-            assert optimizer_lib.use_cpu_lamb_kernel(main) == 2
-        names = optimizer_lib.count_nonfinite_updates(main, startup)
+            assert program_rewrites.use_cpu_lamb_kernel(main) == 2
+        names = program_rewrites.count_nonfinite_updates(main, startup)
     exe, scope, seen = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope(), []
     with paddle.static.scope_guard(scope):
         exe.run(startup)
@@ -171,7 +172,7 @@ def test_without_clipping_the_gradients_are_checked_one_by_one(static_graph):
         loss = paddle.mean(paddle.static.nn.fc(x, 3) ** 2)
         optimizer_lib.build_optimizer("AdamW", 0.1, weight_decay=0.01, beta1=0.9, beta2=0.999, epsilon=1e-6,
                                       grad_clip_norm=None).minimize(loss)
-        assert optimizer_lib.skip_nonfinite_updates(main) == 2
+        assert program_rewrites.skip_nonfinite_updates(main) == 2
     types = _types(main)
     assert "check_finite_and_unscale" in types and "isfinite_v2" not in types
     states, losses = _run(main, startup, loss, [GOOD, BAD])

@@ -192,7 +192,7 @@ def check_amp_program(bundle, low_dtype, dynamic_scaling):
     types = [op.type for op in all_ops(bundle.main_program)]
     assert "cast" in types
     # Both check the gradients and skip a step with inf/nan (fp16 through its loss scaler, bf16 through
-    # optimizer.skip_nonfinite_updates, which tests the clip's global norm); only fp16 adapts a loss scale.
+    # program_rewrites.skip_nonfinite_updates, which tests the clip's global norm); only fp16 adapts a loss scale.
     assert ("check_finite_and_unscale" if dynamic_scaling else "isfinite_v2") in types
     assert ("update_loss_scaling" in types) == dynamic_scaling
     updates = [op for op in all_ops(bundle.main_program) if op.type in OPTIMIZER_OPS]

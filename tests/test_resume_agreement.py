@@ -1,4 +1,4 @@
-"""utils.resume_agreement: rank 0 chooses, every rank verifies, a disagreement fails on every rank.
+"""tasks.resume_agreement: rank 0 chooses, every rank verifies, a disagreement fails on every rank.
 
 The ranks are threads sharing an in-memory store with the blocking `get` of Paddle's TCPStore; the real
 store is exercised by tests/test_pretraining_faults.py (two CPU processes under paddle.distributed.launch).
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from utils import resume_agreement as ra
+from tasks import resume_agreement as ra
 
 
 class _Store:

@@ -14,7 +14,7 @@ import pytest
 
 import program as P
 from modeling import BertConfig
-from utils import glue_metrics
+from tasks import glue_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 from data.features.squad import read_examples
-from utils.squad_metrics import evaluate_v1
+from tasks.squad_metrics import evaluate_v1
 
 SAMPLE = os.path.join(REPO, "data", "samples", "squad")
 

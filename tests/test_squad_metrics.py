@@ -1,11 +1,11 @@
-"""utils.squad_metrics: official SQuAD v1.1 / v2.0 semantics on hand-computed cases and the real dev set."""
+"""tasks.squad_metrics: official SQuAD v1.1 / v2.0 semantics on hand-computed cases and the real dev set."""
 import json
 import logging
 
 import pytest
 
 from conftest import shared_path
-from utils.squad_metrics import (evaluate_v1, evaluate_v2, exact_match_score, f1_score_v1, f1_score_v2,
+from tasks.squad_metrics import (evaluate_v1, evaluate_v2, exact_match_score, f1_score_v1, f1_score_v2,
                                  normalize_answer)
 
 

@@ -1,4 +1,4 @@
-"""utils.squad_postprocess on hand-made logits with known best spans, plus equality with a Google-style loop."""
+"""tasks.squad_postprocess on hand-made logits with known best spans, plus equality with a Google-style loop."""
 import json
 import math
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_path
 from data.features.squad import examples_to_features, read_examples
 from tokenizer import BertTokenizer, FullTokenizer
-from utils.squad_postprocess import NO_SPAN_NULL_ODDS, get_final_text, postprocess_predictions
+from tasks.squad_postprocess import NO_SPAN_NULL_ODDS, get_final_text, postprocess_predictions
 
 WORDS = ["who", "bark", "##ed", "?", "steve", "smith", "'", "s", "dog", "loud", "##ly", "at", "the", "mail",
          "##man", "."]

@@ -43,7 +43,7 @@ the checkpoints of earlier processes. What is deleted: complete checkpoints olde
 `keep_last` (retention), and the `<step>.tmp-*` directories of saves that were killed. Everything else
 that must make way (a damaged step directory, one replaced by a new save of the same step, the later
 steps of a run resumed from an older one) is moved aside to `superseded-*`. A save refuses parameters
-holding NaN/inf.
+holding NaN/inf (the non-finite policy, `utils.nonfinite`, defines the test and the error).
 
 Restores match variables by name. Programs must therefore name their parameters explicitly and be built
 the same way (optimizer accumulator names such as `l1.w_moment1_0` come from `paddle.utils.unique_name`;
@@ -69,7 +69,7 @@ from utils.checks import is_int
 from utils.checks import PREVIEW as _PREVIEW
 from utils.checks import preview as _preview
 from utils.fs import atomic_write_text
-from utils.nonfinite import TrainingDiverged
+from utils.nonfinite import NonFiniteParameters, nonfinite_names
 
 logger = logging.getLogger(__name__)
 
@@ -424,10 +424,6 @@ def _scope_arrays(names):
     return {n: np.array(scope.find_var(n).get_tensor()) for n in names}
 
 
-class NonFiniteParameters(TrainingDiverged):
-    """A save was refused because parameters hold NaN/inf."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # Checkpoint manager
 
@@ -558,7 +554,7 @@ class CheckpointManager:
         param_names = {p.name for p in program.all_parameters()}
         arrays = _scope_arrays(names)
         parameters = {n: v for n, v in arrays.items() if n in param_names}
-        bad = checkpoint_io.nonfinite_names(parameters)
+        bad = nonfinite_names(parameters)
         if bad:
             raise NonFiniteParameters(
                 f"parameters hold NaN/inf at step {progress.global_step} ({_preview(bad)}); not saving a "
@@ -738,7 +734,7 @@ class CheckpointManager:
         """The step `restore(step)` would load, with every file of it verified, without loading anything.
 
         Multi-process runs let rank 0 resolve "auto" and every rank then restores that exact step (see
-        `utils.resume_agreement`): ranks choosing alone can pick different steps.
+        `tasks.resume_agreement`): ranks choosing alone can pick different steps.
 
         Returns:
           int, or None when step == "auto" and there is no checkpoint at all.

@@ -19,7 +19,6 @@ import hashlib
 import os
 import pickle
 
-import numpy as np
 import paddle
 
 from utils.fs import file_digest
@@ -227,9 +226,3 @@ def read_state(prefix):
     except Exception as err:  # pickle, EOF, OS and paddle's own errors all mean the same here
         raise DamagedCheckpoint(f"cannot read {prefix}{PARAMS_SUFFIX}/{OPT_SUFFIX}: "
                                 f"{type(err).__name__}: {err}") from err
-
-
-def nonfinite_names(arrays):
-    """Names of the floating-point arrays holding NaN or +-inf, sorted."""
-    return sorted(n for n, v in arrays.items()
-                  if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all())

@@ -2,7 +2,7 @@
 
 Owns: resolving `--device {auto,gpu,cpu}` (one log line says what was chosen and why), reading the rank
 layout that `paddle.distributed.launch` puts in the environment, initialising the collective runtime
-(Fleet on GPUs; gloo + `utils.gloo_data_parallel` on CPU processes), the executor, and per-rank seeding.
+(Fleet on GPUs; gloo + `gloo_data_parallel` on CPU processes), the executor, and per-rank seeding.
 Does not own: building programs (`program.py`), parsing flags (the run scripts), checkpoints.
 
 Typical use in a run script (after `import utils.preflight`):

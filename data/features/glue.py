@@ -3,7 +3,7 @@
 Owns: `TASKS` (the nine GLUE tasks: their file layouts, label sets, dev and test splits and submission file
 names, as released by the GLUE benchmark), `read_examples` (one split of one task into `GlueExample`s),
 `examples_to_features` (WordPiece ids through the project's tokenizer, in fixed-length numpy arrays) and
-`batch_of_rows` (numpy feed dicts). Does not own: the model, losses, metrics (`utils.glue_metrics`) or the
+`batch_of_rows` (numpy feed dicts). Does not own: the model, losses, metrics (`tasks.glue_metrics`) or the
 training loop (`tasks.glue`). No Paddle here.
 
 Reading rules (what Google's `run_classifier.py` does, made strict):

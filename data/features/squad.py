@@ -2,8 +2,8 @@
 
 Owns: reading SQuAD v1.1 / v2.0 JSON into `SquadExample`s, turning them into fixed-length model windows
 (`SquadFeatures`, numpy arrays), caching those on disk, and yielding numpy feed dicts.
-Does not own: the model, the loss, turning logits back into answers (`utils.squad_postprocess`) or scoring
-(`utils.squad_metrics`). No Paddle here.
+Does not own: the model, the loss, turning logits back into answers (`tasks.squad_postprocess`) or scoring
+(`tasks.squad_metrics`). No Paddle here.
 
 Semantics are Google BERT's `run_squad.py`, reimplemented from the algorithm:
   * contexts are split on whitespace (space, tab, CR, LF and U+202F) into `doc_tokens`;

@@ -2,7 +2,7 @@
 
 Owns: answer normalisation, per-question EM / F1, the dataset-level v1.1 and v2.0 reports (including
 HasAns_/NoAns_ breakdowns and, given null odds or probabilities, the best-threshold search).
-Does not own: producing predictions (`utils.squad_postprocess`).
+Does not own: producing predictions (`tasks.squad_postprocess`).
 
 Semantics (reimplemented from the official scripts' algorithm):
   * normalize: lower-case, drop ASCII punctuation (`string.punctuation`), replace the words a/an/the

@@ -3,7 +3,7 @@
 Owns: choosing answer spans from logits and recovering their original text (Google BERT `run_squad.py`
 `write_predictions` / `get_final_text` semantics, reimplemented from the algorithm), plus writing
 predictions.json / nbest_predictions.json / null_odds.json when asked. Plain numpy: arrays in, dicts out.
-Does not own: running the model, building windows (`data.features.squad`) or scoring (`utils.squad_metrics`).
+Does not own: running the model, building windows (`data.features.squad`) or scoring (`tasks.squad_metrics`).
 
 Per example, over all of its windows:
   * candidates are the n_best highest start logits x the n_best highest end logits of each window (ties
