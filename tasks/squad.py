@@ -24,8 +24,8 @@ from data.features.squad import (PREDICT_ONLY_KEYS, FeatureParams, SquadExample,
                                  load_or_build_features, split_on_whitespace)
 from inference import model_dir as export_layout
 from inference.predictor import QAPredictor
-from tasks.finetune import trim_batch
 from tasks import squad_metrics
+from tasks.finetune import trim_batch
 from tasks.squad_postprocess import postprocess_predictions
 
 logger = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from tokenizer import BasicTokenizer
 from utils.checks import is_int
 from utils.fs import atomic_write_json
 
@@ -90,8 +91,6 @@ def get_final_text(pred_text, orig_text, do_lower_case, basic_tokenizer=None):
       str, a substring of orig_text (e.g. "Steve Smith") or orig_text itself.
     """
     if basic_tokenizer is None:
-        from tokenizer import BasicTokenizer
-
         basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
     return _project(pred_text, orig_text.split(" "), " ".join(basic_tokenizer.tokenize(orig_text)))
 
@@ -105,8 +104,6 @@ class _BasicTokensOfWords:
     """
 
     def __init__(self, do_lower_case):
-        from tokenizer import BasicTokenizer
-
         self._tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
         self._by_word = {}
         self._doc, self._doc_texts = None, None
