@@ -233,9 +233,6 @@ def _report_outcome(cfg, metrics):
         logger.info("%s", line)
 
 
-EXIT_DIVERGED = 4
-
-
 def cli(argv=None):
     """`main` as a command; returns the exit status.
 
@@ -243,7 +240,7 @@ def cli(argv=None):
     (non-finite loss or parameters; one `error:` line, no checkpoint of the bad state written).
     """
     from utils.cli import run_cli
-    from utils.nonfinite import TrainingDiverged
+    from utils.nonfinite import EXIT_DIVERGED, TrainingDiverged
     from utils.runtime import DistEnv
 
     return run_cli(main, argv, rank=DistEnv.from_env().rank, exit_codes={TrainingDiverged: EXIT_DIVERGED})

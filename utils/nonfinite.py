@@ -13,7 +13,8 @@ The policy, whole, and where each part of it runs:
      (`tasks.metric_window`), never after every update.
   4. Warned about and limited, here: `NonFiniteGuard` warns about every new skip and raises
      `TrainingDiverged` once `--max-nonfinite-steps` (default 25) updates in a row were skipped.
-  5. Exit status 4: `run_pretraining.cli` maps `TrainingDiverged` (so also `NonFiniteParameters`) to it,
+  5. Exit status 4 (`EXIT_DIVERGED`): `run_pretraining.cli` maps `TrainingDiverged` (so also
+     `NonFiniteParameters`) to it,
      with one `error:` line.
   6. Never saving NaN parameters: `utils.checkpoint.CheckpointManager.save` refuses parameters that
      `nonfinite_names` names and raises `NonFiniteParameters`; nothing is written, so a checkpoint that
@@ -36,6 +37,8 @@ import numpy as np
 from utils.checks import is_int
 
 logger = logging.getLogger(__name__)
+
+EXIT_DIVERGED = 4  # the exit status of a command whose training diverged (point 5)
 
 
 class TrainingDiverged(RuntimeError):
