@@ -14,8 +14,7 @@ The policy, whole, and where each part of it runs:
   4. Warned about and limited, here: `NonFiniteGuard` warns about every new skip and raises
      `TrainingDiverged` once `--max-nonfinite-steps` (default 25) updates in a row were skipped.
   5. Exit status 4 (`EXIT_DIVERGED`): `run_pretraining.cli` maps `TrainingDiverged` (so also
-     `NonFiniteParameters`) to it,
-     with one `error:` line.
+     `NonFiniteParameters`) to it, with one `error:` line.
   6. Never saving NaN parameters: `utils.checkpoint.CheckpointManager.save` refuses parameters that
      `nonfinite_names` names and raises `NonFiniteParameters`; nothing is written, so a checkpoint that
      cannot train on never replaces a good one.
