@@ -51,15 +51,16 @@ def verification_feed(vocab_size, max_seq_length, windows=VERIFY_WINDOWS, seed=0
 
 
 def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX,
-                         fetch_names=layout.ExportSettings.fetch_names):
+                         fetch_names=layout.ExportSettings.fetch_names, device="cpu"):
     """max |delta| between the executor's eval-program outputs `fetch_names` and the exported model's (Paddle
-    Inference) on `feed`: over real (unpadded) positions for per-token logits (SQuAD's [B, L]), over every
-    value for per-sequence ones (GLUE's [B, num_labels])."""
+    Inference on `device`, the executor's own: a GPU run is compared with a GPU predictor, not with the CPU)
+    on `feed`: over real (unpadded) positions for per-token logits (SQuAD's [B, L]), over every value for
+    per-sequence ones (GLUE's [B, num_labels])."""
     names = [bundle.eval_fetches[k].name for k in fetch_names]
     want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
     predictor = paddle_infer.create_predictor(make_config(
         os.path.join(directory, prefix + ".pdmodel"), os.path.join(directory, prefix + ".pdiparams"),
-        precision=precision))
+        precision=precision, device=device))
     for name in predictor.get_input_names():
         handle = predictor.get_input_handle(name)
         handle.reshape(feed[name].shape)
@@ -72,10 +73,13 @@ def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=
 
 
 def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, source, tolerance=DEFAULT_TOLERANCE,
-                 extra=None):
+                 extra=None, device="cpu"):
     """Fill `directory` (empty, e.g. from utils.fs.atomic_output_dir) with a verified export.
 
-    The scope must hold the model's parameters (loaded, or just trained).
+    The scope must hold the model's parameters (loaded, or just trained) in the dtypes of `bundle`'s eval
+    program, which must be one `device` can run (a predict-only fp32 build with plain attention can run
+    anywhere; an AMP training bundle's fp16 eval program cannot run on a CPU: see `serving_bundle` in
+    `tasks.finetune`). `device` ("cpu" | "gpu", the executor's) runs the verifying predictor.
 
     Returns:
       the manifest dict (with verified_max_abs_logit_diff).
@@ -89,7 +93,7 @@ def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, sou
     atomic_write_json(os.path.join(directory, layout.SETTINGS_FILE), settings.to_dict())
     diff = max_logit_difference(exe, bundle, directory, verification_feed(model_cfg.vocab_size,
                                                                           settings.max_seq_length),
-                                fetch_names=settings.fetch_names)
+                                fetch_names=settings.fetch_names, device=device)
     logger.info("exported model vs training program: max |delta logit| = %.3g on %d windows (tolerance %g)",
                 diff, VERIFY_WINDOWS, tolerance)
     if not diff <= tolerance:
@@ -114,7 +118,7 @@ def load_from_scope(exe, bundle, *, model_cfg, vocab_file, settings, source, pre
     """
     with tempfile.TemporaryDirectory(prefix=f"{settings.task.lower()}-export-") as tmp:
         write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=vocab_file, settings=settings,
-                     source=source)
+                     source=source, device=device)
         return load_predictor(tmp, precision=precision, device=device, threads=threads,
                               batch_size=batch_size or DEFAULT_BATCH_SIZE)
 

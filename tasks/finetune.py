@@ -23,17 +23,21 @@ import os
 from typing import Protocol
 
 import numpy as np
+import paddle
 
 from inference.verified_export import load_from_scope
-from tasks.config import train_config
+from tasks.config import PrecisionConfig, train_config
 from tasks.engine import run_updates
 from utils.amp_state import init_pure_fp16
+from utils.checkpoint import assign_to_scope
 from utils.report import build_metric_logger
-from utils.weights import init_parameters, save_params
+from utils.weights import fp32_parameters, init_parameters, save_params
 
 logger = logging.getLogger(__name__)
 
 SEQ_ALIGN = 8  # trimmed batches keep a multiple of this many columns
+# What a fine-tuned model is exported and verified in, whatever it trained in: fp32, plain attention.
+SERVING_PRECISION = PrecisionConfig(amp={"amp": "off"}, fuse_mha=False)
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -267,18 +271,34 @@ class FinetuneSession:
                                                  cfg.model.config)
         return results
 
-    def predictor(self, bundle, device=None):
+    def predictor(self, bundle):
         """The task's predictor: the exported --from-checkpoint itself, or the parameters now in the scope
-        exported (and verified against the executor) through a temporary directory."""
-        cfg, device = self.cfg, device or self.rt.device
+        exported (and verified against the executor, on the run's device) through a temporary directory.
+
+        Whatever precision the run trained in (fp32, TF32, AMP O1 / O2 in fp16 or bf16, fused attention), the
+        export is a fresh predict-only program in fp32 with plain attention (`serving_bundle`), holding the
+        fp32 values of the parameters (O2's master weights): the program every device and every predictor
+        precision can run, as `python -m inference.export` writes from a checkpoint.
+        """
+        cfg, rt = self.cfg, self.rt
         if cfg.model.export_dir is not None:
-            return self.adapter.load_export(cfg.model.export_dir, device)
-        settings = self.adapter.export_settings(cfg)
-        return load_from_scope(self.rt.exe, bundle, model_cfg=cfg.model.config, vocab_file=cfg.text.vocab_file,
-                               settings=settings, source={"path": os.path.abspath(cfg.model.init_path),
-                                                          "in_process": True},
-                               precision=getattr(cfg.settings, "infer_precision", "fp32"), device=device,
-                               batch_size=cfg.schedule.predict_batch_size)
+            return self.adapter.load_export(cfg.model.export_dir, rt.device)
+        values = fp32_parameters(bundle.main_program)
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            serving = self.serving_bundle()
+            rt.exe.run(serving.startup_program)
+            assign_to_scope(rt.exe, values, "the parameters in training")
+            return load_from_scope(rt.exe, serving, model_cfg=cfg.model.config, vocab_file=cfg.text.vocab_file,
+                                   settings=self.adapter.export_settings(cfg),
+                                   source={"path": os.path.abspath(cfg.model.init_path), "in_process": True},
+                                   precision=getattr(cfg.settings, "infer_precision", "fp32"), device=rt.device,
+                                   batch_size=cfg.schedule.predict_batch_size)
+
+    def serving_bundle(self):
+        """The task's predict-only program in fp32 with plain attention, on the run's device."""
+        cfg = self.cfg
+        train_cfg = train_config(None, SERVING_PRECISION, total_steps=1, seed=cfg.run.seed, device=self.rt.device)
+        return self.adapter.build(cfg.model.config, train_cfg, is_training=False)
 
     def metrics(self):
         """The run's metric logger (rank 0 writes the report), closed when the `with` block ends. Its lines

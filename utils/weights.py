@@ -307,6 +307,22 @@ def head_parameters(path):
     return {k: v for k, v in parameter_shapes(path).items() if k.startswith(prefixes)}
 
 
+def fp32_parameters(program):
+    """{name: float32 array} of `program`'s parameters in the current scope, as a predict-only fp32 program
+    needs them: under pure fp16 (O2) a parameter is fp16 and its fp32 master weight (`<name>_fp32_master_0`)
+    is the exact value the optimizer updated, so the master is taken; otherwise the parameter itself (fp32,
+    or upcast exactly from fp16/bf16).
+    """
+    scope = paddle.static.global_scope()
+    out = {}
+    for param in program.all_parameters():
+        master = scope.find_var(param.name + MASTER_SUFFIX)
+        source = master if master is not None and master.get_tensor()._is_initialized() else scope.find_var(
+            param.name)
+        out[param.name] = np.array(source.get_tensor()).astype(np.float32)
+    return out
+
+
 def save_params(program, directory, model_prefix, model_cfg):
     """Write the program's parameters (no optimizer state) and the architecture, each atomically.
 
@@ -316,8 +332,7 @@ def save_params(program, directory, model_prefix, model_cfg):
     Returns:
       str, the .pdparams path.
     """
-    scope = paddle.static.global_scope()
-    state = {p.name: np.array(scope.find_var(p.name).get_tensor()) for p in program.all_parameters()}
+    state = fp32_parameters(program)  # under O2, the fp32 masters: not the rounded fp16 copies
     path = os.path.join(directory, model_prefix + ".pdparams")
     os.makedirs(directory, exist_ok=True)
     # paddle.load reads a plain pickle of a dict of arrays; pickling here lets the write be atomic.
