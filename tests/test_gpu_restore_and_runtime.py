@@ -86,3 +86,60 @@ def test_restore_under_another_executor_place_keeps_every_tensor_where_it_was(tm
             np.testing.assert_array_equal(np.array(tensor), saved[name], err_msg=name)
             assert tensor._place().is_cpu_place(), name
         exe.run(prog.main, feed=_batch(4), fetch_list=[prog.loss])  # and the program still runs
+
+
+# ---------------------------------------------------------------- item 3: O2 sums the global norm in fp32
+def clip_ops(program):
+    return [op for op in all_ops(program) if "gradient_clip" in (op.attr("op_namescope") or "")]
+
+
+def dtype_of(program, name):
+    return program.global_block()._var_recursive(name).dtype
+
+
+@pytest.mark.parametrize("fleet", [False, True])
+def test_o2_squares_every_gradient_in_fp32(gpu_op_support, fleet_initialised, fleet):
+    import program as P
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", device="gpu", use_pure_fp16=True, use_fleet=fleet))
+    program, ops = bundle.main_program, clip_ops(bundle.main_program)
+    squares = [op for op in ops if op.type == "squared_l2_norm"]
+    params = program.all_parameters()
+    assert len(squares) == len(params)
+    assert {dtype_of(program, n) for op in squares for n in op.input("X") + op.output("Out")} == {paddle.float32}
+    # Each fp16 gradient is cast to fp32 before it is squared (the model itself stays fp16).
+    fp16_grads = {p.name + "@GRAD" for p in params if p.dtype == paddle.float16}
+    assert len(fp16_grads) > len(params) // 2
+    cast_from = {op.output("Out")[0]: op.input("X")[0] for op in ops if op.type == "cast"}
+    assert {cast_from[op.input("X")[0]] for op in squares if op.input("X")[0] in cast_from} == fp16_grads
+    norm = [op for op in ops if op.type == "sqrt"]
+    assert len(norm) == 1 and dtype_of(program, norm[0].input("X")[0]) == paddle.float32
+    assert not paddle.nn.clip._clip_by_global_norm_using_mp_type()  # Paddle's switch is back off
+
+
+def test_o1_clip_is_paddles_own(gpu_op_support):
+    import program as P
+    bundle = P.build_pretraining(TINY, train_cfg(amp="fp16", device="gpu"))
+    ops = clip_ops(bundle.main_program)
+    assert "cast" not in {op.type for op in ops}  # fp32 gradients: nothing to cast
+    assert {dtype_of(bundle.main_program, n) for op in ops if op.type == "squared_l2_norm"
+            for n in op.input("X")} == {paddle.float32}
+
+
+def test_o2_clip_of_a_global_norm_above_256_is_finite():
+    """fp16 gradients of global norm 600 (squares 4 x 90000, above fp16's 65504): the norm and the
+    clipped gradients are finite, computed on the CPU (which has the fp32 kernels this clip uses)."""
+    from optimizer import build_optimizer
+    opt = build_optimizer("Lamb", 1e-3, weight_decay=0.01, beta1=0.9, beta2=0.999, epsilon=1e-6,
+                          grad_clip_norm=1.0, multi_precision=True)
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        param = paddle.static.create_parameter([4], "float16", name="w")
+        grad = paddle.static.data("w@GRAD", [4], "float16")
+        (_, clipped), = opt._grad_clip([(param, grad)])
+        norm = [op for op in main.global_block().ops if op.type == "sqrt"][0].output("Out")[0]
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        exe.run(startup)
+        got_norm, got = exe.run(main, feed={"w@GRAD": np.full(4, 300, np.float16)}, fetch_list=[norm, clipped])
+    assert got_norm == pytest.approx([600.0])  # sqrt(4 * 300^2)
+    assert got.dtype == np.float16 and got.tolist() == [0.5] * 4  # 300 * (1.0 / 600)
