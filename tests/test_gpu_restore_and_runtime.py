@@ -143,3 +143,47 @@ def test_o2_clip_of_a_global_norm_above_256_is_finite():
         got_norm, got = exe.run(main, feed={"w@GRAD": np.full(4, 300, np.float16)}, fetch_list=[norm, clipped])
     assert got_norm == pytest.approx([600.0])  # sqrt(4 * 300^2)
     assert got.dtype == np.float16 and got.tolist() == [0.5] * 4  # 300 * (1.0 / 600)
+
+
+# ---------------------------------------------------------------- item 4: Hopper with a CUDA 11 Paddle
+H100 = ("NVIDIA H100 80GB HBM3", (9, 0))
+
+
+@pytest.mark.parametrize("name, capability, build_cuda, refused", [
+    (*H100, "11.8", True),                       # the PyPI paddlepaddle-gpu==2.6.2 wheel
+    ("NVIDIA H200", (9, 0), "11.2", True),
+    (*H100, "12.0", False),                      # the Dockerfile's image / NGC
+    ("NVIDIA A100-SXM4-80GB", (8, 0), "11.8", False),
+    (*H100, "False", False),                     # unreadable: nothing to say
+])
+def test_gpu_build_rule(name, capability, build_cuda, refused):
+    from utils.runtime import GpuInfo
+    problem = GpuInfo(name, capability, build_cuda).build_problem()
+    assert (problem is not None) == refused
+    if refused:
+        assert name in problem and "compute capability 9.0" in problem and f"CUDA {build_cuda}" in problem
+        assert "sm_90" in problem and "Dockerfile" in problem and "--device cpu" in problem
+
+
+@pytest.mark.parametrize("requested", ["gpu", "auto"])
+def test_hopper_with_a_cuda11_build_is_refused_at_start_up_in_one_line(monkeypatch, requested):
+    from utils import runtime
+    monkeypatch.setattr(runtime, "gpu_available", lambda: True)
+    monkeypatch.setattr(runtime.GpuInfo, "query", classmethod(lambda cls: cls(*H100, "11.8")))
+    with pytest.raises(ValueError) as err:
+        runtime.resolve_device(requested)
+    message = str(err.value)
+    assert message.startswith(f"--device {requested}: NVIDIA H100 80GB HBM3 (compute capability 9.0)")
+    assert "\n" not in message and "bash scripts/docker/build.sh" in message
+
+
+def test_hopper_with_a_cuda12_build_runs_on_the_gpu(monkeypatch, caplog):
+    from utils import runtime
+    monkeypatch.setattr(runtime, "gpu_available", lambda: True)
+    monkeypatch.setattr(runtime.GpuInfo, "query", classmethod(lambda cls: cls(*H100, "12.0")))
+    monkeypatch.setattr(runtime, "_device_logged", False)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 8)
+    with caplog.at_level("INFO", logger="utils.runtime"):
+        assert runtime.resolve_device("auto") == "gpu"
+    assert "device: gpu (8 visible; NVIDIA H100 80GB HBM3, compute capability 9.0; Paddle built with CUDA 12.0)" \
+        in caplog.text
