@@ -1,7 +1,7 @@
 """Optimizers for BERT: LAMB (pre-training) and AdamW (fine-tuning).
 
 Owns: `build_optimizer`, the weight-decay exclusion rule (`exclude_from_weight_decay`) and gradient
-clipping by global norm. Does not own: the LR schedule (`lr_scheduler.py`), AMP / gradient merge /
+clipping by global norm (in fp32 under pure fp16: `Fp32NormClip`). Does not own: the LR schedule (`lr_scheduler.py`), AMP / gradient merge /
 fleet wrapping (`program.py`), nor any edit of the program after `minimize` -- the non-finite update
 guard and the CPU LAMB kernel swap are `program_rewrites`.
 
@@ -51,6 +51,28 @@ def decay_exclusion_summary(names):
     return f"{len(excluded)} of {len(names)} parameters, sha256 {digest}"
 
 
+class Fp32NormClip(paddle.nn.ClipGradByGlobalNorm):
+    """Clipping by global norm whose squares of fp16 gradients are cast to fp32 first (pure fp16, O2).
+
+    Why: Paddle 2.6 squares an fp16 gradient into an fp16 sum and adds those sums in fp16, so a global
+    norm above 256 (a square above fp16's 65504) becomes inf; the clip scale is then 0 and the step
+    turns into a LAMB update with zero gradients (the moments decay, weight decay still applies)
+    instead of the skipped update a non-finite gradient gets. Paddle's own switch for hybrid parallel,
+    `_clip_by_global_norm_using_mp_type`, casts each fp16 gradient to fp32 before squaring and applies
+    the scale in fp32 (the gradient is cast back to fp16 in place); it is turned on only while this
+    clip builds its ops, so other programs of the process are unaffected. fp32 gradients (O1, and the
+    LayerNorm parameters O2 keeps in fp32) build exactly as with `ClipGradByGlobalNorm`.
+    """
+
+    def _static_clip(self, params_grads):
+        from paddle.nn import clip as paddle_clip
+        before = paddle_clip._clip_by_global_norm_using_mp_type(True)
+        try:
+            return super()._static_clip(params_grads)
+        finally:
+            paddle_clip._clip_by_global_norm_using_mp_type(before)
+
+
 def check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm):
     """Validate `build_optimizer`'s arguments without building anything (configs call it early).
 
@@ -83,7 +105,8 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
       beta1, beta2: float in [0, 1).
       epsilon: float > 0.
       grad_clip_norm: float > 0, clip by global norm (Google uses 1.0); None disables clipping.
-      multi_precision: bool, keep fp32 master weights for fp16/bf16 parameters (pure fp16).
+      multi_precision: bool, keep fp32 master weights for fp16/bf16 parameters (pure fp16); the global
+        norm is then summed in fp32 (`Fp32NormClip`).
 
     Returns:
       A paddle optimizer.
@@ -92,7 +115,8 @@ def build_optimizer(name, lr_scheduler, *, weight_decay, beta1, beta2, epsilon, 
       ValueError: unknown or removed name, or out-of-range hyper-parameter.
     """
     check_hparams(name, weight_decay, beta1, beta2, epsilon, grad_clip_norm)
-    clip = paddle.nn.ClipGradByGlobalNorm(clip_norm=grad_clip_norm) if grad_clip_norm else None
+    clip_type = Fp32NormClip if multi_precision else paddle.nn.ClipGradByGlobalNorm
+    clip = clip_type(clip_norm=grad_clip_norm) if grad_clip_norm else None
     common = dict(learning_rate=lr_scheduler, beta1=beta1, beta2=beta2, epsilon=epsilon,
                   grad_clip=clip)
     if name == "AdamW":

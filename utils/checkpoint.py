@@ -11,8 +11,9 @@ Owns:
   * `check_compatible`: refusing to resume with a changed architecture, world size, global batch, vocab or
     recorded setting (one line: flag, checkpoint value, new value); `recorded_vocab_sha256`: the vocab a
     pretraining checkpoint was trained with (`tasks.config.VocabInfo.check_checkpoint` refuses another).
-  * writing named arrays into the scope (`assign_to_scope`) and logging where each parameter came from
-    (`log_parameter_sources`), shared with `utils.weights`.
+  * writing named arrays into the scope (`assign_to_scope`), each on the place its tensor already has
+    (`tensor_place`), and logging where each parameter came from (`log_parameter_sources`), shared with
+    `utils.weights`.
 
 Does not own: loading or saving a model's parameters alone (pretrained or fine-tuned: `utils.weights`), the
 bytes of the files (`utils.checkpoint_io`), building programs, running steps, applying
@@ -380,7 +381,8 @@ def assign_to_scope(exe, arrays, source):
     """Check every array against the scope's tensor, then set them all (nothing is set on any error).
 
     Args:
-      exe: the executor whose place the tensors live on.
+      exe: the executor; each tensor keeps the place it already has (`tensor_place`), which is not
+        always the executor's.
       arrays: dict name -> ndarray to write.
       source: str, the file or directory named in error messages.
 
@@ -404,7 +406,40 @@ def assign_to_scope(exe, arrays, source):
         more = f"; ... and {len(problems) - _PREVIEW} more" if len(problems) > _PREVIEW else ""
         raise ValueError(f"cannot load '{source}': {shown}{more}")
     for tensor, value in tensors.values():
-        tensor.set(value, exe.place)
+        tensor.set(value, tensor_place(tensor, exe.place))
+
+
+def tensor_place(tensor, default):
+    """The place `tensor` already lives on, in the form `Tensor.set` accepts (as
+    `paddle.static.set_program_state` does).
+
+    Why not the executor's place: Paddle keeps some persistables on the CPU under a GPU executor (the
+    gradient-merge step counter, LAMB's beta powers); writing them to the GPU on restore would make
+    the counter's CPU ops copy from the device and sync on every micro-batch, and would send LAMB down
+    its other kernel branch, so a resumed run could drift from an uninterrupted one.
+
+    Args:
+      tensor: a scope tensor (`var.get_tensor()`).
+      default: the place to use when `tensor` is not initialised yet, hence has no place: the
+        executor's, where running the startup program would have put it.
+
+    Returns:
+      paddle CPUPlace | CUDAPinnedPlace | CUDAPlace | XPUPlace | CustomPlace.
+    """
+    if not tensor._is_initialized():
+        return default
+    place = tensor._place()
+    if place.is_cpu_place():
+        return paddle.CPUPlace()
+    if place.is_cuda_pinned_place():
+        return paddle.CUDAPinnedPlace()
+    if place.is_gpu_place():
+        return paddle.CUDAPlace(place.gpu_device_id())
+    if place.is_xpu_place():
+        return paddle.XPUPlace(place.xpu_device_id())
+    if place.is_custom_place():
+        return paddle.CustomPlace(place.custom_device_type(), place.custom_device_id())
+    raise ValueError(f"cannot restore a tensor on {place}: not a CPU, CUDA, XPU or custom-device place")
 
 
 def log_parameter_sources(program, sources, origin):
@@ -755,7 +790,7 @@ class CheckpointManager:
         run. The caller applies `lr_state` and `loader_state` from the returned Progress.
 
         Args:
-          exe: executor whose place receives the tensors.
+          exe: the executor that ran the startup program (each tensor keeps its place: `tensor_place`).
           program: the training program, built exactly as when the checkpoint was saved.
           step: "auto" for the latest usable checkpoint, or an int step.
           validate: optional callable(Progress, step_dir) raising ValueError to refuse a checkpoint

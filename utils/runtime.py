@@ -1,6 +1,7 @@
 """Where and how a training/eval process runs: device, ranks, executor, seeds.
 
-Owns: resolving `--device {auto,gpu,cpu}` (one log line says what was chosen and why), reading the rank
+Owns: resolving `--device {auto,gpu,cpu}` (one log line says what was chosen and why; a GPU this Paddle
+build has no kernels for, as Hopper with a CUDA 11 build, is refused in one line), reading the rank
 layout that `paddle.distributed.launch` puts in the environment, initialising the collective runtime
 (Fleet on GPUs; gloo + `gloo_data_parallel` on CPU processes), the executor, and per-rank seeding.
 Does not own: building programs (`program.py`), parsing flags (the run scripts), checkpoints.
@@ -74,6 +75,55 @@ def gpu_available():
     return bool(paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)
 
 
+# Paddle compiles its own CUDA kernels for the architectures its cmake/cuda.cmake lists per CUDA version,
+# as machine code only (no PTX a newer GPU could compile at load time): the lists of CUDA 11 builds stop
+# before sm_90, which comes with CUDA 12. The PyPI paddlepaddle-gpu==2.6.2 wheel is a CUDA 11.8 build, so on
+# a Hopper GPU (H100/H200, compute capability 9.x) its own kernels (dropout, squared_l2_norm...) fail with
+# "no kernel image is available" deep in the first step. Paddle 2.6.2 does not expose the architectures a
+# build was compiled for, so the rule reads the CUDA version it was built with (`paddle.version.cuda()`).
+FIRST_CUDA_WITH_SM90 = 12
+WORKING_GPU_ROUTE = ("run in the image of this repo's Dockerfile (bash scripts/docker/build.sh; Paddle 2.6.2 "
+                     "with CUDA 12.0) or NVIDIA's NGC PaddlePaddle container, or use --device cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuInfo:
+    """The GPU this process would use, and the CUDA version this Paddle was built with.
+
+    Attributes:
+      name: str, e.g. "NVIDIA H100 80GB HBM3".
+      capability: (int, int), the compute capability, e.g. (9, 0).
+      build_cuda: str, `paddle.version.cuda()`, e.g. "11.8" ("False" in a CPU build).
+    """
+    name: str
+    capability: tuple
+    build_cuda: str
+
+    @classmethod
+    def query(cls):
+        """The current GPU's facts, read from Paddle (needs a CUDA build and a visible GPU)."""
+        import paddle.version
+        props = paddle.device.cuda.get_device_properties()
+        return cls(name=props.name, capability=(props.major, props.minor), build_cuda=str(paddle.version.cuda()))
+
+    def build_problem(self):
+        """Why this Paddle build cannot run its kernels on this GPU (one sentence), or None.
+
+        The rule: compute capability >= 9.0 with a Paddle built with CUDA < 12 (see FIRST_CUDA_WITH_SM90).
+        An unreadable CUDA version says nothing, so it is not refused.
+        """
+        try:
+            build_major = int(self.build_cuda.split(".")[0])
+        except ValueError:
+            return None
+        if tuple(self.capability) < (9, 0) or build_major >= FIRST_CUDA_WITH_SM90:
+            return None
+        major, minor = self.capability
+        return (f"{self.name} (compute capability {major}.{minor}) needs sm_{major}{minor} kernels, which "
+                f"paddlepaddle-gpu {paddle.__version__} built with CUDA {self.build_cuda} lacks (the PyPI wheel is "
+                f"such a build: 'no kernel image is available' in the first step); {WORKING_GPU_ROUTE}")
+
+
 _device_logged = False  # the device line is said once per process
 
 
@@ -88,7 +138,8 @@ def resolve_device(requested):
       chosen by utils.preflight), later calls are silent.
 
     Raises:
-      ValueError: an unknown value, or "gpu" when this Paddle build or machine has no usable GPU.
+      ValueError: an unknown value, "gpu" when this Paddle build or machine has no usable GPU, or a GPU
+        (also chosen by "auto") that this Paddle build has no kernels for (`GpuInfo.build_problem`).
     """
     if requested not in DEVICES:
         raise ValueError(f"--device must be one of {DEVICES}, got {requested!r}")
@@ -98,6 +149,10 @@ def resolve_device(requested):
                if not paddle.is_compiled_with_cuda() else "no GPU is visible")
         raise ValueError(f"--device gpu: {why}; use --device cpu or auto")
     device = "gpu" if (requested == "gpu" or (requested == "auto" and has_gpu)) else "cpu"
+    gpu = GpuInfo.query() if device == "gpu" else None
+    problem = gpu and gpu.build_problem()
+    if problem:  # refused, also under "auto": a silent fall-back to the CPU would hide a wrong install
+        raise ValueError(f"--device {requested}: {problem}")
     global _device_logged
     if not _device_logged:  # validate_args resolves the user's --device; init_runtime again, quietly
         _device_logged = True
@@ -106,7 +161,8 @@ def resolve_device(requested):
                         "requested" if requested == "cpu" else "no usable GPU",
                         os.environ.get("OMP_NUM_THREADS", "?"), preflight.MKL_CHOICE)
         else:
-            logger.info("device: gpu (%d visible)", paddle.device.cuda.device_count())
+            logger.info("device: gpu (%d visible; %s, compute capability %d.%d; Paddle built with CUDA %s)",
+                        paddle.device.cuda.device_count(), gpu.name, *gpu.capability, gpu.build_cuda)
     return device
 
 
