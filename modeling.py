@@ -2,8 +2,9 @@
 
 Owns: `BertConfig` (strict JSON loading), the encoder (`BertModel`), the pre-training heads
 (`BertForPretraining`: masked-LM + next-sentence), the SQuAD span head (`BertForQuestionAnswering`), the
-GLUE sentence(-pair) head (`BertForSequenceClassification`, `classifier.*`) and `select_attention_impl`,
-which picks the attention kernel for `--fuse-mha`.
+GLUE sentence(-pair) head (`BertForSequenceClassification`, `classifier.*`), `select_attention_impl`,
+which picks the attention kernel for `--fuse-mha`, and `Fusions` / `select_fusions`, the other fused paths
+(`--fuse-qkv`, `--fuse-ffn`, `--fuse-residual-ln`). Every path keeps the same parameters and names.
 Does not own: losses (`loss.py`), optimizers and LR (`optimizer.py`, `lr_scheduler.py`), feeds,
 programs or AMP (`program.py`), or checkpoint I/O. Importing this module has no side effects; callers
 build the layers inside `paddle.static.program_guard` after `paddle.enable_static()`.
@@ -29,16 +30,22 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.incubate.nn import functional as incubate_F
 
 from utils.checks import is_int, is_number
 
 logger = logging.getLogger(__name__)
 
 ATTENTION_IMPLS = ("plain", "fused", "flash", "cudnn_fused")
+# The Paddle op each kernel-backed fusion emits (`Fusions` field -> op type).
+FUSED_OP_TYPES = {"ffn": "fused_feedforward", "residual_ln": "fused_bias_dropout_residual_layer_norm"}
+# Kernel data type each training precision needs.
+_AMP_KERNEL_DTYPES = {"off": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SUPPORTED_ACTS = ("gelu", "relu")
 _REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "hidden_act", "hidden_dropout_prob",
@@ -198,6 +205,79 @@ def _is_gpu_place(place):
     return bool(getattr(place, "is_gpu_place", lambda: False)())
 
 
+@dataclasses.dataclass(frozen=True)
+class Fusions:
+    """The encoder's fused paths beside attention. Parameters, names and shapes are the same on every path.
+
+    Fields:
+      qkv: Q, K and V as one [H, 3H] GEMM over the concatenated (still separately named) weights; plain
+        matmul, so every device runs it.
+      ffn: dense, activation, dense, dropout, residual add and LayerNorm of the FFN as one `fused_feedforward`.
+      residual_ln: bias, dropout, residual add and LayerNorm after a projection as one
+        `fused_bias_dropout_residual_layer_norm` (attention output, and the FFN output unless `ffn`).
+    """
+    qkv: bool = False
+    ffn: bool = False
+    residual_ln: bool = False
+
+    def names(self):
+        """tuple of the fields that are on, e.g. ("qkv", "ffn")."""
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name))
+
+
+def fused_kernel_dtypes(op_type, place):
+    """Data types the installed Paddle has a kernel of `op_type` for on `place`'s device.
+
+    Args:
+      op_type: str, e.g. "fused_feedforward".
+      place: a paddle Place, or a string starting with "cpu" / "gpu".
+
+    Returns:
+      set of str ("float32", "float16", "bfloat16", "float64"); empty when there is none (CPU wheels have
+      no fused transformer kernels, nor even the op).
+    """
+    try:
+        keys = paddle.base.core._get_all_register_op_kernels("all").get(op_type) or ()
+    except AttributeError:  # a build without the registry query: only CUDA builds have these kernels
+        keys = ()
+    device = "gpu" if _is_gpu_place(place) else "cpu"
+    dtypes = set()
+    for key in keys:
+        match = re.search(r"data_type\[([^\]]+)\].*place\[Place\(([a-z_]+)", key)
+        if match and match.group(2).startswith(device):
+            name = match.group(1).split("::")[-1]
+            dtypes.add({"float": "float32", "double": "float64"}.get(name, name))
+    return dtypes
+
+
+def select_fusions(requested, place, amp="off", attention_impl="plain"):
+    """Keep the requested fusions this device and Paddle build can run; one log line for each one dropped.
+
+    Args:
+      requested: Fusions asked for by the flags.
+      place: a paddle Place, or a string starting with "cpu" / "gpu".
+      amp: "off" | "fp16" | "bf16": the kernel must exist in the training precision.
+      attention_impl: the built attention (one of ATTENTION_IMPLS); "fused" already computes Q, K, V
+        with one GEMM, and NGC's "cudnn_fused" pass matches the three separate projections.
+
+    Returns:
+      Fusions: `requested` without the fusions that would fail at run time (unfused layers instead).
+    """
+    kept = dataclasses.asdict(requested)
+    if requested.qkv and attention_impl in ("fused", "cudnn_fused"):
+        kept["qkv"] = False
+        logger.info("--fuse-qkv: attention %r already projects Q, K and V itself; keeping its ops",
+                    attention_impl)
+    dtype = _AMP_KERNEL_DTYPES[amp]
+    for field, op_type in FUSED_OP_TYPES.items():
+        if kept[field] and dtype not in fused_kernel_dtypes(op_type, place):
+            kept[field] = False
+            device = "GPU" if _is_gpu_place(place) else "CPU"
+            logger.info("--fuse-%s requested but this Paddle build has no %s %s kernel of %s: using the "
+                        "unfused layers", field.replace("_", "-"), device, dtype, op_type)
+    return Fusions(**kept)
+
+
 def _short_error(err):
     """The informative line of a Paddle error (its message is a long user-code + C++ trace)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -295,15 +375,18 @@ class BertEmbeddings(nn.Layer):
 class BertAttention(nn.Layer):
     """Self-attention block: Q/K/V projections, attention, output projection, dropout, residual, LN.
 
-    All implementations share the same parameters (HF names), so a checkpoint trained with one can be
-    loaded by another; they differ only in the ops they emit.
+    All implementations and `Fusions` share the same parameters (HF names), so a checkpoint trained with
+    one can be loaded by another; they differ only in the ops they emit.
     """
 
-    def __init__(self, cfg, prefix, impl):
+    def __init__(self, cfg, prefix, impl, fusions=Fusions()):
         super().__init__()
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
         self.cfg, self.impl = cfg, impl
+        # "fused" (fused_attention) already does both; NGC's pass for "cudnn_fused" matches the plain ops.
+        self.fuse_qkv = fusions.qkv and impl in ("plain", "flash")
+        self.fuse_residual_ln = fusions.residual_ln and impl in ("plain", "flash")
         h = cfg.hidden_size
         self.query = _linear(h, h, f"{prefix}.self.query", cfg)
         self.key = _linear(h, h, f"{prefix}.self.key", cfg)
@@ -332,8 +415,23 @@ class BertAttention(nn.Layer):
                                    f"paddlepaddle-gpu, or run without --fuse-mha") from err
         else:  # "plain" and "cudnn_fused" (fused later by NGC's build pass)
             context = self._plain_context(hidden, mask_bias)
+        if self.fuse_residual_ln:
+            return _bias_dropout_residual_ln(context, hidden, self.output_dense, self.output_layer_norm,
+                                             self.cfg)
         out = self.hidden_dropout(self.output_dense(context))
         return self.output_layer_norm(paddle.add(out, hidden))
+
+    def _projections(self, hidden):
+        """(q, k, v), each float [B, L, heads, head_size]: three GEMMs, or one under `--fuse-qkv`."""
+        if not self.fuse_qkv:
+            return tuple(self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
+        # The separately named parameters are concatenated in the graph (column blocks q | k | v), so
+        # checkpoints and HF names stay as they are; backward splits the [H, 3H] gradient again.
+        weight = paddle.concat([self.query.weight, self.key.weight, self.value.weight], axis=1)
+        bias = paddle.concat([self.query.bias, self.key.bias, self.value.bias], axis=0)
+        qkv = paddle.add(paddle.matmul(hidden, weight), bias)                # [B, L, 3H]
+        qkv = paddle.reshape(qkv, [0, 0, 3, self.cfg.num_attention_heads, self.cfg.head_size])
+        return tuple(paddle.unbind(qkv, axis=2))
 
     def _heads(self, x):
         # [B, L, H] -> [B, L, heads, head_size]; 0 copies the (dynamic) batch and length dims.
@@ -341,17 +439,16 @@ class BertAttention(nn.Layer):
 
     def _plain_context(self, hidden, mask_bias):
         perm = [0, 2, 1, 3]
+        q, k, v = (paddle.transpose(x, perm) for x in self._projections(hidden))
         # Scaling q (B*L*H values) is cheaper than scaling the scores (B*heads*L*L values).
-        q = paddle.transpose(self._heads(self.query(hidden)), perm) * (self.cfg.head_size ** -0.5)
-        k = paddle.transpose(self._heads(self.key(hidden)), perm)
-        v = paddle.transpose(self._heads(self.value(hidden)), perm)
+        q = q * (self.cfg.head_size ** -0.5)
         scores = paddle.add(paddle.matmul(q, k, transpose_y=True), mask_bias)  # [B, heads, L, L]
         probs = self.attn_dropout(F.softmax(scores, axis=-1))
         context = paddle.transpose(paddle.matmul(probs, v), perm)        # [B, L, heads, hd]
         return paddle.reshape(context, [0, 0, self.cfg.hidden_size])
 
     def _flash_context(self, hidden, mask_bias):
-        q, k, v = (self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
+        q, k, v = self._projections(hidden)
         # mask_bias is already the dense [B, 1, L, L] mask flash_attn takes (BertModel builds it once);
         # AMP casts it to the activation dtype once, for all layers.
         context = F.scaled_dot_product_attention(
@@ -375,15 +472,25 @@ class BertAttention(nn.Layer):
             num_heads=self.cfg.num_attention_heads, transpose_qkv_wb=True)
 
 
+def _bias_dropout_residual_ln(x, residual, dense, layer_norm, cfg):
+    """layer_norm(residual + dropout(dense(x))) as `matmul` + one `fused_bias_dropout_residual_layer_norm`
+    (the projection's bias joins the fused op). Same parameters and dropout rule (upscale in training) as
+    the unfused ops; only `select_fusions` turns this on, where the kernel exists."""
+    return incubate_F.fused_bias_dropout_residual_layer_norm(
+        paddle.matmul(x, dense.weight), residual, bias=dense.bias, ln_scale=layer_norm.weight,
+        ln_bias=layer_norm.bias, dropout_rate=cfg.hidden_dropout_prob, ln_epsilon=cfg.layer_norm_eps,
+        training=True)
+
+
 class BertLayer(nn.Layer):
     """One post-LN encoder layer: attention block, then FFN (dense, act, dense, dropout, residual,
-    LayerNorm)."""
+    LayerNorm); `fusions` (see `Fusions`) picks the ops, never the parameters."""
 
-    def __init__(self, cfg, index, impl):
+    def __init__(self, cfg, index, impl, fusions=Fusions()):
         super().__init__()
         prefix = f"bert.encoder.layer.{index}"
-        self.cfg = cfg
-        self.attention = BertAttention(cfg, f"{prefix}.attention", impl)
+        self.cfg, self.fusions = cfg, fusions
+        self.attention = BertAttention(cfg, f"{prefix}.attention", impl, fusions)
         self.intermediate = _linear(cfg.hidden_size, cfg.intermediate_size,
                                     f"{prefix}.intermediate.dense", cfg)
         self.output_dense = _linear(cfg.intermediate_size, cfg.hidden_size,
@@ -394,8 +501,22 @@ class BertLayer(nn.Layer):
     def forward(self, hidden, mask_bias):
         """hidden float [B, L, H], mask_bias from `BertModel.attention_bias` -> float [B, L, H]."""
         attn = self.attention(hidden, mask_bias)
-        ffn = self.output_dense(_activation(self.intermediate(attn), self.cfg.hidden_act))
-        return self.output_layer_norm(paddle.add(self.dropout(ffn), attn))
+        if self.fusions.ffn:
+            return self._fused_ffn(attn)
+        inner = _activation(self.intermediate(attn), self.cfg.hidden_act)
+        if self.fusions.residual_ln:
+            return _bias_dropout_residual_ln(inner, attn, self.output_dense, self.output_layer_norm, self.cfg)
+        return self.output_layer_norm(paddle.add(self.dropout(self.output_dense(inner)), attn))
+
+    def _fused_ffn(self, attn):
+        # Post-LN with the residual, as the unfused FFN; BERT has no dropout after the activation
+        # (dropout1), only after the second dense (dropout2). The kernel's gelu is the erf form.
+        return incubate_F.fused_feedforward(
+            attn, self.intermediate.weight, self.output_dense.weight, linear1_bias=self.intermediate.bias,
+            linear2_bias=self.output_dense.bias, ln2_scale=self.output_layer_norm.weight,
+            ln2_bias=self.output_layer_norm.bias, dropout1_rate=0.0,
+            dropout2_rate=self.cfg.hidden_dropout_prob, activation=self.cfg.hidden_act,
+            ln2_epsilon=self.cfg.layer_norm_eps, pre_layer_norm=False, training=True, add_residual=True)
 
 
 class BertModel(nn.Layer):
@@ -404,14 +525,15 @@ class BertModel(nn.Layer):
     Args:
       cfg: BertConfig.
       attention_impl: one of ATTENTION_IMPLS (see `select_attention_impl`); default "plain".
+      fusions: Fusions (see `select_fusions`); default none.
     """
 
-    def __init__(self, cfg, attention_impl="plain"):
+    def __init__(self, cfg, attention_impl="plain", fusions=Fusions()):
         super().__init__()
         self.cfg = cfg
         self.attention_impl = attention_impl
         self.embeddings = BertEmbeddings(cfg)
-        self.encoder = nn.LayerList([BertLayer(cfg, i, attention_impl)
+        self.encoder = nn.LayerList([BertLayer(cfg, i, attention_impl, fusions)
                                      for i in range(cfg.num_hidden_layers)])
         self.pooler = _linear(cfg.hidden_size, cfg.hidden_size, "bert.pooler.dense", cfg)
 
@@ -494,11 +616,11 @@ class BertPretrainingHeads(nn.Layer):
 
 
 class BertForPretraining(nn.Layer):
-    """BertModel + pre-training heads. Args as `BertModel`."""
+    """BertModel + pre-training heads. Args as `BertModel` (attention_impl, fusions)."""
 
-    def __init__(self, cfg, attention_impl="plain"):
+    def __init__(self, cfg, attention_impl="plain", fusions=Fusions()):
         super().__init__()
-        self.bert = BertModel(cfg, attention_impl)
+        self.bert = BertModel(cfg, attention_impl, fusions)
         self.cls = BertPretrainingHeads(cfg, self.bert.embeddings.word_embeddings.weight)
 
     def forward(self, input_ids, token_type_ids, attention_mask, masked_lm_labels):
@@ -512,11 +634,11 @@ class BertForPretraining(nn.Layer):
 
 
 class BertForQuestionAnswering(nn.Layer):
-    """BertModel + span head (dense to 2 per token). Args as `BertModel`."""
+    """BertModel + span head (dense to 2 per token). Args as `BertModel` (attention_impl, fusions)."""
 
-    def __init__(self, cfg, attention_impl="plain"):
+    def __init__(self, cfg, attention_impl="plain", fusions=Fusions()):
         super().__init__()
-        self.bert = BertModel(cfg, attention_impl)
+        self.bert = BertModel(cfg, attention_impl, fusions)
         self.qa_outputs = _linear(cfg.hidden_size, 2, TASK_HEADS["SQuAD"][0], cfg)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
@@ -539,14 +661,14 @@ class BertForSequenceClassification(nn.Layer):
     Args:
       cfg: BertConfig.
       num_labels: int >= 1 (1 = a regression score, e.g. STS-B).
-      attention_impl: as `BertModel`.
+      attention_impl, fusions: as `BertModel`.
     """
 
-    def __init__(self, cfg, num_labels, attention_impl="plain"):
+    def __init__(self, cfg, num_labels, attention_impl="plain", fusions=Fusions()):
         super().__init__()
         if not is_int(num_labels) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
-        self.bert = BertModel(cfg, attention_impl)
+        self.bert = BertModel(cfg, attention_impl, fusions)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.classifier = _linear(cfg.hidden_size, num_labels, TASK_HEADS["GLUE"][0], cfg)
 

@@ -21,6 +21,7 @@ Mixed precision routes (Paddle 2.6.2 legacy static):
 Gradient merge: the training loop still calls `exe.run` once per micro-batch; parameters (and the
 LR scheduler, which the loop steps) advance once every `gradient_merge_steps` runs.
 """
+import contextlib
 import dataclasses
 import logging
 from typing import Dict, Optional, Tuple
@@ -50,6 +51,8 @@ LOSS_FP32_OPS = ("softmax_with_cross_entropy", "reduce_mean", "mean")
 # Ops that only combine losses (sums, averages); `_loss_var_names` keeps their outputs fp32 too.
 _LOSS_COMBINING_OPS = ("elementwise_add", "sum", "scale", "elementwise_div", "elementwise_mul")
 LOW_PRECISION_DTYPES = (paddle.float16, paddle.bfloat16)
+# The TrainConfig switches of the fused paths besides attention (`--fuse-qkv` ...), each off by default.
+FUSION_FLAGS = ("fuse_qkv", "fuse_ffn", "fuse_residual_ln", "fuse_gemm_epilogue")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,10 @@ class TrainConfig:
       scale_loss: initial loss scale; None = 2**15 for fp16, 1.0 for bf16.
       gradient_merge_steps: micro-batches per optimizer update (>= 1).
       fuse_mha: ask for fused attention (see `modeling.select_attention_impl`).
+      fuse_qkv, fuse_ffn, fuse_residual_ln: ask for those fused paths (see `modeling.Fusions`; each is
+        dropped, with one log line, where `modeling.select_fusions` finds no kernel).
+      fuse_gemm_epilogue: `BuildStrategy.fuse_gemm_epilogue` (matmul + bias [+ act] as cuBLASLt epilogues);
+        a CUDA-build pass, so only on device "gpu" of a CUDA build (else one log line, and off).
       attention_impl: force an implementation (one of modeling.ATTENTION_IMPLS); None = choose.
       use_fleet: wrap the optimizer with `fleet.distributed_optimizer` (fleet.init done by caller).
       allreduce_world_size: > 1 averages gradients over that many CPU ranks with
@@ -150,6 +157,10 @@ class TrainConfig:
     scale_loss: Optional[float] = None
     gradient_merge_steps: int = 1
     fuse_mha: bool = False
+    fuse_qkv: bool = False
+    fuse_ffn: bool = False
+    fuse_residual_ln: bool = False
+    fuse_gemm_epilogue: bool = False
     attention_impl: Optional[str] = None
     use_fleet: bool = False
     allreduce_world_size: int = 1
@@ -183,6 +194,9 @@ class TrainConfig:
                              f"is not supported: Paddle's gradient merge would accumulate the loss-scaled "
                              f"gradients in fp16; use --amp without --use-pure-fp16 (O1: fp32 parameters "
                              f"and merge buffers), or --gradient-merge-steps 1")
+        for name in FUSION_FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.attention_impl is not None and self.attention_impl not in modeling.ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be None or one of {modeling.ATTENTION_IMPLS}, "
                              f"got {self.attention_impl!r}")
@@ -271,8 +285,9 @@ class ProgramBundle:
         Not always `optimizer`: a gradient-merge wrapper outside AMP has no `amp_init`.
       metrics: TrainMetrics of a pretraining program (what its loop logs without fetching), else None.
       attention_impl: the attention implementation that was built.
+      fusions: modeling.Fusions that were built (the requested ones this device and build can run).
       build_strategy: paddle.static.BuildStrategy with the graph fusions for this build (NGC's
-        fused attention pass, GEMM epilogue fusion under AMP). Without fleet, a GPU runner applies
+        fused attention pass, GEMM epilogue fusion under `fuse_gemm_epilogue`). Without fleet, a GPU runner applies
         it with `paddle.static.CompiledProgram(main_program, build_strategy=...)`; fleet applies the
         copy in `build_dist_strategy` itself. None for predict-only bundles.
     """
@@ -289,15 +304,17 @@ class ProgramBundle:
     build_strategy: Optional[object]
     amp_optimizer: Optional[object] = None
     metrics: Optional[TrainMetrics] = None
+    fusions: modeling.Fusions = modeling.Fusions()
 
 
-def build_dist_strategy(train_cfg, attention_impl="plain", fp32_var_names=()):
+def build_dist_strategy(train_cfg, attention_impl="plain", fp32_var_names=(), fusions=modeling.Fusions()):
     """fleet.DistributedStrategy for collective training, after the NVIDIA reference.
 
     Args:
       train_cfg: TrainConfig.
       attention_impl: the built attention implementation ("cudnn_fused" turns on NGC's pass).
       fp32_var_names: variables AMP must keep fp32 (the losses, see `_loss_var_names`).
+      fusions: the built modeling.Fusions (their fused ops join the AMP white list).
 
     Returns:
       fleet.DistributedStrategy with: fp16 AMP (white list softmax/layer_norm/gelu, embeddings kept
@@ -324,7 +341,7 @@ def build_dist_strategy(train_cfg, attention_impl="plain", fp32_var_names=()):
     strategy.fuse_grad_size_in_MB = 0
     if train_cfg.amp == "fp16":
         init_scale, dynamic = train_cfg.loss_scaling
-        white, black = _amp_op_lists(train_cfg, attention_impl)
+        white, black = _amp_op_lists(train_cfg, attention_impl, fusions)
         strategy.amp = True
         strategy.amp_configs = {
             "custom_white_list": sorted(white), "custom_black_list": sorted(black),
@@ -347,9 +364,7 @@ def _build_strategy(train_cfg, attention_impl):
     build = paddle.static.BuildStrategy()
     if hasattr(build, "enable_addto"):
         build.enable_addto = True
-    # The attribute exists on every build but its pass is only registered in CUDA builds.
-    if (train_cfg.amp != "off" and paddle.is_compiled_with_cuda()
-            and hasattr(build, "fuse_gemm_epilogue")):
+    if _gemm_epilogue_reason(train_cfg) is None:
         build.fuse_gemm_epilogue = True
     if attention_impl == "cudnn_fused":
         build.fuse_dot_product_attention = True  # only NGC builds have it (select_attention_impl)
@@ -358,11 +373,69 @@ def _build_strategy(train_cfg, attention_impl):
     return build
 
 
-def _amp_op_lists(train_cfg, attention_impl):
+def _gemm_epilogue_reason(train_cfg):
+    """None when `BuildStrategy.fuse_gemm_epilogue` is asked for and can run, else why not (str)."""
+    if not train_cfg.fuse_gemm_epilogue:
+        return "not requested"
+    # The attribute exists on every build but its pass is only registered in CUDA builds.
+    if train_cfg.device != "gpu" or not paddle.is_compiled_with_cuda():
+        return "its pass exists only in CUDA builds, for --device gpu"
+    if not hasattr(paddle.static.BuildStrategy(), "fuse_gemm_epilogue"):
+        return "this Paddle's BuildStrategy has no fuse_gemm_epilogue"
+    return None
+
+
+def _select_fusions(train_cfg, attention_impl):
+    """The modeling.Fusions to build, logged once per build with the GEMM-epilogue choice (one line for
+    each requested fusion that falls back)."""
+    requested = modeling.Fusions(qkv=train_cfg.fuse_qkv, ffn=train_cfg.fuse_ffn,
+                                 residual_ln=train_cfg.fuse_residual_ln)
+    fusions = modeling.select_fusions(requested, train_cfg.device, train_cfg.amp, attention_impl)
+    epilogue = _gemm_epilogue_reason(train_cfg)
+    if train_cfg.fuse_gemm_epilogue and epilogue is not None:
+        logger.info("--fuse-gemm-epilogue requested but %s: leaving it off", epilogue)
+    names = [f"--fuse-{name.replace('_', '-')}" for name in fusions.names()]
+    names += ["--fuse-gemm-epilogue"] if epilogue is None else []
+    logger.info("fused paths: %s", ", ".join(names) or "none")
+    return fusions
+
+
+@contextlib.contextmanager
+def _amp_keeps_fused_ln_params_fp32(fusions):
+    """While AMP rewrites a program: keep the LayerNorm scale/bias inputs and mean/variance outputs of
+    `fused_bias_dropout_residual_layer_norm` in fp32.
+
+    Why: its fp16 kernel reads them as float (as `layer_norm`'s does), but Paddle 2.6's AMP pass knows that
+    only for layer_norm, fused_attention and fused_feedforward (`fp16_utils._keep_fp32_input`); without
+    this it would cast them to fp16 and the kernel would refuse them. Patched only for the duration of the
+    rewrite, and only when the fused op is in the program.
+    """
+    if not fusions.residual_ln:
+        yield
+        return
+    from paddle.static.amp import fp16_utils
+
+    op_type = modeling.FUSED_OP_TYPES["residual_ln"]
+    keep_in, keep_out = fp16_utils._keep_fp32_input, fp16_utils._keep_fp32_output
+    fp16_utils._keep_fp32_input = lambda op, name: (
+        name in ("LnScale", "LnBias") if op.type == op_type else keep_in(op, name))
+    fp16_utils._keep_fp32_output = lambda op, name: (
+        name in ("LnMean", "LnVariance") if op.type == op_type else keep_out(op, name))
+    try:
+        yield
+    finally:
+        fp16_utils._keep_fp32_input, fp16_utils._keep_fp32_output = keep_in, keep_out
+
+
+def _amp_op_lists(train_cfg, attention_impl, fusions=modeling.Fusions()):
     """(custom white list, custom black list) of op types for AMP."""
     white = set(AMP_CUSTOM_WHITE_LIST)
     if attention_impl == "flash":
         white.add("flash_attn")  # not in Paddle's default lists; it has only fp16/bf16 kernels
+    if fusions.residual_ln:
+        # Paddle's lists omit it (so O1 would run it in fp32); it stands for the white-listed layer_norm.
+        # fused_feedforward is on Paddle's gray list already.
+        white.add(modeling.FUSED_OP_TYPES["residual_ln"])
     black = set(LOSS_FP32_OPS)
     if train_cfg.use_pure_fp16:
         black.update(PURE_FP16_BLACK_LIST)
@@ -390,7 +463,7 @@ def _loss_var_names(program, loss_vars):
     return names
 
 
-def _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_var_names):
+def _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_var_names, fusions):
     """Rewrite a for_test clone (taken before `minimize`, so fp32) to the training program's AMP level.
 
     Why: under O2 the scope holds fp16 parameters after `amp_init`, which an fp32 eval program cannot
@@ -401,7 +474,7 @@ def _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_va
     from paddle.static.amp.fp16_utils import cast_model_to_fp16
     from paddle.static.amp.fp16_lists import get_low_precision_vartype
 
-    white, black = _amp_op_lists(train_cfg, attention_impl)
+    white, black = _amp_op_lists(train_cfg, attention_impl, fusions)
     # A fresh lists object: cast_model_to_fp16 edits the black list of the one it is given at O2.
     lists = paddle.static.amp.AutoMixedPrecisionLists(white, black, set(fp32_var_names),
                                                       dtype=train_cfg.amp_dtype)
@@ -410,13 +483,13 @@ def _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_va
                        level="O2" if train_cfg.use_pure_fp16 else "O1")
 
 
-def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
+def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names, fusions):
     """Apply AMP, fleet and gradient merge. Returns (outermost optimizer, AMP optimizer or None)."""
     amp_opt = None
     if train_cfg.allreduce_world_size > 1:
         opt = AllReduceGradients(opt, train_cfg.allreduce_world_size)
     if train_cfg.amp == "bf16" or (train_cfg.amp == "fp16" and not train_cfg.use_fleet):
-        white, black = _amp_op_lists(train_cfg, attention_impl)
+        white, black = _amp_op_lists(train_cfg, attention_impl, fusions)
         init_scale, dynamic = train_cfg.loss_scaling
         opt = paddle.static.amp.decorate(
             opt, paddle.static.amp.AutoMixedPrecisionLists(white, black, set(fp32_var_names),
@@ -428,7 +501,7 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
     if train_cfg.use_fleet:
         from paddle.distributed import fleet
         opt = fleet.distributed_optimizer(
-            opt, strategy=build_dist_strategy(train_cfg, attention_impl, fp32_var_names))
+            opt, strategy=build_dist_strategy(train_cfg, attention_impl, fp32_var_names, fusions))
         if train_cfg.amp == "fp16":
             amp_opt = opt
     elif train_cfg.gradient_merge_steps > 1:
@@ -437,9 +510,10 @@ def _wrap_optimizer(opt, train_cfg, attention_impl, fp32_var_names):
     return opt, amp_opt
 
 
-def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(), eval_program=None):
+def _minimize(loss, train_cfg, attention_impl, fusions, main, startup, fetched_losses=(), eval_program=None):
     """Add backward + optimizer ops. `fetched_losses`: more loss variables AMP keeps fp32 (the parts).
-    Under AMP, `eval_program` (the for_test clone) is rewritten to the training precision.
+    Under AMP, `eval_program` (the for_test clone) is rewritten to the training precision. `fusions`: the
+    built modeling.Fusions (AMP lists and rules for their ops).
 
     Returns:
       (lr_scheduler, outermost optimizer, AMP optimizer or None, extra fetches {"lr",
@@ -451,8 +525,9 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
         beta2=train_cfg.beta2, epsilon=train_cfg.epsilon, grad_clip_norm=train_cfg.grad_clip_norm,
         multi_precision=train_cfg.use_pure_fp16)
     fp32_names = _loss_var_names(main, [loss, *fetched_losses]) if train_cfg.amp != "off" else set()
-    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, fp32_names)
-    outer.minimize(loss, startup_program=startup)
+    outer, amp_opt = _wrap_optimizer(opt, train_cfg, attention_impl, fp32_names, fusions)
+    with _amp_keeps_fused_ln_params_fp32(fusions):
+        outer.minimize(loss, startup_program=startup)
     # fp32 and bf16 have no loss scaler checking the gradients: skip non-finite updates in the program.
     program_rewrites.skip_nonfinite_updates(main)
     if train_cfg.device == "cpu" and train_cfg.cpu_lamb_kernel:
@@ -462,7 +537,8 @@ def _minimize(loss, train_cfg, attention_impl, main, startup, fetched_losses=(),
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
         _check_low_precision(main, train_cfg)
         if eval_program is not None:
-            _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_names)
+            with _amp_keeps_fused_ln_params_fp32(fusions):
+                _eval_in_training_precision(eval_program, train_cfg, attention_impl, fp32_names, fusions)
     return lr, outer, amp_opt, extra, _build_strategy(train_cfg, attention_impl)
 
 
@@ -562,15 +638,16 @@ def build_pretraining(model_cfg, train_cfg):
     """
     main, startup = _new_programs(train_cfg.seed)
     impl = _attention_impl(train_cfg)
+    fusions = _select_fusions(train_cfg, impl)
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         feeds = create_feeds("pretraining")
-        model = modeling.BertForPretraining(model_cfg, impl)
+        model = modeling.BertForPretraining(model_cfg, impl, fusions)
         mlm_logits, nsp_logits = model(feeds["input_ids"], feeds["token_type_ids"],
                                        feeds["attention_mask"], feeds["masked_lm_labels"])
         losses = loss_lib.BertPretrainingCriterion()(
             mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
         eval_program = main.clone(for_test=True)
-        lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, main, startup,
+        lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, fusions, main, startup,
                                                    fetched_losses=list(losses.values()),
                                                    eval_program=eval_program)
         metrics = _train_metrics(main, startup, losses, _data_parallel_world(train_cfg))
@@ -579,7 +656,7 @@ def build_pretraining(model_cfg, train_cfg):
                          feed_names=names, eval_feed_names=names, fetches={**losses, **extra},
                          eval_fetches=_vars_of(eval_program, losses), lr_scheduler=lr,
                          optimizer=opt, attention_impl=impl, build_strategy=build,
-                         amp_optimizer=amp_opt, metrics=metrics)
+                         amp_optimizer=amp_opt, metrics=metrics, fusions=fusions)
 
 
 def build_squad(model_cfg, train_cfg, is_training=True):
@@ -602,20 +679,21 @@ def build_squad(model_cfg, train_cfg, is_training=True):
     """
     main, startup = _new_programs(train_cfg.seed)
     impl = _attention_impl(train_cfg)
+    fusions = _select_fusions(train_cfg, impl)
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         feeds = create_feeds("squad" if is_training else "squad_predict")
-        model = modeling.BertForQuestionAnswering(model_cfg, impl)
+        model = modeling.BertForQuestionAnswering(model_cfg, impl, fusions)
         start, end = model(feeds["input_ids"], feeds["token_type_ids"], feeds["attention_mask"])
         logits = {"start_logits": start, "end_logits": end}
         # Cloned before the loss exists, so prediction needs no position feeds.
         eval_program = main.clone(for_test=True)
         eval_names = tuple(spec.name for spec in FEED_SPECS["squad_predict"])
         if not is_training:
-            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl)
+            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl, fusions)
         span_loss = loss_lib.squad_span_loss(start, end, feeds["start_positions"],
                                              feeds["end_positions"])
-        return _fine_tuning_bundle(span_loss, logits, feeds, eval_names, eval_program, train_cfg, impl,
-                                   main, startup)
+        return _fine_tuning_bundle(span_loss, logits, feeds, eval_names, eval_program, train_cfg,
+                                   (impl, fusions), main, startup)
 
 
 def build_glue(model_cfg, train_cfg, num_labels, is_training=True):
@@ -638,40 +716,44 @@ def build_glue(model_cfg, train_cfg, num_labels, is_training=True):
     """
     main, startup = _new_programs(train_cfg.seed)
     impl = _attention_impl(train_cfg)
+    fusions = _select_fusions(train_cfg, impl)
     kind = "glue_regression" if num_labels == 1 else "glue"
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         feeds = create_feeds(kind if is_training else "glue_predict")
-        model = modeling.BertForSequenceClassification(model_cfg, num_labels, impl)
+        model = modeling.BertForSequenceClassification(model_cfg, num_labels, impl, fusions)
         logits = {"logits": model(feeds["input_ids"], feeds["token_type_ids"], feeds["attention_mask"])}
         # Cloned before the loss exists, so prediction needs no label feed.
         eval_program = main.clone(for_test=True)
         eval_names = tuple(spec.name for spec in FEED_SPECS["glue_predict"])
         if not is_training:
-            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl)
+            return _predict_only_bundle(eval_program, startup, eval_names, logits, impl, fusions)
         loss = loss_lib.sequence_classification_loss(logits["logits"], feeds["labels"])
-        return _fine_tuning_bundle(loss, logits, feeds, eval_names, eval_program, train_cfg, impl, main, startup)
+        return _fine_tuning_bundle(loss, logits, feeds, eval_names, eval_program, train_cfg, (impl, fusions),
+                                   main, startup)
 
 
-def _fine_tuning_bundle(loss, outputs, feeds, eval_names, eval_program, train_cfg, impl, main, startup):
+def _fine_tuning_bundle(loss, outputs, feeds, eval_names, eval_program, train_cfg, built, main, startup):
     """The training ProgramBundle of a fine-tuning head (SQuAD, GLUE): `loss` minimised in `main` (called
     inside the programs' guard), `outputs` fetched by both programs, the for_test `eval_program` cloned
-    before the loss existed."""
-    lr, opt, amp_opt, extra, build = _minimize(loss, train_cfg, impl, main, startup, eval_program=eval_program)
+    before the loss existed; `built` is (attention impl, modeling.Fusions) of the model."""
+    impl, fusions = built
+    lr, opt, amp_opt, extra, build = _minimize(loss, train_cfg, impl, fusions, main, startup,
+                                               eval_program=eval_program)
     return ProgramBundle(main_program=main, startup_program=startup, eval_program=eval_program,
                          feed_names=tuple(feeds), eval_feed_names=eval_names,
                          fetches={"loss": loss, **outputs, **extra},
                          eval_fetches=_vars_of(eval_program, outputs), lr_scheduler=lr,
                          optimizer=opt, attention_impl=impl, build_strategy=build,
-                         amp_optimizer=amp_opt)
+                         amp_optimizer=amp_opt, fusions=fusions)
 
 
-def _predict_only_bundle(eval_program, startup, feed_names, outputs, impl):
+def _predict_only_bundle(eval_program, startup, feed_names, outputs, impl, fusions):
     """A ProgramBundle whose main program is the for_test forward: no optimizer, no LR scheduler."""
     fetches = _vars_of(eval_program, outputs)
     return ProgramBundle(main_program=eval_program, startup_program=startup, eval_program=eval_program,
                          feed_names=feed_names, eval_feed_names=feed_names, fetches=fetches,
                          eval_fetches=fetches, lr_scheduler=None, optimizer=None, attention_impl=impl,
-                         build_strategy=None)
+                         build_strategy=None, fusions=fusions)
 
 
 def to_bf16_inference(eval_program):

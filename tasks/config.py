@@ -56,14 +56,17 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PrecisionConfig:
-    """AMP and attention flags, resolved: `amp` holds TrainConfig's AMP fields (see `tasks.flags.amp_fields`)."""
+    """AMP and fused-op flags, resolved: `amp` holds TrainConfig's AMP fields (see `tasks.flags.amp_fields`),
+    `fusions` its fused-path fields (`tasks.flags.fusion_fields`; none when empty)."""
     amp: dict
     fuse_mha: bool
+    fusions: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args, training=True):
         """Raises ValueError for contradictory AMP flags. Without training, no AMP is built."""
-        return cls(amp=flags.amp_fields(args) if training else {"amp": "off"}, fuse_mha=args.fuse_mha)
+        return cls(amp=flags.amp_fields(args) if training else {"amp": "off"}, fuse_mha=args.fuse_mha,
+                   fusions=flags.fusion_fields(args))
 
 
 # TrainConfig / optimizer knob names -> the flags that set them (the builders' errors name knobs).
@@ -102,7 +105,7 @@ def train_config(optim: Optional[OptimConfig], precision: PrecisionConfig, *, to
             knobs = {k: v for k, v in dataclasses.asdict(optim).items() if k != "warmup_proportion"}
             knobs["warmup_steps"] = warmup_steps_from_proportion(total_steps, optim.warmup_proportion)
         return TrainConfig(total_steps=total_steps, seed=seed, device=device, fuse_mha=precision.fuse_mha,
-                           **knobs, **precision.amp, **(dist_kwargs or {}))
+                           **knobs, **precision.amp, **precision.fusions, **(dist_kwargs or {}))
     except ValueError as err:
         raise ValueError(in_flag_terms(str(err))) from None
 

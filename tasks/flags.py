@@ -179,7 +179,8 @@ def add_max_seq_length(group, default, help_text):
 
 
 def add_amp_args(parser):
-    """--amp, --amp-dtype, --scale-loss, --use-dynamic-loss-scaling, --use-pure-fp16, --fuse-mha."""
+    """--amp, --amp-dtype, --scale-loss, --use-dynamic-loss-scaling, --use-pure-fp16, --fuse-mha and the
+    other fused paths (--fuse-qkv, --fuse-ffn, --fuse-residual-ln, --fuse-gemm-epilogue; all off by default)."""
     group = parser.add_argument_group("Advanced Training")
     group.add_argument("--amp", action="store_true", help="automatic mixed precision (GPU)")
     group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
@@ -194,7 +195,23 @@ def add_amp_args(parser):
                        help="O2: fp16 parameters with fp32 master weights (needs --amp)")
     group.add_argument("--fuse-mha", action="store_true",
                        help="fastest fused attention this Paddle build offers (GPU)")
+    group.add_argument("--fuse-qkv", action="store_true",
+                       help="Q, K and V projections as one [H, 3H] GEMM (any device; same parameters)")
+    group.add_argument("--fuse-ffn", action="store_true",
+                       help="feed-forward block as one fused_feedforward op where its kernel exists (GPU)")
+    group.add_argument("--fuse-residual-ln", action="store_true",
+                       help="bias + dropout + residual add + LayerNorm as one fused_bias_dropout_residual_layer_norm "
+                            "op where its kernel exists (GPU)")
+    group.add_argument("--fuse-gemm-epilogue", action="store_true",
+                       help="BuildStrategy.fuse_gemm_epilogue: matmul + bias (+ activation) as one cuBLASLt call "
+                            "(GPU, CUDA builds)")
     return group
+
+
+def fusion_fields(args):
+    """`program.TrainConfig` fused-path fields (`program.FUSION_FLAGS`) from the parsed flags."""
+    return {name: bool(getattr(args, name)) for name in ("fuse_qkv", "fuse_ffn", "fuse_residual_ln",
+                                                         "fuse_gemm_epilogue")}
 
 
 def amp_fields(args):
