@@ -23,9 +23,9 @@ The model, and what it assumes:
     `gradient_merge_steps` micro-batches and are weighted by 1/k. The N-GPU all-reduce is modeled (the
     one-process build has none): a ring all-reduce of the gradients, 2(N-1)/N of their bytes at
     --allreduce-gbps NCCL bus bandwidth, once per update, not overlapped.
-  * Build-strategy passes run at execution time, not in the program: a CUDA build turns on
-    `fuse_gemm_epilogue` under AMP (program.py), which folds a GEMM's bias add (and GELU) and their
-    grads into the GEMM; the model removes those ops' cost unless --no-build-passes.
+  * Build-strategy passes run at execution time, not in the program: under AMP (or with --fuse-gemm-epilogue)
+    a CUDA build turns on `fuse_gemm_epilogue` (program.py), which folds a GEMM's bias add (and GELU) and their grads into
+    the GEMM; the model removes those ops' cost then, unless --no-build-passes.
   * Phase 2 on binned data: each micro-batch has one bin's length (64, 128, ..., 512); the step time is
     averaged over --bin-weights (an assumption: Wikipedia at target length 512 with short_seq_prob 0.1
     puts most sequences in the last bin).
@@ -435,13 +435,15 @@ def build_phase(model_cfg, phase, args):
 def cuda_build_passes(bundle, train_cfg):
     """The build-strategy fusions a CUDA build applies when it runs the program: {name: on?}.
 
-    The CPU wheel leaves `fuse_gemm_epilogue` off (program.py turns it on only on CUDA builds, under AMP);
-    the rest is read off the bundle's BuildStrategy.
+    The CPU wheel leaves `fuse_gemm_epilogue` off (program.py turns it on only on a CUDA build, under AMP or
+    with --fuse-gemm-epilogue): built here, it counts as on when a CUDA build would apply it; the rest is read
+    off the bundle's BuildStrategy.
     """
     import paddle
     build = bundle.build_strategy
     gemm_epilogue = bool(getattr(build, "fuse_gemm_epilogue", False)) or (
-        train_cfg.amp != "off" and not paddle.is_compiled_with_cuda()
+        (bool(getattr(train_cfg, "fuse_gemm_epilogue", False)) or train_cfg.amp != "off")
+        and not paddle.is_compiled_with_cuda()
         and hasattr(build, "fuse_gemm_epilogue"))
     return {"fuse_gemm_epilogue": gemm_epilogue,
             "enable_addto": bool(getattr(build, "enable_addto", False)),

@@ -255,11 +255,11 @@ def test_amp_white_lists_the_fused_residual_ln_and_keeps_its_layer_norm_fp32(gpu
 
 
 # ---------------------------------------------------------------- --fuse-gemm-epilogue
-def test_gemm_epilogue_only_on_request_on_a_cuda_build(monkeypatch, gpu_op_support):
+def test_gemm_epilogue_under_amp_or_on_request_on_a_cuda_build(monkeypatch, gpu_op_support):
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
     assert P._build_strategy(train_cfg(device="gpu", fuse_gemm_epilogue=True), "plain").fuse_gemm_epilogue
-    # Not turned on behind the user's back under AMP any more: off until the GPU self-check passed it.
-    assert not P._build_strategy(train_cfg(device="gpu", amp="fp16"), "plain").fuse_gemm_epilogue
+    assert P._build_strategy(train_cfg(device="gpu", amp="fp16"), "plain").fuse_gemm_epilogue  # as before
+    assert not P._build_strategy(train_cfg(device="gpu"), "plain").fuse_gemm_epilogue  # fp32, not asked
     assert not P._build_strategy(train_cfg(fuse_gemm_epilogue=True), "plain").fuse_gemm_epilogue  # device cpu
     strategy = P.build_dist_strategy(train_cfg(device="gpu", fuse_gemm_epilogue=True))
     assert strategy.build_strategy.fuse_gemm_epilogue
