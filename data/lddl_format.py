@@ -295,20 +295,31 @@ def write_table(table, path, schema):
     pq.write_table(table.replace_schema_metadata(schema.metadata), path, compression=COMPRESSION)
 
 
+def _read_listing(directory, name):
+    """(path, parsed JSON) of a directory's listing file `name`, or (path, None) when it is absent.
+
+    Raises:
+      ValueError: the file exists but is not readable JSON.
+    """
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        return path, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"'{path}' is not readable JSON: {exc}") from exc
+
+
 def read_num_samples(directory):
     """The `.num_samples.json` of a directory as {basename: rows}, or None when absent.
 
     Raises:
       ValueError: the file exists but is not a JSON object of non-negative integers.
     """
-    path = os.path.join(directory, NUM_SAMPLES_FILE)
-    if not os.path.exists(path):
+    path, counts = _read_listing(directory, NUM_SAMPLES_FILE)
+    if counts is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            counts = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"'{path}' is not readable JSON: {exc}") from exc
     if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
         raise ValueError(f"'{path}' must map file names to non-negative row counts")
     return counts
@@ -337,14 +348,9 @@ def read_shard_digests(directory):
     Raises:
       ValueError: the file exists but is not a JSON object of {"size": int, "sha256": str} entries.
     """
-    path = os.path.join(directory, SHARD_DIGESTS_FILE)
-    if not os.path.exists(path):
+    path, digests = _read_listing(directory, SHARD_DIGESTS_FILE)
+    if digests is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            digests = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"'{path}' is not readable JSON: {exc}") from exc
     if not isinstance(digests, dict) or not all(
             isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("sha256"), str)
             for d in digests.values()):
