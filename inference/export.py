@@ -13,12 +13,20 @@ The head is read from the checkpoint: `qa_outputs.*` parameters make a SQuAD exp
 one, whose task comes from `--task-name`, else the run's eval_results.json, else the run_glue output
 directory's name (`.../glue/<Task>`); the task, its labels and regression-or-not go into settings.json.
 
+`--format hf` writes a Hugging Face model directory instead (`inference.hf_model`: model.safetensors,
+config.json, the tokenizer files and a model card), from any checkpoint kind: a pretraining step or phase
+directory (`BertForPreTraining`), a SQuAD model (`BertForQuestionAnswering`), a GLUE classifier
+(`BertForSequenceClassification`, labels as above), or with `--encoder-only` just the encoder (`BertModel`):
+
+    python -m inference.export --format hf --checkpoint results/bert-large-uncased/squad --output-dir hf/squad \
+        --vocab-file vocab/bert-large-uncased-vocab.txt --do-lower-case
+
 Owns the command: its flags and their checks (no output over an input, the vocab's casing, the window
 settings), detecting the head, building the eval program, loading the checkpoint into it, and writing the
 directory atomically through `inference.verified_export` (which also checks that the exported model
 reproduces the training program's outputs within `--tolerance`, or nothing is written). With
 `--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy (`inference.quantize`).
-Does not own: the export and its parity check (`inference.verified_export`), the directory layout and
+Does not own: the HF directory's files (`inference.hf_model`), the export and its parity check (`inference.verified_export`), the directory layout and
 manifest (`inference.model_dir`), running answers and classifications (`inference.predictor`).
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
@@ -34,6 +42,7 @@ import paddle
 import program
 from data.features.glue import task_spec
 from data.features.squad import FeatureParams
+from inference import hf_model
 from inference import model_dir as layout
 from inference.quantize import add_int8_model
 from inference.verified_export import DEFAULT_TOLERANCE, source_record, write_export
@@ -43,12 +52,19 @@ from tasks import flags as common
 from tasks.config import check_fits_model, in_flag_terms
 from utils.cli import run_cli
 from utils.fs import atomic_output_dir, probe_writable, refuse_output_over_inputs
-from utils.weights import head_parameters, init_parameters, resolve_init_path
+from utils.hf_import import HF_CLASSIFIER, HF_ENCODER, HF_PRETRAINING, hf_architecture, is_hf_checkpoint
+from utils.weights import (fp32_parameters, head_parameters, init_parameters, load_pretrained, parameter_shapes,
+                           resolve_init_path)
 
 logger = logging.getLogger("inference.export")
 
 SQUAD_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's default
+FORMATS = ("paddle-inference", "hf")
+# Flags that shape a Paddle Inference export (its windows, parity check, int8 copy); an HF directory is the
+# model alone, so giving one with --format hf is a mistake worth naming.
+_PADDLE_INFERENCE_ONLY = ("max_seq_length", "doc_stride", "max_query_length", "int8_calibration_file",
+                          "int8_eval_file")
 
 
 def build_parser():
@@ -59,6 +75,13 @@ def build_parser():
                              "a .pdparams file, or an HF QA / sequence-classification checkpoint")
     parser.add_argument("--output-dir", required=True, help="export directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument("--format", choices=FORMATS, default="paddle-inference",
+                        help="paddle-inference (default): a verified Paddle Inference directory of a fine-tuned "
+                             "model; hf: a Hugging Face model directory (model.safetensors, config.json, tokenizer "
+                             "files, README.md) that transformers' from_pretrained loads, from a pretraining step or "
+                             "phase directory, a SQuAD or a GLUE model")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="--format hf: write the encoder alone (HF BertModel), whatever heads the checkpoint has")
     parser.add_argument("--task-name", default=None,
                         help="GLUE task of a classifier checkpoint (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, "
                              "RTE, WNLI); default: read from the run's eval_results.json or its glue/<Task> "
@@ -237,8 +260,93 @@ def export_checkpoint(args):
     return manifest
 
 
+def _check_hf_flags(args):
+    """Refuse Paddle Inference's flags with --format hf, and --encoder-only without it."""
+    if args.format != "hf":
+        if args.encoder_only:
+            raise ValueError("--encoder-only applies to --format hf: add --format hf or drop --encoder-only")
+        return
+    for attr in _PADDLE_INFERENCE_ONLY:
+        if getattr(args, attr) is not None:
+            flag = "--" + attr.replace("_", "-")
+            raise ValueError(f"{flag} applies to Paddle Inference exports; --format hf writes the model alone "
+                             f"(window settings are the user's in transformers): drop {flag}")
+
+
+def _hf_target(init_path, args):
+    """(HF architecture, GLUE TaskSpec or None) of the checkpoint (`utils.hf_import.hf_architecture`)."""
+    if is_hf_checkpoint(init_path):
+        raise ValueError(f"--checkpoint '{args.checkpoint}' is already a Hugging Face checkpoint: "
+                         "transformers loads it as it is")
+    architecture = hf_architecture(parameter_shapes(init_path), args.encoder_only)
+    if architecture == HF_CLASSIFIER:
+        return architecture, detect_task(init_path, args.task_name)
+    if args.task_name is not None:
+        raise ValueError(f"--task-name applies to a GLUE classifier; '{args.checkpoint}' exports as {architecture}: "
+                         "drop --task-name")
+    return architecture, None
+
+
+def _checkpoint_state(init_path, model_cfg, architecture, spec):
+    """{our name: float32 array} of every parameter the HF model has, loaded into the matching program, so
+    that our loader's checks (every parameter present, shapes of `model_cfg`, fp32 masters of an O2 run)
+    apply as they do for fine-tuning."""
+    paddle.enable_static()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        if architecture == HF_PRETRAINING:
+            bundle = program.build_pretraining(model_cfg, program.TrainConfig())
+        elif architecture == HF_CLASSIFIER:
+            bundle = program.build_glue(model_cfg, program.TrainConfig(), spec.num_labels, is_training=False)
+        else:  # a QA model, or the encoder of any checkpoint (its head, if any, is dropped below)
+            bundle = program.build_squad(model_cfg, program.TrainConfig(), is_training=False)
+        exe.run(bundle.startup_program)
+        head = TASK_HEADS["SQuAD"][0]
+        load_pretrained(exe, bundle.main_program, init_path,
+                        allow_missing_prefixes=(head,) if architecture == HF_ENCODER else ())
+        state = fp32_parameters(bundle.main_program)
+    return {k: v for k, v in state.items() if not (architecture == HF_ENCODER and k.startswith(head + "."))}
+
+
+def export_hf(args):
+    """--format hf: validate the flags, read the checkpoint, write the HF directory atomically.
+
+    Returns:
+      dict: output_dir, architecture, task (GLUE or None), tensors ({HF name: shape}), trimmed_vocab_rows.
+
+    Raises:
+      ValueError: a bad flag or file (naming it), an HF checkpoint given, or a checkpoint that does not fit
+        the model configuration.
+    """
+    _check_hf_flags(args)
+    vocab = _check_common(args)
+    init_path = resolve_init_path(args.checkpoint, args.model_prefix)
+    architecture, spec = _hf_target(init_path, args)
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
+    state = _checkpoint_state(init_path, model_cfg, architecture, spec)
+    trimmed = model_cfg.padded_vocab_size - model_cfg.vocab_size
+    directory = init_path if os.path.isdir(init_path) else os.path.dirname(os.path.abspath(init_path))
+    card = hf_model.model_card(architecture, model_cfg, hf_model.training_record(directory), source=args.checkpoint,
+                               task=spec.name if spec else None, trimmed_rows=trimmed)
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as tmp:
+        tensors = hf_model.write_hf_model(
+            tmp, state, model_cfg, architecture, vocab_file=args.vocab_file, do_lower_case=args.do_lower_case,
+            pad_token_id=vocab.special_ids()["pad"], card=card, labels=spec.labels if spec else None,
+            regression=bool(spec and spec.is_regression))
+    logger.info("exported %s as %s to %s (%d tensors; %d padded vocab rows trimmed)", args.checkpoint, architecture,
+                args.output_dir, len(tensors), trimmed)
+    return {"output_dir": args.output_dir, "architecture": architecture, "task": spec.name if spec else None,
+            "tensors": tensors, "trimmed_vocab_rows": trimmed}
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format == "hf":
+        summary = export_hf(args)
+        print(f"exported {summary['architecture']} to {args.output_dir} ({len(summary['tensors'])} tensors): "
+              f"load it with transformers' from_pretrained('{args.output_dir}')")
+        return summary
+    _check_hf_flags(args)
     manifest = export_checkpoint(args)
     print(f"exported to {args.output_dir}: max |delta logit| vs the training program "
           f"{manifest['verified_max_abs_logit_diff']:.3g}")

@@ -3,7 +3,9 @@
 Owns: recognising an HF checkpoint path, reading its `config.json` into a `modeling.BertConfig`, mapping HF
 tensor names and layouts onto our parameter names (`convert_hf_state`, pure numpy), reading a checkpoint's
 parameter shapes from its header (`hf_parameter_shapes`), and the way back (`to_hf_state`: our parameters,
-e.g. a fine-tuned GLUE classifier, in HF's layout).
+e.g. a fine-tuned GLUE classifier, in HF's layout; `hf_config`: the `config.json` for them;
+`hf_architecture`: which HF class a checkpoint's parameters make; `python -m inference.export --format hf`
+writes the directory).
 Does not own: writing tensors into a program (`utils.weights.load_weights` does, for HF and our own
 checkpoints), building programs, or downloading anything.
 
@@ -228,26 +230,87 @@ def convert_hf_state(hf_state, param_shapes, allow_missing_prefixes=(), vocab_si
     return arrays, sources, ignored
 
 
-def to_hf_state(state, vocab_size):
+# HF model classes an export can name, by what the checkpoint holds (`hf_architecture` decides).
+HF_PRETRAINING, HF_QA, HF_CLASSIFIER, HF_ENCODER = (
+    "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification", "BertModel")
+_BASE_PREFIX = "bert."
+
+
+def hf_architecture(parameter_names, encoder_only=False):
+    """The HF model class whose state dict a checkpoint's parameters make.
+
+    Args:
+      parameter_names: iterable of our parameter names (e.g. `utils.weights.parameter_shapes(path)`).
+      encoder_only: bool; True exports only the encoder (`BertModel`) whatever heads the checkpoint has.
+
+    Returns:
+      one of HF_PRETRAINING (`cls.*` MLM + NSP heads), HF_QA (`qa_outputs.*`), HF_CLASSIFIER (`classifier.*`),
+      HF_ENCODER (asked for, or no head at all).
+    """
+    names = set(parameter_names)
+    if encoder_only:
+        return HF_ENCODER
+    for arch, prefix in ((HF_QA, "qa_outputs."), (HF_CLASSIFIER, "classifier."), (HF_PRETRAINING, "cls.")):
+        if any(n.startswith(prefix) for n in names):
+            return arch
+    return HF_ENCODER
+
+
+def to_hf_state(state, vocab_size, base_model=False):
     """Our parameters in Hugging Face's layout (pure numpy): the inverse of `convert_hf_state`'s mapping.
 
     Names are kept (ours are HF's, `bert.` prefix included; a GLUE model's `classifier.*` is what HF's
-    `BertForSequenceClassification` loads); `nn.Linear` weights are transposed back to [out, in]; the padded
-    rows of the word embeddings and `cls.predictions.bias` are cut to `vocab_size`.
+    `BertForSequenceClassification` loads, `cls.*` what `BertForPreTraining` loads, LayerNorm parameters
+    are `weight` / `bias` as current transformers names them); `nn.Linear` weights are transposed back to
+    [out, in]; the padded rows of the word embeddings and `cls.predictions.bias` are cut to `vocab_size`
+    (those ids never occur in the input, and the MLM head masks their logits). The tied MLM decoder is not
+    written: HF ties `cls.predictions.decoder.*` to the word embeddings and `cls.predictions.bias` on load,
+    as its own `save_pretrained` leaves them out.
 
     Args:
       state: dict our name -> ndarray (e.g. a fine-tuned `.pdparams`).
       vocab_size: int, the true vocabulary size (BertConfig.vocab_size).
+      base_model: bool; True writes a `BertModel` (encoder only): only `bert.*` parameters, without the
+        prefix, as HF's `BertModel.save_pretrained` names them (our import adds it back, see `our_name`).
 
     Returns:
       dict HF name -> float32 ndarray, ready for `safetensors.numpy.save_file`.
     """
     out = {}
     for name, value in state.items():
+        if base_model and not name.startswith(_BASE_PREFIX):
+            continue
         value = np.asarray(value, np.float32)
         if name in _PADDED_ROWS:
             value = value[:vocab_size]
         elif value.ndim == 2 and name.endswith(".weight") and not _EMBEDDING.search(name):
             value = value.T
-        out[name] = np.ascontiguousarray(value)
+        out[name[len(_BASE_PREFIX):] if base_model else name] = np.ascontiguousarray(value)
     return out
+
+
+def hf_config(model_cfg, architecture, *, pad_token_id, labels=None, regression=False):
+    """An HF BERT `config.json` dict for `model_cfg` (the inverse of `bert_config_from_hf`).
+
+    Every BertConfig field is carried as is: `vocab_size` is the true vocabulary (our embedding's padded
+    rows are cut by `to_hf_state`), `hidden_act` "gelu" is the erf form in both projects (HF's
+    "gelu_new" would be the tanh one), `layer_norm_eps` and `type_vocab_size` are the model's own.
+
+    Args:
+      model_cfg: modeling.BertConfig.
+      architecture: one of the HF_* classes.
+      pad_token_id: int, the vocab's [PAD] id.
+      labels: sequence of str or None; a classifier's class names in logit order (None for a regression).
+      regression: bool; a one-output classifier that predicts a score (STS-B).
+
+    Returns:
+      dict, JSON-serialisable.
+    """
+    values = dict(model_cfg.to_dict(), architectures=[architecture], model_type="bert", pad_token_id=pad_token_id,
+                  position_embedding_type="absolute", classifier_dropout=None, torch_dtype="float32")
+    if architecture == HF_CLASSIFIER:
+        names = list(labels) if labels else ["LABEL_0"]
+        values.update(id2label={str(i): n for i, n in enumerate(names)},
+                      label2id={n: i for i, n in enumerate(names)},
+                      problem_type="regression" if regression else "single_label_classification")
+    return values
