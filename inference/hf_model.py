@@ -8,6 +8,9 @@ Owns: writing `model.safetensors` (HF names and layouts, `utils.hf_import.to_hf_
 Does not own: the command, its flag checks and the atomic output directory (`inference.export --format hf`),
 reading and validating our checkpoint (`utils.weights`), or the name and layout rules (`utils.hf_import`).
 
+A SQuAD model keeps `bert.pooler.*` although HF's `BertForQuestionAnswering` has no pooler: HF ignores it on
+load (its `_keys_to_ignore_on_load_unexpected`), and our import then gets every parameter back.
+
 Why a separate module from `inference.model_dir`: that is our Paddle Inference layout with a manifest and a
 parity check; this is another project's schema, checked by its loader (see benchmarks/check_hf_export.py).
 """

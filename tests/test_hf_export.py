@@ -146,6 +146,14 @@ def test_glue_config_carries_labels_and_problem_type_and_the_card_its_metrics(ru
     assert "GLUE MNLI" in card and "- dev acc: 0.5" in card and "- dev mm_acc: 0.25" in card
 
 
+def test_a_regression_head_is_one_output_with_problem_type_regression():
+    cfg = BertConfig.from_dict(dict(TINY, vocab_size=23))
+    config = hf_import.hf_config(cfg, hf_import.HF_CLASSIFIER, pad_token_id=0, labels=None, regression=True)
+    assert (config["id2label"], config["label2id"], config["problem_type"]) == ({"0": "LABEL_0"}, {"LABEL_0": 0},
+                                                                               "regression")
+    assert "id2label" not in hf_import.hf_config(cfg, hf_import.HF_QA, pad_token_id=0)
+
+
 def test_model_cards_take_their_numbers_from_the_records(runs, tmp_path):
     _export(runs, runs["pretraining"][0], tmp_path / "pre")
     card = (tmp_path / "pre" / "README.md").read_text()
