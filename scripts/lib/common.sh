@@ -1,6 +1,5 @@
 # shellcheck shell=bash
-# Shared by scripts/run_pretraining.sh and scripts/run_squad.sh (sourced; defines functions only, plus
-# REPO_ROOT / PREP_DIR). The caller sets PROG (its name, for error lines) and DRY_RUN before using them.
+# Shared by the scripts/run_*.sh launchers (sourced; defines functions only, plus REPO_ROOT / PREP_DIR). The caller sets PROG (its name, for error lines) and DRY_RUN before using them.
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
@@ -115,4 +114,25 @@ run() {  # print (DRY_RUN=1) or run one command, announcing it on stderr
     printf '%s: running:' "$PROG" >&2; printf ' %q' "$@" >&2; printf '\n' >&2
     "$@"
   fi
+}
+
+# The named-flag examples (scripts/run_pretraining_p1.sh, _p2.sh): one `launch --gpus=$GPUS` command. A dry run
+# prints it and lists what it reads that is absent; a real run first checks the GPUs, as run_pretraining.sh
+# does, so a CPU machine gets one line instead of the launcher's traceback (the program checks the data).
+launch_phase_on_gpus() {  # <input dir> <vocab file> <command>...: uses GPUS, PYTHON, DRY_RUN
+  local input_dir=$1 vocab_file=$2 num_gpus
+  shift 2
+  if [[ $DRY_RUN == 1 ]]; then
+    print_command "$@"
+    [[ -d $input_dir ]] || need "input dir '$input_dir' does not exist (build the shards: DRY_RUN=1 bash" \
+      "scripts/run_pretraining.sh shows how, or set BERT_PREP_WORKING_DIR)"
+    [[ -f $vocab_file ]] || need "vocab file '$vocab_file' does not exist (python -m data.prep.download vocab" \
+      "--vocab-dir vocab)"
+    report_missing
+    return 0
+  fi
+  num_gpus=$(tr ',' '\n' <<<"$GPUS" | grep -c .)
+  need_gpus "$PYTHON" "$num_gpus" gpu "GPUS=$GPUS" \
+    'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)'
+  run "$@"
 }
