@@ -20,6 +20,12 @@ report_missing() {  # on stderr, after a dry run's commands: one `missing:` line
   for item in "${missing[@]}"; do printf '%s: missing: %s\n' "$PROG" "$item" >&2; done
 }
 
+stop_if_missing() {  # a real run that checked its inputs all at once: list the absent ones, then exit 2
+  (( ${#missing[@]} )) || return 0
+  report_missing
+  die "stopped before launching: ${#missing[@]} input(s) missing (listed above)"
+}
+
 need_int() {  # <name> <position> <value> <minimum>
   if ! { [[ $3 =~ ^[0-9]+$ ]] && (( 10#$3 >= $4 )); }; then
     die "<$1> (argument $2) must be an integer >= $4, got '$3'"
