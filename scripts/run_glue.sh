@@ -139,7 +139,8 @@ if [[ $DRY_RUN == 1 ]]; then
   exit 0
 fi
 need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 7)" \
-  'a CPU preset: bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu) (or mrpc_cpu_demo, or DEVICE=cpu)'
+  'a CPU preset: bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu) (or mrpc_cpu_demo, '\
+'or DEVICE=cpu)'
 check_inputs
 stop_if_missing
 mkdir -p "$out_dir"

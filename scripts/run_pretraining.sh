@@ -197,10 +197,9 @@ fi
 PYTHON=${PYTHON:-$(default_python "$code_dir")}
 
 # GPUs first: on a machine without them no data would help, and the line names the CPU preset to use instead.
-if [[ $DRY_RUN != 1 ]]; then
-  need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" \
-    'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo) (or DEVICE=cpu)'
-fi
+gpu_hint='the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)'\
+' (or DEVICE=cpu)'
+[[ $DRY_RUN == 1 ]] || need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" "$gpu_hint" early
 
 dir_is_empty() { [[ ! -d $1 ]] || [[ -z $(ls -A "$1") ]]; }
 needs_prep1=false; needs_prep2=false
@@ -295,7 +294,10 @@ bench_flags=()
 [[ $enable_benchmark == true ]] &&
   bench_flags=(--benchmark --benchmark-steps="$benchmark_steps" --benchmark-warmup-steps="$benchmark_warmup_steps")
 
-[[ $DRY_RUN == 1 ]] || mkdir -p "$RESULTS_DIR"
+if [[ $DRY_RUN != 1 ]]; then
+  need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" "$gpu_hint"
+  mkdir -p "$RESULTS_DIR"
+fi
 
 phase1_ckpt=$RESULTS_DIR/$bert_model/phase1
 # <init_checkpoint> seeds phase 1 only until phase 1 has checkpoints of its own: a re-run after a crash

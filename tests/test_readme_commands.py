@@ -87,7 +87,7 @@ def test_the_readme_has_the_commands_this_test_knows_how_to_check():
 
 def _kind(command):
     command = _without_comment(command)
-    if re.search(r"\bbash (scripts/run_pretraining(_p[12])?\.sh|scripts/run_squad\.sh)", command):
+    if re.search(r"\bbash scripts/(run_pretraining(_p[12])?|run_squad|run_glue)\.sh", command):
         return "dry-run"
     if command.startswith("bash ") and any(s in command for s in SLOW_SCRIPTS + ("scripts/run_pretraining_p",)):
         return "slow-script"
@@ -119,6 +119,10 @@ def test_launch_script_commands_dry_run_on_a_fresh_clone(command, tmp_path):
 
 
 NAMED_FLAG_SCRIPTS = [c for c in DRY_RUNS if re.search(r"run_pretraining_p[12]\.sh", c)]
+
+
+def test_the_readme_dry_runs_the_glue_presets_cpu_demo_included():
+    assert any("mrpc_cpu_demo" in c for c in DRY_RUNS), DRY_RUNS
 
 
 def test_the_readme_names_both_named_flag_scripts():
@@ -153,6 +157,22 @@ def test_named_flag_scripts_dry_run_lists_what_is_missing(command, tmp_path):
     (printed,) = proc.stdout.splitlines()
     assert printed.startswith("fakepy -m paddle.distributed.launch --gpus=0,1,2,3,4,5,6,7 run_pretraining.py ")
     assert f"input dir '{tmp_path}/download/pretrain/phase" in proc.stderr and "missing: 2 thing(s)" in proc.stderr
+
+
+def test_the_readmes_output_directories_are_not_committed_by_accident():
+    """Issue 24 item 9: export/ (where the README's export commands write) was not in .gitignore."""
+    outputs = set(re.findall(r"--output-dir (export/\w+)", README)) | {"results/x", "demo_output/x"}
+    assert {"export/squad", "export/mrpc"} <= outputs
+    for path in sorted(outputs):
+        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        assert proc.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_the_test_command_lists_the_slowest_tests():
+    """Issue 24 item 9: scripts/test.sh (the README's and CI's test command) shows the 15 slowest tests."""
+    (pytest_line,) = [line for line in (REPO / "scripts" / "test.sh").read_text().splitlines()
+                      if " -m pytest " in line]
+    assert "--durations=15" in shlex.split(pytest_line)
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "slow-script"])

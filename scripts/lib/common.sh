@@ -89,13 +89,18 @@ print(paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else "
   echo "${out##*$'\n'}"
 }
 
-need_gpus() {  # <python> <processes> <device> <label> <hint>: die before launching when those GPUs are absent
+gpus_seen=""  # gpu_count's answer, asked once per script (importing paddle takes seconds)
+need_gpus() {  # <python> <processes> <device> <label> <hint> [early]: die before launching when those GPUs are absent
   # <label> names the argument that asked for them (e.g. "<num_gpus> (argument 7)"), <hint> what to run instead.
-  local python=$1 wanted=$2 device=$3 label=$4 hint=$5 seen
+  # early: called before the data checks, so that a CPU machine hears "no GPU" first; an interpreter that cannot
+  # import paddle is then left to the call after them (which data is missing is the more useful news there).
+  local python=$1 wanted=$2 device=$3 label=$4 hint=$5 when=${6:-} seen
   [[ $device == gpu || ( $device == auto && $wanted -gt 1 ) ]] || return 0
-  seen=$(gpu_count "$python")
+  [[ -n $gpus_seen ]] || gpus_seen=$(gpu_count "$python")
+  seen=$gpus_seen
   case $seen in
-    nopaddle) die "$python cannot import paddle (run: bash scripts/setup.sh, or set PYTHON)" ;;
+    nopaddle) [[ $when == early ]] && return 0
+              die "$python cannot import paddle (run: bash scripts/setup.sh, or set PYTHON)" ;;
     nocuda) die "$label asks for $wanted GPU process(es) but no GPU is usable: paddlepaddle-gpu is not" \
                 "installed (install paddlepaddle-gpu==2.6.2); on a CPU machine use $hint" ;;
   esac
