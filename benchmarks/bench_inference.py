@@ -248,7 +248,7 @@ def _ints(text):
 def build_parser():
     from tasks.flags import bert_model_choices
 
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=None, help="write table.md, report.json, plot.png here")
     parser.add_argument("--bert-model", default="bert-base-uncased", choices=bert_model_choices()[:-1],
                         help="architecture timed (random weights)")

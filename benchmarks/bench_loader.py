@@ -18,7 +18,7 @@ rows are replicated into 4 balanced shards of `--rows` rows in total, so lengths
 `--data DIR` replicates an existing LDDL directory instead.
 
 Usage (from the repo root):
-  python -m benchmarks.bench_loader --vocab-file vocab/bert-base-uncased-vocab.txt \
+  python -m benchmarks.bench_loader [--vocab-file vocab/bert-base-uncased-vocab.txt] \
       [--rows 200000] [--batch-size 128] [--baseline-samples 20000] [--workers 2]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.default_inputs import default_vocab
 from data import lddl_format
 from data.loader import lddl_loader
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
@@ -183,7 +184,9 @@ def bench_one(directory, vocab_file, args, seq):
 
 def _parse(argv):
     p = ArgumentParser(prog="python -m benchmarks.bench_loader", description=__doc__.split("\n")[0])
-    p.add_argument("--vocab-file", required=True, help="BERT vocab (the sample corpus is tokenised with it)")
+    p.add_argument("--vocab-file", default=None,
+                   help="BERT vocab the sample corpus is tokenised with (default: vocab/bert-base-uncased-vocab.txt "
+                        "when downloaded, else a vocab built once from the embedded sample corpus)")
     p.add_argument("--data", default=None, help="an LDDL directory to replicate instead of the sample corpus")
     p.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512], help="sequence lengths to time")
     p.add_argument("--rows", type=int, default=200_000, help="rows in the replicated dataset (default 200000)")
@@ -195,7 +198,9 @@ def _parse(argv):
     for name in ("rows", "batch_size", "samples", "baseline_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not os.path.isfile(args.vocab_file):
+    if args.vocab_file is None:
+        args.vocab_file = default_vocab()
+    elif not os.path.isfile(args.vocab_file):
         p.error(f"--vocab-file '{args.vocab_file}' does not exist")
     if args.data is not None and not os.path.isdir(args.data):
         p.error(f"--data '{args.data}' is not a directory")

@@ -42,6 +42,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.default_inputs import default_vocab
 from data.prep import corpus
 from data import lddl_format as fmt
 from data.prep import preprocess_bert_pretrain as pre
@@ -264,7 +265,9 @@ def main(argv=None):
     """Run baseline and ours on the same corpus; returns {name: figures} and the speed-ups."""
     init_logging()
     p = ArgumentParser(prog="python -m benchmarks.bench_preprocess")
-    p.add_argument("--vocab-file", required=True, help="BERT vocab.txt")
+    p.add_argument("--vocab-file", default=None,
+                   help="BERT vocab.txt (default: vocab/bert-base-uncased-vocab.txt when downloaded, else a vocab "
+                        "built once from the embedded sample corpus)")
     p.add_argument("--corpus", default=None,
                    help="Wikipedia dump (*.xml[.bz2|.gz], extracted first, untimed) or LDDL source text file/dir "
                         "(default: build the stdlib sample corpus)")
@@ -279,6 +282,7 @@ def main(argv=None):
     p.add_argument("--no-stages", dest="stages", action="store_false",
                    help="skip the per-stage profile of ours (inline, one process)")
     args = p.parse_args(argv)
+    args.vocab_file = default_vocab() if args.vocab_file is None else args.vocab_file
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     bad = [e for e in executors if e not in pre.EXECUTORS + ("inline",)]
     if bad or not executors:

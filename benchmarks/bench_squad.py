@@ -11,8 +11,8 @@ Baseline: `tokenizer.FullTokenizer` (pure Python) on every doc token, Python lis
 Logits are synthetic (seeded normal), so the predictions are meaningless but exercise every branch.
 
 Usage (from the repo root):
-  python -m benchmarks.bench_squad --dev-file data/download/squad/v1.1/dev-v1.1.json \
-      --vocab-file vocab/bert-base-uncased-vocab.txt [--limit 2000] [--check-training 1000]
+  python -m benchmarks.bench_squad [--dev-file data/download/squad/v1.1/dev-v1.1.json] \
+      [--vocab-file vocab/bert-base-uncased-vocab.txt] [--limit 2000] [--check-training 1000]
 """
 import utils.preflight  # noqa: F401  -- zlib before paddle, OMP threads default; must stay first
 import collections
@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from benchmarks.default_inputs import default_squad_dev, default_vocab
 from data.features.squad import FeatureParams, examples_to_features, read_examples
 from tasks.squad_postprocess import postprocess_predictions
 from tokenizer import BasicTokenizer, BertTokenizer, FullTokenizer
@@ -246,13 +247,18 @@ def params_tuple(p):
 
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dev-file", required=True, help="SQuAD v1.1 dev JSON")
-    parser.add_argument("--vocab-file", required=True, help="uncased BERT vocab")
+    parser.add_argument("--dev-file", default=None, help="SQuAD v1.1 dev JSON (default: data/download/squad/v1.1/"
+                        "dev-v1.1.json when downloaded, else the embedded sample data/samples/squad/dev-v1.1.json)")
+    parser.add_argument("--vocab-file", default=None,
+                        help="uncased BERT vocab (default: vocab/bert-base-uncased-vocab.txt when downloaded, "
+                             "else a vocab built once from the embedded sample corpus)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N questions (0 = all)")
     parser.add_argument("--check-training", type=int, default=1000,
                         help="also compare training-mode windows on the first N questions (0 = skip)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic logits")
     args = parser.parse_args(argv)
+    args.dev_file = default_squad_dev() if args.dev_file is None else args.dev_file
+    args.vocab_file = default_vocab() if args.vocab_file is None else args.vocab_file
     for name in ("dev_file", "vocab_file"):
         if not os.path.isfile(getattr(args, name)):
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist")

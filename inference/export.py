@@ -256,7 +256,7 @@ def export_checkpoint(args):
                 manifest = add_int8_model(tmp, args.int8_calibration_file, windows=args.calibration_windows,
                                           eval_file=args.int8_eval_file, eval_questions=args.int8_eval_questions)
     logger.info("exported %s (%s) to %s (%d files)", args.checkpoint, settings.task, args.output_dir,
-                len(manifest["files"]))
+                sum(len(files) for _, _, files in os.walk(args.output_dir)))  # the manifest lists all but itself
     return manifest
 
 

@@ -515,8 +515,23 @@ def _announce_when_ready(batcher, host, port, args):
                     info.get("threads"), info.get("max_seq_length"), shown, port, args.settings.route,
                     args.max_batch_size, items, args.max_wait_ms, args.max_queue, text, args.max_context_chars,
                     args.max_body_bytes)
+        logger.info("ask: %s", curl_example(args.settings, host, port))
 
     threading.Thread(target=announce, name="announce-ready", daemon=True).start()
+
+
+def curl_example(settings, host, port):
+    """A request this server answers, as one curl command line. Logged once the model is ready (never for a
+    server that did not start, e.g. on a busy port), with the port really bound (--port 0 included)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    if settings.is_squad:
+        body = '{"question": "Who has a red car?", "context": "Tom has a red car."}'
+    elif task_spec(settings.task).train.text_b is None:
+        body = '{"text": "Tom has a red car."}'
+    else:
+        body = '{"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."}'
+    return f"curl -s http://{shown}:{port}{settings.route} -H 'content-type: application/json' -d '{body}'"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_dgxa100_8gpu_fp16)    # or _tf32
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && sst-2_dgxa100_8gpu_fp16)   # or _tf32
 #   bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu)        # real MRPC on CPU (MiniLM)
+#   bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu_demo)   # CPU, minutes (bert-tiny)
 #   DRY_RUN=1 bash scripts/run_glue.sh ...       # print the command instead of running it
 #
 # Positional arguments (defaults in brackets):
@@ -30,7 +31,8 @@
 #   PYTHON                interpreter (default: <repo>/.venv/bin/python if present, else python3)
 #   DRY_RUN=1             print the command (shell-quoted, one line) on stdout, list on stderr (`missing:`)
 #                         the inputs a real run needs that are absent, and run nothing (the GPU check
-#                         below is skipped: a dry run describes the command, not this machine)
+#                         below is skipped: a dry run describes the command, not this machine); a real run
+#                         checks the GPUs, then lists the same absent inputs and stops (exit 2)
 #   REPLACE_MODEL=1       --replace-model: training into an output that holds a fine-tuned model moves the
 #                         old directory aside (<dir>.superseded-<time>) instead of being refused
 #   BERT_PREP_WORKING_DIR where glue/<Task> lives (default <repo>/data/download)
@@ -120,18 +122,27 @@ case $precision in
 esac
 cmd+=("--report-file=$out_dir/dllogger_glue_${task_name,,}_${num_gpus}_${precision}.json")
 
+# The inputs, all listed at once (a dry run after its command, a real run before stopping): run_glue.py would
+# name only the first. A real run says first when the GPUs are missing, as that decides which preset to use.
+check_inputs() {
+  [[ -e $init_checkpoint ]] || missing+=("<init_checkpoint> (argument 1) '$init_checkpoint' does not exist")
+  [[ -d $data_dir ]] ||
+    missing+=("<data_dir> (argument 2) '$data_dir' does not exist (python -m data.prep.download glue)")
+  [[ -f $vocab_file ]] || missing+=("<vocab_file> (argument 3) '$vocab_file' does not exist")
+  [[ $config_file == None || -f $config_file ]] ||
+    missing+=("<config_file> (argument 4) '$config_file' does not exist")
+}
 if [[ $DRY_RUN == 1 ]]; then
   print_command "${cmd[@]}"
-  # A real run leaves these checks to run_glue.py (its errors name the flag); a dry run lists them all.
-  [[ -e $init_checkpoint ]] || need "<init_checkpoint> (argument 1) '$init_checkpoint' does not exist"
-  [[ -d $data_dir ]] || need "<data_dir> (argument 2) '$data_dir' does not exist (python -m data.prep.download glue)"
-  [[ -f $vocab_file ]] || need "<vocab_file> (argument 3) '$vocab_file' does not exist"
-  [[ $config_file == None || -f $config_file ]] || need "<config_file> (argument 4) '$config_file' does not exist"
+  check_inputs
   report_missing
   exit 0
 fi
 need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 7)" \
-  'the CPU preset: bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu) (or DEVICE=cpu)'
+  'a CPU preset: bash scripts/run_glue.sh $(source configs/glue_config.sh && mrpc_cpu) (or mrpc_cpu_demo, '\
+'or DEVICE=cpu)'
+check_inputs
+stop_if_missing
 mkdir -p "$out_dir"
 printf '%s: running:' "$PROG" >&2; printf ' %q' "${cmd[@]}" >&2; printf '\n' >&2
 "${cmd[@]}" 2>&1 | tee "$out_dir/logfile_glue_${task_name,,}.txt"

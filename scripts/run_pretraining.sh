@@ -196,6 +196,11 @@ fi
 
 PYTHON=${PYTHON:-$(default_python "$code_dir")}
 
+# GPUs first: on a machine without them no data would help, and the line names the CPU preset to use instead.
+gpu_hint='the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)'\
+' (or DEVICE=cpu)'
+[[ $DRY_RUN == 1 ]] || need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" "$gpu_hint" early
+
 dir_is_empty() { [[ ! -d $1 ]] || [[ -z $(ls -A "$1") ]]; }
 needs_prep1=false; needs_prep2=false
 dir_is_empty "$data_dir_phase1" && needs_prep1=true
@@ -290,8 +295,7 @@ bench_flags=()
   bench_flags=(--benchmark --benchmark-steps="$benchmark_steps" --benchmark-warmup-steps="$benchmark_warmup_steps")
 
 if [[ $DRY_RUN != 1 ]]; then
-  need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" \
-    'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo) (or DEVICE=cpu)'
+  need_gpus "$PYTHON" "$num_gpus" "$DEVICE" "<num_gpus> (argument 4)" "$gpu_hint"
   mkdir -p "$RESULTS_DIR"
 fi
 

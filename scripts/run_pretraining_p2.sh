@@ -8,15 +8,22 @@
 # weights are then not loaded again). The report goes to its own file, dllogger_p2.json (the reference's
 # p2 script overwrote phase 1's report).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -x .venv/bin/python ]]; then default_python=.venv/bin/python; else default_python=python3; fi
+PROG=run_pretraining_p2.sh
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$REPO_ROOT"
+PYTHON=${PYTHON:-$(default_python .)}
 PREP_DIR=${BERT_PREP_WORKING_DIR:-data/download}
+GPUS=${GPUS:-0,1,2,3,4,5,6,7}
+DRY_RUN=${DRY_RUN:-0}
+input_dir=$PREP_DIR/pretrain/phase2/bin_size_64/parquet
+vocab_file=vocab/bert-large-uncased-vocab.txt
 
-"${PYTHON:-$default_python}" -m paddle.distributed.launch \
-  --gpus="${GPUS:-0,1,2,3,4,5,6,7}" \
+launch_phase_on_gpus "$input_dir" "$vocab_file" \
+  "$PYTHON" -m paddle.distributed.launch --gpus="$GPUS" \
   run_pretraining.py \
-  --input-dir="$PREP_DIR/pretrain/phase2/bin_size_64/parquet" \
-  --vocab-file=vocab/bert-large-uncased-vocab.txt \
+  --input-dir="$input_dir" \
+  --vocab-file="$vocab_file" \
   --output-dir=results \
   --bert-model=bert-large-uncased \
   --from-checkpoint=results/bert-large-uncased/phase2 \

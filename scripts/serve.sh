@@ -49,21 +49,8 @@ if [[ $DRY_RUN == 1 ]]; then
   print_command "${cmd[@]}"
   exit 0
 fi
-shown_host=$HOST
-[[ $HOST == 0.0.0.0 || $HOST == :: ]] && shown_host=127.0.0.1
-[[ $shown_host == *:* ]] && shown_host="[$shown_host]"
-shown_port=$((10#$port))
-(( shown_port == 0 )) && shown_port='<port from the "serving ... at" log line>'
-# The export's task (settings.json, written by inference.export) picks the route and the example body.
-task=$(grep -o '"task": *"[^"]*"' "$export_dir/settings.json" 2>/dev/null | sed 's/.*: *"\(.*\)"/\1/' || true)
-case ${task:-squad} in
-  squad) route=/v1/answer body='{"question": "Who has a red car?", "context": "Tom has a red car."}' ;;
-  CoLA|SST-2) route=/v1/classify body='{"text": "Tom has a red car."}' ;;
-  *) route=/v1/classify body='{"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."}' ;;
-esac
-printf '%s: once http://%s:%s/health says {"status":"ready"}, ask:\n' "$PROG" "$shown_host" "$shown_port" >&2
-printf "  curl -s http://%s:%s%s -H 'content-type: application/json' \\\\\n" "$shown_host" "$shown_port" "$route" >&2
-printf "       -d '%s'\n" "$body" >&2
+# The server itself logs a curl example (`ask: curl ...`) once it listens and its model is loaded: printed
+# here, it showed even when the server then stopped on a busy port.
 cd "$REPO_ROOT"
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "${cmd[@]}"

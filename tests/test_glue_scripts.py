@@ -104,3 +104,36 @@ def test_dry_run_lists_what_a_real_run_needs_and_names_follow_the_checkpoint(tmp
     missing = [line for line in proc.stderr.splitlines() if line.startswith("run_glue.sh: missing: ")]
     assert len(missing) == 4 and "3 thing(s)" in missing[0]
     assert "bert-model" not in flags(shlex.split(proc.stdout))
+
+
+def test_a_real_run_lists_every_missing_input_before_stopping(tmp_path):
+    """Issue 24 item 8: the real mrpc_cpu run named 1 missing input (run_glue.py stops at the first) where the
+    dry run listed all 3; now both list them all, and nothing is launched."""
+    values = preset("mrpc_cpu", MINILM_DIR=str(tmp_path / "m"), BERT_PREP_WORKING_DIR=str(tmp_path / "d"))
+    proc = run_script(*values, DRY_RUN="0", PYTHON=str(tmp_path / "never-run"))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_glue.sh: missing: ")]
+    assert len(missing) == 4 and "3 thing(s)" in missing[0], proc.stderr
+    assert [a in m for a, m in zip(("argument 1", "argument 2", "argument 3"), missing[1:])] == [True] * 3
+    assert proc.stderr.splitlines()[-1].startswith("run_glue.sh: error: stopped before launching: 3 input(s)")
+    assert not (tmp_path / "results").exists()
+
+
+def test_cpu_demo_preset_fine_tunes_the_pretraining_demos_bert_tiny_on_mrpc(tmp_path):
+    """Issue 24 item 8: a CPU GLUE first try of a few minutes (1.5 min on 2 shared cores): the bert-tiny the
+    pretraining cpu_demo leaves, its demo vocab, real MRPC, one process, fp32, 1 epoch of batch 32."""
+    env = dict(RESULTS_DIR=str(tmp_path / "r"), DEMO_DIR=str(tmp_path / "demo"), BERT_PREP_WORKING_DIR=str(tmp_path))
+    values = preset("mrpc_cpu_demo", **env)
+    assert len(values) == 16 and values[-2:] == ["train", "eval"]
+    proc = run_script(*values)
+    assert proc.returncode == 0, proc.stderr
+    words = shlex.split(proc.stdout)
+    assert words[:2] == ["py", str(REPO / "run_glue.py")]  # one process: no launcher
+    f = flags(words[2:])
+    assert f["from-pretrained-params"] == str(tmp_path / "r" / "bert-tiny" / "phase2" / "30")
+    assert f["vocab-file"] == str(tmp_path / "demo" / "vocab.txt") and f["data-dir"] == str(tmp_path / "glue" / "MRPC")
+    assert f["config-file"] == str(REPO / "bert_configs" / "bert-tiny.json") and f["bert-model"] == "bert-tiny"
+    assert (f["train-batch-size"], f["epochs"], f["mode"]) == ("32", "1", "train_eval") and "amp" not in f
+    assert "do-lower-case" in f
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("run_glue.sh: missing: ")]
+    assert len(missing) == 4 and "3 thing(s)" in missing[0]  # checkpoint, MRPC and vocab of a fresh clone

@@ -85,3 +85,10 @@ def test_the_formatter_appends_a_default_only_where_none_is_said():
     assert "an option (default: 3)" in text and "said already (default 4)" in text
     assert "said already (default 4) (default" not in text and "(default: None)" not in text
     assert "a flag (default" not in text
+
+
+@pytest.mark.parametrize("module_name, function, argv", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_the_description_is_whole_sentences(module_name, function, argv, monkeypatch):
+    """Issue 24 item 9: a docstring's first line as the description cut it mid-sentence ("... as the seeds'")."""
+    description = (_parser_of(module_name, function, argv, monkeypatch).description or "").strip()
+    assert not description or description.endswith((".", ")", "`")), (module_name, description[-60:])

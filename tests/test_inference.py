@@ -68,6 +68,20 @@ def exported(model, tmp_path_factory):
     return out, manifest
 
 
+def test_export_logs_the_number_of_files_it_wrote(model, tmp_path, caplog):
+    """Issue 24 item 9: the log said (5 files) for a directory of 6 (the manifest does not list itself)."""
+    import logging
+    from inference import export
+
+    root, _ = model
+    out = tmp_path / "export"
+    with caplog.at_level(logging.INFO, logger="inference.export"):
+        export.main(export_args(root, out))
+    written = sum(1 for path in out.rglob("*") if path.is_file())
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" files)")]
+    assert line.endswith(f"({written} files)"), (line, sorted(p.name for p in out.iterdir()))
+
+
 def _features(root):
     from data.features.squad import FeatureParams, load_or_build_features
 

@@ -653,3 +653,17 @@ def test_run_sub_passes_steps_this_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--steps-this-run=300" in proc.stdout.splitlines()[-1]
     assert _bash(REPO / "run.sub", **_slurm_env(tmp_path, DRY_RUN=1, STEPS_THIS_RUN="x")).returncode == 2
+
+
+def test_dgxa100_on_a_cpu_machine_says_no_gpu_before_missing_data(tmp_path):
+    """Issue 24 item 8: with neither GPUs nor data, the first (and only) line is the GPU one, naming cpu_demo
+    (it was the missing corpus; a GPU-less machine cannot use that data anyway)."""
+    cpu_python = tmp_path / "python"
+    cpu_python.write_text('#!/usr/bin/env bash\nif [[ $1 == -c ]]; then echo nocuda; exit 0; fi\nexit 9\n')
+    cpu_python.chmod(0o755)
+    args = _preset("dgxa100-80g_8gpu_amp", BERT_PREP_WORKING_DIR=tmp_path)  # no corpus, no shards
+    proc = _bash(RUN, args, PYTHON=cpu_python, RESULTS_DIR=tmp_path / "results", VOCAB_FILE=tmp_path / "no.txt")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("run_pretraining.sh: error: <num_gpus> (argument 4) asks for 8 GPU process(es) but no "
+                           "GPU is usable") and "cpu_demo" in line, line

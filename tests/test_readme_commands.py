@@ -87,7 +87,7 @@ def test_the_readme_has_the_commands_this_test_knows_how_to_check():
 
 def _kind(command):
     command = _without_comment(command)
-    if re.search(r"\bbash (scripts/run_pretraining\.sh|scripts/run_squad\.sh)", command):
+    if re.search(r"\bbash scripts/(run_pretraining(_p[12])?|run_squad|run_glue)\.sh", command):
         return "dry-run"
     if command.startswith("bash ") and any(s in command for s in SLOW_SCRIPTS + ("scripts/run_pretraining_p",)):
         return "slow-script"
@@ -116,6 +116,63 @@ def test_launch_script_commands_dry_run_on_a_fresh_clone(command, tmp_path):
     # A preset that does not exist expands to nothing (the script then runs its defaults): caught here.
     assert not [line for line in proc.stderr.splitlines()
                 if ": error: " in line or "command not found" in line or "No such file" in line], proc.stderr
+
+
+NAMED_FLAG_SCRIPTS = [c for c in DRY_RUNS if re.search(r"run_pretraining_p[12]\.sh", c)]
+
+
+def test_the_readme_dry_runs_the_glue_presets_cpu_demo_included():
+    assert any("mrpc_cpu_demo" in c for c in DRY_RUNS), DRY_RUNS
+
+
+def test_the_readme_names_both_named_flag_scripts():
+    assert len(NAMED_FLAG_SCRIPTS) == 2, NAMED_FLAG_SCRIPTS
+
+
+@pytest.mark.parametrize("command", NAMED_FLAG_SCRIPTS)
+def test_named_flag_scripts_on_a_cpu_machine_stop_with_one_line(command, tmp_path):
+    """Without DRY_RUN, on a machine whose paddle has no CUDA: one error line naming the CPU preset, nothing
+    launched (it used to start paddle.distributed.launch and print its 62-line traceback)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\nif [[ $1 == -c ]]; then echo nocuda; exit 0; fi\n'
+                    'echo "launched: $*" >&2; exit 1\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("DRY_RUN", "GPUS")}
+    env.update(PYTHON=str(fake), BERT_PREP_WORKING_DIR=str(tmp_path / "download"))
+    proc = subprocess.run(["bash", "-c", _without_comment(command)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "launched" not in proc.stderr and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "no GPU is usable" in line and "cpu_demo" in line, line
+
+
+@pytest.mark.parametrize("command", NAMED_FLAG_SCRIPTS)
+def test_named_flag_scripts_dry_run_lists_what_is_missing(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUS",)}
+    env.update(DRY_RUN="1", PYTHON="fakepy", BERT_PREP_WORKING_DIR=str(tmp_path / "download"))
+    proc = subprocess.run(["bash", "-c", _without_comment(command)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (printed,) = proc.stdout.splitlines()
+    assert printed.startswith("fakepy -m paddle.distributed.launch --gpus=0,1,2,3,4,5,6,7 run_pretraining.py ")
+    assert f"input dir '{tmp_path}/download/pretrain/phase" in proc.stderr and "missing: 2 thing(s)" in proc.stderr
+
+
+def test_the_readmes_output_directories_are_not_committed_by_accident():
+    """Issue 24 item 9: export/ (where the README's export commands write) was not in .gitignore."""
+    outputs = set(re.findall(r"--output-dir (export/\w+)", README)) | {"results/x", "demo_output/x"}
+    assert {"export/squad", "export/mrpc"} <= outputs
+    for path in sorted(outputs):
+        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        assert proc.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_the_test_command_lists_the_slowest_tests():
+    """Issue 24 item 9: scripts/test.sh (the README's and CI's test command) shows the 15 slowest tests."""
+    (pytest_line,) = [line for line in (REPO / "scripts" / "test.sh").read_text().splitlines()
+                      if " -m pytest " in line]
+    assert "--durations=15" in shlex.split(pytest_line)
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if _kind(c) == "slow-script"])
@@ -177,6 +234,37 @@ def test_every_flag_in_a_readme_command_exists(command, monkeypatch):
             assert flag in known or flag.replace("_", "-") in known, f"{target}: README uses unknown {flag}"
     if "..." not in args and target.endswith(".py"):
         parser.parse_args(args)  # written in full: it must parse (SystemExit 2 otherwise)
+
+
+BENCH_COMMANDS = [c for c in PYTHON_COMMANDS if _target_and_args(c)[0] in
+                  ("benchmarks.bench_loader", "benchmarks.bench_preprocess", "benchmarks.bench_squad")]
+
+
+def test_the_readme_has_the_three_input_benchmarks():
+    assert {_target_and_args(c)[0] for c in BENCH_COMMANDS} == {
+        "benchmarks.bench_loader", "benchmarks.bench_preprocess", "benchmarks.bench_squad"}
+
+
+@pytest.mark.parametrize("command", BENCH_COMMANDS)
+def test_benchmark_commands_parse_as_written(command, monkeypatch):
+    """`python -m benchmarks.bench_loader` with no flag used to stop: "the following arguments are required:
+    --vocab-file". The flags they leave out must have defaults (resolved in main, after parsing)."""
+    target, args = _target_and_args(command)
+    _parser_of(target, monkeypatch).parse_args(args)
+
+
+def test_bench_squad_as_written_runs_offline_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
+    """No vocab/*.txt, no data/download: a vocab is built from the embedded corpus (once) and the embedded
+    SQuAD sample is used. A copy of the repo's samples stands in for the clone, so nothing is written here."""
+    import shutil
+    from benchmarks import bench_squad, default_inputs
+
+    shutil.copytree(REPO / "data" / "samples", tmp_path / "data" / "samples")
+    monkeypatch.setattr(default_inputs, "REPO", str(tmp_path))
+    result = bench_squad.main([])
+    assert result["questions"] == 13 and result["windows"] >= 13
+    assert (tmp_path / default_inputs.SAMPLE_VOCAB).is_file()
+    assert "outputs identical" in capsys.readouterr().out
 
 
 def test_python_commands_cover_the_entry_points():

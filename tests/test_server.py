@@ -7,6 +7,7 @@ says; concurrent requests batched (seen in /v1/metrics) and none lost or mixed u
 answers what is in flight and exits 0; start-up errors as one line and exit 2.
 """
 import json
+import os
 import shutil
 import signal
 import socket
@@ -373,6 +374,29 @@ def test_bad_flags_and_a_busy_port_are_refused_before_the_model_loads(model, tmp
         busy.listen()
         with pytest.raises(ValueError, match="cannot listen on 127.0.0.1:.*choose another --port"):
             cli.bind_socket("127.0.0.1", busy.getsockname()[1])
+
+
+def test_the_curl_example_is_logged_after_the_serving_line_with_the_bound_port(server):
+    """Issue 24 item 9: the example request comes from the server once it is ready (serve.sh printed it first)."""
+    deadline = time.monotonic() + 30  # the fixture waited for the serving line; the next may still be on its way
+    while " ask: curl " not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = server.log().splitlines()
+    serving = next(i for i, line in enumerate(lines) if " serving " in line)
+    ask = next(i for i, line in enumerate(lines) if " ask: curl " in line)
+    assert ask > serving, lines
+    assert f"ask: curl -s {server.url}/v1/answer -H 'content-type: application/json' -d '{{\"question\": " in lines[ask]
+
+
+def test_serve_sh_on_a_busy_port_stops_with_one_line_and_no_curl_example(model):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = subprocess.run(["bash", str(REPO / "scripts" / "serve.sh"), str(model[0]),
+                                 str(busy.getsockname()[1])], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 2, result.stderr
+    assert "curl" not in result.stderr and "cannot listen on 127.0.0.1:" in result.stderr, result.stderr
 
 
 def test_device_gpu_is_refused_on_a_cpu_only_paddle_and_auto_resolves_to_cpu(model):

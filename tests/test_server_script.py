@@ -1,5 +1,5 @@
 """scripts/serve_squad.sh: its positional arguments -> the server command (DRY_RUN), its one-line errors,
-and the curl example it prints (the command itself is what tests/test_server.py starts)."""
+and that it leaves the curl example to the server (the command itself is what tests/test_server.py starts)."""
 import os
 import subprocess
 from pathlib import Path
@@ -29,15 +29,16 @@ def test_dry_run_prints_the_server_command(export_dir):
         f"py -m inference.server --model-dir={export_dir} --host=0.0.0.0 --port=80 --threads 1 --max-wait-ms 2\n"
 
 
-def test_it_prints_the_curl_example_then_runs_the_server(export_dir, tmp_path):
+def test_it_runs_the_server_and_leaves_the_curl_example_to_it(export_dir, tmp_path):
     fake = tmp_path / "fake_python"
     fake.write_text('#!/bin/bash\necho "server started with: $*"\n')
     fake.chmod(0o755)
     result = run(export_dir, 8123, PYTHON=str(fake))
     assert result.returncode == 0 and result.stdout == \
         f"server started with: -m inference.server --model-dir={export_dir} --host=127.0.0.1 --port=8123\n"
-    assert "curl -s http://127.0.0.1:8123/v1/answer -H 'content-type: application/json'" in result.stderr
-    assert '"question": "Who has a red car?", "context": "Tom has a red car."' in result.stderr
+    # Issue 24 item 9: the server logs the curl example once it listens (tests/test_server.py); printed here,
+    # it showed even when the server then stopped on a busy port.
+    assert "curl" not in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

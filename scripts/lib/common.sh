@@ -1,6 +1,5 @@
 # shellcheck shell=bash
-# Shared by scripts/run_pretraining.sh and scripts/run_squad.sh (sourced; defines functions only, plus
-# REPO_ROOT / PREP_DIR). The caller sets PROG (its name, for error lines) and DRY_RUN before using them.
+# Shared by the scripts/run_*.sh launchers (sourced; defines functions only, plus REPO_ROOT / PREP_DIR). The caller sets PROG (its name, for error lines) and DRY_RUN before using them.
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PREP_DIR=${BERT_PREP_WORKING_DIR:-$REPO_ROOT/data/download}
@@ -19,6 +18,12 @@ report_missing() {  # on stderr, after a dry run's commands: one `missing:` line
   (( ${#missing[@]} )) || return 0
   printf '%s: missing: %d thing(s) a real run needs:\n' "$PROG" "${#missing[@]}" >&2
   for item in "${missing[@]}"; do printf '%s: missing: %s\n' "$PROG" "$item" >&2; done
+}
+
+stop_if_missing() {  # a real run that checked its inputs all at once: list the absent ones, then exit 2
+  (( ${#missing[@]} )) || return 0
+  report_missing
+  die "stopped before launching: ${#missing[@]} input(s) missing (listed above)"
 }
 
 need_int() {  # <name> <position> <value> <minimum>
@@ -84,13 +89,18 @@ print(paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else "
   echo "${out##*$'\n'}"
 }
 
-need_gpus() {  # <python> <processes> <device> <label> <hint>: die before launching when those GPUs are absent
+gpus_seen=""  # gpu_count's answer, asked once per script (importing paddle takes seconds)
+need_gpus() {  # <python> <processes> <device> <label> <hint> [early]: die before launching when those GPUs are absent
   # <label> names the argument that asked for them (e.g. "<num_gpus> (argument 7)"), <hint> what to run instead.
-  local python=$1 wanted=$2 device=$3 label=$4 hint=$5 seen
+  # early: called before the data checks, so that a CPU machine hears "no GPU" first; an interpreter that cannot
+  # import paddle is then left to the call after them (which data is missing is the more useful news there).
+  local python=$1 wanted=$2 device=$3 label=$4 hint=$5 when=${6:-} seen
   [[ $device == gpu || ( $device == auto && $wanted -gt 1 ) ]] || return 0
-  seen=$(gpu_count "$python")
+  [[ -n $gpus_seen ]] || gpus_seen=$(gpu_count "$python")
+  seen=$gpus_seen
   case $seen in
-    nopaddle) die "$python cannot import paddle (run: bash scripts/setup.sh, or set PYTHON)" ;;
+    nopaddle) [[ $when == early ]] && return 0
+              die "$python cannot import paddle (run: bash scripts/setup.sh, or set PYTHON)" ;;
     nocuda) die "$label asks for $wanted GPU process(es) but no GPU is usable: paddlepaddle-gpu is not" \
                 "installed (install paddlepaddle-gpu==2.6.2); on a CPU machine use $hint" ;;
   esac
@@ -115,4 +125,25 @@ run() {  # print (DRY_RUN=1) or run one command, announcing it on stderr
     printf '%s: running:' "$PROG" >&2; printf ' %q' "$@" >&2; printf '\n' >&2
     "$@"
   fi
+}
+
+# The named-flag examples (scripts/run_pretraining_p1.sh, _p2.sh): one `launch --gpus=$GPUS` command. A dry run
+# prints it and lists what it reads that is absent; a real run first checks the GPUs, as run_pretraining.sh
+# does, so a CPU machine gets one line instead of the launcher's traceback (the program checks the data).
+launch_phase_on_gpus() {  # <input dir> <vocab file> <command>...: uses GPUS, PYTHON, DRY_RUN
+  local input_dir=$1 vocab_file=$2 num_gpus
+  shift 2
+  if [[ $DRY_RUN == 1 ]]; then
+    print_command "$@"
+    [[ -d $input_dir ]] || need "input dir '$input_dir' does not exist (build the shards: DRY_RUN=1 bash" \
+      "scripts/run_pretraining.sh shows how, or set BERT_PREP_WORKING_DIR)"
+    [[ -f $vocab_file ]] || need "vocab file '$vocab_file' does not exist (python -m data.prep.download vocab" \
+      "--vocab-dir vocab)"
+    report_missing
+    return 0
+  fi
+  num_gpus=$(tr ',' '\n' <<<"$GPUS" | grep -c .)
+  need_gpus "$PYTHON" "$num_gpus" gpu "GPUS=$GPUS" \
+    'the CPU preset: bash scripts/run_pretraining.sh $(source configs/pretrain_config.sh && cpu_demo)'
+  run "$@"
 }
