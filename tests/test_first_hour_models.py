@@ -165,11 +165,12 @@ def test_export_refuses_a_bert_model_that_disagrees_with_the_fine_tuned_config(d
 # ------------------------------------------------------------------------------ item 7: evaluation only
 def test_pretraining_inference_builds_no_optimizer_and_writes_its_report(shards, tmp_path, monkeypatch,  # noqa: F811
                                                                          caplog):
-    make_step_dir(tmp_path / "phase1", shards[1])
+    make_step_dir(tmp_path / "phase1", shards[1], with_config=False)  # an old one: the flag names the model
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO):
         result = run_pretraining_inference.main([
             "--init-checkpoint", str(tmp_path / "phase1"), "--input-dir", shards[0], "--vocab-file", shards[1],
+            "--bert-model", "bert-tiny",
             "--max-seq-length", "128", "--max-predictions-per-seq", "20", "--device", "cpu", "--batch-size", "4",
             "--num-eval-batches", "1", "--sequence-length-alignment", "8"])
     assert result["eval_sequences"] == 4
