@@ -111,6 +111,7 @@ def main(argv=None):
 
     result = evaluate_checkpoint(cfg)
     _report(cfg, result)
+    logger.info("report: %s", cfg.run.report_file)
     return result
 
 

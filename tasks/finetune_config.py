@@ -9,7 +9,8 @@ its flags, each written once.
 again: `flags` keeps them only for the report's PARAMETER record.
 
 Owns also: `read_vocab` (a usable BERT vocab whose casing matches --do-lower-case, read once), `model_config` (the
-architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json),
+architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json; an
+old step directory's by its parameter shapes; also what run_pretraining.py and run_pretraining_inference.py use),
 `check_writable` (an output location that can be written, probed before any work), `init_path` (the
 --from-checkpoint / --from-pretrained-params choice, never a random initialisation) and the rule that a
 training run never replaces a fine-tuned model silently (`check_model_output`, `make_room_for_model`).
