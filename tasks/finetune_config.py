@@ -30,7 +30,7 @@ from tasks import flags as common
 from tasks.config import VocabInfo, check_fits_model
 from utils.fs import move_aside, probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
-from utils.weights import CONFIG_FILE_NAME, resolve_init_path, saved_config_next_to
+from utils.weights import CONFIG_FILE_NAME, parameter_shapes, resolve_init_path, saved_config_next_to
 
 logger = logging.getLogger(__name__)
 
@@ -144,18 +144,17 @@ def _checkpoint_config(init_path, use_hf):
 
 def _check_agrees(flagged, bert_model, config_file, cfg, found):
     """Refuse a --bert-model / --config-file that describes another network than the checkpoint's config."""
-    if common.same_architecture(flagged.to_dict(), cfg.to_dict()):
+    differences = common.architecture_differences(flagged.to_dict(), cfg.to_dict())
+    if not differences:
         return
     flag = f"--config-file {config_file}" if config_file is not None else f"--bert-model {bert_model}"
     theirs = common.known_model_name(cfg.to_dict())
-    raise ValueError(f"{flag} describes another model than the checkpoint's {found} ({theirs}): drop "
-                     f"{flag.split()[0]} to use the checkpoint's config, or give a checkpoint of that model")
+    raise ValueError(f"{flag} describes another model than the checkpoint's {found} ({theirs}; {differences}): "
+                     f"drop {flag.split()[0]} to use the checkpoint's config, or give a checkpoint of that model")
 
 
 def _config_from_shapes(init_path, vocab):
     """An old checkpoint without its config: the one bert_configs/ architecture with its parameter shapes."""
-    from utils.weights import parameter_shapes
-
     names = common.model_names_with_shapes(parameter_shapes(init_path))
     configs = {n: _flag_config(n, None, vocab) for n in names}
     distinct = {tuple(sorted(c.to_dict().items())) for c in configs.values()}

@@ -143,10 +143,13 @@ def model_names_with_shapes(shapes):
     return names
 
 
-def same_architecture(a, b):
-    """True if two config dicts describe the same network (dropout and init range may differ: they do not
-    change which parameters exist or what the attention computes)."""
-    return all(a.get(k) == b.get(k) for k in (*_SHAPE_FIELDS, "vocab_size", "num_attention_heads", "hidden_act"))
+def architecture_differences(a, b):
+    """"" if two config dicts describe the same network, else what differs ("parameter shapes differ:
+    hidden_size 256 vs 128, ..."). Dropout and init range may differ: they change neither which parameters
+    exist nor what the attention computes."""
+    shapes = [f"{k} {a.get(k)} vs {b.get(k)}" for k in (*_SHAPE_FIELDS, "vocab_size") if a.get(k) != b.get(k)]
+    others = [f"{k} {a.get(k)} vs {b.get(k)}" for k in ("num_attention_heads", "hidden_act") if a.get(k) != b.get(k)]
+    return ", ".join(([f"parameter shapes differ: {shapes[0]}"] + shapes[1:] if shapes else []) + others)
 
 
 def add_model_args(parser, default_model="bert-large-uncased", default_help=None):
