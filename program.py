@@ -624,12 +624,14 @@ def _vars_of(program, variables):
     return {key: block.var(var.name) for key, var in variables.items()}
 
 
-def build_pretraining(model_cfg, train_cfg):
+def build_pretraining(model_cfg, train_cfg, is_training=True):
     """Build the BERT pre-training programs (MLM + NSP).
 
     Args:
       model_cfg: modeling.BertConfig.
-      train_cfg: TrainConfig.
+      train_cfg: TrainConfig (optimizer fields unused when is_training is False).
+      is_training: False builds an evaluation-only bundle (as `build_squad`): main_program is the for_test
+        forward with the five losses as fetches; no optimizer, LR scheduler, CPU LAMB kernel or metric window.
 
     Returns:
       ProgramBundle. feed_names == eval_feed_names == FEED_SPECS["pretraining"] names. fetches:
@@ -652,6 +654,8 @@ def build_pretraining(model_cfg, train_cfg):
         losses = loss_lib.BertPretrainingCriterion()(
             mlm_logits, nsp_logits, feeds["masked_lm_labels"], feeds["next_sentence_labels"])._asdict()
         eval_program = main.clone(for_test=True)
+        if not is_training:
+            return _predict_only_bundle(eval_program, startup, tuple(feeds), losses, impl, fusions)
         lr, opt, amp_opt, extra, build = _minimize(losses["loss"], train_cfg, impl, fusions, main, startup,
                                                    fetched_losses=list(losses.values()),
                                                    eval_program=eval_program)

@@ -30,6 +30,7 @@ import sys
 from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
                           RunSettings, VocabInfo, check_fits_model, section, train_config)
+from tasks.finetune_config import BERT_MODEL_DEFAULT_HELP
 from utils.weights import resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
@@ -85,7 +86,7 @@ def build_parser():
                                  "the end of the phase and of the invocation")
     evaluation.add_argument("--eval-batch-size", type=int, default=None,
                             help="sequences per evaluation batch (default: --batch-size)")
-    common.add_model_args(parser)
+    common.add_model_args(parser, default_model=None, default_help=BERT_MODEL_DEFAULT_HELP)
     common.add_runtime_args(parser)
     common.add_optimizer_args(parser)
     train = parser.add_argument_group("Sequences")
@@ -153,20 +154,40 @@ def validate_args(args):
     if args.from_checkpoint and last_step != "auto":
         common.require_existing("--from-checkpoint", args.from_checkpoint, "dir")
     precision, optim = PrecisionConfig.from_args(args), OptimConfig.from_args(args)
-    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file,
-                                                           vocab_size=vocab.size)
-    check_fits_model(args.max_seq_length, model_cfg, config_path)
+    model_cfg, bert_model = _model(args, vocab, args.from_phase1_final_params or pretrained
+                                   or _existing_checkpoint(args))
+    check_fits_model(args.max_seq_length, model_cfg, args.config_file or f"bert_configs/{bert_model}.json")
     from utils.runtime import resolve_device
     train_config(optim, precision, total_steps=1, seed=args.seed, device=resolve_device(args.device))
-    report_file = args.report_file or os.path.join(args.output_dir, args.bert_model, f"phase{phase}", "report.json")
+    report_file = args.report_file or os.path.join(args.output_dir, bert_model, f"phase{phase}", "report.json")
     return PretrainConfig(
         phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
         vocab=vocab, optim=optim, precision=precision, data=section(PretrainData, args),
         checkpointing=section(Checkpointing, args, last_step_of_checkpoint=last_step,
-                              from_pretrained_params=pretrained),
+                              from_pretrained_params=pretrained, bert_model=bert_model),
         run=section(RunSettings, args, report_file=report_file),
-        flags=dict(sorted({**vars(args), "phase": phase, "report_file": report_file}.items())),
+        flags=dict(sorted({**vars(args), "phase": phase, "report_file": report_file,
+                           "bert_model": bert_model}.items())),
         steps_this_run=steps_this_run, evaluation=evaluation)
+
+
+def _existing_checkpoint(args):
+    """The step directory --from-checkpoint resumes from, when it exists and no flag names the model (its
+    bert_config.json does then), else None (the resume itself checks the rest)."""
+    if args.bert_model or args.config_file or not args.from_checkpoint or not os.path.isdir(args.from_checkpoint):
+        return None
+    path = resolve_init_path(args.from_checkpoint, args.model_prefix)
+    return path if os.path.isfile(os.path.join(path, "progress.json")) else None
+
+
+def _model(args, vocab, init_path):
+    """(BertConfig, the name outputs go under): the flags', or the init checkpoint's own architecture when no
+    flag names one (phase 2 of a bert-tiny phase 1 needs no --bert-model), by fine-tuning's rule
+    (`tasks.finetune_config.model_config`); bert-large-uncased, the reference's default, otherwise."""
+    from tasks import finetune_config as finetune
+
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
+    return model_cfg, finetune.model_name(args.bert_model, args.config_file, vocab, model_cfg)
 
 
 def _check_steps_this_run(args):

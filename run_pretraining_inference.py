@@ -4,7 +4,7 @@ inference throughput (what the PyTorch seed's run_pretraining_inference.py does)
 Usage (from the repo root):
     python run_pretraining_inference.py --init-checkpoint results/bert-tiny/phase2 \\
         --input-dir demo_output/pretrain/phase1/unbinned/parquet_holdout --vocab-file demo_output/vocab.txt \\
-        --bert-model bert-tiny --max-seq-length 128 --max-predictions-per-seq 20 --device cpu
+        --max-seq-length 128 --max-predictions-per-seq 20 --device cpu
     ... --benchmark --benchmark-warmup-steps 5 --benchmark-steps 20      # sequences/s of the forward pass
 
 Owns: the command line and its validation (`validate_args`: flags in, one frozen
@@ -15,8 +15,9 @@ training, so the numbers of the two agree for the same checkpoint and shards. `-
 `.pdparams` file (or prefix), a step directory, or a phase directory (its latest complete step), as
 run_squad.py's `--from-pretrained-params` does.
 
-Output: one log line with the metrics, the same as a DLLogger summary record in `--report-file` when given;
-`main` returns them. Exit status 0, or 2 with one `error:` line for bad flags, files or checkpoints.
+Output: one log line with the metrics, the same as a DLLogger summary record in `--report-file` (default
+`pretraining_inference_report.json` in the current directory); `main` returns them. The architecture is the
+checkpoint's own (`bert_config.json` in its step directory), as for fine-tuning (`tasks.finetune_config.model_config`). Exit status 0, or 2 with one `error:` line for bad flags, files or checkpoints.
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
 import utils.preflight  # noqa: F401  -- OMP threads default, MKL path; must stay before paddle
@@ -25,10 +26,16 @@ import logging
 import os
 import sys
 
+from tasks import finetune_config as finetune
 from tasks import flags as common
 from tasks.config import PretrainData, PretrainInferenceConfig, RunSettings, VocabInfo, check_fits_model, section
+from tasks.finetune_config import BERT_MODEL_DEFAULT_HELP
 
 logger = logging.getLogger("run_pretraining_inference")
+
+# Where the report goes without --report-file: this command has no output directory, and a checkpoint's
+# directory is not ours to write into (it may be shared or read-only).
+DEFAULT_REPORT = "pretraining_inference_report.json"
 
 
 def build_parser():
@@ -46,8 +53,9 @@ def build_parser():
                        help="cap of masked tokens per sequence (dynamic masking)")
     group.add_argument("--sequence-length-alignment", type=int, default=64,
                        help="pad each batch's length up to a multiple of this")
-    common.add_model_args(parser)
-    common.add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=5)
+    common.add_model_args(parser, default_model=None, default_help=BERT_MODEL_DEFAULT_HELP)
+    common.add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=5,
+                            report_default=f"{DEFAULT_REPORT} in the current directory")
     return parser
 
 
@@ -69,19 +77,22 @@ def validate_args(args):
     if not (os.path.exists(args.init_checkpoint) or os.path.isfile(args.init_checkpoint + ".pdparams")):
         raise ValueError(f"--init-checkpoint '{args.init_checkpoint}' does not exist")
     vocab = VocabInfo.read(args.vocab_file)
-    model_cfg, config_path, _ = common.resolve_bert_config(args.bert_model, args.config_file, args.vocab_file,
-                                                           vocab_size=vocab.size)
-    check_fits_model(args.max_seq_length, model_cfg, config_path)
+    from utils.weights import resolve_init_path
+    init_path = resolve_init_path(args.init_checkpoint, args.model_prefix)
+    model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
+    check_fits_model(args.max_seq_length, model_cfg, args.config_file or f"the model of {init_path}")
     num_batches = args.num_eval_batches
     if args.benchmark:
         num_batches = args.benchmark_warmup_steps + args.benchmark_steps
-    from utils.weights import resolve_init_path
-    init_path = resolve_init_path(args.init_checkpoint, args.model_prefix)
+    report_file = args.report_file or DEFAULT_REPORT
+    finetune.check_writable("--report-file", report_file, os.path.dirname(os.path.abspath(report_file)))
     return PretrainInferenceConfig(
         model=model_cfg, vocab=vocab, init_path=init_path, num_batches=num_batches,
         data=section(PretrainData, args, num_workers=0),
-        run=section(RunSettings, args, log_freq=None),
-        flags=dict(sorted({**vars(args), "init_checkpoint_resolved": init_path}.items())))
+        run=section(RunSettings, args, log_freq=None, report_file=report_file),
+        flags=dict(sorted({**vars(args), "init_checkpoint_resolved": init_path, "report_file": report_file,
+                           "bert_model": finetune.model_name(args.bert_model, args.config_file, vocab,
+                                                             model_cfg)}.items())))
 
 
 def main(argv=None):
@@ -100,6 +111,7 @@ def main(argv=None):
 
     result = evaluate_checkpoint(cfg)
     _report(cfg, result)
+    logger.info("report: %s", cfg.run.report_file)
     return result
 
 

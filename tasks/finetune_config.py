@@ -9,7 +9,8 @@ its flags, each written once.
 again: `flags` keeps them only for the report's PARAMETER record.
 
 Owns also: `read_vocab` (a usable BERT vocab whose casing matches --do-lower-case, read once), `model_config` (the
-architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json),
+architecture from --config-file, the init checkpoint's own config, or bert_configs/<--bert-model>.json; an
+old step directory's by its parameter shapes; also what run_pretraining.py and run_pretraining_inference.py use),
 `check_writable` (an output location that can be written, probed before any work), `init_path` (the
 --from-checkpoint / --from-pretrained-params choice, never a random initialisation) and the rule that a
 training run never replaces a fine-tuned model silently (`check_model_output`, `make_room_for_model`).
@@ -29,7 +30,7 @@ from tasks import flags as common
 from tasks.config import VocabInfo, check_fits_model
 from utils.fs import move_aside, probe_writable
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
-from utils.weights import resolve_init_path, saved_config_next_to
+from utils.weights import CONFIG_FILE_NAME, parameter_shapes, resolve_init_path, saved_config_next_to
 
 logger = logging.getLogger(__name__)
 
@@ -85,35 +86,85 @@ def model_name(bert_model, config_file, vocab, model_cfg):
 
 
 def model_config(bert_model, config_file, vocab, init_path):
-    """BertConfig: --config-file, else the checkpoint's own config, else bert_configs/<--bert-model>.json
-    (bert-large-uncased when --bert-model is None).
+    """BertConfig of the model to build on the weights at `init_path`; the one rule every consumer of a
+    checkpoint (fine-tuning, `inference.export`, pretraining's phase 2, `run_pretraining_inference.py`) uses.
+
+    --config-file, else the checkpoint's own config (an HF checkpoint's config.json, or the bert_config.json
+    that pretraining step directories and fine-tuned runs carry), else bert_configs/<--bert-model>.json;
+    with neither flag and no config file in the checkpoint (a step directory saved before checkpoints carried
+    one), the one bert_configs/ architecture with the checkpoint's parameter shapes; else bert-large-uncased.
 
     Args:
-      bert_model, config_file: the flags; vocab: the --vocab-file's VocabInfo (`read_vocab`), or its path.
-      init_path: the resolved weights path (an HF checkpoint's config.json, or the bert_config.json a
-        fine-tuned run saved beside its parameters, is used when --config-file is not given).
+      bert_model, config_file: the flags (None when not given; "custom" means "--config-file describes it").
+      vocab: the --vocab-file's VocabInfo (`read_vocab`), or its path.
+      init_path: the resolved weights path, or None (nothing to read the architecture from).
 
     Raises:
-      ValueError: a bad config, a checkpoint config whose vocab_size differs from the vocab file, or a
-        pretraining checkpoint that recorded another vocab's SHA-256 (`VocabInfo.check_checkpoint`).
+      ValueError: a bad config; a checkpoint config whose vocab_size differs from the vocab file; a
+        pretraining checkpoint that recorded another vocab's SHA-256 (`VocabInfo.check_checkpoint`); a flag
+        that describes another architecture than the checkpoint's bert_config.json (its parameters would not
+        load: one line naming both); an old checkpoint whose shapes fit no single bert_configs/ model.
     """
     vocab = _vocab_info(vocab)
+    if init_path is None:
+        return _flag_config(bert_model, config_file, vocab)
     vocab.check_checkpoint(init_path, None)
-    found = None
-    if config_file is None and is_hf_checkpoint(init_path):
-        found = hf_checkpoint_files(init_path)[1]
-        cfg = bert_config_from_hf(found) if found else None
-    elif config_file is None and saved_config_next_to(init_path):
-        found = saved_config_next_to(init_path)
-        cfg = BertConfig.from_json_file(found)
+    found, cfg = _checkpoint_config(init_path, use_hf=config_file is None)
     if found is None:
-        return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab.path,
-                                          vocab_size=vocab.size)[0]
+        if bert_model is None and config_file is None:
+            return _config_from_shapes(init_path, vocab)
+        return _flag_config(bert_model, config_file, vocab)
     if cfg.vocab_size != vocab.size:
         raise ValueError(f"{found} says vocab_size {cfg.vocab_size} but --vocab-file '{vocab.path}' "
                          f"has {vocab.size} tokens: use the vocab the checkpoint was trained with")
+    if config_file is not None or bert_model not in (None, "custom"):
+        flagged = _flag_config(bert_model, config_file, vocab)
+        _check_agrees(flagged, bert_model, config_file, cfg, found)
+        if config_file is not None:  # the user's file may change dropout etc. of the same network
+            return flagged
     logger.info("model config from the checkpoint: %s", found)
     return cfg
+
+
+def _flag_config(bert_model, config_file, vocab):
+    """The config the flags name (bert-large-uncased when neither is given)."""
+    return common.resolve_bert_config(bert_model or DEFAULT_BERT_MODEL, config_file, vocab.path,
+                                      vocab_size=vocab.size)[0]
+
+
+def _checkpoint_config(init_path, use_hf):
+    """(path, BertConfig) of the config a checkpoint carries, or (None, None). An HF config.json only when
+    `use_hf` (an explicit --config-file overrides it, as HF's own from_pretrained(config=...) does)."""
+    if is_hf_checkpoint(init_path):
+        found = hf_checkpoint_files(init_path)[1] if use_hf else None
+        return (found, bert_config_from_hf(found)) if found else (None, None)
+    found = saved_config_next_to(init_path)
+    return (found, BertConfig.from_json_file(found)) if found else (None, None)
+
+
+def _check_agrees(flagged, bert_model, config_file, cfg, found):
+    """Refuse a --bert-model / --config-file that describes another network than the checkpoint's config."""
+    differences = common.architecture_differences(flagged.to_dict(), cfg.to_dict())
+    if not differences:
+        return
+    flag = f"--config-file {config_file}" if config_file is not None else f"--bert-model {bert_model}"
+    theirs = common.known_model_name(cfg.to_dict())
+    raise ValueError(f"{flag} describes another model than the checkpoint's {found} ({theirs}; {differences}): "
+                     f"drop {flag.split()[0]} to use the checkpoint's config, or give a checkpoint of that model")
+
+
+def _config_from_shapes(init_path, vocab):
+    """An old checkpoint without its config: the one bert_configs/ architecture with its parameter shapes."""
+    names = common.model_names_with_shapes(parameter_shapes(init_path))
+    configs = {n: _flag_config(n, None, vocab) for n in names}
+    distinct = {tuple(sorted(c.to_dict().items())) for c in configs.values()}
+    if len(distinct) == 1:
+        logger.info("'%s' carries no %s: its parameter shapes are those of bert_configs/%s.json, used",
+                    init_path, CONFIG_FILE_NAME, names[0])
+        return configs[names[0]]
+    hint = (f"they fit {' and '.join(names)}: give --bert-model with the one it was trained as" if names else
+            "they fit no bert_configs/ model: give the --config-file it was trained with")
+    raise ValueError(f"'{init_path}' carries no {CONFIG_FILE_NAME} and {hint}")
 
 
 def check_writable(flag, value, directory):

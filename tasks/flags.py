@@ -102,6 +102,56 @@ def known_model_name(config_dict):
     return same_architecture[0] if len(same_architecture) == 1 else "custom"
 
 
+# BertConfig fields the parameter shapes fix (vocab_size comes from --vocab-file); num_attention_heads is not
+# among them, so a match by shapes is trusted only when one bert_configs/ architecture fits.
+_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+                 "type_vocab_size")
+
+
+def dims_from_shapes(shapes):
+    """The `_SHAPE_FIELDS` of a BERT from its parameter shapes ({our name: shape}), or None if it is not one.
+
+    Our layout: Linear weights are [in, out], so `intermediate.dense.weight` is [hidden, intermediate].
+    """
+    try:
+        layers = {int(n.split(".")[3]) for n in shapes if n.startswith("bert.encoder.layer.")}
+        return {"hidden_size": shapes["bert.embeddings.word_embeddings.weight"][1],
+                "num_hidden_layers": len(layers),
+                "intermediate_size": shapes["bert.encoder.layer.0.intermediate.dense.weight"][1],
+                "max_position_embeddings": shapes["bert.embeddings.position_embeddings.weight"][0],
+                "type_vocab_size": shapes["bert.embeddings.token_type_embeddings.weight"][0]}
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def model_names_with_shapes(shapes):
+    """The bert_configs/ names whose architecture has these parameter shapes; several names can share one
+    architecture (bert-base-cased and -uncased differ only in their vocab), hence a list.
+
+    Why: a step directory written before checkpoints carried bert_config.json says nothing else about its
+    model, and "lacks parameter(s) [...]" from the default bert-large-uncased helps nobody.
+    """
+    dims = dims_from_shapes(shapes)
+    if dims is None:
+        return []
+    names = []
+    for name in bert_model_choices()[:-1]:
+        with open(os.path.join(CONFIG_DIR, f"{name}.json"), encoding="utf-8") as f:
+            known = json.load(f)
+        if all(known.get(k) == v for k, v in dims.items()):
+            names.append(name)
+    return names
+
+
+def architecture_differences(a, b):
+    """"" if two config dicts describe the same network, else what differs ("parameter shapes differ:
+    hidden_size 256 vs 128, ..."). Dropout and init range may differ: they change neither which parameters
+    exist nor what the attention computes."""
+    shapes = [f"{k} {a.get(k)} vs {b.get(k)}" for k in (*_SHAPE_FIELDS, "vocab_size") if a.get(k) != b.get(k)]
+    others = [f"{k} {a.get(k)} vs {b.get(k)}" for k in ("num_attention_heads", "hidden_act") if a.get(k) != b.get(k)]
+    return ", ".join(([f"parameter shapes differ: {shapes[0]}"] + shapes[1:] if shapes else []) + others)
+
+
 def add_model_args(parser, default_model="bert-large-uncased", default_help=None):
     """--bert-model, --config-file, --vocab-file, --model-prefix.
 
@@ -121,8 +171,12 @@ def add_model_args(parser, default_model="bert-large-uncased", default_help=None
     return group
 
 
-def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
-    """--device, --seed, --num-threads, --report-file, --show-config, --enable-cpu-affinity, --benchmark*."""
+def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20, report_default=None):
+    """--device, --seed, --num-threads, --report-file, --show-config, --enable-cpu-affinity, --benchmark*.
+
+    `report_default` says in --help where the report goes without --report-file, for an entry point without
+    an --output-dir (the default text names the training ones' places).
+    """
     group = parser.add_argument_group("Runtime")
     group.add_argument("--device", default="auto", choices=("auto", "gpu", "cpu"),
                        help="where to run; auto = GPU when usable, else CPU (default: %(default)s)")
@@ -132,10 +186,10 @@ def add_runtime_args(parser, benchmark_steps=20, benchmark_warmup=20):
                             "usable cores shared among this node's processes). Read at start-up, before "
                             "Paddle loads (utils.preflight): a run started in-process keeps its threads")
     group.add_argument("--report-file", default=None,
-                       help="DLLogger JSON-lines report, written by rank 0 (default: report.json beside the "
-                            "run's outputs: <output-dir>/<bert-model>/phase<N>/ when pretraining, "
-                            "<output-dir>/<bert-model>/squad/ for SQuAD, "
-                            "<output-dir>/<bert-model>/glue/<Task>/ for GLUE)")
+                       help="DLLogger JSON-lines report, written by rank 0 (default: " + (report_default or
+                            "report.json beside the run's outputs: <output-dir>/<bert-model>/phase<N>/ when "
+                            "pretraining, <output-dir>/<bert-model>/squad/ for SQuAD, "
+                            "<output-dir>/<bert-model>/glue/<Task>/ for GLUE") + ")")
     group.add_argument("--show-config", type=str2bool, default=True,
                        help="log every argument at start (default: %(default)s)")
     group.add_argument("--enable-cpu-affinity", type=str2bool, default=True,

@@ -174,7 +174,7 @@ def evaluate_checkpoint(cfg):
     rt = init_runtime(run.device, seed=run.seed, cpu_affinity=run.enable_cpu_affinity)
     precision = PrecisionConfig(amp={"amp": "off"}, fuse_mha=False)  # fp32 forward: what CPUs run exactly
     bundle = program_lib.build_pretraining(cfg.model, train_config(None, precision, total_steps=1, seed=run.seed,
-                                                                   device=rt.device))
+                                                                   device=rt.device), is_training=False)
     rt.exe.run(bundle.startup_program)
     load_pretrained(rt.exe, bundle.main_program, cfg.init_path)
     evaluator = PretrainEvaluator(rt.exe, bundle.eval_program, bundle.eval_fetches, batches)

@@ -74,7 +74,7 @@ class PretrainSession:
         ckpt = cfg.checkpointing
         self.manager = CheckpointManager(phase_dir(ckpt.output_dir, ckpt.bert_model, cfg.phase),
                                          keep_last=ckpt.keep_checkpoints, rank=self.rank,
-                                         model_prefix=ckpt.model_prefix)
+                                         model_prefix=ckpt.model_prefix, model_config=cfg.model.to_dict())
         self.lock = None
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.source = self._resume_source()

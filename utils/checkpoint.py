@@ -30,7 +30,8 @@ Layout on disk (`phase_dir` builds the root):
                                   weights, the gradient-merge step counter (all-zero merge buffers are
                                   left out and restored as zeros)
         <model_prefix>.pdmodel    the program description (informational)
-        progress.json             written LAST, with the size and SHA-256 of the three files above; a
+        bert_config.json          the architecture (`modeling.BertConfig`); older checkpoints lack it
+        progress.json             written LAST, with the size and SHA-256 of the files above; a
                                   step directory without it is not a checkpoint. (NVIDIA's reference
                                   names its record <model_prefix>_progress.json and keeps no loader
                                   position or checksums; such a directory is recognised and refused
@@ -70,6 +71,7 @@ from utils.checks import is_int
 from utils.checks import PREVIEW as _PREVIEW
 from utils.checks import preview as _preview
 from utils.fs import atomic_write_text
+from utils.hf_import import NEWLY_INITIALIZED
 from utils.nonfinite import NonFiniteParameters, nonfinite_names
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ _READABLE_VERSIONS = (1, 2, 3)
 RECORD_CHECKSUM = "record_sha256"
 PROGRESS_FILE = "progress.json"
 INIT_FROM_CKPT = "*INIT_FROM_CKPT*"  # a parameter's source in the init log: loaded from a checkpoint
+# ... and left at its startup value (anything else, e.g. an HF "<- name", was loaded)
 # NVIDIA's reference writes `<model_prefix>_progress.json` (epoch, step, file list) beside its tensors;
 # recognised so that resuming one of its directories is explained instead of looking like a broken save.
 REFERENCE_PROGRESS_SUFFIX = "_progress.json"
@@ -447,11 +450,19 @@ def log_parameter_sources(program, sources, origin):
     newly initialised ones, so a silent random init is visible), then one DEBUG line per parameter, as
     google-research/bert's init log (BERT-large has ~400: too many for every run's log)."""
     params = sorted(program.all_parameters(), key=lambda p: p.name)
-    fresh = [p.name for p in params if sources[p.name] != INIT_FROM_CKPT]
-    logger.info("parameters: %d of %d from %s%s", len(params) - len(fresh), len(params), origin,
+    fresh = [p.name for p in params if sources[p.name] == NEWLY_INITIALIZED]
+    renamed = sum(_renamed(p.name, sources[p.name]) for p in params)
+    logger.info("parameters: %d of %d from %s%s%s", len(params) - len(fresh), len(params), origin,
+                f" ({renamed} under another name)" if renamed else "",
                 f"; newly initialised: {', '.join(fresh)}" if fresh else "")
     for param in params:
         logger.debug("  %s %s %s", param.name, list(param.shape), sources[param.name])
+
+
+def _renamed(name, source):
+    """True if `source` ("<- hf.name (notes)", as `utils.hf_import.convert_hf_state` writes it) names a tensor
+    other than `name` (a TF-style gamma/beta, a missing `bert.` prefix): loaded, under another name."""
+    return source.startswith("<- ") and source[3:].split(" ", 1)[0] != name
 
 
 def _scope_arrays(names):
@@ -472,12 +483,15 @@ class CheckpointManager:
         the only checkpoint is being replaced would leave none.
       rank: int >= 0; only rank 0 writes or deletes anything, every rank can restore.
       model_prefix: str, file prefix of the `.pdparams`/`.pdopt`/`.pdmodel` files.
+      model_config: dict (`BertConfig.to_dict()`) or None; written as `bert_config.json` into every step
+        directory (before progress.json, checksummed with the tensors), so that fine-tuning, evaluation,
+        export and phase 2 take the architecture from the checkpoint. Older step directories lack it.
 
     Raises:
       ValueError: any argument out of range.
     """
 
-    def __init__(self, root_dir, *, keep_last=3, rank=0, model_prefix="bert_paddle"):
+    def __init__(self, root_dir, *, keep_last=3, rank=0, model_prefix="bert_paddle", model_config=None):
         if not root_dir:
             raise ValueError("checkpoint root_dir must be a non-empty path")
         if not is_int(keep_last) or keep_last < 2:
@@ -491,6 +505,7 @@ class CheckpointManager:
         self.keep_last = int(keep_last)
         self.rank = int(rank)
         self.model_prefix = model_prefix
+        self.model_config = None if model_config is None else dict(model_config)
 
     def step_dir(self, step):
         """Path of the checkpoint directory for `step` (whether or not it exists)."""
@@ -602,6 +617,8 @@ class CheckpointManager:
                 os.path.join(tmp, self.model_prefix), parameters,
                 {n: v for n, v in arrays.items() if n not in param_names},
                 program.desc.serialize_to_string())
+            if self.model_config is not None:
+                files.update(checkpoint_io.write_model_config(tmp, self.model_config))
             # Progress last: its presence is what marks the directory complete.
             atomic_write_text(os.path.join(tmp, PROGRESS_FILE),
                               dataclasses.replace(progress, files=files).to_json())

@@ -16,6 +16,7 @@ Why write the files ourselves instead of calling `paddle.static.save`:
 """
 import contextlib
 import hashlib
+import json
 import os
 import pickle
 
@@ -27,6 +28,7 @@ PARAMS_SUFFIX = ".pdparams"
 OPT_SUFFIX = ".pdopt"
 MODEL_SUFFIX = ".pdmodel"
 GRADIENT_MERGE_SUFFIX = "@GRAD@GradientMerge"
+CONFIG_FILE_NAME = "bert_config.json"  # the architecture, in step directories and beside fine-tuned parameters
 _PICKLE_PROTOCOL = 4  # what paddle.static.save uses by default; handles arrays over 4 GB
 _CHECKSUM_MISMATCH = ("{path} does not match the SHA-256 recorded when it was saved (the file was altered or "
                       "corrupted on disk)")
@@ -107,6 +109,20 @@ def write_state(prefix, parameters, others, program_desc):
                                            lambda f: pickle.dump(kept, f, protocol=_PICKLE_PROTOCOL)),
         base + MODEL_SUFFIX: _write_digested(prefix + MODEL_SUFFIX, lambda f: f.write(program_desc)),
     }
+
+
+def write_model_config(directory, config):
+    """Write the architecture (`modeling.BertConfig.to_dict()`) as `<directory>/bert_config.json`, fsynced.
+
+    Why: a step directory is also a model to fine-tune, evaluate or export; with its config beside the
+    parameters no consumer has to be told (or guess) which architecture they belong to.
+
+    Returns:
+      {"bert_config.json": {"size", "sha256"}}, for `Progress.files` (verified like the tensor files).
+    """
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    return {CONFIG_FILE_NAME: _write_digested(os.path.join(directory, CONFIG_FILE_NAME),
+                                              lambda f: f.write(text.encode("utf-8")))}
 
 
 def size_problem(directory, files):

@@ -24,6 +24,7 @@ import paddle
 
 from modeling import TASK_HEADS
 from utils import checkpoint_io
+from utils.checkpoint_io import CONFIG_FILE_NAME  # the architecture, beside saved parameters
 from utils.amp_state import MASTER_SUFFIX
 from utils.checkpoint import INIT_FROM_CKPT, CheckpointManager, assign_to_scope, log_parameter_sources
 from utils.checks import preview as _preview
@@ -33,7 +34,6 @@ from utils.hf_import import (NEWLY_INITIALIZED, convert_hf_state, hf_checkpoint_
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE_NAME = "bert_config.json"  # the architecture, saved beside fine-tuned parameters
 
 
 def _prefixes(value, flag):
