@@ -122,11 +122,11 @@ def glue_next_steps(results, cfg):
       cfg: the run's tasks.finetune_config.FinetuneConfig (task, data dir, vocab, output dir).
     """
     task, lines = cfg.settings.spec.name, []
-    if "params_file" in results:
-        model = os.path.dirname(results["params_file"])
-        lower = ["--do-lower-case"] if cfg.text.do_lower_case else []
+    model = os.path.dirname(results["params_file"]) if "params_file" in results else None
+    if model is not None:
         lines.append(f"fine-tuned model: {model}")
-    if "params_file" in results and not results.get("submission_files"):
+    if model is not None and not results.get("submission_files"):  # a run that predicted needs no next step
+        lower = ["--do-lower-case"] if cfg.text.do_lower_case else []
         lines += ["next: GLUE's submission file from test.tsv with this model:",
                   "  " + _command(["python", "run_glue.py", "--task-name", task, "--mode", "prediction",
                                    "--data-dir", cfg.settings.data_dir, "--from-checkpoint", model,
