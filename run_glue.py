@@ -47,7 +47,7 @@ import paddle
 from data.features.glue import split_path, task_spec
 from tasks import finetune_config as finetune
 from tasks import flags as common
-from tasks import glue
+from tasks import glue, outcome
 from tasks.config import OptimConfig, PrecisionConfig, RunSettings, section, train_config
 from tasks.finetune import FinetuneSession
 from tasks.finetune_config import (FinetuneConfig, ModelInit, Modes, Outputs, Schedule, TextSettings,
@@ -190,7 +190,17 @@ def validate_args(args):
         outputs=Outputs(out_dir=out_dir, report_file=report_file, save_model=saves_model,
                         replace_model=saves_model and args.replace_model),
         settings=GlueSettings(spec=spec, data_dir=args.data_dir),
-        flags=dict(sorted({**vars(args), "task_name": spec.name, "bert_model": model_name}.items())))
+        flags=_resolved_flags(args, spec.name, model_name, modes))
+
+
+def _resolved_flags(args, task_name, model_name, modes):
+    """The flags as the run uses them (the settings line and the report's PARAMETER record): --mode and the
+    --do-* switches resolved into one mode word and three booleans that agree ("mode=train_eval |
+    do_train=True | do_eval=True", never "mode=train_eval | do_train=False")."""
+    words = [w for w, on in zip(MODE_WORDS, (modes.do_train, modes.do_eval, modes.do_predict)) if on]
+    return dict(sorted({**vars(args), "task_name": task_name, "bert_model": model_name, "mode": "_".join(words),
+                        "do_train": modes.do_train, "do_eval": modes.do_eval,
+                        "do_predict": modes.do_predict}.items()))
 
 
 def _check_export(args, init_path, do_train, spec):
@@ -231,7 +241,11 @@ def main(argv=None):
     if rt.dist.is_main:
         make_room_for_model(cfg.outputs.out_dir, cfg.outputs.replace_model)
     with paddle.static.scope_guard(paddle.static.Scope()):
-        return FinetuneSession(cfg, glue.GlueAdapter(cfg, data), rt).run()
+        results = FinetuneSession(cfg, glue.GlueAdapter(cfg, data), rt).run()
+    if rt.dist.is_main:
+        for line in outcome.glue_next_steps(results, cfg):
+            logger.info("%s", line)
+    return results
 
 
 def cli(argv=None):

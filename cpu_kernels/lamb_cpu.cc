@@ -70,14 +70,17 @@ inline float Direction(float m, float v, float p, float bias1, float bias2, floa
 
 void LambCpu(paddle::Tensor& param, const paddle::Tensor& grad, const paddle::Tensor& learning_rate,
              paddle::Tensor& moment1, paddle::Tensor& moment2, paddle::Tensor& beta1_pow,
-             paddle::Tensor& beta2_pow, const paddle::optional<paddle::Tensor>& skip_update,
+             paddle::Tensor& beta2_pow, const paddle::Tensor& skip_update,
              float weight_decay, float beta1, float beta2, float epsilon, bool always_adapt) {
   PD_CHECK(param.dtype() == paddle::DataType::FLOAT32 && grad.dtype() == paddle::DataType::FLOAT32,
            "bert_lamb_cpu takes float32 parameters and gradients");
   PD_CHECK(param.numel() == grad.numel() && param.numel() == moment1.numel() &&
                param.numel() == moment2.numel(),
            "bert_lamb_cpu: parameter, gradient and moments differ in size");
-  if (skip_update && skip_update->data<bool>()[0]) return;
+  // SkipUpdate is declared optional but taken as a plain Tensor (undefined when the op has none): Paddle's
+  // helper for `paddle::optional<Tensor>` calls the deprecated `is_initialized()`, whose glog warning would
+  // land in every CPU pretraining log. `initialized()` is its replacement.
+  if (skip_update.initialized() && skip_update.data<bool>()[0]) return;
 
   const int64_t n = param.numel();
   float* p = param.data<float>();

@@ -22,6 +22,8 @@ is not re-entrant); the server gathers requests into batches instead of running 
 import dataclasses
 import logging
 import os
+import re
+import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,7 +39,7 @@ from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows,
 from inference import model_dir as layout
 from tasks.squad_postprocess import postprocess_predictions
 from tokenizer import BertTokenizer
-from utils.logger import progress
+from utils.logger import native_stderr, progress
 from utils.preflight import default_threads as cores_share
 from utils.runtime import cpu_bf16_support
 
@@ -132,6 +134,35 @@ def make_config(model_file, params_file, *, precision="fp32", device="cpu", thre
     return config
 
 
+# oneDNN's int8 passes report every op type they looked at, on stderr from C++ ("---    quantized 0 conv2d
+# ops", coloured), and `disable_glog_info` does not reach them.
+_PASS_REPORT = re.compile(r"^(?:\x1b\[[0-9;]*m)?---\s+(quantized|squashed) (\d+) (.*?)\s*(?:\x1b\[[0-9;]*m)?\s*$")
+
+
+def create_predictor(config, precision="fp32"):
+    """`paddle.inference.create_predictor`, with an int8 model's oneDNN pass report (about 32 lines, most
+    "quantized 0 <op type> ops", nothing a user can act on) reduced to one summary.
+
+    Returns:
+      (predictor, summary str: e.g. "13 fc ops in int8"; "" when precision is not int8). Anything else the
+      passes write to stderr is written back unchanged.
+    """
+    if precision != "int8":
+        return paddle_infer.create_predictor(config), ""
+    with native_stderr() as captured:
+        predictor = paddle_infer.create_predictor(config)
+    kept, quantized = [], []
+    for line in captured.text.splitlines():
+        found = _PASS_REPORT.match(line)
+        if found is None:
+            kept.append(line)
+        elif found.group(1) == "quantized" and int(found.group(2)) > 0:
+            quantized.append(f"{found.group(2)} {found.group(3)}")
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+    return predictor, (", ".join(quantized) or "no op") + " in int8"
+
+
 def _word_starts(context, num_words):
     """Character offset of each whitespace-split word of `context` (as split_on_whitespace splits it)."""
     _, char_to_word = split_on_whitespace(context)
@@ -216,14 +247,14 @@ class ExportedModel:
         config = make_config(os.path.join(model_dir, prefix + ".pdmodel"),
                              os.path.join(model_dir, prefix + ".pdiparams"), precision=precision,
                              device=device, threads=threads)
-        predictor = paddle_infer.create_predictor(config)
+        predictor, int8_ops = create_predictor(config, precision)
         tokenizer = BertTokenizer(os.path.join(model_dir, layout.VOCAB_FILE), do_lower_case=settings.do_lower_case)
         info = {"model_name": settings.model_name, "task": settings.task, "precision": precision, "device": device,
                 "threads": threads, "max_seq_length": settings.max_seq_length, **cls._task_info(settings),
                 "do_lower_case": settings.do_lower_case, "source_checkpoint": manifest.get("source_checkpoint"),
                 "manifest_sha256": manifest_sha, "model_dir": os.path.abspath(model_dir), "batch_size": batch_size}
-        logger.info("loaded %s %s (%s, %s, %d threads) from %s", settings.model_name, settings.task, precision,
-                    device, threads, model_dir)
+        logger.info("loaded %s %s (%s, %s, %d threads%s) from %s", settings.model_name, settings.task, precision,
+                    device, threads, f"; {int8_ops}" if int8_ops else "", model_dir)
         return cls(predictor, settings, tokenizer, info, batch_size)
 
     # ------------------------------------------------------------------------------------------ running

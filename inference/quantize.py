@@ -11,10 +11,14 @@ What int8 does on an AVX2-only CPU (no AVX-512 VNNI / AVX-VNNI): oneDNN's int8 G
 8-bit dot products with 16-bit multiplies (vpmaddubsw), so int8 is NOT faster than fp32 there and the
 quantize/dequantize steps around each layer add cost; `benchmarks.bench_inference` measures it.
 """
+import contextlib
+import io
 import json
 import logging
 import os
+import sys
 import tempfile
+import time
 
 import numpy as np
 import paddle
@@ -93,10 +97,22 @@ def quantize(model_dir, squad_file=None, windows=300, out_dir=None, batches=None
         params_filename=layout.MODEL_PREFIX + ".pdiparams", data_loader=_feeds_loader(batches),
         batch_nums=len(batches), algo=CALIBRATION_ALGO, quantizable_op_type=list(QUANTIZABLE_OPS),
         weight_quantize_type="channel_wise_abs_max", onnx_format=False, deploy_backend="mkldnn")
-    with paddle.static.scope_guard(scope):
+    begin = time.time()
+    with paddle.static.scope_guard(scope), _ptq_bars_on_terminal_only():
         ptq.quantize()
         ptq.save_quantized_model(out_dir or model_dir, model_filename=layout.INT8_PREFIX + ".pdmodel",
                                  params_filename=layout.INT8_PREFIX + ".pdiparams")
+    logger.info("int8 calibration done in %.0f s: %s.pdmodel / .pdiparams written", time.time() - begin,
+                layout.INT8_PREFIX)
+
+
+def _ptq_bars_on_terminal_only():
+    """PostTrainingQuantization draws its own tqdm bars ("Sampling stage, Run batch:", "Adding quant op with
+    weight:") on sys.stderr: a bar on a terminal, but in a log only their carriage-return frames; there they
+    go nowhere (the calibration's start and end are logged)."""
+    if sys.stderr.isatty():
+        return contextlib.nullcontext()
+    return contextlib.redirect_stderr(io.StringIO())
 
 
 def compare_accuracy(model_dir, eval_file, questions=500):

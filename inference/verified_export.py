@@ -16,10 +16,9 @@ import tempfile
 
 import numpy as np
 import paddle
-import paddle.inference as paddle_infer
 
 from inference import model_dir as layout
-from inference.predictor import DEFAULT_BATCH_SIZE, load_predictor, make_config
+from inference.predictor import DEFAULT_BATCH_SIZE, create_predictor, load_predictor, make_config
 from utils.fs import atomic_write_json, sha256_file
 
 logger = logging.getLogger("inference.export")
@@ -58,9 +57,9 @@ def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=
     per-sequence ones (GLUE's [B, num_labels])."""
     names = [bundle.eval_fetches[k].name for k in fetch_names]
     want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
-    predictor = paddle_infer.create_predictor(make_config(
+    predictor, _ = create_predictor(make_config(
         os.path.join(directory, prefix + ".pdmodel"), os.path.join(directory, prefix + ".pdiparams"),
-        precision=precision, device=device))
+        precision=precision, device=device), precision)
     for name in predictor.get_input_names():
         handle = predictor.get_input_handle(name)
         handle.reshape(feed[name].shape)

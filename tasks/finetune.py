@@ -28,6 +28,7 @@ import paddle
 from inference.verified_export import load_from_scope
 from tasks.config import PrecisionConfig, train_config
 from tasks.engine import run_updates
+from tasks.progress import UpdateProgress
 from utils.amp_state import init_pure_fp16
 from utils.checkpoint import assign_to_scope
 from utils.report import build_metric_logger
@@ -139,7 +140,7 @@ def rank_batches(features, batch_size, rank, world_size, rng, make_batch):
 
 
 def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metrics=None, program=None,
-          desc="train"):
+          desc="train", log=logger):
     """Fine-tune: run micro-batches until the planned number of optimizer updates is done.
 
     Args:
@@ -150,7 +151,12 @@ def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metr
       rank, world_size: this process's place (each rank trains on its slice of every epoch).
       metrics: utils.report.MetricLogger or None.
       program: what to run instead of bundle.main_program (e.g. a CompiledProgram), optional.
-      desc: the progress bar's label.
+      desc: the progress bar's label (e.g. "MRPC training").
+      log: the logging.Logger of the plan line (the entry point's, so a task's lines share one name).
+
+    Every --log-freq updates (and at the last) `metrics` gets loss, learning_rate, seq/s, tok/s and the ETA
+    (`tasks.progress.UpdateProgress.log_fields`), the fields pretraining logs: in a log (no terminal, no bar)
+    those lines are the progress.
 
     Returns:
       dict: updates, micro_batches, sequences (all ranks), losses (mean loss of each update, list of float),
@@ -158,8 +164,8 @@ def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metr
     """
     per_epoch, updates = plan_updates(len(features), opts, world_size)
     rng, k = np.random.default_rng(opts.seed), opts.gradient_merge_steps
-    logger.info("training: %d rows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
-                len(features), per_epoch, updates, opts.batch_size, k, world_size)
+    log.info("training: %d rows, %d micro-batches/epoch/process, %d updates of %d x %d x %d sequences",
+             len(features), per_epoch, updates, opts.batch_size, k, world_size)
     losses, epoch = [], [0]
 
     def epochs():  # --epochs passes (a benchmark runs on until its updates are done)
@@ -172,12 +178,16 @@ def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metr
     def after_update(step, fetched, lr):
         losses.append(float(np.mean([float(np.asarray(values[0]).reshape(-1)[0]) for values in fetched])))
         if metrics is not None and (step % opts.log_freq == 0 or step == updates):
-            metrics.log({"loss": losses[-1], "learning_rate": lr}, (epoch[0], step))
+            metrics.log({"loss": losses[-1], "learning_rate": lr, **bar.log_fields()}, (epoch[0], step))
 
-    result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
-                         merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
-                         fetch_list=[bundle.fetches["loss"]], after_update=after_update, progress_desc=desc,
-                         benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
+    bar = UpdateProgress(updates, desc=desc, disable=None if rank == 0 else True)
+    try:
+        result = run_updates(exe, program or bundle.main_program, epochs(), start_step=0, total_steps=updates,
+                             merge_steps=k, lr_scheduler=bundle.lr_scheduler, world_size=world_size,
+                             fetch_list=[bundle.fetches["loss"]], after_update=after_update, progress=bar,
+                             benchmark_warmup_steps=opts.benchmark_warmup_steps if opts.benchmark else None)
+    finally:
+        bar.close()
     return {"updates": len(losses), "micro_batches": result.micro_batches, "sequences": result.sequences,
             "losses": losses, "e2e_train_time": result.elapsed,
             "training_sequences_per_second": result.sequences_per_second, "final_loss": losses[-1]}
@@ -188,6 +198,8 @@ def train(exe, bundle, features, make_batch, opts, *, rank=0, world_size=1, metr
 
 class TaskAdapter(Protocol):
     """What a task adds to the session (see `tasks.squad.SquadAdapter`, `tasks.glue.GlueAdapter`)."""
+
+    label: str  # what the run's bars and lines call the task, e.g. "SQuAD", "MRPC"
 
     def build(self, model_cfg, train_cfg, is_training):
         """The task's program.ProgramBundle."""
@@ -227,7 +239,8 @@ class FinetuneSession:
         bundle, opts = self.build(None if data is None else len(data[0]))
         self.initialise(bundle, cfg.model.require_head)
         results = {}
-        with self.metrics() as metrics:
+        total = None if opts is None else plan_updates(len(data[0]), opts, rt.dist.world_size)[1]
+        with self.metrics(total) as metrics:
             if cfg.run.show_config:
                 metrics.log_parameters(cfg.flags)
             if opts is not None:
@@ -263,7 +276,7 @@ class FinetuneSession:
         features, make_batch = data
         results = train(rt.exe, bundle, features, make_batch, opts, rank=rt.dist.rank, world_size=rt.dist.world_size,
                         metrics=metrics, program=rt.runnable(bundle.main_program, bundle.build_strategy),
-                        desc=cfg.task.lower())
+                        desc=f"{self.adapter.label} training", log=self.logger())
         metrics.log_summary({k: results[k] for k in ("e2e_train_time", "training_sequences_per_second",
                                                      "final_loss") if k in results})
         if rt.dist.is_main and cfg.outputs.save_model:
@@ -300,12 +313,19 @@ class FinetuneSession:
         train_cfg = train_config(None, SERVING_PRECISION, total_steps=1, seed=cfg.run.seed, device=self.rt.device)
         return self.adapter.build(cfg.model.config, train_cfg, is_training=False)
 
-    def metrics(self):
-        """The run's metric logger (rank 0 writes the report), closed when the `with` block ends. Its lines
-        keep the logger name they had when each entry point ran its own loop (run_squad, run_glue)."""
-        name = _ENTRY_LOGGERS.get(self.cfg.task, __name__)
+    def logger(self):
+        """The run's logger: named after its entry point (run_squad, run_glue), so that a GLUE run's lines
+        never read as SQuAD's (or as the shared layer's)."""
+        return logging.getLogger(_ENTRY_LOGGERS.get(self.cfg.task, __name__))
+
+    def metrics(self, total_steps=None):
+        """The run's metric logger (rank 0 writes the report), closed when the `with` block ends; its lines
+        go to `logger()`, "step N/<total_steps>" when the number of updates is known. Keys the adapter
+        lists in `report_only` (GLUE: the seeds' exact_match / F1, which repeat acc / f1 in percent) go
+        to the report, not to the log lines."""
         return contextlib.closing(build_metric_logger(self.rt.dist.rank, self.cfg.outputs.report_file,
-                                                      logger=logging.getLogger(name)))
+                                                      logger=self.logger(), total_steps=total_steps,
+                                                      report_only=getattr(self.adapter, "report_only", ())))
 
 
 _ENTRY_LOGGERS = {"SQuAD": "run_squad", "GLUE": "run_glue"}

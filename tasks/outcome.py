@@ -2,8 +2,9 @@
 
 Owns: `write_results` (the run's final figures as one flat JSON object beside its DLLogger report, like
 Hugging Face's `all_results.json`: easy to read from a script, no JSON-lines parsing) and the "next"
-lines each entry point logs at the end (`pretraining_next_steps`, `squad_next_steps`): after phase 1
-the phase-2 command, after phase 2 the SQuAD command, after SQuAD where the predictions are. Does not own
+lines each entry point logs at the end (`pretraining_next_steps`, `squad_next_steps`, `glue_next_steps`):
+after phase 1 the phase-2 command, after phase 2 the SQuAD command, after SQuAD where the predictions are,
+after GLUE where the model, the dev scores and the submission files are and how to predict test.tsv. Does not own
 the report itself (`utils.report`) or the runs.
 
 Why: a new user's question after a run is "did it work, and what now?"; the answer should be the last
@@ -110,6 +111,33 @@ def pretraining_next_steps(cfg, step_dir, step):
                              "--vocab-file", cfg.data.vocab_file, *lower, "--bert-model", ckpt.bert_model,
                              "--train-file", "train-v1.1.json", "--predict-file", "dev-v1.1.json",
                              "--output-dir", ckpt.output_dir])]
+
+
+def glue_next_steps(results, cfg):
+    """Where a GLUE run's outputs are and what to run next, as log lines.
+
+    Args:
+      results: the dict `FinetuneSession.run` returned (params_file, eval_results_file, submission_files
+        when the run wrote them).
+      cfg: the run's tasks.finetune_config.FinetuneConfig (task, data dir, vocab, output dir).
+    """
+    task, lines = cfg.settings.spec.name, []
+    model = os.path.dirname(results["params_file"]) if "params_file" in results else None
+    if model is not None:
+        lines.append(f"fine-tuned model: {model}")
+    if model is not None and not results.get("submission_files"):  # a run that predicted needs no next step
+        lower = ["--do-lower-case"] if cfg.text.do_lower_case else []
+        lines += ["next: GLUE's submission file from test.tsv with this model:",
+                  "  " + _command(["python", "run_glue.py", "--task-name", task, "--mode", "prediction",
+                                   "--data-dir", cfg.settings.data_dir, "--from-checkpoint", model,
+                                   "--vocab-file", cfg.text.vocab_file, *lower,
+                                   "--max-seq-length", cfg.text.max_seq_length,
+                                   "--output-dir", cfg.flags.get("output_dir", cfg.outputs.out_dir)])]
+    if "eval_results_file" in results:
+        lines.append(f"dev scores: {results['eval_results_file']}")
+    for path in results.get("submission_files", ()):
+        lines.append(f"submission file: {path} (upload to gluebenchmark.com with the other tasks' files)")
+    return lines or [f"outputs in {cfg.outputs.out_dir}"]
 
 
 def squad_next_steps(results, out_dir):

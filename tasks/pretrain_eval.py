@@ -24,6 +24,7 @@ import numpy as np
 import program as program_lib
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from tasks.config import PrecisionConfig, train_config
+from utils.logger import progress
 from utils.weights import load_pretrained
 from utils.runtime import init_runtime
 
@@ -35,7 +36,7 @@ PER_BATCH = ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc")
 
 
 def load_eval_batches(eval_dir, *, vocab_file, batch_size, num_batches=None, max_seq_length=None,
-                      max_predictions_per_seq=None, sequence_length_alignment=64):
+                      max_predictions_per_seq=None, sequence_length_alignment=64, show_progress=False):
     """The evaluation set: the first `num_batches` batches of `eval_dir` (all of one pass when None).
 
     Args:
@@ -44,6 +45,7 @@ def load_eval_batches(eval_dir, *, vocab_file, batch_size, num_batches=None, max
       batch_size: int >= 1; the last batch of a bin may be smaller (nothing is dropped).
       num_batches: int >= 1 or None.
       max_seq_length, max_predictions_per_seq, sequence_length_alignment: as for training.
+      show_progress: a bar (terminal) or periodic lines (log) while reading: a whole pass takes minutes.
 
     Returns:
       list of feed dicts (int64 arrays, see `data.loader.lddl_loader.get_bert_pretrain_data_loader`).
@@ -57,7 +59,8 @@ def load_eval_batches(eval_dir, *, vocab_file, batch_size, num_batches=None, max
         max_predictions_per_seq=max_predictions_per_seq, max_seq_length=max_seq_length, drop_last=False)
     batches = []
     try:
-        for feed in loader:
+        for feed in progress(loader, total=num_batches, desc="reading the evaluation set", unit="batch",
+                             disable=None if show_progress else True):
             batches.append(feed)
             if num_batches is not None and len(batches) >= num_batches:
                 break
@@ -125,19 +128,22 @@ class PretrainEvaluator:
         values = self.exe.run(self.program, feed=feed, fetch_list=self.fetch_names)
         return {name: float(np.asarray(v).reshape(-1)[0]) for name, v in zip(PER_BATCH, values)}
 
-    def evaluate(self, benchmark_warmup=None):
+    def evaluate(self, benchmark_warmup=None, show_progress=False):
         """Metrics over every batch (see `combine`) plus throughput.
 
         Args:
           benchmark_warmup: None, or a number of batches to run first without timing them (their
             metrics still count): inference throughput is then measured over the remaining ones.
+          show_progress: a bar (terminal) or periodic lines with done/total, rate and ETA (log); off
+            during training, whose own bar and lines are running.
 
         Returns:
           dict from `combine` plus e2e_inference_time (s, all batches) and inference_sequences_per_second.
         """
         per_batch, started = [], time.time()
         timed_from, timed_sequences = started, 0
-        for index, feed in enumerate(self.batches):
+        batches = progress(self.batches, desc="evaluating", unit="batch", disable=None if show_progress else True)
+        for index, feed in enumerate(batches):
             if benchmark_warmup is not None and index == benchmark_warmup:
                 timed_from, timed_sequences = time.time(), 0
             tokens, sequences = batch_counts(feed)
@@ -167,7 +173,7 @@ def evaluate_checkpoint(cfg):
     batches = load_eval_batches(data.input_dir, vocab_file=data.vocab_file, batch_size=data.batch_size,
                                 num_batches=cfg.num_batches, max_seq_length=data.max_seq_length,
                                 max_predictions_per_seq=data.max_predictions_per_seq,
-                                sequence_length_alignment=data.sequence_length_alignment)
+                                sequence_length_alignment=data.sequence_length_alignment, show_progress=True)
     if run.benchmark and len(batches) <= run.benchmark_warmup_steps:
         raise ValueError(f"--input-dir '{data.input_dir}' gives {len(batches)} batches of {data.batch_size}: not "
                          f"more than --benchmark-warmup-steps {run.benchmark_warmup_steps}; lower it")
@@ -178,4 +184,5 @@ def evaluate_checkpoint(cfg):
     rt.exe.run(bundle.startup_program)
     load_pretrained(rt.exe, bundle.main_program, cfg.init_path)
     evaluator = PretrainEvaluator(rt.exe, bundle.eval_program, bundle.eval_fetches, batches)
-    return evaluator.evaluate(benchmark_warmup=run.benchmark_warmup_steps if run.benchmark else None)
+    return evaluator.evaluate(benchmark_warmup=run.benchmark_warmup_steps if run.benchmark else None,
+                              show_progress=True)

@@ -48,8 +48,9 @@ class UpdateProgress:
         self._clock = clock
         self.started = clock()
         # `initial`: the resumed steps show as done without making tqdm's own rate and ETA look faster.
+        # log=False: in a log, the task's own metric lines carry step/total, ETA and seq/s (`log_fields`).
         self._bar = progress_bar(total=self.total_steps, desc=desc, unit="step", disable=disable,
-                                 initial=self.start_step)
+                                 initial=self.start_step, log=False)
 
     def record(self, step, sequences, tokens):
         """One optimizer update done: `sequences` and `tokens` trained by it (all ranks)."""
@@ -75,6 +76,14 @@ class UpdateProgress:
         if done <= 0:
             return None
         return (self.total_steps - self.step) * self.elapsed() / done
+
+    def log_fields(self):
+        """The fields a task adds to its log record of an update: sequences/s and tokens/s so far, and the
+        ETA (once one update is measured), under the names `utils.report` formats ("312.4 seq/s",
+        "40012 tok/s", "ETA 1:02:05")."""
+        seq_rate, tok_rate = self.rates()
+        eta = self.eta_seconds()
+        return {"seqs_per_sec": seq_rate, "tokens_per_sec": tok_rate, **({"eta_seconds": eta} if eta is not None else {})}
 
     def close(self):
         self._bar.close()

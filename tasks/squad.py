@@ -60,6 +60,8 @@ class SquadSettings:
 class SquadAdapter:
     """SQuAD for `tasks.finetune.FinetuneSession` (see `tasks.finetune.TaskAdapter`)."""
 
+    label = "SQuAD"
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.settings = cfg.settings

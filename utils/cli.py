@@ -104,6 +104,8 @@ class _CurrentStderr:
     """Writes to whatever `sys.stderr` is at write time: a log handler bound to the stream of its set-up
     would keep writing into a replaced (e.g. test-captured, since closed) stream after it is swapped back."""
 
+    follows_sys_stderr = True  # `utils.logger`'s handler clears progress bars on the real sys.stderr first
+
     def write(self, text):
         return sys.stderr.write(text)
 

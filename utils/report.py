@@ -337,12 +337,13 @@ class StdoutSink:
       logger: logging.Logger to write to (default: this module's logger).
       total_steps: optional positive int shown as "step N/total".
       level: logging level of the lines (default INFO).
+      hidden: metric names left out of the lines (kept for the machine-readable report only).
 
     Raises:
       ValueError: total_steps is not a positive int.
     """
 
-    def __init__(self, logger=None, total_steps=None, level=logging.INFO):
+    def __init__(self, logger=None, total_steps=None, level=logging.INFO, hidden=()):
         if total_steps is not None and (not is_int(total_steps)
                                         or total_steps <= 0):
             raise ValueError(f"StdoutSink total_steps must be a positive int or None, got {total_steps!r}")
@@ -350,11 +351,12 @@ class StdoutSink:
         self._total = total_steps
         self._level = level
         self._meta = {}
+        self._hidden = frozenset(hidden)
 
     def log(self, metrics, step):
         data = _check_metrics(metrics)
         parts = [format_step(step, self._total)]
-        parts += [format_value(k, v, self._meta.get(k)) for k, v in data.items()]
+        parts += [format_value(k, v, self._meta.get(k)) for k, v in data.items() if k not in self._hidden]
         self._logger.log(self._level, " | ".join(parts))
 
     def log_parameters(self, params):
@@ -427,7 +429,7 @@ class MetricLogger:
         self.close()
 
 
-def build_metric_logger(rank, report_file=None, append=False, total_steps=None, logger=None):
+def build_metric_logger(rank, report_file=None, append=False, total_steps=None, logger=None, report_only=()):
     """The usual logger for a run: log lines plus, if `report_file` is given, a DLLogger report.
 
     Args:
@@ -436,6 +438,7 @@ def build_metric_logger(rank, report_file=None, append=False, total_steps=None, 
       append: True when resuming, so the report continues instead of being truncated.
       total_steps: optional positive int for "step N/total" in log lines.
       logger: optional logging.Logger for the log lines.
+      report_only: metric names written to the report but not to the log lines.
 
     Returns:
       MetricLogger.
@@ -447,7 +450,7 @@ def build_metric_logger(rank, report_file=None, append=False, total_steps=None, 
         raise ValueError(f"rank must be a non-negative int, got {rank!r}")
     sinks = []
     if rank == 0:
-        sinks.append(StdoutSink(logger=logger, total_steps=total_steps))
+        sinks.append(StdoutSink(logger=logger, total_steps=total_steps, hidden=report_only))
         if report_file:
             sinks.append(DLLoggerJSONSink(report_file, mode="a" if append else "w"))
     return MetricLogger(sinks, rank=rank)
