@@ -101,7 +101,7 @@ def test_pretraining_evaluation_logs_periodic_progress(caplog, every_refresh_log
     caplog.set_level(logging.INFO)
     PretrainEvaluator(Exe(), None, fetches, batches).evaluate(show_progress=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
-    assert any(re.search(rf"^evaluating: 3/3 batch \(100%\) \| .*batch/s \| ETA", line) for line in lines), lines
+    assert any(re.search(r"^evaluating: 3/3 batch \(100%\) \| .*batch/s \| ETA", line) for line in lines), lines
     assert any(line.startswith("evaluating: 1/3 batch (33%)") for line in lines), lines
 
 

@@ -2,7 +2,6 @@
 import dataclasses
 import types
 
-import paddle
 import pytest
 
 from benchmarks import gpu_model as G

@@ -6,7 +6,6 @@ GPU executor over CPU-resident counters) and a stand-in tensor recording the pla
 item 3 on the built O2 program's ops (`gpu_op_support`) and on a CPU run of the clip itself; item 4 by
 injecting the GPU's compute capability and the build's CUDA version.
 """
-import os
 from types import SimpleNamespace
 
 import numpy as np
