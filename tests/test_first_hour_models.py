@@ -168,6 +168,7 @@ def test_pretraining_inference_builds_no_optimizer_and_writes_its_report(shards,
                                                                          caplog):
     make_step_dir(tmp_path / "phase1", shards[1], with_config=False)  # an old one: the flag names the model
     monkeypatch.chdir(tmp_path)
+    caplog.clear()  # making the step dir trained (and logged its optimizer): only the evaluation counts
     with caplog.at_level(logging.INFO):
         result = run_pretraining_inference.main([
             "--init-checkpoint", str(tmp_path / "phase1"), "--input-dir", shards[0], "--vocab-file", shards[1],

@@ -426,7 +426,12 @@ def test_the_load_test_drives_classify(server, predictor):
     assert (result["sent"], result["answered"], result["wrong"], result["transport"]) == (18, 18, 0, 0)
 
 
-def test_serve_script_prints_the_classify_example(mrpc_export, tmp_path):
+def test_serve_script_leaves_the_classify_example_to_the_server(mrpc_export, tmp_path):
+    """Issue 24 item 9: the script printed its curl hint before the server could fail (a busy port); the
+    server now logs it once it listens, for the route and port it really serves."""
+    from inference import model_dir as layout
+    from inference.server import curl_example
+
     fake = tmp_path / "fake_python"
     fake.write_text('#!/bin/bash\necho "server started with: $*"\n')
     fake.chmod(0o755)
@@ -435,8 +440,10 @@ def test_serve_script_prints_the_classify_example(mrpc_export, tmp_path):
                                 capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHON=str(fake)))
         assert result.returncode == 0 and result.stdout == (
             f"server started with: -m inference.server --model-dir={mrpc_export[0]} --host=127.0.0.1 --port=8124\n")
-        assert "curl -s http://127.0.0.1:8124/v1/classify" in result.stderr
-        assert '"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."' in result.stderr
+        assert "curl" not in result.stderr
+    example = curl_example(layout.read_settings(str(mrpc_export[0])), "0.0.0.0", 8124)
+    assert "curl -s http://127.0.0.1:8124/v1/classify" in example
+    assert '"text_a": "Tom has a red car.", "text_b": "Tom owns a red car."' in example
 
 
 # ---------------------------------------------------------------------------------------------- run_glue
