@@ -31,7 +31,8 @@ from tasks import flags as common
 from tasks.config import (Checkpointing, OptimConfig, PrecisionConfig, PretrainConfig, PretrainData, PretrainEval,
                           RunSettings, VocabInfo, check_fits_model, section, train_config)
 from tasks.finetune_config import BERT_MODEL_DEFAULT_HELP
-from utils.weights import resolve_init_path
+from utils.fs import refuse_output_over_inputs
+from utils.weights import model_files, resolve_init_path
 
 logger = logging.getLogger("run_pretraining")
 
@@ -160,6 +161,15 @@ def validate_args(args):
     from utils.runtime import resolve_device
     train_config(optim, precision, total_steps=1, seed=args.seed, device=resolve_device(args.device))
     report_file = args.report_file or os.path.join(args.output_dir, bert_model, f"phase{phase}", "report.json")
+    refuse_output_over_inputs("--report-file", report_file, [  # written at start: never one of the inputs
+        ("--input-dir", args.input_dir), ("--vocab-file", args.vocab_file), ("--config-file", args.config_file),
+        ("--from-checkpoint", args.from_checkpoint), ("--from-pretrained-params", args.from_pretrained_params),
+        ("--from-phase1-final-params", args.from_phase1_final_params), ("--eval-dir", args.eval_dir),
+        *((flag, f) for flag, path in (("--from-checkpoint", args.from_checkpoint),
+                                       ("--from-pretrained-params", args.from_pretrained_params),
+                                       ("--from-phase1-final-params", args.from_phase1_final_params))
+          for f in model_files(path))],
+        inside_allowed=True)
     return PretrainConfig(
         phase=phase, max_steps=args.max_steps, max_nonfinite_steps=args.max_nonfinite_steps, model=model_cfg,
         vocab=vocab, optim=optim, precision=precision, data=section(PretrainData, args),

@@ -30,6 +30,8 @@ from tasks import finetune_config as finetune
 from tasks import flags as common
 from tasks.config import PretrainData, PretrainInferenceConfig, RunSettings, VocabInfo, check_fits_model, section
 from tasks.finetune_config import BERT_MODEL_DEFAULT_HELP
+from utils.fs import refuse_output_over_inputs
+from utils.weights import model_files, resolve_init_path
 
 logger = logging.getLogger("run_pretraining_inference")
 
@@ -77,7 +79,6 @@ def validate_args(args):
     if not (os.path.exists(args.init_checkpoint) or os.path.isfile(args.init_checkpoint + ".pdparams")):
         raise ValueError(f"--init-checkpoint '{args.init_checkpoint}' does not exist")
     vocab = VocabInfo.read(args.vocab_file)
-    from utils.weights import resolve_init_path
     init_path = resolve_init_path(args.init_checkpoint, args.model_prefix)
     model_cfg = finetune.model_config(args.bert_model, args.config_file, vocab, init_path)
     check_fits_model(args.max_seq_length, model_cfg, args.config_file or f"the model of {init_path}")
@@ -85,6 +86,10 @@ def validate_args(args):
     if args.benchmark:
         num_batches = args.benchmark_warmup_steps + args.benchmark_steps
     report_file = args.report_file or DEFAULT_REPORT
+    refuse_output_over_inputs("--report-file", report_file, [  # truncated at start: never one of the inputs
+        ("--init-checkpoint", args.init_checkpoint), ("--input-dir", args.input_dir), ("--vocab-file", args.vocab_file),
+        ("--config-file", args.config_file), *(("--init-checkpoint", f) for f in model_files(args.init_checkpoint))],
+        inside_allowed=True)
     finetune.check_writable("--report-file", report_file, os.path.dirname(os.path.abspath(report_file)))
     return PretrainInferenceConfig(
         model=model_cfg, vocab=vocab, init_path=init_path, num_batches=num_batches,

@@ -28,9 +28,9 @@ from inference import model_dir as export_layout
 from modeling import BertConfig
 from tasks import flags as common
 from tasks.config import VocabInfo, check_fits_model
-from utils.fs import move_aside, probe_writable
+from utils.fs import move_aside, probe_writable, refuse_output_over_inputs
 from utils.hf_import import bert_config_from_hf, hf_checkpoint_files, is_hf_checkpoint
-from utils.weights import CONFIG_FILE_NAME, parameter_shapes, resolve_init_path, saved_config_next_to
+from utils.weights import CONFIG_FILE_NAME, model_files, parameter_shapes, resolve_init_path, saved_config_next_to
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +383,14 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_fits_model(self.text.max_seq_length, self.model.config, f"the model ({self.model.name})")
+        # The report is opened for writing (truncated) at start: it must not be one of the files read.
+        refuse_output_over_inputs("--report-file", self.outputs.report_file, self.inputs(), inside_allowed=True)
+
+    def inputs(self):
+        """(flag, path) of everything the run reads: the vocab, the init weights, the task's own files."""
+        weights = [("the init checkpoint", f) for f in model_files(self.model.init_path)]
+        return [("--vocab-file", self.text.vocab_file), ("the init checkpoint", self.model.init_path), *weights,
+                *self.settings.inputs()]
 
     @property
     def amp(self):

@@ -43,6 +43,11 @@ class GlueSettings:
     spec: TaskSpec
     data_dir: str
 
+    def inputs(self):
+        """(flag, path) of the GLUE files a run may read: the task directory and each of its splits' files."""
+        stems = ["train", *self.spec.dev_splits, *(stem for stem, _ in self.spec.test_splits)]
+        return [("--data-dir", self.data_dir)] + [("--data-dir", split_path(self.data_dir, stem)) for stem in stems]
+
 
 def splits_needed(spec, modes):
     """The split stems a run reads: train to train, the dev split(s) to evaluate, the test split(s) to predict."""

@@ -56,6 +56,10 @@ class SquadSettings:
     context: Optional[str] = None
     verbose_logging: bool = False
 
+    def inputs(self):
+        """(flag, path) of the SQuAD files the run reads."""
+        return [("--train-file", self.train_file), ("--predict-file", self.predict_file)]
+
 
 class SquadAdapter:
     """SQuAD for `tasks.finetune.FinetuneSession` (see `tasks.finetune.TaskAdapter`)."""

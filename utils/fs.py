@@ -340,7 +340,7 @@ def _relation(output, given):
     return None
 
 
-def refuse_output_over_inputs(output_flag, output, inputs):
+def refuse_output_over_inputs(output_flag, output, inputs, *, inside_allowed=False):
     """Refuse an output location that is, contains or lies inside any input, `--overwrite` or not.
 
     Why: every output is written under a temporary name and renamed over the old one, so an output that
@@ -352,6 +352,8 @@ def refuse_output_over_inputs(output_flag, output, inputs):
       output_flag: str, the flag naming the output (for the message), e.g. "--sink".
       output: str path of the output file or directory (need not exist).
       inputs: iterable of (flag, path or None): every file or directory the command reads; None is skipped.
+      inside_allowed: True for an output FILE that may sit in an input directory without changing it (a
+        report beside the checkpoint it evaluates); it may still not be an input.
 
     Raises:
       ValueError: naming both flags, both paths and how they overlap.
@@ -360,7 +362,7 @@ def refuse_output_over_inputs(output_flag, output, inputs):
         if given is None:
             continue
         relation = _relation(output, given)
-        if relation is not None:
+        if relation is not None and not (inside_allowed and relation == "lies inside"):
             raise ValueError(f"{output_flag} '{output}' {relation} {flag} '{given}': writing there would replace "
                              f"an input; give {output_flag} a path outside every input")
 

@@ -66,6 +66,30 @@ def resolve_init_path(path, model_prefix="bert_paddle"):
     return step_dir
 
 
+MODEL_FILE_SUFFIXES = (".pdparams", ".pdopt", ".pdmodel", ".pdiparams", ".safetensors")
+
+
+def model_files(path):
+    """The model files at a weights path given to a command: the file itself, or the parameter, optimizer,
+    program and safetensors files in the directory and its step directories (a phase directory holds
+    `<step>/`). Outputs are checked against them: a report or other file written into a checkpoint
+    directory must never be one of them.
+
+    Returns:
+      list[str] (empty for None or a path that does not exist).
+    """
+    if not path:
+        return []
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for root, dirs, names in os.walk(path):
+        if os.path.relpath(root, path).count(os.sep) >= 1:
+            dirs[:] = []  # the directory and its step directories: model files sit no deeper
+        found += [os.path.join(root, n) for n in sorted(names) if n.endswith(MODEL_FILE_SUFFIXES)]
+    return found
+
+
 def _resolve_params_file(path):
     """A `.pdparams` file from a file path, a prefix, or a directory holding exactly one."""
     if os.path.isfile(path):
