@@ -228,6 +228,7 @@ class FinetuneSession:
 
     def __init__(self, cfg, adapter, rt):
         self.cfg, self.adapter, self.rt = cfg, adapter, rt
+        self._serving = None  # the last serving bundle built: its parameters are exported without a copy
 
     def run(self):
         """Train, then evaluate / predict, as the config's modes say. Returns the results dict."""
@@ -250,8 +251,12 @@ class FinetuneSession:
         return results
 
     def build(self, train_rows=None):
-        """(bundle, TrainOptions or None): the training bundle for `train_rows` rows, else a predict-only one."""
+        """(bundle, TrainOptions or None): the training bundle for `train_rows` rows, else a predict-only one:
+        the serving program (the predictor exports it as it is, nothing is copied), or with --benchmark the
+        eval program in the run's precision (what the reference times)."""
         cfg, rt = self.cfg, self.rt
+        if train_rows is None and not cfg.run.benchmark:
+            return self.serving_bundle(), None
         if train_rows is None:
             train_cfg = train_config(None, cfg.precision, total_steps=1, seed=cfg.run.seed, device=rt.device)
             return self.adapter.build(cfg.model.config, train_cfg, is_training=False), None
@@ -296,22 +301,30 @@ class FinetuneSession:
         cfg, rt = self.cfg, self.rt
         if cfg.model.export_dir is not None:
             return self.adapter.load_export(cfg.model.export_dir, rt.device)
+        if bundle is self._serving:  # a predict-only run loaded its weights into it already
+            return self._export(bundle)
         values = fp32_parameters(bundle.main_program)
         with paddle.static.scope_guard(paddle.static.Scope()):
             serving = self.serving_bundle()
             rt.exe.run(serving.startup_program)
             assign_to_scope(rt.exe, values, "the parameters in training")
-            return load_from_scope(rt.exe, serving, model_cfg=cfg.model.config, vocab_file=cfg.text.vocab_file,
-                                   settings=self.adapter.export_settings(cfg),
-                                   source={"path": os.path.abspath(cfg.model.init_path), "in_process": True},
-                                   precision=getattr(cfg.settings, "infer_precision", "fp32"), device=rt.device,
-                                   batch_size=cfg.schedule.predict_batch_size)
+            return self._export(serving)
+
+    def _export(self, serving):
+        """The predictor of `serving` (a serving bundle whose parameters are in the current scope)."""
+        cfg, rt = self.cfg, self.rt
+        return load_from_scope(rt.exe, serving, model_cfg=cfg.model.config, vocab_file=cfg.text.vocab_file,
+                               settings=self.adapter.export_settings(cfg),
+                               source={"path": os.path.abspath(cfg.model.init_path), "in_process": True},
+                               precision=getattr(cfg.settings, "infer_precision", "fp32"), device=rt.device,
+                               batch_size=cfg.schedule.predict_batch_size)
 
     def serving_bundle(self):
         """The task's predict-only program in fp32 with plain attention, on the run's device."""
         cfg = self.cfg
         train_cfg = train_config(None, SERVING_PRECISION, total_steps=1, seed=cfg.run.seed, device=self.rt.device)
-        return self.adapter.build(cfg.model.config, train_cfg, is_training=False)
+        self._serving = self.adapter.build(cfg.model.config, train_cfg, is_training=False)
+        return self._serving
 
     def logger(self):
         """The run's logger: named after its entry point (run_squad, run_glue), so that a GLUE run's lines
