@@ -1,7 +1,8 @@
-"""Test helper of the answer-service tests: a tiny fine-tuned SQuAD model, trained with run_squad.py's
+"""Test helpers of the answer-service tests: a tiny fine-tuned SQuAD model, trained with run_squad.py's
 `main` and exported with `inference.export`'s `main` (in-process: two fresh interpreters importing paddle
-would cost more than the training itself)."""
+would cost more than the training itself); a client that retries a 503 as a well-behaved client does."""
 import json
+import time
 from pathlib import Path
 
 import paddle
@@ -38,3 +39,15 @@ def export_tiny_model(root):
         paddle.disable_static()  # both mains switch to static mode; later test files expect dygraph
     triples = [(q, context, answer) for context, qas in T.PARAGRAPHS for _, q, answer in qas]
     return out, triples
+
+
+def post_retrying_503(client, path, body, attempts=30):
+    """POST `body`, retrying while the server answers 503 (its queue full: a small test queue fills when
+    many clients start at once on a loaded machine), after a tenth of its Retry-After. Returns the last
+    response: what "none lost" means for a client that honours 503s."""
+    for _ in range(attempts):
+        reply = client.post(path, json=body)
+        if reply.status_code != 503:
+            return reply
+        time.sleep(float(reply.headers["Retry-After"]) / 10)
+    return reply
