@@ -247,3 +247,64 @@ def use_cpu_lamb_kernel(program, kernel=None):
         swapped += 1
     program._sync_with_cpp()
     return swapped
+
+
+DROPOUT_SEED_VAR = "cpu_dropout_seed"
+# Largest seed the `randint` op draws (its bounds are 32-bit attributes); the kernel mixes in each op's
+# stream id, so 2^31 seeds per step are plenty for masks that never repeat in practice.
+DROPOUT_SEED_HIGH = 2 ** 31 - 1
+
+
+def _swappable_dropout(block, op):
+    """True for a training-time dropout the CPU kernel computes exactly as Paddle's op is asked to: fp32
+    input, drawing from the global generator (no Seed input, no fixed seed), either implementation."""
+    if op.type != "dropout" or op.attr("is_test") or op.attr("fix_seed") or _slot(op, "Seed"):
+        return False
+    if op.attr("dropout_implementation") not in ("upscale_in_train", "downgrade_in_infer"):
+        return False
+    return _fp32_dense(block, op.input("X")[0])
+
+
+def use_cpu_dropout_kernel(program, kernel=None):
+    """Run the program's training dropouts with the CPU kernel of `cpu_kernels` (`bert_dropout_cpu`).
+
+    One `randint` op at the start of the program draws the step's seed from Paddle's global generator,
+    as Paddle's dropout draws its own numbers: `paddle.seed` (which the pretraining loop calls before
+    every micro-batch) decides every mask, so two runs from the same seed, or a resume, see the same
+    masks. Each swapped op gets its own `stream` (its position among the program's dropouts), so no two
+    layers share a mask. Outputs keep their names and meaning (Out, uint8 Mask), so Paddle's own
+    `dropout_grad` still computes the backward pass. The masks are not the ones Paddle's generator would
+    have drawn (a different generator), so a run keeps one choice: see `cpu_kernels.build` for the switch.
+
+    Args:
+      program: a CPU training program (before or after `minimize`).
+      kernel: a `cpu_kernels.build.KernelStatus`; default: `lamb_kernel()` (builds on first use).
+
+    Returns:
+      int, the number of `dropout` ops swapped (0 when the kernel is unavailable: the reason was logged).
+    """
+    from cpu_kernels import build as cpu_kernels
+
+    dropouts = [(block, op) for block in program.blocks for op in block.ops if _swappable_dropout(block, op)]
+    if not dropouts:
+        return 0
+    kernel = kernel or cpu_kernels.lamb_kernel()
+    if cpu_kernels.DROPOUT_OP not in kernel.ops:
+        return 0
+    main = program.global_block()
+    seed = main.create_var(name=DROPOUT_SEED_VAR, shape=[1], dtype=paddle.int64, persistable=False)
+    main._prepend_op(type="randint", outputs={"Out": [seed]},
+                     attrs={"low": 0, "high": DROPOUT_SEED_HIGH, "shape": [1], "seed": 0,
+                            "dtype": seed.dtype, "op_role": 0})
+    for stream, (block, op) in enumerate(dropouts):
+        index = block.ops.index(op)
+        attrs = {"p": float(op.attr("dropout_prob")),
+                 "upscale_in_train": op.attr("dropout_implementation") == "upscale_in_train",
+                 "stream": stream}
+        attrs.update({name: op.attr(name) for name in COMMON_ATTRS if op.has_attr(name)})
+        inputs = {"X": [block._var_recursive(op.input("X")[0])], "Seed": [seed]}
+        outputs = {slot: [block._var_recursive(op.output(slot)[0])] for slot in ("Out", "Mask")}
+        block._insert_op(index, type=cpu_kernels.DROPOUT_OP, inputs=inputs, outputs=outputs, attrs=attrs)
+        block._remove_op(index + 1)
+    program._sync_with_cpp()
+    return len(dropouts)

@@ -40,9 +40,10 @@ from utils.fs import atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
-LAMB_OP = "bert_lamb_cpu"
+LAMB_OP, DROPOUT_OP = "bert_lamb_cpu", "bert_dropout_cpu"
 LIBRARY = "bert_cpu_kernels"
-SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "lamb_cpu.cc"),)
+SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                for name in ("lamb_cpu.cc", "dropout_cpu.cc"))
 # -ffp-contract=off: no fused multiply-adds, so every element rounds exactly as Paddle's own kernel does.
 # -fno-math-errno: sqrt need not set errno, which is what lets the compiler vectorise it.
 CXX_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
@@ -53,10 +54,12 @@ BUILD_TIMEOUT_S = 600
 
 @dataclasses.dataclass(frozen=True)
 class KernelStatus:
-    """What `lamb_kernel()` found: `op_type` is None when Paddle's own op must be used, and `reason` says why."""
+    """What `lamb_kernel()` found: `op_type` is None when Paddle's own op must be used, and `reason` says why;
+    `ops` names every op the library registered (the LAMB update and the other CPU kernels)."""
     op_type: str = None
     library: str = None
     reason: str = ""
+    ops: frozenset = frozenset()
 
 
 def cache_root(environ=os.environ):
@@ -224,7 +227,7 @@ def lamb_kernel(environ=os.environ):
                        "%s=0 stops trying)", _STATUS.reason, ENABLE_VAR)
         return _STATUS
     built = f"built in {seconds:.0f} s" if seconds else "cached"
-    _STATUS = KernelStatus(op_type=LAMB_OP, library=path, reason=built)
+    _STATUS = KernelStatus(op_type=LAMB_OP, library=path, reason=built, ops=frozenset(registered))
     logger.info("CPU LAMB update: fused kernel %s (%s threads; %s: %s)", LAMB_OP,
                 os.environ.get("OMP_NUM_THREADS", "?"), built, path)
     return _STATUS

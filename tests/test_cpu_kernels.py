@@ -125,7 +125,7 @@ def test_result_does_not_depend_on_the_thread_count(kernel, tmp_path):
 
 def _train(cpu_lamb_kernel, steps=3):
     cfg = P.TrainConfig(optimizer="Lamb", learning_rate=1e-3, total_steps=10, warmup_steps=0, device="cpu",
-                        seed=3, cpu_lamb_kernel=cpu_lamb_kernel)
+                        seed=3, cpu_lamb_kernel=cpu_lamb_kernel, cpu_dropout_kernel=False)
     with paddle.utils.unique_name.guard():
         bundle = P.build_pretraining(TINY, cfg)
     rng = np.random.default_rng(0)
