@@ -103,9 +103,10 @@ def test_the_choice_is_logged_once_with_the_device():
 
 
 def test_the_user_value_is_what_the_device_line_says():
-    proc = _python(_RESOLVE_TWICE, env_update={"MKL_DEBUG_CPU_TYPE": ""})
+    proc = _python(_RESOLVE_TWICE, env_update={"MKL_DEBUG_CPU_TYPE": "", "KMP_BLOCKTIME": "7"})
     lines = _device_lines(proc.stderr)
     assert len(lines) == 1 and "MKL_DEBUG_CPU_TYPE='' kept as set by the user" in lines[0], proc.stderr
+    assert "KMP_BLOCKTIME='7' kept as set by the user" in lines[0]
 
 
 def test_a_data_cli_says_nothing_about_mkl(tmp_path):
@@ -194,3 +195,40 @@ def test_logging_set_up_before_paddle_keeps_its_info_lines():
             "import paddle; logging.getLogger('x').info('still here')")
     assert "still here" in _python(code).stderr
     assert "still here" not in _python(code.replace("import utils.preflight, ", "import zlib, ")).stderr
+
+
+# ------------------------------------------------------------ OpenMP waiting and the executor's threads
+def test_idle_openmp_threads_sleep_unless_the_user_chose():
+    from utils.preflight import choose_openmp_wait
+    assert choose_openmp_wait({}) == ("0", "idle OpenMP threads sleep (KMP_BLOCKTIME=0)")
+    for name in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY"):
+        value, message = choose_openmp_wait({name: "200" if name == "KMP_BLOCKTIME" else "ACTIVE"})
+        assert value is None and name in message and "kept as set by the user" in message
+
+
+@pytest.mark.parametrize("distribution, expected", [
+    ("paddlepaddle", "1"), ("paddlepaddle-gpu", None), (None, None)])
+def test_serial_executor_only_for_the_cpu_wheel(distribution, expected):
+    from utils.preflight import choose_serial_executor
+    value, message = choose_serial_executor({}, distribution)
+    assert value == expected
+    assert ("one at a time" in message) == (expected == "1")
+    value, message = choose_serial_executor({"FLAGS_new_executor_serial_run": "0"}, distribution)
+    assert value is None and "kept as set by the user" in message
+
+
+def test_the_process_runs_with_what_preflight_chose():
+    """The settings must reach Paddle: env variables read when libpaddle loads, so only a real process shows
+    it; the user's own setting wins."""
+    from utils.preflight import paddle_distribution
+    code = ("import utils.preflight as p, os, paddle; "
+            "print(os.environ.get('KMP_BLOCKTIME'), paddle.get_flags(['FLAGS_new_executor_serial_run'])"
+            "['FLAGS_new_executor_serial_run'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY", "FLAGS_new_executor_serial_run")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.stdout.split() == ["0", str(paddle_distribution() == "paddlepaddle")], proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**env, "KMP_BLOCKTIME": "50", "FLAGS_new_executor_serial_run": "0"})
+    assert proc.stdout.split() == ["50", "False"], proc.stderr[-2000:]

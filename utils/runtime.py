@@ -157,9 +157,9 @@ def resolve_device(requested):
     if not _device_logged:  # validate_args resolves the user's --device; init_runtime again, quietly
         _device_logged = True
         if device == "cpu":
-            logger.info("device: cpu (%s), %s OpenMP threads per process; %s",
+            logger.info("device: cpu (%s), %s OpenMP threads per process; %s; %s",
                         "requested" if requested == "cpu" else "no usable GPU",
-                        os.environ.get("OMP_NUM_THREADS", "?"), preflight.MKL_CHOICE)
+                        os.environ.get("OMP_NUM_THREADS", "?"), preflight.MKL_CHOICE, preflight.RUNTIME_CHOICE)
         else:
             logger.info("device: gpu (%d visible; %s, compute capability %d.%d; Paddle built with CUDA %s)",
                         paddle.device.cuda.device_count(), gpu.name, *gpu.capability, gpu.build_cuda)
