@@ -90,7 +90,7 @@ def agreement(settings, reference, other, feed):
         same = np.abs(want - got) <= SCORE_AGREEMENT
     else:
         same = (want == got).reshape(len(want), -1).all(axis=1)
-    return {"windows": int(len(same)), "agree": int(same.sum()),
+    return {"windows": len(same), "agree": int(same.sum()),
             "max_abs_logit_diff": max_abs_difference(reference, other, feed)}
 
 

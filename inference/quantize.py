@@ -24,7 +24,7 @@ import paddle
 
 from data.features.squad import PREDICT_ONLY_KEYS, FeatureParams, batch_of_rows, load_or_build_features
 from inference import model_dir as layout
-from inference.precision_records import first_questions  # noqa: F401 -- benchmarks.bench_squad_e2e's import
+from inference.precision_records import first_questions  # noqa: F401  -- benchmarks.bench_squad_e2e's import
 from inference.predictor import BUCKET_MULTIPLE
 
 logger = logging.getLogger(__name__)

@@ -146,6 +146,9 @@ def test_export_detects_the_task_records_it_and_verifies_parity(mrpc_export, mod
                                                          "fetch_names": ["logits"]}
     assert settings["doc_stride"] is None and settings["max_query_length"] is None
     assert layout.read_settings(str(out)).route == "/v1/classify"
+    from utils.runtime import cpu_bf16_support  # bf16's label agreement is recorded where it runs
+    check = manifest["precisions"].get("bf16", {}).get("verification")
+    assert (check["windows"] == 16 and 0 <= check["agree"] <= 16) if cpu_bf16_support().usable else check is None
 
 
 def test_a_failed_parity_check_of_a_glue_export_writes_nothing(model, tmp_path, monkeypatch):
