@@ -5,7 +5,7 @@ Usage (from the repository root):
 
     python -m inference.export --checkpoint results/bert-large-uncased/squad --output-dir export/squad \
         --vocab-file vocab/bert-large-uncased-vocab.txt --do-lower-case [--max-seq-length 384] \
-        [--int8-calibration-file squad/train-v1.1.json --calibration-windows 300]
+        [--int8-calibration-file squad/train-v1.1.json --calibration-windows 300] [--eval-file squad/dev-v1.1.json]
     python -m inference.export --checkpoint results/bert-large-uncased/glue/MRPC --output-dir export/mrpc \
         --vocab-file vocab/bert-large-uncased-vocab.txt --do-lower-case [--task-name MRPC --max-seq-length 128]
 
@@ -25,7 +25,10 @@ Owns the command: its flags and their checks (no output over an input, the vocab
 settings), detecting the head, building the eval program, loading the checkpoint into it, and writing the
 directory atomically through `inference.verified_export` (which also checks that the exported model
 reproduces the training program's outputs within `--tolerance`, or nothing is written). With
-`--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy (`inference.quantize`).
+`--int8-calibration-file` (SQuAD) it also adds a post-training-quantized copy (`inference.quantize`); then
+every precision it ships besides fp32 (bf16 where this machine runs it, int8 with the copy) is measured
+against fp32 and recorded in the manifest (`inference.precision_records`; with `--eval-file`, SQuAD EM/F1
+too), which is what `precision="auto"` chooses from when the export is served.
 Does not own: the HF directory's files (`inference.hf_model`), the export and its parity check (`inference.verified_export`), the directory layout and
 manifest (`inference.model_dir`), running answers and classifications (`inference.predictor`).
 """
@@ -44,6 +47,8 @@ from data.features.glue import task_spec
 from data.features.squad import FeatureParams
 from inference import hf_model
 from inference import model_dir as layout
+from inference.precision_auto import RECORDS_KEY
+from inference.precision_records import record_precisions
 from inference.quantize import add_int8_model
 from inference.verified_export import DEFAULT_TOLERANCE, source_record, write_export
 from modeling import TASK_HEADS
@@ -53,6 +58,7 @@ from tasks.config import check_fits_model, in_flag_terms
 from utils.cli import run_cli
 from utils.fs import atomic_output_dir, probe_writable, refuse_output_over_inputs
 from utils.hf_import import HF_CLASSIFIER, HF_ENCODER, HF_PRETRAINING, hf_architecture, is_hf_checkpoint
+from utils.runtime import cpu_bf16_support
 from utils.weights import (fp32_parameters, head_parameters, init_parameters, load_pretrained, parameter_shapes,
                            resolve_init_path)
 
@@ -64,7 +70,7 @@ FORMATS = ("paddle-inference", "hf")
 # Flags that shape a Paddle Inference export (its windows, parity check, int8 copy); an HF directory is the
 # model alone, so giving one with --format hf is a mistake worth naming.
 _PADDLE_INFERENCE_ONLY = ("max_seq_length", "doc_stride", "max_query_length", "int8_calibration_file",
-                          "int8_eval_file")
+                          "eval_file")
 
 
 def build_parser():
@@ -97,15 +103,16 @@ def build_parser():
                         help=f"SQuAD: question WordPieces kept (default {SQUAD_DEFAULTS['max_query_length']})")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest |delta logit| allowed between the export and the training program")
-    q = parser.add_argument_group("int8 (post-training quantization, SQuAD models)")
+    q = parser.add_argument_group("reduced precisions (SQuAD models: int8 copy, EM/F1 of bf16 and int8)")
     q.add_argument("--int8-calibration-file", default=None,
                    help="SQuAD training JSON whose windows calibrate an int8 copy (model_int8.*)")
     q.add_argument("--calibration-windows", type=int, default=300, help="windows used for calibration")
-    q.add_argument("--int8-eval-file", default=None,
-                   help="SQuAD JSON (with answers) to measure the int8 copy's EM/F1 change on (printed, "
-                        "and recorded in the manifest)")
-    q.add_argument("--int8-eval-questions", type=int, default=500,
-                   help="questions of --int8-eval-file used for the EM/F1 comparison (0 = all)")
+    q.add_argument("--eval-file", "--int8-eval-file", dest="eval_file", default=None,
+                   help="SQuAD JSON (with answers) to measure the EM/F1 change of bf16 (where this machine runs "
+                        "it) and of the int8 copy against fp32 on (printed, and recorded in the manifest: "
+                        "serving's precision auto needs it to choose int8)")
+    q.add_argument("--eval-questions", "--int8-eval-questions", dest="eval_questions", type=int, default=500,
+                   help="questions of --eval-file used for the EM/F1 comparison (0 = all)")
     return parser
 
 
@@ -162,7 +169,7 @@ def _input_paths(args):
     """(flag, path) of everything an export reads: the output may be none of them, hold none, lie in none."""
     checkpoint = args.checkpoint if os.path.exists(args.checkpoint) else args.checkpoint + ".pdparams"
     return [("--checkpoint", checkpoint), ("--vocab-file", args.vocab_file), ("--config-file", args.config_file),
-            ("--int8-calibration-file", args.int8_calibration_file), ("--int8-eval-file", args.int8_eval_file)]
+            ("--int8-calibration-file", args.int8_calibration_file), ("--eval-file", args.eval_file)]
 
 
 def _check_common(args):
@@ -196,10 +203,15 @@ def _squad_settings(args, name):
     if args.int8_calibration_file:
         common.require_existing("--int8-calibration-file", args.int8_calibration_file, "file")
         common.require_positive(args, "calibration_windows")
-    if args.int8_eval_file:
-        if not args.int8_calibration_file:
-            raise ValueError("--int8-eval-file measures the int8 copy: give --int8-calibration-file too")
-        common.require_existing("--int8-eval-file", args.int8_eval_file, "file")
+    if args.eval_file:
+        common.require_existing("--eval-file", args.eval_file, "file")
+        if args.eval_questions < 0:
+            raise ValueError(f"--eval-questions must be >= 0 (0 = all), got {args.eval_questions}")
+        support = cpu_bf16_support()
+        if not args.int8_calibration_file and not support.usable:
+            raise ValueError(f"--eval-file measures bf16 and the int8 copy against fp32, but bf16 cannot run here "
+                             f"({support.reason}) and there is no int8 copy: add --int8-calibration-file or "
+                             "drop --eval-file")
     return layout.ExportSettings(model_name=name, do_lower_case=args.do_lower_case,
                                  max_seq_length=params.max_seq_length, doc_stride=params.doc_stride,
                                  max_query_length=params.max_query_length)
@@ -209,7 +221,7 @@ def _glue_settings(args, name, spec):
     """ExportSettings of a GLUE export (the task, its labels, the sequence length) from the flags."""
     for flag, value in (("--doc-stride", args.doc_stride), ("--max-query-length", args.max_query_length),
                         ("--int8-calibration-file", args.int8_calibration_file),
-                        ("--int8-eval-file", args.int8_eval_file)):
+                        ("--eval-file", args.eval_file)):
         if value is not None:
             raise ValueError(f"{flag} applies to SQuAD exports; '{args.checkpoint}' is a GLUE {spec.name} "
                              f"classifier: drop {flag}")
@@ -252,9 +264,8 @@ def export_checkpoint(args):
             manifest = write_export(exe, bundle, tmp, model_cfg=model_cfg, vocab_file=args.vocab_file,
                                     settings=settings, source=source_record(init_path), tolerance=args.tolerance)
             if args.int8_calibration_file:
-
-                manifest = add_int8_model(tmp, args.int8_calibration_file, windows=args.calibration_windows,
-                                          eval_file=args.int8_eval_file, eval_questions=args.int8_eval_questions)
+                add_int8_model(tmp, args.int8_calibration_file, windows=args.calibration_windows)
+            manifest = record_precisions(tmp, eval_file=args.eval_file, eval_questions=args.eval_questions)
     logger.info("exported %s (%s) to %s (%d files)", args.checkpoint, settings.task, args.output_dir,
                 sum(len(files) for _, _, files in os.walk(args.output_dir)))  # the manifest lists all but itself
     return manifest
@@ -352,6 +363,8 @@ def main(argv=None):
           f"{manifest['verified_max_abs_logit_diff']:.3g}")
     if "int8" in manifest:
         print(f"int8 copy: {manifest['int8']['summary']}")
+    for precision, record in manifest[RECORDS_KEY].items():
+        print(f"{precision} vs fp32: {record['summary']}")
     return manifest
 
 

@@ -130,6 +130,27 @@ def write_manifest(directory, *, source, extra=None, task=TASK):
     return manifest
 
 
+# The manifest entries write_manifest derives from the directory itself; everything else is the exporter's.
+_DERIVED_KEYS = ("format", "task", "source_checkpoint", "paddle_version", "created", "files")
+
+
+def update_manifest(directory, **fields):
+    """Rewrite the manifest of an export still being written (after adding a file, e.g. the int8 copy, or a
+    record): the files now present are listed and checksummed again, its other entries are kept, and
+    `fields` are set.
+
+    Returns:
+      the new manifest dict.
+
+    Raises:
+      ValueError: as `read_manifest` (a listed file changed since the manifest was written).
+    """
+    manifest, _ = read_manifest(directory)
+    extra = {k: v for k, v in manifest.items() if k not in _DERIVED_KEYS}
+    return write_manifest(directory, source=manifest["source_checkpoint"], task=manifest.get("task", TASK),
+                          extra=dict(extra, **fields))
+
+
 def read_manifest(directory):
     """The manifest of an export directory, checked: every listed file present with its size and SHA-256.
 

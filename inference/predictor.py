@@ -2,8 +2,9 @@
 
 Owns: configuring Paddle Inference for a device and precision (`make_config`: oneDNN, IR optimisation and
 math-library threads on CPU; the GPU config on GPU; bf16 and int8 where they apply), loading an export and
-running it in length buckets (`ExportedModel`, shared by both heads), turning (question, context) pairs
-into `Answer`s with character offsets into the context (`QAPredictor.answer`, SQuAD), and texts or text
+running it in length buckets (`ExportedModel`, shared by both heads; in the precision asked for, or with
+"auto", the default, in the one `inference.precision_auto` chooses from the export's records), turning
+(question, context) pairs into `Answer`s with character offsets into the context (`QAPredictor.answer`, SQuAD), and texts or text
 pairs into labels with probabilities or a score (`ClassifierPredictor.classify`, GLUE); `load_predictor`
 picks the class from the export's settings.
 Does not own: windows / features (`data.features.squad`, `data.features.glue`), choosing spans from logits
@@ -37,6 +38,7 @@ from data.features.glue import examples_to_features as glue_features
 from data.features.squad import (PREDICT_ONLY_KEYS, SquadExample, batch_of_rows, examples_to_features,
                                  split_on_whitespace)
 from inference import model_dir as layout
+from inference.precision_auto import AUTO, choose_precision, cpu_facts
 from tasks.squad_postprocess import postprocess_predictions
 from tokenizer import BertTokenizer
 from utils.logger import native_stderr, progress
@@ -134,33 +136,36 @@ def make_config(model_file, params_file, *, precision="fp32", device="cpu", thre
     return config
 
 
-# oneDNN's int8 passes report every op type they looked at, on stderr from C++ ("---    quantized 0 conv2d
-# ops", coloured), and `disable_glog_info` does not reach them.
-_PASS_REPORT = re.compile(r"^(?:\x1b\[[0-9;]*m)?---\s+(quantized|squashed) (\d+) (.*?)\s*(?:\x1b\[[0-9;]*m)?\s*$")
+# oneDNN's int8 and bf16 passes report every op type they looked at, on stderr from C++ ("---    quantized 0
+# conv2d ops", "---    marked 84 operators to bfloat16", coloured), and `disable_glog_info` does not reach them.
+_PASS_REPORT = re.compile(r"^(?:\x1b\[[0-9;]*m)?---\s+(quantized|squashed|marked|added) (\d+) (.*?)\s*"
+                          r"(?:\x1b\[[0-9;]*m)?\s*$")
 
 
 def create_predictor(config, precision="fp32"):
-    """`paddle.inference.create_predictor`, with an int8 model's oneDNN pass report (about 32 lines, most
-    "quantized 0 <op type> ops", nothing a user can act on) reduced to one summary.
+    """`paddle.inference.create_predictor`, with an int8 or bf16 model's oneDNN pass report (about 12-32 lines,
+    most "quantized 0 <op type> ops" or "squashed 0 ...", nothing a user can act on) reduced to one summary.
 
     Returns:
-      (predictor, summary str: e.g. "13 fc ops in int8"; "" when precision is not int8). Anything else the
+      (predictor, summary str: e.g. "13 fc ops in int8", "84 ops in bf16"; "" in fp32). Anything else the
       passes write to stderr is written back unchanged.
     """
-    if precision != "int8":
+    if precision == "fp32":
         return paddle_infer.create_predictor(config), ""
     with native_stderr() as captured:
         predictor = paddle_infer.create_predictor(config)
-    kept, quantized = [], []
+    kept, converted = [], []
     for line in captured.text.splitlines():
         found = _PASS_REPORT.match(line)
         if found is None:
             kept.append(line)
         elif found.group(1) == "quantized" and int(found.group(2)) > 0:
-            quantized.append(f"{found.group(2)} {found.group(3)}")
+            converted.append(f"{found.group(2)} {found.group(3)}")
+        elif found.group(1) == "marked" and int(found.group(2)) > 0:  # "marked 84 operators to bfloat16"
+            converted.append(f"{found.group(2)} ops")
     if kept:
         sys.stderr.write("\n".join(kept) + "\n")
-    return predictor, (", ".join(quantized) or "no op") + " in int8"
+    return predictor, (", ".join(converted) or "no op") + f" in {precision}"
 
 
 def _word_starts(context, num_words):
@@ -190,9 +195,9 @@ class ExportedModel:
     picks the right one for a directory.
 
     Attributes:
-      info: dict with model_name, task, precision, device, threads, max_seq_length, do_lower_case,
-        source_checkpoint, manifest_sha256, model_dir, batch_size, and the head's own fields (see the
-        subclasses).
+      info: dict with model_name, task, precision (the one running), precision_choice (why: "asked for", or
+        auto's reason), device, threads, max_seq_length, do_lower_case, source_checkpoint, manifest_sha256,
+        model_dir, batch_size, and the head's own fields (see the subclasses).
       settings: inference.model_dir.ExportSettings.
       batch_size: sequences per run.
       bucket_multiple: a bucket's sequences are padded to a multiple of this (BUCKET_MULTIPLE).
@@ -216,13 +221,16 @@ class ExportedModel:
         return {}
 
     @classmethod
-    def load(cls, model_dir, *, threads=None, precision="fp32", device="cpu", batch_size=DEFAULT_BATCH_SIZE):
+    def load(cls, model_dir, *, threads=None, precision=AUTO, device="cpu", batch_size=DEFAULT_BATCH_SIZE):
         """Load an export directory (checked against its manifest first).
 
         Args:
           model_dir: str, written by `python -m inference.export`.
           threads: int or None (OMP_NUM_THREADS); math-library threads on CPU.
-          precision: "fp32" | "bf16" (CPUs with oneDNN bf16) | "int8" (exports with a quantized model).
+          precision: "auto" (the fastest precision this CPU runs natively whose accuracy the export recorded
+            within tolerance of fp32: `inference.precision_auto`; one log line and info["precision_choice"]
+            say which and why) | "fp32" | "bf16" (CPUs with oneDNN bf16) | "int8" (exports with a quantized
+            model).
           device: "cpu" | "gpu".
           batch_size: sequences (windows) per run.
 
@@ -237,6 +245,11 @@ class ExportedModel:
         manifest, manifest_sha = layout.read_manifest(model_dir)
         settings = layout.read_settings(model_dir)
         cls._check_task(settings, model_dir)
+        choice = choose_precision(precision, manifest, device=device,
+                                  cpu=cpu_facts() if precision == AUTO else None)
+        if precision == AUTO:
+            logger.info("%s", choice.reason)
+        precision = choice.precision
         prefix = layout.MODEL_PREFIX
         if precision == "int8":
             if not all(n in manifest["files"] for n in layout.INT8_FILES):
@@ -247,14 +260,15 @@ class ExportedModel:
         config = make_config(os.path.join(model_dir, prefix + ".pdmodel"),
                              os.path.join(model_dir, prefix + ".pdiparams"), precision=precision,
                              device=device, threads=threads)
-        predictor, int8_ops = create_predictor(config, precision)
+        predictor, converted = create_predictor(config, precision)
         tokenizer = BertTokenizer(os.path.join(model_dir, layout.VOCAB_FILE), do_lower_case=settings.do_lower_case)
-        info = {"model_name": settings.model_name, "task": settings.task, "precision": precision, "device": device,
+        info = {"model_name": settings.model_name, "task": settings.task, "precision": precision,
+                "precision_choice": choice.reason, "device": device,
                 "threads": threads, "max_seq_length": settings.max_seq_length, **cls._task_info(settings),
                 "do_lower_case": settings.do_lower_case, "source_checkpoint": manifest.get("source_checkpoint"),
                 "manifest_sha256": manifest_sha, "model_dir": os.path.abspath(model_dir), "batch_size": batch_size}
         logger.info("loaded %s %s (%s, %s, %d threads%s) from %s", settings.model_name, settings.task, precision,
-                    device, threads, f"; {int8_ops}" if int8_ops else "", model_dir)
+                    device, threads, f"; {converted}" if converted else "", model_dir)
         return cls(predictor, settings, tokenizer, info, batch_size)
 
     # ------------------------------------------------------------------------------------------ running

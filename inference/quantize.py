@@ -1,10 +1,11 @@
-"""Post-training int8 quantization of an exported SQuAD model, with its accuracy cost measured.
+"""Post-training int8 quantization of an exported SQuAD model.
 
 Owns: calibrating `paddle.static.quantization.PostTrainingQuantization` on a few hundred training windows
 (length-bucketed batches, so calibration sees the activation ranges of real lengths), writing the
-quantized copy (model_int8.pdmodel / .pdiparams) into the export directory, and measuring EM/F1 of int8
-against fp32 on a SQuAD file with answers (the difference is printed and recorded in the manifest).
-Does not own: running int8 (`inference.predictor`, precision "int8": oneDNN int8 kernels for the fully
+quantized copy (model_int8.pdmodel / .pdiparams) into the export directory, with its calibration settings
+in the manifest.
+Does not own: measuring int8's accuracy against fp32 (`inference.precision_records`, which measures bf16's
+the same way), running int8 (`inference.predictor`, precision "int8": oneDNN int8 kernels for the fully
 connected layers, see `inference.predictor.INT8_OPS`).
 
 What int8 does on an AVX2-only CPU (no AVX-512 VNNI / AVX-VNNI): oneDNN's int8 GEMM emulates the
@@ -13,11 +14,9 @@ quantize/dequantize steps around each layer add cost; `benchmarks.bench_inferenc
 """
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -25,9 +24,8 @@ import paddle
 
 from data.features.squad import PREDICT_ONLY_KEYS, FeatureParams, batch_of_rows, load_or_build_features
 from inference import model_dir as layout
-from inference.predictor import BUCKET_MULTIPLE, QAPredictor
-from tasks import squad_metrics
-from tasks.squad_postprocess import postprocess_predictions
+from inference.precision_records import first_questions  # noqa: F401  -- benchmarks.bench_squad_e2e's import
+from inference.predictor import BUCKET_MULTIPLE
 
 logger = logging.getLogger(__name__)
 
@@ -115,83 +113,15 @@ def _ptq_bars_on_terminal_only():
     return contextlib.redirect_stderr(io.StringIO())
 
 
-def compare_accuracy(model_dir, eval_file, questions=500):
-    """EM/F1 of fp32 and int8 (both through QAPredictor) on the first `questions` questions of eval_file.
-
-    Returns:
-      dict: questions, fp32 {exact_match, F1}, int8 {exact_match, F1}, delta_exact_match, delta_F1,
-      summary (one line for people).
-    """
-    path = eval_file
-    if questions:
-        path = first_questions(eval_file, questions)
-    try:
-        s = layout.read_settings(model_dir)
-        examples, features = load_or_build_features(
-            path, os.path.join(model_dir, layout.VOCAB_FILE), s.do_lower_case,
-            FeatureParams(s.max_seq_length, s.doc_stride, s.max_query_length), is_training=False)
-        scores = {}
-        for precision in ("fp32", "int8"):
-            predictor = QAPredictor.load(model_dir, precision=precision)
-            start, end, _ = predictor.predict_logits(features, show_progress=True)
-            preds, _, _ = postprocess_predictions(examples, features, start, end, do_lower_case=s.do_lower_case)
-            got = squad_metrics.evaluate_v1(path, preds)
-            scores[precision] = {"exact_match": got["exact_match"], "F1": got["f1"]}
-    finally:
-        if path != eval_file:
-            os.unlink(path)
-    delta_em = scores["int8"]["exact_match"] - scores["fp32"]["exact_match"]
-    delta_f1 = scores["int8"]["F1"] - scores["fp32"]["F1"]
-    summary = (f"EM/F1 on {len(examples)} questions of {os.path.basename(eval_file)}: fp32 "
-               f"{scores['fp32']['exact_match']:.2f}/{scores['fp32']['F1']:.2f}, int8 "
-               f"{scores['int8']['exact_match']:.2f}/{scores['int8']['F1']:.2f} "
-               f"(delta {delta_em:+.2f}/{delta_f1:+.2f})")
-    return {"questions": len(examples), **scores, "delta_exact_match": delta_em, "delta_F1": delta_f1,
-            "summary": summary}
-
-
-def first_questions(squad_file, questions):
-    """A temporary SQuAD file with the first `questions` questions of `squad_file` (whole paragraphs kept)."""
-    with open(squad_file, encoding="utf-8") as f:
-        data = json.load(f)
-    kept, count = [], 0
-    for article in data.get("data", []):
-        paragraphs = []
-        for paragraph in article.get("paragraphs", []):
-            if count >= questions:
-                break
-            qas = paragraph.get("qas", [])[:questions - count]
-            count += len(qas)
-            paragraphs.append(dict(paragraph, qas=qas))
-        if paragraphs:
-            kept.append(dict(article, paragraphs=paragraphs))
-        if count >= questions:
-            break
-    handle, path = tempfile.mkstemp(suffix=".json", prefix="squad-subset-")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        json.dump(dict(data, data=kept), f)
-    return path
-
-
-def add_int8_model(model_dir, calibration_file, *, windows=300, eval_file=None, eval_questions=500):
+def add_int8_model(model_dir, calibration_file, *, windows=300):
     """Quantize an export in place (still under its temporary name) and rewrite its manifest.
 
+    Its accuracy against fp32 is measured with the other precisions' (`inference.precision_records`).
+
     Returns:
-      the new manifest dict; its "int8" entry holds the calibration settings and, with eval_file, the
-      EM/F1 comparison (also logged).
+      the new manifest dict; its "int8" entry holds the calibration settings.
     """
-    manifest, _ = layout.read_manifest(model_dir)
     quantize(model_dir, calibration_file, windows)
     record = {"calibration_file": os.path.abspath(calibration_file), "calibration_windows": windows,
               "algo": CALIBRATION_ALGO, "summary": f"calibrated on {windows} windows"}
-    extra = {k: v for k, v in manifest.items() if k not in ("format", "task", "source_checkpoint",
-                                                              "paddle_version", "created", "files")}
-    layout.write_manifest(model_dir, source=manifest["source_checkpoint"], extra=dict(extra, int8=record))
-    if eval_file:
-        record.update(compare_accuracy(model_dir, eval_file, eval_questions))
-        logger.info("int8 vs fp32: %s", record["summary"])
-        manifest = layout.write_manifest(model_dir, source=manifest["source_checkpoint"],
-                                         extra=dict(extra, int8=record))
-    else:
-        manifest = layout.read_manifest(model_dir)[0]
-    return manifest
+    return layout.update_manifest(model_dir, int8=record)

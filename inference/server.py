@@ -15,7 +15,8 @@ saying which route to use):
   POST /v1/classify GLUE: {"text"} (single-sentence tasks) or {"text_a", "text_b"} (pair tasks) -> {"label",
                     "probabilities": {label: p}} ({"score"} for STS-B); an array of them -> an array.
   GET  /health      200 {"status": "ready"} once the model is loaded; 503 while loading or when it failed.
-  GET  /v1/model    the predictor's info (model, precision, threads, window settings, manifest checksum)
+  GET  /v1/model    the predictor's info (model, precision and why it was chosen, threads, window settings,
+                    manifest checksum)
                     and the server's limits.
   GET  /v1/metrics  request counts by status, and the batcher's counters (batches, batch sizes, queue).
 Refusals: 400 body not UTF-8 / not JSON; 413 body or question / text count over a limit; 422 wrong shape
@@ -30,7 +31,7 @@ request not answered within --drain-timeout gets a JSON 503 with Retry-After, an
 queued are dropped.
 
 Usage (from the repo root):
-  python -m inference.server --model-dir exported/squad --port 8000 [--threads 2 --precision fp32]
+  python -m inference.server --model-dir exported/squad --port 8000 [--threads 2 --precision auto]
   curl -s localhost:8000/v1/answer -H 'content-type: application/json' \
        -d '{"question": "Who has a car?", "context": "Tom has a red car."}'
   python -m inference.server --model-dir exported/mrpc --port 8001
@@ -68,7 +69,7 @@ from utils.runtime import DEVICES, resolve_device
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 RETRY_AFTER_S = 1  # what a 503 asks a client to wait: a batch takes well under a second
 DRAIN_GRACE_S = 2.0  # after the drain deadline, time to write the 503s before uvicorn cancels what is left
 # Most bytes of a refused body read (and dropped) so that a client that sends it all before reading, as
@@ -90,7 +91,10 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=8000, help="TCP port, 0 = any free one (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="math-library threads of the model "
                                                              "(default: OMP_NUM_THREADS, i.e. the usable cores)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default %(default)s")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: the fastest precision this CPU runs natively whose accuracy the export recorded "
+                        "within tolerance of fp32 (one log line and /v1/model's precision_choice say which and "
+                        "why; fp32 on a GPU); an explicit one is used as asked (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="gpu is refused when this Paddle has no usable GPU; auto = gpu if usable, else cpu "
                         "(default %(default)s)")

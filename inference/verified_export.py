@@ -49,14 +49,10 @@ def verification_feed(vocab_size, max_seq_length, windows=VERIFY_WINDOWS, seed=0
     return {"input_ids": ids * mask, "token_type_ids": types, "attention_mask": mask[:, None, None, :]}
 
 
-def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX,
-                         fetch_names=layout.ExportSettings.fetch_names, device="cpu"):
-    """max |delta| between the executor's eval-program outputs `fetch_names` and the exported model's (Paddle
-    Inference on `device`, the executor's own: a GPU run is compared with a GPU predictor, not with the CPU)
-    on `feed`: over real (unpadded) positions for per-token logits (SQuAD's [B, L]), over every value for
-    per-sequence ones (GLUE's [B, num_labels])."""
-    names = [bundle.eval_fetches[k].name for k in fetch_names]
-    want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
+def run_exported(directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX, device="cpu"):
+    """The outputs (list of float32 arrays, in the program's fetch order) of the exported program
+    `directory`/`prefix`.pdmodel run once by Paddle Inference in `precision` on `device`, on `feed` (a dict
+    of the program's feeds, whole: no bucketing)."""
     predictor, _ = create_predictor(make_config(
         os.path.join(directory, prefix + ".pdmodel"), os.path.join(directory, prefix + ".pdiparams"),
         precision=precision, device=device), precision)
@@ -65,10 +61,25 @@ def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=
         handle.reshape(feed[name].shape)
         handle.copy_from_cpu(feed[name])
     predictor.run()
-    got = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+
+
+def max_abs_difference(want, got, feed):
+    """max |delta| between two runs' outputs on `feed`: over real (unpadded) positions for per-token logits
+    (SQuAD's [B, L]), over every value for per-sequence ones (GLUE's [B, num_labels])."""
     real = feed["attention_mask"][:, 0, 0, :] > 0
-    per_token = [np.abs(np.asarray(w) - g) for w, g in zip(want, got)]
+    per_token = [np.abs(np.asarray(w) - np.asarray(g)) for w, g in zip(want, got)]
     return float(max((d[real] if d.shape == real.shape else d).max() for d in per_token))
+
+
+def max_logit_difference(exe, bundle, directory, feed, precision="fp32", prefix=layout.MODEL_PREFIX,
+                         fetch_names=layout.ExportSettings.fetch_names, device="cpu"):
+    """max |delta| (as `max_abs_difference`) between the executor's eval-program outputs `fetch_names` and
+    the exported model's (Paddle Inference on `device`, the executor's own: a GPU run is compared with a GPU
+    predictor, not with the CPU) on `feed`."""
+    names = [bundle.eval_fetches[k].name for k in fetch_names]
+    want = exe.run(bundle.eval_program, feed=feed, fetch_list=names)
+    return max_abs_difference(want, run_exported(directory, feed, precision, prefix, device), feed)
 
 
 def write_export(exe, bundle, directory, *, model_cfg, vocab_file, settings, source, tolerance=DEFAULT_TOLERANCE,

@@ -13,7 +13,8 @@
 #   1 export_dir   a directory written by: python -m inference.export --checkpoint <fine-tuned dir> --output-dir <dir>
 #   2 port [8000]  TCP port (0 = any free one; the server logs the one it got)
 # Anything after them goes to the server unchanged (python -m inference.server --help lists it all:
-# --threads, --precision fp32|bf16|int8, --max-batch-size, --max-wait-ms, --max-queue, --max-context-chars,
+# --threads, --precision auto|fp32|bf16|int8 (default auto: the fastest one this CPU runs natively whose
+# accuracy the export recorded within tolerance of fp32; the server logs which and why), --max-batch-size, --max-wait-ms, --max-queue, --max-context-chars,
 # --max-body-bytes, --drain-timeout, --access-log).
 #
 # Environment knobs:

@@ -208,7 +208,9 @@ class GlueAdapter:
                                             regression=spec.is_regression)
 
     def load_export(self, export_dir, device):
-        return ClassifierPredictor.load(export_dir, device=device, batch_size=self.cfg.schedule.predict_batch_size)
+        # fp32, as the in-run export: the scores a run reports are the model's, comparable across runs and machines.
+        return ClassifierPredictor.load(export_dir, precision="fp32", device=device,
+                                        batch_size=self.cfg.schedule.predict_batch_size)
 
     def predict(self, session, bundle, metrics):
         """Evaluate the dev split(s) and / or write the submission file(s), as the modes say."""

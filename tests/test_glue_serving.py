@@ -107,7 +107,7 @@ def mrpc_export(model, tmp_path_factory):
 def predictor(mrpc_export):
     from inference.predictor import ClassifierPredictor
 
-    return ClassifierPredictor.load(str(mrpc_export[0]), threads=1, batch_size=4)
+    return ClassifierPredictor.load(str(mrpc_export[0]), precision="fp32", threads=1, batch_size=4)
 
 
 def _texts():
@@ -146,6 +146,9 @@ def test_export_detects_the_task_records_it_and_verifies_parity(mrpc_export, mod
                                                          "fetch_names": ["logits"]}
     assert settings["doc_stride"] is None and settings["max_query_length"] is None
     assert layout.read_settings(str(out)).route == "/v1/classify"
+    from utils.runtime import cpu_bf16_support  # bf16's label agreement is recorded where it runs
+    check = manifest["precisions"].get("bf16", {}).get("verification")
+    assert (check["windows"] == 16 and 0 <= check["agree"] <= 16) if cpu_bf16_support().usable else check is None
 
 
 def test_a_failed_parity_check_of_a_glue_export_writes_nothing(model, tmp_path, monkeypatch):
@@ -166,7 +169,7 @@ def test_stsb_task_read_from_eval_results_and_its_scores_are_the_clipped_executo
     root, cfg = model
     manifest = export.main(export_args(root, root / "stsb", tmp_path / "stsb"))
     assert manifest["task"] == "STS-B"
-    stsb = load_predictor(str(tmp_path / "stsb"), threads=1)
+    stsb = load_predictor(str(tmp_path / "stsb"), precision="fp32", threads=1)  # executor parity
     assert stsb.info["regression"] and stsb.info["labels"] == [] and stsb.info["pair"]
     features = stsb.featurize(PAIRS)
     want = _executor_logits(root, cfg, root / "stsb", 1, features)[:, 0]
@@ -333,6 +336,14 @@ def _pair_json(a, b):
     return {"text_a": a, "text_b": b}
 
 
+@pytest.fixture(scope="module")
+def served(mrpc_export):
+    """The model as the server loads it: the default precision ("auto"), one thread, batches of 4."""
+    from inference.predictor import ClassifierPredictor
+
+    return ClassifierPredictor.load(str(mrpc_export[0]), threads=1, batch_size=4)
+
+
 def _same(reply, want):
     assert reply["label"] == want.label and set(reply) == {"label", "probabilities"}
     assert reply["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
@@ -342,11 +353,15 @@ def test_health_model_info_and_the_announced_route(client, server, mrpc_export):
     assert client.get("/health").json() == {"status": "ready"}
     info = client.get("/v1/model").json()["model"]
     assert (info["task"], info["labels"], info["pair"], info["regression"]) == ("MRPC", ["0", "1"], True, False)
+    # the server's default precision is auto, and its info says what auto chose and why
+    assert info["precision_choice"].startswith(f"precision auto -> {info['precision']}: ")
+    assert f"{info['precision']}, cpu, 1 threads" in server.log()
     assert info["max_seq_length"] == MAX_SEQ and info["model_dir"] == str(mrpc_export[0].resolve())
     assert re.search(r"serving custom MRPC .* at http://127\.0\.0\.1:\d+/v1/classify", server.log())
 
 
-def test_classify_equals_the_offline_predictor_single_and_batch(client, predictor):
+def test_classify_equals_the_offline_predictor_single_and_batch(client, served):
+    predictor = served
     texts = _texts()
     for a, b in texts[:6]:  # one at a time: a batch of one, as offline
         _same(client.post("/v1/classify", json=_pair_json(a, b)).json(), predictor.classify([(a, b)])[0])
@@ -358,7 +373,8 @@ def test_classify_equals_the_offline_predictor_single_and_batch(client, predicto
         _same(got, want)
 
 
-def test_real_mrpc_rows_are_classified_over_http_as_offline(client, predictor):
+def test_real_mrpc_rows_are_classified_over_http_as_offline(client, served):
+    predictor = served
     shared_path("data", "glue", "MRPC", "dev.tsv")
     rows = mrpc_rows(8)
     reply = client.post("/v1/classify", json=[_pair_json(a, b) for a, b in rows])

@@ -150,7 +150,7 @@ def test_predictor_logits_equal_the_training_program_and_bucketing_changes_nothi
     examples, features = _features(root)
     assert len(set(features.seq_lengths.tolist())) > 3  # several lengths, so buckets differ
     want_start, want_end = _executor_logits(root, cfg, features)
-    predictor = QAPredictor.load(str(exported[0]), threads=1, batch_size=4)
+    predictor = QAPredictor.load(str(exported[0]), precision="fp32", threads=1, batch_size=4)  # executor parity
     predictor.bucket_multiple = 4  # windows here are 15-32 tokens: finer buckets than the default 16
     bucketed = predictor.predict_logits(features, bucket=True)
     plain = predictor.predict_logits(features, bucket=False)
@@ -176,7 +176,7 @@ def test_predictor_logits_equal_the_training_program_and_bucketing_changes_nothi
 def test_answers_carry_character_offsets_into_the_context(exported):
     from inference.predictor import QAPredictor
 
-    predictor = QAPredictor.load(str(exported[0]), threads=1)
+    predictor = QAPredictor.load(str(exported[0]), precision="fp32", threads=1)
     context = "the  quick brown\tfox\n jumps over the lazy dog ."  # irregular whitespace on purpose
     answers = predictor.answer([("what jumps ?", context), ("who is lazy ?", "the dog is lazy .")], n_best=4)
     assert len(answers) == 2
@@ -204,28 +204,41 @@ def test_word_offsets_map_back_through_irregular_whitespace():
     assert _context_span(words, starts, 0, 0) == (0, 0)
 
 
-def test_int8_copy_reports_its_accuracy_change(model, tmp_path):
-    from inference import export
+def _em(root, out, examples, features, precision):
     from inference.predictor import QAPredictor
     from tasks import squad_metrics
     from tasks.squad_postprocess import postprocess_predictions
 
+    start, end, _ = QAPredictor.load(str(out), precision=precision).predict_logits(features)
+    return squad_metrics.evaluate_v1(str(root / "dev.json"), postprocess_predictions(examples, features, start,
+                                                                                      end)[0])["exact_match"]
+
+
+def test_int8_copy_and_bf16_report_their_accuracy_change(model, tmp_path):
+    from inference import export
+    from inference.precision_auto import RECORDS_KEY
+    from inference.predictor import QAPredictor
+    from utils.runtime import cpu_bf16_support
+
     root, _ = model
     out = tmp_path / "export8"
     manifest = export.main(export_args(root, out, "--int8-calibration-file", str(root / "dev.json"),
-                                       "--calibration-windows", "16", "--int8-eval-file", str(root / "dev.json")))
+                                       "--calibration-windows", "16", "--eval-file", str(root / "dev.json")))
     paddle.disable_static()
-    record = manifest["int8"]
-    assert record["calibration_windows"] == 16 and record["questions"] == 18
-    assert record["delta_exact_match"] == pytest.approx(record["int8"]["exact_match"] - record["fp32"]["exact_match"])
-    assert record["delta_F1"] == pytest.approx(record["int8"]["F1"] - record["fp32"]["F1"])
-    assert f"delta {record['delta_exact_match']:+.2f}/{record['delta_F1']:+.2f}" in record["summary"]
+    assert manifest["int8"]["calibration_windows"] == 16
     assert {"model_int8.pdmodel", "model_int8.pdiparams"} <= set(manifest["files"])
-    # the fp32 figure is the fp32 predictor's EM, computed independently here
+    shipped = {"int8"} | ({"bf16"} if cpu_bf16_support().usable else set())
+    assert set(manifest[RECORDS_KEY]) == shipped
     examples, features = _features(root)
-    start, end, _ = QAPredictor.load(str(out)).predict_logits(features)
-    fp32 = squad_metrics.evaluate_v1(str(root / "dev.json"), postprocess_predictions(examples, features, start, end)[0])
-    assert record["fp32"]["exact_match"] == pytest.approx(fp32["exact_match"])
+    fp32_em = _em(root, out, examples, features, "fp32")  # computed independently here
+    for precision in shipped:
+        record = manifest[RECORDS_KEY][precision]["squad"]
+        assert record["questions"] == 18 and record["fp32"]["exact_match"] == pytest.approx(fp32_em)
+        assert record[precision]["exact_match"] == pytest.approx(_em(root, out, examples, features, precision))
+        assert record["delta_exact_match"] == pytest.approx(record[precision]["exact_match"] - fp32_em)
+        assert record["delta_F1"] == pytest.approx(record[precision]["F1"] - record["fp32"]["F1"])
+        assert f"delta {record['delta_exact_match']:+.2f}/{record['delta_F1']:+.2f}" in record["summary"]
+        assert manifest[RECORDS_KEY][precision]["verification"]["windows"] == 16
     int8 = QAPredictor.load(str(out), precision="int8")
     assert int8.info["precision"] == "int8" and int8.answer([("what color is the sky ?", PARAGRAPHS[0][0])])
 

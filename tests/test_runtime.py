@@ -188,6 +188,14 @@ def test_gpu_bus_ids_from_nvidia_smi():
 AVX512_CORE = {"sse4_2", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
 
 
+def test_int8_is_fast_only_with_vnni_or_amx_int8():
+    from utils.runtime import cpu_int8_flags
+
+    assert cpu_int8_flags({"avx2", "amx_int8", "avx512_vnni", "avx512f"}) == ("avx512_vnni", "amx_int8")
+    assert cpu_int8_flags({"avx2", "avx512f", "avx512bw"}) == ()
+    assert cpu_int8_flags(set()) == ()
+
+
 def test_cpu_flags_reads_the_flags_line(tmp_path):
     from utils.runtime import cpu_flags
 

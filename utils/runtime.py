@@ -234,6 +234,24 @@ def cpu_bf16_support(flags=None, paddle_supports=None):
     return Bf16Support(usable=False, native=native, reason=reason)
 
 
+# oneDNN's int8 GEMM is faster than fp32 only with 8-bit dot-product instructions (VNNI, or AMX tiles);
+# without them it emulates the dot products with 16-bit multiplies and int8 is no faster (inference.quantize).
+INT8_FAST_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_flags(flags=None):
+    """The CPU flags of INT8_FAST_CPU_FLAGS this machine has: empty when int8 inference is not faster here.
+
+    Args:
+      flags: iterable of CPU flag names (default: `cpu_flags()`; None there means unknown, i.e. none).
+
+    Returns:
+      tuple of flag names, in INT8_FAST_CPU_FLAGS order.
+    """
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    return tuple(f for f in INT8_FAST_CPU_FLAGS if flags and f in flags)
+
+
 @dataclasses.dataclass
 class Runtime:
     """What `init_runtime` set up.
