@@ -90,7 +90,7 @@ def compare(args):
     from inference.predictor import QAPredictor, default_threads
 
     args.threads = args.threads or default_threads()
-    predictor = QAPredictor.load(args.export_dir, threads=args.threads)
+    predictor = QAPredictor.load(args.export_dir, threads=args.threads, precision="fp32")  # parity is in fp32
     examples = read_examples(args.predict_file, is_training=False)[:args.questions]
     features = predictor.featurize(examples)
     start, end, _ = predictor.predict_logits(features, bucket=False)
