@@ -3,7 +3,8 @@ executor path, and optionally HF transformers on torch, over batch sizes x seque
 
 Owns: the sweep (like the TF seed's finetune_inference_benchmark.sh): for every batch size x sequence
 length x route, warm-up runs, then timed runs of random full-length windows (every token real, so
-bucketing cannot help: the model's own speed), throughput (sequences/s) and latency p50/p90/p99; a
+bucketing cannot help: the model's own speed), throughput (sequences/s), latency p50/p90/p99 and the
+running process's peak RSS (`RSS_NOTE` says whose); the CPU line (`benchmarks.machine`) first; a
 markdown table with each route's speed-up over the baseline row of the same shape (the eval program in
 `paddle.static.Executor`, which run_squad used before `inference.predictor`), a DLLogger report and a
 plot. Weights are random: speed does not depend on them (accuracy is measured by inference.quantize and
@@ -34,12 +35,17 @@ import time
 
 import numpy as np
 
+from benchmarks.machine import machine_line, peak_rss_mb
 from benchmarks.torch_worker import run_torch_worker
 from utils.cli import ArgumentParser
 
 logger = logging.getLogger("bench_inference")
 
 ROUTES = ("baseline", "fp32", "bf16", "int8", "hf-torch")
+RSS_NOTE = ("peak RSS: the peak of the process that ran the row, at the end of that row's runs. The Paddle routes "
+            "share one process (export first, then each route over every shape, in the order baseline, fp32, "
+            "bf16, int8), so a Paddle row's figure includes everything that process ran before it; hf-torch "
+            "runs in a process of its own.")
 CALIBRATION_BATCHES = 4
 
 
@@ -54,6 +60,7 @@ class Row:
     p90_ms: float
     p99_ms: float
     speedup: float = None
+    peak_rss_mb: float = None  # the running process's peak so far, after this row (see RSS_NOTE)
 
 
 def random_feed(vocab_size, batch_size, seq_length, seed=0):
@@ -143,7 +150,8 @@ def paddle_rows(cfg, args, routes):
                 for batch in args.batch_sizes:
                     latencies = time_runs(make_run(random_feed(cfg.vocab_size, batch, seq)), args.warmup,
                                           args.iterations, args.max_seconds)
-                    rows.append(summarise(route, batch, seq, latencies))
+                    rows.append(dataclasses.replace(summarise(route, batch, seq, latencies),
+                                                    peak_rss_mb=peak_rss_mb()))
                     logger.info("%-8s batch %2d seq %3d: %7.2f seq/s  p50 %8.1f ms", route, batch, seq,
                                 rows[-1].sequences_per_second, rows[-1].p50_ms)
     return rows
@@ -171,7 +179,8 @@ def hf_worker(spec):
                           "attention_mask": torch.from_numpy(feed["attention_mask"][:, 0, 0, :])}
                 latencies = time_runs(lambda: model(**inputs), spec["warmup"], spec["iterations"],
                                       spec["max_seconds"])
-                rows.append(dataclasses.asdict(summarise("hf-torch", batch, seq, latencies)))
+                rows.append(dataclasses.asdict(dataclasses.replace(
+                    summarise("hf-torch", batch, seq, latencies), peak_rss_mb=peak_rss_mb())))
     print(json.dumps({"rows": rows, "torch": torch.__version__}))
 
 
@@ -195,12 +204,13 @@ def add_speedups(rows):
 
 
 def table(rows):
-    lines = ["| route | batch | seq | seq/s | p50 ms | p90 ms | p99 ms | runs | x baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| route | batch | seq | seq/s | p50 ms | p90 ms | p99 ms | runs | x baseline | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r.seq_length, r.batch_size, ROUTES.index(r.route))):
         speedup = f"{r.speedup:.2f}" if r.speedup is not None else "-"
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
         lines.append(f"| {r.route} | {r.batch_size} | {r.seq_length} | {r.sequences_per_second:.2f} | "
-                     f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.iterations} | {speedup} |")
+                     f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.iterations} | {speedup} | {rss} |")
     return "\n".join(lines)
 
 
@@ -281,6 +291,8 @@ def main(argv=None):
     from utils.runtime import cpu_bf16_support
 
     init_logging()
+    cpu = machine_line()
+    print(cpu, flush=True)
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     unknown = [r for r in routes if r not in ROUTES]
     if unknown:
@@ -300,13 +312,13 @@ def main(argv=None):
     add_speedups(rows)
     title = (f"{args.bert_model}, {cfg.num_hidden_layers} layers, {args.threads} threads, random full-length "
              "windows")
-    text = f"{title}\n\n{table(rows)}\n"
+    text = f"{title}\n\n{table(rows)}\n\n{RSS_NOTE}\n"
     print(text)
     if args.output_dir:
         from utils.fs import atomic_write_text
 
         os.makedirs(args.output_dir, exist_ok=True)
-        atomic_write_text(os.path.join(args.output_dir, "table.md"), text)
+        atomic_write_text(os.path.join(args.output_dir, "table.md"), f"{cpu}\n{text}")
         metrics = build_metric_logger(0, os.path.join(args.output_dir, "report.json"), logger=logger)
         try:
             metrics.log_parameters({"bert_model": args.bert_model, "num_hidden_layers": cfg.num_hidden_layers,
