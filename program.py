@@ -135,6 +135,9 @@ class TrainConfig:
       device: "cpu" | "gpu", where the program will run.
       cpu_lamb_kernel: on device "cpu", run LAMB with the fused multi-threaded kernel of `cpu_kernels` (built on
         first use; Paddle's own single-threaded `lamb` op when it cannot be built or this is False).
+      cpu_training_kernels: on device "cpu", run the bias-add and LayerNorm gradients with the multi-threaded
+        kernels of `cpu_kernels` (`program_rewrites.use_cpu_training_kernels`; Paddle's ops when they cannot
+        be built, when `BERT_PADDLE_CPU_GRAD_KERNELS=0`, or when this is False).
 
     Raises:
       ValueError: at construction, for inconsistent or out-of-range values.
@@ -167,6 +170,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "cpu"
     cpu_lamb_kernel: bool = True
+    cpu_training_kernels: bool = True
 
     def __post_init__(self):
         # Users meet these messages through run_pretraining.py / run_squad.py: they name the flags.
@@ -537,6 +541,8 @@ def _minimize(loss, train_cfg, attention_impl, fusions, main, startup, fetched_l
     program_rewrites.skip_nonfinite_updates(main)
     if train_cfg.device == "cpu" and train_cfg.cpu_lamb_kernel:
         program_rewrites.use_cpu_lamb_kernel(main)
+    if train_cfg.device == "cpu" and train_cfg.cpu_training_kernels:
+        program_rewrites.use_cpu_training_kernels(main)
     extra = {"lr": _learning_rate_var(main)}
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()
