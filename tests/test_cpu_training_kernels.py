@@ -237,6 +237,24 @@ def test_the_rewrite_leaves_ops_outside_the_kernels_contract_alone(grad_kernels)
     assert main.global_block().var(kernel_op.input("Bias")[0]).shape == (5,)
 
 
+def test_a_bias_gradient_read_twice_keeps_paddles_op(grad_kernels):
+    """DX shares DOut's buffer in the kernel: only safe while no other op reads DOut by its name."""
+    def forward():
+        x = paddle.static.data("x", [-1, 5], "float32")
+        x.stop_gradient = False
+        return paddle.sum(_elementwise_add(x, paddle.static.create_parameter([5], "float32"), -1))
+
+    main = _backward_program(forward)
+    block = main.global_block()
+    grad_op = next(op for op in block.ops if op.type == "elementwise_add_grad")
+    dout = grad_op.input("Out@GRAD")[0]
+    block.append_op(type="scale", inputs={"X": [dout]}, outputs={"Out": [block.create_var(
+        name="another_reader", dtype="float32", shape=[-1, 5])]}, attrs={"scale": 2.0})
+    assert program_rewrites.use_cpu_training_kernels(main, grad_kernels)["elementwise_add_grad"] == 0
+    block._remove_op(len(block.ops) - 1)  # without the second reader, the same op is swapped
+    assert program_rewrites.use_cpu_training_kernels(main, grad_kernels)["elementwise_add_grad"] == 1
+
+
 def test_layer_norm_without_scale_keeps_paddles_op(grad_kernels):
     def forward():
         x = paddle.static.data("x", [-1, 8], "float32")
@@ -262,3 +280,17 @@ def test_switched_off_by_its_variable_with_one_line(monkeypatch, caplog):
     types = _types(bundle.main_program)
     assert kernels.BIAS_ADD_GRAD_OP not in types and types.count("layer_norm_grad") == 6
     monkeypatch.setattr(kernels, "_GRAD_STATUS", None)  # later tests re-read the real status
+
+
+@pytest.mark.parametrize("task", ["squad", "glue"])
+def test_fine_tuning_programs_use_the_kernels_too(grad_kernels, task):
+    cfg = P.TrainConfig(optimizer="AdamW", total_steps=10, device="cpu")
+    with paddle.utils.unique_name.guard():
+        bundle = P.build_squad(TINY, cfg) if task == "squad" else P.build_glue(TINY, cfg, num_labels=3)
+    types = _types(bundle.main_program)
+    layers = TINY.num_hidden_layers
+    # 6 bias adds per layer and one in the head (SQuAD's span layer; GLUE's classifier, whose pooler is
+    # a second); LayerNorms: 2 per layer and the embeddings'
+    heads = 1 if task == "squad" else 2
+    assert types.count(grad_kernels.bias_add_grad) == 6 * layers + heads
+    assert types.count(grad_kernels.layer_norm_grad) == 2 * layers + 1 and "layer_norm_grad" not in types
