@@ -295,7 +295,9 @@ def _bias_add_grad_inputs(block, op, readers):
 
 def _layer_norm_grad_inputs(block, op, readers):
     """(inputs, outputs) of `bert_layer_norm_grad_cpu` for a `layer_norm_grad` op in fp32 with a Scale, a
-    known normalised size and all three gradients wanted, else None (the op stays Paddle's)."""
+    known normalised size and all three gradients wanted, else None (the op stays Paddle's). `readers` is
+    unused (the kernel writes fresh outputs, so other readers of Y@GRAD are harmless); the bias matcher's
+    signature."""
     ins = {slot: op.input(slot) if slot in op.input_names else [] for slot in
            ("X", "Scale", "Mean", "Variance", "Y@GRAD")}
     outs = {slot: op.output(slot) if slot in op.output_names else [] for slot in
