@@ -138,6 +138,9 @@ class TrainConfig:
       cpu_dropout_kernel: on device "cpu", run training dropouts with the multi-threaded kernel of
         `cpu_kernels` (masks from a counter-based generator seeded from Paddle's global generator; Paddle's
         own `dropout` op when it cannot be built or this is False).
+      cpu_training_kernels: on device "cpu", run the bias-add and LayerNorm gradients with the multi-threaded
+        kernels of `cpu_kernels` (`program_rewrites.use_cpu_training_kernels`; Paddle's ops when they cannot
+        be built, when `BERT_PADDLE_CPU_GRAD_KERNELS=0`, or when this is False).
 
     Raises:
       ValueError: at construction, for inconsistent or out-of-range values.
@@ -171,6 +174,7 @@ class TrainConfig:
     device: str = "cpu"
     cpu_lamb_kernel: bool = True
     cpu_dropout_kernel: bool = True
+    cpu_training_kernels: bool = True
 
     def __post_init__(self):
         # Users meet these messages through run_pretraining.py / run_squad.py: they name the flags.
@@ -542,9 +546,9 @@ def _minimize(loss, train_cfg, attention_impl, fusions, main, startup, fetched_l
     if train_cfg.device == "cpu" and train_cfg.cpu_lamb_kernel:
         program_rewrites.use_cpu_lamb_kernel(main)
     if train_cfg.device == "cpu" and train_cfg.cpu_dropout_kernel:
-        swapped = program_rewrites.use_cpu_dropout_kernel(main)
-        if swapped:
-            logger.info("CPU dropout: %d training dropout op(s) run the multi-threaded kernel", swapped)
+        program_rewrites.use_cpu_dropout_kernel(main)
+    if train_cfg.device == "cpu" and train_cfg.cpu_training_kernels:
+        program_rewrites.use_cpu_training_kernels(main)
     extra = {"lr": _learning_rate_var(main)}
     if amp_opt is not None:
         extra["loss_scaling"] = amp_opt.get_loss_scaling()

@@ -6,6 +6,10 @@ Owns:
     hold NaN/inf into a no-op; `clipped_global_norm` finds the clip's global norm the flag tests.
   * `count_nonfinite_updates`: two persistable on-device counters of the updates that were skipped.
   * `use_cpu_lamb_kernel`: the swap of Paddle's `lamb` ops for the fused CPU kernel of `cpu_kernels`.
+  * `use_cpu_training_kernels`: the swap of the bias-add and LayerNorm gradient ops for the
+    multi-threaded CPU kernels of `cpu_kernels`.
+  * `use_cpu_dropout_kernel`: the swap of training dropouts for the CPU kernel (masks from a counter-based
+    generator seeded by one per-step draw of Paddle's global generator).
   * the op-slot helpers these passes share (`UPDATE_OPS`, a custom op's "@OPTIONAL" input slots).
 
 Does not own: building the optimizer, its weight-decay rule or gradient clipping (`optimizer.py`);
@@ -18,7 +22,12 @@ with every wrapper (gradient merge's conditional sub-block, fleet, the CPU all-r
 them, and the optimizer state stays exactly Paddle's (same accumulators, same names), so checkpoints
 move freely between rewritten and plain programs, CPU and GPU.
 """
+import logging
+import math
+
 import paddle
+
+logger = logging.getLogger(__name__)
 
 
 def _slot_name(op, name):
@@ -307,4 +316,125 @@ def use_cpu_dropout_kernel(program, kernel=None):
         block._insert_op(index, type=cpu_kernels.DROPOUT_OP, inputs=inputs, outputs=outputs, attrs=attrs)
         block._remove_op(index + 1)
     program._sync_with_cpp()
+    logger.info("CPU dropout: %d training dropout op(s) run the multi-threaded kernel %s",
+                len(dropouts), cpu_kernels.DROPOUT_OP)
     return len(dropouts)
+
+
+def _readers(program):
+    """{variable name: number of ops, in any block, that read it}."""
+    counts = {}
+    for block in program.blocks:
+        for op in block.ops:
+            for name in set(op.input_arg_names):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _shape(block, name):
+    """The variable's static shape as a list, -1 where a dimension is only known at run time."""
+    return list(block._var_recursive(name).shape)
+
+
+def _bias_add_grad_inputs(block, op, readers):
+    """(inputs, outputs) of `bert_bias_add_grad_cpu` for an `elementwise_add_grad` op that is the gradient
+    of `X [..., N] + Bias [N]` in fp32 with both gradients wanted, else None (the op stays Paddle's).
+
+    Out@GRAD must have this op as its only reader: the kernel hands Out@GRAD's buffer to X@GRAD instead of
+    copying it, which is only safe when nothing else reads Out@GRAD by its own name."""
+    x, y, dout = (op.input(slot) for slot in ("X", "Y", "Out@GRAD"))
+    dx, dy = (op.output(slot) if slot in op.output_names else [] for slot in ("X@GRAD", "Y@GRAD"))
+    if not (x and y and dout and dx and dy) or not all(
+            _fp32_dense(block, name[0]) for name in (x, y, dout, dx, dy)):
+        return None
+    x_shape, y_shape = _shape(block, x[0]), _shape(block, y[0])
+    if len(y_shape) != 1 or y_shape[0] <= 0 or len(x_shape) < 2 or x_shape[-1] != y_shape[0]:
+        return None
+    if op.attr("axis") not in (-1, len(x_shape) - 1):
+        return None
+    if readers.get(dout[0], 0) != 1 or block._var_recursive(dout[0]).persistable or dout[0] in (dx[0], dy[0]):
+        return None
+    var = block._var_recursive
+    return {"Bias": [var(y[0])], "DOut": [var(dout[0])]}, {"DX": [var(dx[0])], "DBias": [var(dy[0])]}
+
+
+def _layer_norm_grad_inputs(block, op, readers):
+    """(inputs, outputs) of `bert_layer_norm_grad_cpu` for a `layer_norm_grad` op in fp32 with a Scale, a
+    known normalised size and all three gradients wanted, else None (the op stays Paddle's). `readers` is
+    unused (the kernel writes fresh outputs, so other readers of Y@GRAD are harmless); the bias matcher's
+    signature."""
+    ins = {slot: op.input(slot) if slot in op.input_names else [] for slot in
+           ("X", "Scale", "Mean", "Variance", "Y@GRAD")}
+    outs = {slot: op.output(slot) if slot in op.output_names else [] for slot in
+            ("X@GRAD", "Scale@GRAD", "Bias@GRAD")}
+    if not all(ins.values()) or not all(outs.values()) or not all(
+            _fp32_dense(block, names[0]) for names in (*ins.values(), *outs.values())):
+        return None
+    x_shape, axis = _shape(block, ins["X"][0]), op.attr("begin_norm_axis")
+    normalised = x_shape[axis:] if 0 < axis < len(x_shape) else []
+    scale_shape = _shape(block, ins["Scale"][0])
+    if not normalised or min(normalised) <= 0 or math.prod(normalised) != math.prod(scale_shape):
+        return None
+    var = block._var_recursive
+    slots_in = {"X": "X", "Scale": "Scale", "Mean": "Mean", "Variance": "Variance", "DY": "Y@GRAD"}
+    slots_out = {"DX": "X@GRAD", "DScale": "Scale@GRAD", "DBias": "Bias@GRAD"}
+    return ({ours: [var(ins[theirs][0])] for ours, theirs in slots_in.items()},
+            {ours: [var(outs[theirs][0])] for ours, theirs in slots_out.items()})
+
+
+def use_cpu_training_kernels(program, kernels=None):
+    """Run the program's bias-add and LayerNorm gradients with the multi-threaded CPU kernels of `cpu_kernels`.
+
+    Why: Paddle 2.6's CPU `elementwise_add_grad` (for `matmul + bias`) and `layer_norm_grad` run on one
+    thread with scalar or multi-pass Eigen code; in a bert-base step on a 2-core CPU they cost about a sixth
+    of the step while the second core idles. The kernels compute the same gradients (dBias and dScale as
+    deterministic block sums: bit-identical for any thread count) with the same input and output
+    variables, so nothing else in the program changes. A rewrite after `minimize`, like
+    `use_cpu_lamb_kernel`, so it composes with gradient merge and the non-finite guard without knowing them.
+
+    Swapped: `elementwise_add_grad` of `X [..., N] + Bias [N]` (broadcast on the last axis, both gradients
+    wanted, Out@GRAD read by this op only) and `layer_norm_grad` with a Scale and all three gradients, all
+    fp32 with the normalised / bias size known. Every other op (same-shape residual adds, the attention mask
+    add, fp16/bf16 ops, unknown shapes) keeps Paddle's op. One log line gives the counts.
+
+    Args:
+      program: a CPU training program after `minimize`.
+      kernels: a `cpu_kernels.build.GradKernels`; default: `grad_kernels()` (builds on first use).
+
+    Returns:
+      dict {Paddle op type: number swapped} ({} when the kernels are unavailable: the reason was logged).
+    """
+    from cpu_kernels import build as cpu_kernels
+
+    candidates = [(block, op) for block in program.blocks for op in block.ops
+                  if op.type in ("elementwise_add_grad", "layer_norm_grad")]
+    if not candidates:
+        return {}
+    kernels = kernels or cpu_kernels.grad_kernels()
+    if kernels.bias_add_grad is None:
+        return {}
+    plan = {"elementwise_add_grad": (kernels.bias_add_grad, _bias_add_grad_inputs, ()),
+            "layer_norm_grad": (kernels.layer_norm_grad, _layer_norm_grad_inputs, ("epsilon", "begin_norm_axis"))}
+    readers = _readers(program)
+    swapped = {op_type: 0 for op_type in plan}
+    seen = {op_type: 0 for op_type in plan}
+    for block, op in candidates:
+        op_type = op.type  # read now: the op's desc is freed when it is removed below
+        kernel_type, match, attr_names = plan[op_type]
+        seen[op_type] += 1
+        slots = match(block, op, readers)
+        if slots is None:
+            continue
+        attrs = {name: op.attr(name) for name in (*attr_names, *COMMON_ATTRS) if op.has_attr(name)}
+        index = block.ops.index(op)
+        # Without a sync per edit (each re-reads the whole block: ~6 s for bert-base): both edits keep the
+        # Python op list and the C++ block in step, and the program is synced once below.
+        block._insert_op_without_sync(index, type=kernel_type, inputs=slots[0], outputs=slots[1], attrs=attrs)
+        block._remove_op(index + 1, sync=False)
+        swapped[op_type] += 1
+    program._sync_with_cpp()
+    logger.info("CPU gradient kernels: %d of %d elementwise_add_grad ops (the fp32 bias adds) -> %s, "
+                "%d of %d layer_norm_grad ops -> %s; the others keep Paddle's op", swapped["elementwise_add_grad"],
+                seen["elementwise_add_grad"], kernels.bias_add_grad, swapped["layer_norm_grad"],
+                seen["layer_norm_grad"], kernels.layer_norm_grad)
+    return swapped

@@ -22,7 +22,7 @@ measured (`program.build_pretraining`, `program.build_squad`, `program.to_bf16_i
    12-layer programs with their optimizer states (about 5 GB each) in one process slowed each other
    (measured: ours 1.20 seq/s beside the others, 1.46 alone), and torch and paddle each bring an OpenMP
    runtime. The sides: ours as a CPU run builds it (the `cpu_kernels` ops: fused LAMB,
-   dropout); ours with Paddle's own ops instead (what those kernels buy); the stock-layer baseline; HF transformers' BertForPreTraining with
+   dropout, bias-add and LayerNorm gradients); ours with Paddle's own ops instead (what those kernels buy); the stock-layer baseline; HF transformers' BertForPreTraining with
    torch's AdamW in fp32; the same under `torch.autocast("cpu", bfloat16)` (fp32 master weights, what
    `--bf16 --use_cpu` runs), only where the CPU has avx512_bf16 or amx_bf16 (one line says so otherwise).
    torch + transformers come from the child's path (`--hf-path DIR` for a `pip install --target DIR torch
@@ -258,7 +258,7 @@ def build_side(paddle, program_lib, cfg, side, seed):
     train_cfg = program_lib.TrainConfig(optimizer="Lamb", learning_rate=LR, total_steps=1000,
                                         weight_decay=WEIGHT_DECAY, grad_clip_norm=CLIP, device="cpu",
                                         seed=seed, cpu_lamb_kernel=side == "ours",
-                                        cpu_dropout_kernel=side == "ours")
+                                        cpu_dropout_kernel=side == "ours", cpu_training_kernels=side == "ours")
     bundle = program_lib.build_pretraining(cfg, train_cfg)
     return bundle.main_program, bundle.startup_program, bundle.fetches["loss"]
 

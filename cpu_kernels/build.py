@@ -1,8 +1,10 @@
 """Build, cache and register this project's CPU kernels (Paddle custom operators compiled on first use).
 
-Owns: where the compiled library lives, when it is rebuilt, how concurrent processes share one build, and
-the one line that says which LAMB implementation a CPU run uses. Does not own which ops of a program use
-the kernel (`program_rewrites.use_cpu_lamb_kernel` rewrites them) nor the kernel itself (`lamb_cpu.cc`).
+Owns: where the compiled library lives, when it is rebuilt, how concurrent processes share one build, the
+one line that says which LAMB implementation a CPU run uses, and whether the gradient kernels are on. Does
+not own which ops of a program use the kernels (`program_rewrites.use_cpu_lamb_kernel` and
+`use_cpu_training_kernels` rewrite them) nor the kernels themselves (`lamb_cpu.cc`, `bias_add_grad_cpu.cc`,
+`layer_norm_grad_cpu.cc`, `dropout_cpu.cc`, their shared `parallel.h`).
 
 Why compiled here and not shipped: a custom operator must be built against the installed Paddle's headers
 and ABI, and `-march=native` lets the compiler use the vector width of the CPU it runs on. The build takes
@@ -14,9 +16,10 @@ gets its own build instead of a wrong one. The built library's SHA-256 is record
 never completely copied is rebuilt (one warning says so) instead of failing to load in every later run.
 
 Where: `$BERT_PADDLE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/bert-paddle/kernels`, else
-`~/.cache/bert-paddle/kernels`. `BERT_PADDLE_CPU_KERNELS=0` keeps Paddle's own ops (nothing is built).
-When the build cannot run (no C++ compiler, no Python headers, a read-only cache), training still works
-with Paddle's `lamb` op and one warning says why.
+`~/.cache/bert-paddle/kernels`. `BERT_PADDLE_CPU_KERNELS=0` keeps Paddle's own ops (nothing is built);
+`BERT_PADDLE_CPU_GRAD_KERNELS=0` keeps only Paddle's gradient ops (`elementwise_add_grad`,
+`layer_norm_grad`) and still uses the LAMB kernel. When the build cannot run (no C++ compiler, no Python
+headers, a read-only cache), training still works with Paddle's ops and one warning says why.
 
 Usage:
   python -m cpu_kernels.build          # build now (setup.sh does), print where, exit 1 if it failed
@@ -41,14 +44,18 @@ from utils.fs import atomic_write_text, sha256_file
 logger = logging.getLogger(__name__)
 
 LAMB_OP, DROPOUT_OP = "bert_lamb_cpu", "bert_dropout_cpu"
+BIAS_ADD_GRAD_OP, LAYER_NORM_GRAD_OP = "bert_bias_add_grad_cpu", "bert_layer_norm_grad_cpu"
 LIBRARY = "bert_cpu_kernels"
-SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-                for name in ("lamb_cpu.cc", "dropout_cpu.cc"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = tuple(os.path.join(_HERE, name) for name in
+                ("lamb_cpu.cc", "dropout_cpu.cc", "bias_add_grad_cpu.cc", "layer_norm_grad_cpu.cc"))
+HEADERS = (os.path.join(_HERE, "parallel.h"),)  # not compiled on their own, but part of the cache key
 # -ffp-contract=off: no fused multiply-adds, so every element rounds exactly as Paddle's own kernel does.
 # -fno-math-errno: sqrt need not set errno, which is what lets the compiler vectorise it.
 CXX_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
 LD_FLAGS = ("-pthread",)  # the kernel's threads are std::threads (see lamb_cpu.cc)
 ENABLE_VAR, CACHE_VAR = "BERT_PADDLE_CPU_KERNELS", "BERT_PADDLE_KERNEL_CACHE"
+GRAD_ENABLE_VAR = "BERT_PADDLE_CPU_GRAD_KERNELS"
 BUILD_TIMEOUT_S = 600
 
 
@@ -98,9 +105,9 @@ def _cpu_identity(cpuinfo="/proc/cpuinfo"):
 
 
 def cache_key(paddle_version, compiler, cpu=None):
-    """16 hex digits naming one build: sources, flags, Paddle build, compiler and CPU."""
+    """16 hex digits naming one build: sources and headers, flags, Paddle build, compiler and CPU."""
     digest = hashlib.sha256()
-    for path in SOURCES:
+    for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             digest.update(f.read())
     for part in (*CXX_FLAGS, "|", *LD_FLAGS, "|", paddle_version, compiler, cpu or _cpu_identity()):
@@ -200,6 +207,41 @@ def _install(built, target):
 
 
 _STATUS = None
+_GRAD_STATUS = None
+_REGISTERED = {}  # library path -> op types it registered: Paddle registers a library once per process
+
+
+@dataclasses.dataclass(frozen=True)
+class GradKernels:
+    """What `grad_kernels()` found: the op types of the gradient kernels, or None each when Paddle's own
+    `elementwise_add_grad` / `layer_norm_grad` must be used, and `reason` says why."""
+    bias_add_grad: str = None
+    layer_norm_grad: str = None
+    reason: str = ""
+
+
+def _disabled(environ, var):
+    return environ.get(var, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _load(environ, wanted):
+    """Build (or find) the library and register its ops; returns (path, build seconds, ops).
+
+    Raises:
+      RuntimeError, OSError, subprocess.SubprocessError, ImportError: the build or the load failed, or the
+        library does not register `wanted`.
+    """
+    path, seconds = build_library(environ)
+    if path not in _REGISTERED:
+        from paddle.utils.cpp_extension.extension_utils import load_op_meta_info_and_register_op
+        _REGISTERED[path] = tuple(load_op_meta_info_and_register_op(path))
+    if wanted not in _REGISTERED[path]:
+        raise RuntimeError(f"{path} registers {list(_REGISTERED[path])}, not {wanted}")
+    return path, seconds, _REGISTERED[path]
+
+
+def _first_line(err):
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def lamb_kernel(environ=os.environ):
@@ -211,18 +253,14 @@ def lamb_kernel(environ=os.environ):
     global _STATUS
     if _STATUS is not None:
         return _STATUS
-    if environ.get(ENABLE_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _disabled(environ, ENABLE_VAR):
         _STATUS = KernelStatus(reason=f"{ENABLE_VAR}={environ[ENABLE_VAR]}")
         logger.info("CPU LAMB update: Paddle's lamb op (%s)", _STATUS.reason)
         return _STATUS
     try:
-        path, seconds = build_library(environ)
-        from paddle.utils.cpp_extension.extension_utils import load_op_meta_info_and_register_op
-        registered = load_op_meta_info_and_register_op(path)
-        if LAMB_OP not in registered:
-            raise RuntimeError(f"{path} registers {registered}, not {LAMB_OP}")
+        path, seconds, registered = _load(environ, LAMB_OP)
     except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as err:
-        _STATUS = KernelStatus(reason=str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        _STATUS = KernelStatus(reason=_first_line(err))
         logger.warning("CPU LAMB update: Paddle's lamb op (the fused kernel could not be built: %s; "
                        "%s=0 stops trying)", _STATUS.reason, ENABLE_VAR)
         return _STATUS
@@ -231,6 +269,37 @@ def lamb_kernel(environ=os.environ):
     logger.info("CPU LAMB update: fused kernel %s (%s threads; %s: %s)", LAMB_OP,
                 os.environ.get("OMP_NUM_THREADS", "?"), built, path)
     return _STATUS
+
+
+def grad_kernels(environ=os.environ):
+    """Register the CPU gradient kernels (bias add, LayerNorm) once per process.
+
+    Logs only when they are off or unavailable (one line, saying why); the rewrite that uses them logs how
+    many ops it swapped.
+
+    Returns:
+      GradKernels: their op types, or None each with the reason.
+    """
+    global _GRAD_STATUS
+    if _GRAD_STATUS is not None:
+        return _GRAD_STATUS
+    off = [var for var in (ENABLE_VAR, GRAD_ENABLE_VAR) if _disabled(environ, var)]
+    if off:
+        _GRAD_STATUS = GradKernels(reason=f"{off[0]}={environ[off[0]]}")
+        logger.info("CPU gradient kernels: Paddle's elementwise_add_grad and layer_norm_grad (%s)",
+                    _GRAD_STATUS.reason)
+        return _GRAD_STATUS
+    try:
+        _load(environ, BIAS_ADD_GRAD_OP)
+        _load(environ, LAYER_NORM_GRAD_OP)
+    except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as err:
+        _GRAD_STATUS = GradKernels(reason=_first_line(err))
+        logger.warning("CPU gradient kernels: Paddle's elementwise_add_grad and layer_norm_grad (the "
+                       "kernels could not be built: %s; %s=0 stops trying)", _GRAD_STATUS.reason, GRAD_ENABLE_VAR)
+        return _GRAD_STATUS
+    _GRAD_STATUS = GradKernels(bias_add_grad=BIAS_ADD_GRAD_OP, layer_norm_grad=LAYER_NORM_GRAD_OP,
+                               reason="registered")
+    return _GRAD_STATUS
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@
 // through std::uniform_real_distribution, on one thread: about 10 ns per element, 0.4 s of a 5.3 s
 // bert-base pre-training step on a 2-core CPU (38 dropout layers, ~39 M elements per step). This kernel
 // makes the same kind of mask from a counter-based generator, so any element's draw can be computed on
-// its own: the work splits over threads and vectorises, and the mask does not depend on the thread count.
+// its own: the work splits over threads (`parallel.h`), and the mask does not depend on the thread count.
 //
 // The generator: element i of a call keyed by (seed, stream) gets the SplitMix64 output
 //   z = (seed ^ (stream * K1)) + (i + 1) * K2,   z = mix64(z),   u = (z >> 40) / 2^24   in [0, 1)
@@ -20,50 +20,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <thread>
 #include <vector>
 
 #include "paddle/extension.h"
+#include "parallel.h"
 
 namespace {
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // SplitMix64's increment (2^64 / golden ratio)
 constexpr uint64_t kStream = 0xD1B54A32D192ED03ull;  // an odd constant that spreads stream ids apart
-constexpr int64_t kMinPerThread = int64_t{1} << 17;  // below this one thread is faster than starting two
 
 inline uint64_t Mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
-}
-
-int Threads() {
-  static const int threads = [] {
-    const char* env = std::getenv("OMP_NUM_THREADS");
-    const int n = env ? std::atoi(env) : 0;
-    return n > 0 ? std::min(n, 64) : 1;
-  }();
-  return threads;
-}
-
-// Calls body(lo, hi) on contiguous ranges of [0, n), one per thread (plain std::threads joined before
-// returning, not an OpenMP team whose spinning workers would take the cores from the next op).
-template <typename Body>
-void ForRange(int64_t n, const Body& body) {
-  const int64_t threads = std::min<int64_t>(Threads(), std::max<int64_t>(1, n / kMinPerThread));
-  if (threads <= 1) {
-    body(int64_t{0}, n);
-    return;
-  }
-  const int64_t per = (n + threads - 1) / threads;
-  std::vector<std::thread> workers;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t lo = std::min(n, t * per), hi = std::min(n, lo + per);
-    workers.emplace_back([&body, lo, hi] { body(lo, hi); });
-  }
-  body(int64_t{0}, std::min(n, per));
-  for (auto& worker : workers) worker.join();
 }
 
 std::vector<paddle::Tensor> DropoutCpu(const paddle::Tensor& x, const paddle::Tensor& seed, float p,
@@ -87,7 +57,7 @@ std::vector<paddle::Tensor> DropoutCpu(const paddle::Tensor& x, const paddle::Te
   // u < p  <=>  (z >> 40) < ceil(p * 2^24), compared in integers (p * 2^24 is exact in double).
   const uint64_t threshold = static_cast<uint64_t>(std::ceil(static_cast<double>(p) * 16777216.0));
   const float scale = upscale_in_train ? 1.0f - p : 1.0f;
-  ForRange(n, [&](int64_t lo, int64_t hi) {
+  bert_cpu::ParallelFor(n, n, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const uint64_t z = Mix64(key + static_cast<uint64_t>(i + 1) * kGolden);
       const bool keep = (z >> 40) >= threshold;

@@ -117,9 +117,9 @@ def _train(seed, steps=2, swap=True):
 
 
 def test_the_rewrite_swaps_every_training_dropout_and_paddle_seed_decides_the_masks(kernel, caplog):
-    with caplog.at_level("INFO", logger="program"):
+    with caplog.at_level("INFO", logger="program_rewrites"):
         bundle, losses = _train(seed=10)
-    assert "CPU dropout: 7 training dropout op(s) run the multi-threaded kernel" in caplog.text
+    assert "CPU dropout: 7 training dropout op(s) run the multi-threaded kernel bert_dropout_cpu" in caplog.text
     types = [op.type for block in bundle.main_program.blocks for op in block.ops]
     # 2 layers x (attention probs, attention output, FFN output) + embeddings = 7 dropouts.
     assert types.count(kernels.DROPOUT_OP) == 7 and "dropout" not in types
