@@ -274,6 +274,17 @@ def _swappable_dropout(block, op):
     return _fp32_dense(block, op.input("X")[0])
 
 
+def dropout_implementation(program):
+    """Which dropout makes `program`'s training masks: "bert_dropout_cpu" (the CPU kernel's counter-based
+    generator) or "dropout" (Paddle's op), or "none" for a program without training dropout."""
+    from cpu_kernels import build as cpu_kernels
+
+    types = {op.type for block in program.blocks for op in block.ops}
+    if cpu_kernels.DROPOUT_OP in types:
+        return cpu_kernels.DROPOUT_OP
+    return "dropout" if "dropout" in types else "none"
+
+
 def use_cpu_dropout_kernel(program, kernel=None):
     """Run the program's training dropouts with the CPU kernel of `cpu_kernels` (`bert_dropout_cpu`).
 

@@ -24,6 +24,7 @@ import time
 import paddle
 
 import program as program_lib
+import program_rewrites
 from data.loader.lddl_loader import get_bert_pretrain_data_loader
 from optimizer import decay_exclusion_summary
 from tasks import resume_agreement
@@ -103,9 +104,15 @@ class PretrainSession:
         """What a resume must not change (`Progress.settings`): the flags outside RESUME_MAY_CHANGE, plus the
         optimizer's rules that no flag sets (they are code, and code changes between two invocations)."""
         params = [p.name for p in self.bundle.main_program.all_parameters()]
-        return {**resume_settings(self.cfg.flags),
-                "gradient clipping (global norm)": self.train_cfg.grad_clip_norm,
-                "weight-decay exclusions": decay_exclusion_summary(params)}
+        settings = {**resume_settings(self.cfg.flags),
+                    "gradient clipping (global norm)": self.train_cfg.grad_clip_norm,
+                    "weight-decay exclusions": decay_exclusion_summary(params)}
+        if self.train_cfg.device == "cpu":
+            # The CPU dropout kernel draws other masks than Paddle's op from the same seed: a CPU resume that
+            # switched between them (BERT_PADDLE_CPU_KERNELS) would not continue the same training. Not
+            # recorded on GPU, where neither runs, so a resume may still move between devices.
+            settings["CPU dropout masks"] = program_rewrites.dropout_implementation(self.bundle.main_program)
+        return settings
 
     def _eval_batches(self):
         """The fixed evaluation set of --eval-dir (rank 0 only: it alone evaluates), or None."""

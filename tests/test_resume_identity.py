@@ -110,6 +110,16 @@ def test_resume_with_a_changed_math_setting_is_refused_in_one_line(shards, run_t
     assert sorted(os.listdir(out / "bert-tiny" / "phase1")) == before  # nothing moved aside or written
 
 
+def test_a_cpu_resume_that_switches_the_dropout_kernel_is_refused(shards, run_t, tmp_path):
+    """The CPU dropout kernel and Paddle's op draw other masks from the same seed: switching between them
+    (BERT_PADDLE_CPU_KERNELS=0) would continue another training."""
+    out = _copy(run_t, tmp_path)
+    proc = subprocess.run([PY, *_resume(shards, out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**_env(), "BERT_PADDLE_CPU_KERNELS": "0"})
+    assert proc.returncode == 2 and len(_errors(proc)) == 1, proc.stderr[-3000:]
+    assert "CPU dropout masks: 'bert_dropout_cpu' in the checkpoint, 'dropout' now" in _errors(proc)[0]
+
+
 def test_resume_may_change_how_it_runs_and_logs(shards, run_t, tmp_path):
     out = _copy(run_t, tmp_path)
     proc = _run(_resume(shards, out, "--log-freq", "3", "--num-workers", "1", "--num-steps-per-checkpoint", "3",
