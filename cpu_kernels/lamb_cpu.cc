@@ -31,25 +31,17 @@
 #include <vector>
 
 #include "paddle/extension.h"
+#include "parallel.h"
 
 namespace {
 
 constexpr int64_t kChunk = int64_t{1} << 16;
 constexpr int64_t kParallelChunks = 16;  // below ~1 M elements one thread is faster than starting more
 
-int Threads() {
-  static const int threads = [] {
-    const char* env = std::getenv("OMP_NUM_THREADS");
-    const int n = env ? std::atoi(env) : 0;
-    return n > 0 ? std::min(n, 64) : 1;
-  }();
-  return threads;
-}
-
 // Calls body(first_chunk, end_chunk) on contiguous ranges of [0, chunks), one per thread.
 template <typename Body>
 void ForChunks(int64_t chunks, const Body& body) {
-  const int64_t threads = std::min<int64_t>(Threads(), chunks / kParallelChunks);
+  const int64_t threads = std::min<int64_t>(bert_cpu::Threads(), chunks / kParallelChunks);
   if (threads <= 1) {
     body(int64_t{0}, chunks);
     return;

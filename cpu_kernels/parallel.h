@@ -1,5 +1,5 @@
 // Threads and deterministic block sums shared by the gradient kernels (bias_add_grad_cpu.cc,
-// layer_norm_grad_cpu.cc) and the dropout kernel (dropout_cpu.cc). lamb_cpu.cc keeps its own copy of the thread helper, which predates this file.
+// layer_norm_grad_cpu.cc) and the dropout kernel (dropout_cpu.cc); lamb_cpu.cc takes the thread count.
 //
 // Threads: plain std::threads started per call and joined before returning -- not an OpenMP team. An
 // OpenMP runtime keeps its workers spinning after each parallel region, and on a 2-core machine those

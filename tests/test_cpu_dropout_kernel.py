@@ -10,14 +10,11 @@ import numpy as np
 import paddle
 import pytest
 
-import program as P
 import program_rewrites
+from tiny_training import train_tiny
 from cpu_kernels import build as kernels
-from modeling import BertConfig
 
 pytestmark = pytest.mark.usefixtures("static_graph")
-TINY = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=32, max_position_embeddings=32)
 GOLDEN, STREAM = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)
 
 
@@ -95,25 +92,9 @@ def test_edge_probabilities_and_downgrade_in_infer(kernel):
     np.testing.assert_array_equal(out, np.where(mask == 1, x, np.float32(0)))  # no scaling in training
 
 
-def _train(seed, steps=2, swap=True):
-    train_cfg = P.TrainConfig(optimizer="Lamb", learning_rate=1e-3, total_steps=10, device="cpu",
-                              cpu_dropout_kernel=swap, seed=3)
-    bundle = P.build_pretraining(TINY, train_cfg)
-    exe, scope = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
-    exe.run(bundle.startup_program, scope=scope)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, TINY.vocab_size, size=(4, 16)).astype(np.int64)
-    labels = np.full((4, 16), -1, np.int64)
-    labels[:, 3] = ids[:, 3]
-    feed = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
-            "attention_mask": np.ones((4, 1, 1, 16), np.int64),
-            "next_sentence_labels": np.zeros((4, 1), np.int64), "masked_lm_labels": labels}
-    losses = []
-    for step in range(steps):
-        paddle.seed(seed + step)  # as the pretraining loop seeds every micro-batch
-        losses.append(float(np.asarray(exe.run(bundle.main_program, feed=feed, scope=scope,
-                                               fetch_list=[bundle.fetches["loss"]])[0]).reshape(-1)[0]))
-    return bundle, losses
+def _train(seed, swap=True):
+    run = train_tiny(steps=2, seed_each_step=seed, cpu_dropout_kernel=swap)
+    return run.bundle, run.losses
 
 
 def test_the_rewrite_swaps_every_training_dropout_and_paddle_seed_decides_the_masks(kernel, caplog):

@@ -18,13 +18,11 @@ import pytest
 
 import program as P
 import program_rewrites
+from tiny_training import TINY, train_tiny
 from cpu_kernels import build as kernels
-from modeling import BertConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("static_graph")
-TINY = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=32, max_position_embeddings=32)
 
 
 @pytest.fixture(scope="module")
@@ -123,25 +121,9 @@ def test_result_does_not_depend_on_the_thread_count(kernel, tmp_path):
     assert digests[0] == digests[1]
 
 
-def _train(cpu_lamb_kernel, steps=3):
-    cfg = P.TrainConfig(optimizer="Lamb", learning_rate=1e-3, total_steps=10, warmup_steps=0, device="cpu",
-                        seed=3, cpu_lamb_kernel=cpu_lamb_kernel, cpu_dropout_kernel=False)
-    with paddle.utils.unique_name.guard():
-        bundle = P.build_pretraining(TINY, cfg)
-    rng = np.random.default_rng(0)
-    batch, seq = 4, 16
-    labels = np.full((batch, seq), -1, np.int64)
-    labels[:, 3:6] = rng.integers(5, 60, (batch, 3))
-    feed = {"input_ids": rng.integers(5, 60, (batch, seq)), "token_type_ids": np.zeros((batch, seq), np.int64),
-            "attention_mask": np.ones((batch, 1, 1, seq), np.int64),
-            "next_sentence_labels": rng.integers(0, 2, (batch, 1)), "masked_lm_labels": labels}
-    exe, scope = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
-    paddle.seed(5)
-    exe.run(bundle.startup_program, scope=scope)
-    losses = [float(exe.run(bundle.main_program, feed=feed, fetch_list=[bundle.fetches["loss"]], scope=scope)[0])
-              for _ in range(steps)]
-    state = sorted(v.name for v in bundle.main_program.list_vars() if v.persistable)
-    return bundle, losses, state
+def _train(cpu_lamb_kernel):
+    run = train_tiny(cpu_lamb_kernel=cpu_lamb_kernel, cpu_dropout_kernel=False)
+    return run.bundle, run.losses, run.state
 
 
 def test_pretraining_program_runs_lamb_with_the_kernel_and_keeps_paddles_state(kernel):

@@ -17,13 +17,11 @@ import pytest
 
 import program as P
 import program_rewrites
+from tiny_training import TINY, train_tiny
 from cpu_kernels import build as kernels
-from modeling import BertConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("static_graph")
-TINY = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=32, max_position_embeddings=32)
 
 
 @pytest.fixture(scope="module")
@@ -144,26 +142,9 @@ def test_sums_do_not_depend_on_the_thread_count(grad_kernels, tmp_path):
     assert digests[0] == digests[1]
 
 
-def _train(cpu_training_kernels, steps=3, gradient_merge_steps=1):
-    cfg = P.TrainConfig(optimizer="Lamb", learning_rate=1e-3, total_steps=10, warmup_steps=0, device="cpu",
-                        seed=3, cpu_training_kernels=cpu_training_kernels,
-                        gradient_merge_steps=gradient_merge_steps)
-    with paddle.utils.unique_name.guard():
-        bundle = P.build_pretraining(TINY, cfg)
-    rng = np.random.default_rng(0)
-    batch, seq = 4, 16
-    labels = np.full((batch, seq), -1, np.int64)
-    labels[:, 3:6] = rng.integers(5, 60, (batch, 3))
-    feed = {"input_ids": rng.integers(5, 60, (batch, seq)), "token_type_ids": np.zeros((batch, seq), np.int64),
-            "attention_mask": np.ones((batch, 1, 1, seq), np.int64),
-            "next_sentence_labels": rng.integers(0, 2, (batch, 1)), "masked_lm_labels": labels}
-    exe, scope = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
-    paddle.seed(5)
-    exe.run(bundle.startup_program, scope=scope)
-    losses = [float(exe.run(bundle.main_program, feed=feed, fetch_list=[bundle.fetches["loss"]], scope=scope)[0])
-              for _ in range(steps)]
-    params = {p.name: np.array(scope.find_var(p.name).get_tensor()) for p in bundle.main_program.all_parameters()}
-    return bundle, losses, params
+def _train(cpu_training_kernels, gradient_merge_steps=1):
+    run = train_tiny(cpu_training_kernels=cpu_training_kernels, gradient_merge_steps=gradient_merge_steps)
+    return run.bundle, run.losses, run.params
 
 
 def _types(program):
