@@ -12,13 +12,14 @@ the end-to-end run in the README).
 Does not own: the model, export or predictor (`inference.*`).
 
 Routes: baseline (executor, fp32), fp32 / bf16 / int8 (QAPredictor; bf16 only where
-utils.runtime.cpu_bf16_support says it runs, otherwise one line says why), hf-torch (a subprocess, when
-`torch` and `transformers` import; run with the same thread count).
+utils.runtime.cpu_bf16_support says it runs, otherwise one line says why), hf-torch and hf-torch-bf16 (HF
+transformers in fp32, and under `torch.autocast("cpu", bfloat16)` where the CPU has native bf16; one
+subprocess, when `torch` and `transformers` import; run with the same thread count).
 
 Usage (from the repo root):
   OMP_NUM_THREADS=2 python -m benchmarks.bench_inference --output-dir results/bench_inference \
       [--bert-model bert-base-uncased] [--num-hidden-layers 4] [--batch-sizes 1,8,32] [--seq-lengths 128,384] \
-      [--routes baseline,fp32,bf16,int8,hf-torch] [--warmup 2] [--iterations 10] [--max-seconds 30] \
+      [--routes baseline,fp32,bf16,int8,hf-torch,hf-torch-bf16] [--warmup 2] [--iterations 10] [--max-seconds 30] \
       [--hf-path DIR]   # torch + transformers installed apart: pip install --target DIR torch==2.13.0+cpu transformers
 """
 import zlib  # noqa: F401  -- before paddle: libpaddle's own zlib symbols crash later zlib users
@@ -35,17 +36,18 @@ import time
 
 import numpy as np
 
-from benchmarks.machine import machine_line, peak_rss_mb
+from benchmarks.machine import has_native_bf16, machine_line, peak_rss_mb
 from benchmarks.torch_worker import run_torch_worker
 from utils.cli import ArgumentParser
 
 logger = logging.getLogger("bench_inference")
 
-ROUTES = ("baseline", "fp32", "bf16", "int8", "hf-torch")
+ROUTES = ("baseline", "fp32", "bf16", "int8", "hf-torch", "hf-torch-bf16")
+HF_ROUTES = ("hf-torch", "hf-torch-bf16")  # torch fp32, and torch under autocast(bfloat16)
 RSS_NOTE = ("peak RSS: the peak of the process that ran the row, at the end of that row's runs. The Paddle routes "
             "share one process (export first, then each route over every shape, in the order baseline, fp32, "
-            "bf16, int8), so a Paddle row's figure includes everything that process ran before it; hf-torch "
-            "runs in a process of its own.")
+            "bf16, int8), so a Paddle row's figure includes everything that process ran before it; the hf-torch "
+            "routes share a process of their own (fp32 first).")
 CALIBRATION_BATCHES = 4
 
 
@@ -170,23 +172,27 @@ def hf_worker(spec):
         num_attention_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
         max_position_embeddings=c["max_position_embeddings"], type_vocab_size=c["type_vocab_size"])).eval()
     rows = []
-    with torch.inference_mode():
-        for seq in spec["seq_lengths"]:
-            for batch in spec["batch_sizes"]:
-                feed = random_feed(c["vocab_size"], batch, seq)
-                inputs = {"input_ids": torch.from_numpy(feed["input_ids"]),
-                          "token_type_ids": torch.from_numpy(feed["token_type_ids"]),
-                          "attention_mask": torch.from_numpy(feed["attention_mask"][:, 0, 0, :])}
-                latencies = time_runs(lambda: model(**inputs), spec["warmup"], spec["iterations"],
-                                      spec["max_seconds"])
-                rows.append(dataclasses.asdict(dataclasses.replace(
-                    summarise("hf-torch", batch, seq, latencies), peak_rss_mb=peak_rss_mb())))
+    for route in spec["routes"]:
+        bf16 = route == "hf-torch-bf16"
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for seq in spec["seq_lengths"]:
+                for batch in spec["batch_sizes"]:
+                    feed = random_feed(c["vocab_size"], batch, seq)
+                    inputs = {"input_ids": torch.from_numpy(feed["input_ids"]),
+                              "token_type_ids": torch.from_numpy(feed["token_type_ids"]),
+                              "attention_mask": torch.from_numpy(feed["attention_mask"][:, 0, 0, :])}
+                    latencies = time_runs(lambda: model(**inputs), spec["warmup"], spec["iterations"],
+                                          spec["max_seconds"])
+                    rows.append(dataclasses.asdict(dataclasses.replace(
+                        summarise(route, batch, seq, latencies), peak_rss_mb=peak_rss_mb())))
     print(json.dumps({"rows": rows, "torch": torch.__version__}))
 
 
-def hf_rows(cfg, args):
-    """Rows of HF transformers on torch, or [] with one line saying why not."""
-    spec = {"threads": args.threads, "config": cfg.to_dict(), "seq_lengths": args.seq_lengths,
+def hf_rows(cfg, args, routes):
+    """Rows of HF transformers on torch for `routes` (of HF_ROUTES; both run in one worker process, fp32
+    first), or [] with one line saying why not."""
+    spec = {"routes": list(routes), "threads": args.threads, "config": cfg.to_dict(),
+            "seq_lengths": args.seq_lengths,
             "batch_sizes": args.batch_sizes, "warmup": args.warmup, "iterations": args.iterations,
             "max_seconds": args.max_seconds}
     result = run_torch_worker("benchmarks.bench_inference", spec, args.threads, args.hf_path)
@@ -288,7 +294,7 @@ def main(argv=None):
     from tasks.flags import CONFIG_DIR
     from utils.logger import init_logging
     from utils.report import build_metric_logger
-    from utils.runtime import cpu_bf16_support
+    from utils.runtime import cpu_bf16_support, cpu_flags
 
     init_logging()
     cpu = machine_line()
@@ -306,9 +312,12 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, num_hidden_layers=args.num_hidden_layers)
     if max(args.seq_lengths) > cfg.max_position_embeddings:
         raise ValueError(f"--seq-lengths exceed the model's max_position_embeddings ({cfg.max_position_embeddings})")
-    rows = paddle_rows(cfg, args, [r for r in routes if r != "hf-torch"])
-    if "hf-torch" in routes:
-        rows += hf_rows(cfg, args)
+    if "hf-torch-bf16" in routes and not has_native_bf16(cpu_flags()):
+        logger.warning("hf-torch-bf16 skipped: this CPU has no avx512_bf16 or amx_bf16 (torch would emulate bf16)")
+        routes.remove("hf-torch-bf16")
+    rows = paddle_rows(cfg, args, [r for r in routes if r not in HF_ROUTES])
+    if any(r in HF_ROUTES for r in routes):
+        rows += hf_rows(cfg, args, [r for r in HF_ROUTES if r in routes])
     add_speedups(rows)
     title = (f"{args.bert_model}, {cfg.num_hidden_layers} layers, {args.threads} threads, random full-length "
              "windows")

@@ -154,4 +154,4 @@ def test_the_inference_table_shows_each_rows_peak_memory_and_says_whose():
     lines = bi.table(rows).splitlines()
     assert lines[0].endswith("| x baseline | peak RSS MB |")
     assert lines[2].endswith("| 1.00 | 1234 |") and lines[3].endswith("| - | - |")
-    assert "share one process" in bi.RSS_NOTE and "hf-torch runs in a process of its own" in bi.RSS_NOTE
+    assert "share one process" in bi.RSS_NOTE and "hf-torch routes share a process of their own" in bi.RSS_NOTE
