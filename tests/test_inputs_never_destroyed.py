@@ -213,8 +213,9 @@ def test_an_incomplete_glue_task_directory_is_moved_aside_not_deleted(tmp_path):
 # ---------------------------------------------------------------------------------------------- item 3
 
 
-def test_squad_training_into_a_fine_tuned_model_is_refused_then_moved_aside(tmp_path):
-    import run_squad
+def tiny_squad_run(tmp_path):
+    """Writes a tiny SQuAD run's inputs into `tmp_path` (vocab.txt, tiny.json, train.json, pre/ with encoder
+    weights) and returns run_squad's flags for one training run on them into tmp_path/R."""
     from test_run_squad import squad_json, PARAGRAPHS, SPECIAL, TINY, _write_encoder_params
 
     words = sorted({w for c, qas in PARAGRAPHS for t in [c] + [q for _, q, _ in qas] for w in t.split()})
@@ -223,11 +224,16 @@ def test_squad_training_into_a_fine_tuned_model_is_refused_then_moved_aside(tmp_
     (tmp_path / "train.json").write_text(json.dumps(squad_json(PARAGRAPHS)))
     (tmp_path / "pre").mkdir()
     _write_encoder_params(tmp_path / "tiny.json", tmp_path / "pre" / "bert_paddle.pdparams")
-    argv = ["--vocab-file", str(tmp_path / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",
-            "--output-dir", str(tmp_path / "R"), "--device", "cpu", "--max-seq-length", "32", "--doc-stride", "16",
-            "--max-query-length", "12", "--show-config", "false", "--config-file", str(tmp_path / "tiny.json"),
-            "--from-pretrained-params", str(tmp_path / "pre"), "--train-file", str(tmp_path / "train.json"),
-            "--train-batch-size", "3", "--max-steps", "1", "--mode", "train"]
+    return ["--vocab-file", str(tmp_path / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",
+            "--config-file", str(tmp_path / "tiny.json"), "--output-dir", str(tmp_path / "R"), "--device", "cpu",
+            "--max-seq-length", "32", "--doc-stride", "16", "--max-query-length", "12", "--mode", "train",
+            "--from-pretrained-params", str(tmp_path / "pre"), "--train-file", str(tmp_path / "train.json")]
+
+
+def test_squad_training_into_a_fine_tuned_model_is_refused_then_moved_aside(tmp_path):
+    import run_squad
+
+    argv = tiny_squad_run(tmp_path) + ["--show-config", "false", "--train-batch-size", "3", "--max-steps", "1"]
     squad = tmp_path / "R" / "custom" / "squad"
     squad.mkdir(parents=True)
     (squad / "bert_paddle.pdparams").write_bytes(b"the old fine-tuned model")
@@ -291,18 +297,8 @@ def test_a_report_file_that_is_an_input_is_refused_in_every_runner(tmp_path):
     import run_pretraining_inference
     import run_squad
     from test_run_glue import HEADER, PAIRS, SPECIAL as GLUE_SPECIAL, TINY as GLUE_TINY, WORDS
-    from test_run_squad import PARAGRAPHS, SPECIAL, TINY, squad_json, _write_encoder_params
 
-    words = sorted({w for c, qas in PARAGRAPHS for t in [c] + [q for _, q, _ in qas] for w in t.split()})
-    (tmp_path / "vocab.txt").write_text("\n".join(SPECIAL + words) + "\n")
-    (tmp_path / "tiny.json").write_text(json.dumps(dict(TINY, vocab_size=len(SPECIAL) + len(words))))
-    (tmp_path / "train.json").write_text(json.dumps(squad_json(PARAGRAPHS)))
-    (tmp_path / "pre").mkdir()
-    _write_encoder_params(tmp_path / "tiny.json", tmp_path / "pre" / "bert_paddle.pdparams")
-    squad = ["--vocab-file", str(tmp_path / "vocab.txt"), "--do-lower-case", "--bert-model", "custom",
-             "--config-file", str(tmp_path / "tiny.json"), "--output-dir", str(tmp_path / "R"), "--device", "cpu",
-             "--max-seq-length", "32", "--doc-stride", "16", "--max-query-length", "12", "--mode", "train",
-             "--from-pretrained-params", str(tmp_path / "pre"), "--train-file", str(tmp_path / "train.json")]
+    squad = tiny_squad_run(tmp_path)
     (tmp_path / "MRPC").mkdir()
     rows = [f"{int(a == b)}\t{i}\t{i + 100}\t{a}\t{b}" for i, (a, b) in enumerate(PAIRS)]
     (tmp_path / "MRPC" / "train.tsv").write_text(HEADER + "\n".join(rows) + "\n")
