@@ -310,6 +310,7 @@ def use_cpu_dropout_kernel(program, kernel=None):
         return 0
     kernel = kernel or cpu_kernels.lamb_kernel()
     if cpu_kernels.DROPOUT_OP not in kernel.ops:
+        logger.info("CPU dropout: Paddle's dropout op (%s)", kernel.reason or "the kernel is not in the library")
         return 0
     main = program.global_block()
     seed = main.create_var(name=DROPOUT_SEED_VAR, shape=[1], dtype=paddle.int64, persistable=False)

@@ -130,3 +130,13 @@ def test_the_rewrite_leaves_a_fixed_seed_or_inference_dropout_alone(kernel):
     before = [op.type for op in main.global_block().ops]
     assert program_rewrites.use_cpu_dropout_kernel(main, kernel) == 0
     assert [op.type for op in main.global_block().ops] == before
+
+
+def test_without_the_kernel_the_log_says_paddles_dropout_runs(caplog):
+    bundle, _ = _train(seed=1, swap=False)  # a program that still holds Paddle's training dropouts
+    program = bundle.main_program.clone()
+    with caplog.at_level("INFO", logger="program_rewrites"):
+        swapped = program_rewrites.use_cpu_dropout_kernel(
+            program, kernels.KernelStatus(reason="BERT_PADDLE_CPU_KERNELS=0"))
+    assert swapped == 0 and "dropout" in [op.type for op in program.global_block().ops]
+    assert "CPU dropout: Paddle's dropout op (BERT_PADDLE_CPU_KERNELS=0)" in caplog.text
