@@ -21,9 +21,9 @@ measured (`program.build_pretraining`, `program.build_squad`, `program.to_bf16_i
    other processes falls on all alike; each side's median and spread are reported. Why processes: three
    12-layer programs with their optimizer states (about 5 GB each) in one process slowed each other
    (measured: ours 1.20 seq/s beside the others, 1.46 alone), and torch and paddle each bring an OpenMP
-   runtime. The sides: ours as a CPU run builds it (the `cpu_kernels` ops: fused LAMB,
-   dropout, bias-add and LayerNorm gradients); ours with Paddle's own ops instead (what those kernels buy); the stock-layer baseline; HF transformers' BertForPreTraining with
-   torch's AdamW in fp32; the same under `torch.autocast("cpu", bfloat16)` (fp32 master weights, what
+   runtime. The sides: ours as a CPU run builds it (the `cpu_kernels` ops: fused LAMB, dropout, bias-add
+   and LayerNorm gradients); ours with Paddle's own ops instead (what those kernels buy); the stock-layer
+   baseline; HF transformers' BertForPreTraining with torch's AdamW in fp32; the same under `torch.autocast("cpu", bfloat16)` (fp32 master weights, what
    `--bf16 --use_cpu` runs), only where the CPU has avx512_bf16 or amx_bf16 (one line says so otherwise).
    torch + transformers come from the child's path (`--hf-path DIR` for a `pip install --target DIR torch
    transformers`). Each child reports its peak RSS and its user and system CPU seconds per timed step

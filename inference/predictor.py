@@ -4,9 +4,9 @@ Owns: configuring Paddle Inference for a device and precision (`make_config`: on
 math-library threads on CPU; the GPU config on GPU; bf16 and int8 where they apply), loading an export and
 running it in length buckets (`ExportedModel`, shared by both heads; in the precision asked for, or with
 "auto", the default, in the one `inference.precision_auto` chooses from the export's records), turning
-(question, context) pairs into `Answer`s with character offsets into the context (`QAPredictor.answer`, SQuAD), and texts or text
-pairs into labels with probabilities or a score (`ClassifierPredictor.classify`, GLUE); `load_predictor`
-picks the class from the export's settings.
+(question, context) pairs into `Answer`s with character offsets into the context (`QAPredictor.answer`,
+SQuAD), and texts or text pairs into labels with probabilities or a score (`ClassifierPredictor.classify`,
+GLUE); `load_predictor` picks the class from the export's settings.
 Does not own: windows / features (`data.features.squad`, `data.features.glue`), choosing spans from logits
 (`tasks.squad_postprocess`), writing the model directory (`inference.export`) or serving HTTP
 (`inference.server`). run_squad.py's evaluation, prediction and --question modes and the server all go
